@@ -1,0 +1,68 @@
+//! The `lotse` commands. Each command's flags are a clap struct next to the code that runs it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Lotse: the interoperability message hub for XÖV messages.
+///
+/// Partners POST cases (XÖV XML or its JSON form); Lotse reads their header, routes them by
+/// message type, reader and author, stores them durably and delivers them to agency endpoints,
+/// with retries, dead letters, status and replay.
+#[derive(Debug, Parser)]
+#[command(name = "lotse", version, propagate_version = true)]
+pub struct Cli {
+    /// Log as JSON lines (for log shippers) instead of human-readable text.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the hub with a config file.
+    Serve(ServeArgs),
+    /// Run the demo: hub, sample receiver and the shipped sample messages, in one process.
+    Demo(crate::demo::DemoArgs),
+    /// Send files to a hub as a partner would, and print each answer.
+    Submit(crate::submit::SubmitArgs),
+    /// Check XML messages against their XSD (exit 0: all valid, 1: some invalid).
+    Validate(crate::check::ValidateArgs),
+    /// Convert a message between XML and its JSON form (to stdout).
+    Convert(crate::check::ConvertArgs),
+    /// Print what Lotse reads from a message: standard, version, type, reader, author, ...
+    Inspect(crate::check::InspectArgs),
+    /// Run a sample agency receiver that stores what it receives in a folder.
+    Receiver(crate::receiver::ReceiverArgs),
+    /// Load tool: send N submissions with C clients to a running hub and report rates.
+    Bench(crate::bench::BenchArgs),
+    /// Operator commands on deliveries (through the admin API).
+    Deliveries(crate::api::admin_cli::DeliveriesArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The config file (see docs/configuration.md).
+    #[arg(long, short, default_value = "lotse.toml", env = "LOTSE_CONFIG")]
+    pub config: PathBuf,
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => {
+            let config = crate::config::Config::load(&args.config)?;
+            crate::app::serve(config).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => crate::demo::run(args).await,
+        Command::Submit(args) => crate::submit::run(args).await,
+        Command::Validate(args) => crate::check::validate(args).await,
+        Command::Convert(args) => crate::check::convert(args).await,
+        Command::Inspect(args) => crate::check::inspect(args).await,
+        Command::Receiver(args) => crate::receiver::run(args).await,
+        Command::Bench(args) => crate::bench::run(args).await,
+        Command::Deliveries(args) => crate::api::admin_cli::run(args).await,
+    }
+}

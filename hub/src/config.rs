@@ -1,0 +1,319 @@
+//! `lotse.toml`: the raw form as the user writes it, and the validated [`Config`].
+//!
+//! `RawConfig` mirrors the file exactly (`deny_unknown_fields`, so a typo is an error, not a
+//! silently ignored key). [`RawConfig::validate`] checks everything that can be checked without
+//! I/O and reports every problem at once. Every key is documented in `docs/configuration.md`.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use routing::{RuleConfig, Router};
+use serde::Deserialize;
+
+/// The file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Partner API address, e.g. `0.0.0.0:8080`.
+    pub listen: SocketAddr,
+    /// Admin API address (operators, metrics). Must differ from `listen`.
+    pub admin_listen: SocketAddr,
+    /// Folder of the embedded store (created if missing).
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub queue: QueueConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub schemas: SchemasConfig,
+    #[serde(default)]
+    pub partners: Vec<PartnerConfig>,
+    #[serde(default)]
+    pub endpoints: Vec<EndpointConfig>,
+    #[serde(default)]
+    pub routes: Vec<RuleConfig>,
+}
+
+/// `[queue]`: which backend stores submissions and queues deliveries.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    #[serde(default)]
+    pub kind: QueueKind,
+    /// AMQP URL, for `kind = "rabbitmq"`.
+    pub url: Option<String>,
+    /// Prefix of every queue, exchange and stream name (RabbitMQ).
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+}
+
+fn default_prefix() -> String {
+    "lotse".to_owned()
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueKind {
+    /// redb in `data_dir`: one process, no other service needed.
+    #[default]
+    Embedded,
+    /// RabbitMQ quorum queues: several processes share the work.
+    Rabbitmq,
+}
+
+/// `[limits]`: bounds on what a partner may send.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest accepted body in bytes (default 16 MiB).
+    pub max_body_bytes: usize,
+    /// Deepest element nesting (default 128).
+    pub max_depth: usize,
+    /// Most attributes on one element (default 64).
+    pub max_attributes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig { max_body_bytes: 16 * 1024 * 1024, max_depth: 128, max_attributes: 64 }
+    }
+}
+
+/// `[retry]`: backoff for transient delivery failures.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts before a delivery is dead (default 10).
+    pub max_attempts: u32,
+    /// Backoff ceiling of the first retry (default `1s`).
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Largest backoff (default `5m`).
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: 10,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+        }
+    }
+}
+
+/// `[schemas]`: extra schema directories (each with XSDs and a `catalog.toml`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchemasConfig {
+    pub extra_dirs: Vec<PathBuf>,
+    /// Refuse (422) messages whose namespace no catalog knows. Default false: they are accepted
+    /// unvalidated, and a route may still demand validation.
+    pub require_known: bool,
+}
+
+/// `[[partners]]`: who may submit. Without any, the partner API is open and every submission
+/// counts as partner `anonymous` (fine for a demo, logged as a warning at start).
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PartnerConfig {
+    pub name: String,
+    /// Bearer token, inline. Prefer `token_env`.
+    pub token: Option<String>,
+    /// Name of an environment variable holding the bearer token.
+    pub token_env: Option<String>,
+}
+
+impl std::fmt::Debug for PartnerConfig {
+    // Tokens are secrets: never in logs or error messages.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartnerConfig")
+            .field("name", &self.name)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_env", &self.token_env)
+            .finish()
+    }
+}
+
+/// `[[endpoints]]`: where deliveries go.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    pub name: String,
+    pub kind: EndpointKind,
+    /// Target URL (`kind = "http"`).
+    pub url: String,
+    /// What the endpoint receives: the original bytes (default), the JSON form, or XML.
+    #[serde(default)]
+    pub format: Format,
+    /// Attempts in flight at once (default 4).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Per-attempt timeout (default `30s`).
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_concurrency() -> usize {
+    4
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointKind {
+    /// HTTP POST of the payload.
+    Http,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// The exact bytes the partner sent.
+    #[default]
+    Original,
+    /// The JSON form (`docs/json-mapping.md`).
+    Json,
+    /// XML: the original for XML submissions, converted for JSON submissions.
+    Xml,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub raw: RawConfig,
+    pub router: Router,
+    /// Partner name by bearer token; empty = open access.
+    pub partner_tokens: Vec<(String, String)>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config `{}`", path.display()))?;
+        let mut config = Config::parse(&text).with_context(|| format!("invalid config `{}`", path.display()))?;
+        // Relative paths in the file are relative to the file, not to the working directory.
+        let base = path.parent().unwrap_or(Path::new("."));
+        if config.raw.data_dir.is_relative() {
+            config.raw.data_dir = base.join(&config.raw.data_dir);
+        }
+        for dir in &mut config.raw.schemas.extra_dirs {
+            if dir.is_relative() {
+                *dir = base.join(&*dir);
+            }
+        }
+        Ok(config)
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        raw.validate()
+    }
+
+    pub fn endpoint(&self, name: &str) -> Option<&EndpointConfig> {
+        self.raw.endpoints.iter().find(|e| e.name == name)
+    }
+}
+
+impl RawConfig {
+    /// Checks everything that needs no I/O (except reading `token_env` variables) and reports
+    /// every problem at once.
+    pub fn validate(self) -> anyhow::Result<Config> {
+        let mut problems: Vec<String> = Vec::new();
+        if self.listen == self.admin_listen && self.listen.port() != 0 {
+            problems.push("`admin_listen` must differ from `listen`: admin endpoints never share the partner port".into());
+        }
+        if self.queue.kind == QueueKind::Rabbitmq && self.queue.url.as_deref().is_none_or(str::is_empty) {
+            problems.push("`queue.url` is required when `queue.kind = \"rabbitmq\"`".into());
+        }
+        if self.queue.prefix.is_empty() || !self.queue.prefix.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            problems.push(format!("`queue.prefix` `{}` must be non-empty ASCII letters, digits, `-`, `_` or `.`", self.queue.prefix));
+        }
+        if self.limits.max_body_bytes == 0 || self.limits.max_depth == 0 || self.limits.max_attributes == 0 {
+            problems.push("`limits` values must be greater than 0".into());
+        }
+        if self.retry.max_attempts == 0 {
+            problems.push("`retry.max_attempts` must be at least 1".into());
+        }
+        if self.retry.initial_backoff.is_zero() || self.retry.initial_backoff > self.retry.max_backoff {
+            problems.push("`retry.initial_backoff` must be greater than 0 and at most `retry.max_backoff`".into());
+        }
+        let mut names = HashSet::new();
+        for e in &self.endpoints {
+            if e.name.is_empty() || !e.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                problems.push(format!("endpoint name `{}` must be non-empty ASCII letters, digits, `-`, `_` or `.`", e.name));
+            }
+            if !names.insert(e.name.as_str()) {
+                problems.push(format!("endpoint name `{}` is used twice", e.name));
+            }
+            match reqwest::Url::parse(&e.url) {
+                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+                Ok(u) => problems.push(format!("endpoint `{}`: url scheme `{}` is not http or https", e.name, u.scheme())),
+                Err(err) => problems.push(format!("endpoint `{}`: url `{}`: {err}", e.name, e.url)),
+            }
+            if e.concurrency == 0 || e.concurrency > 1024 {
+                problems.push(format!("endpoint `{}`: concurrency must be 1 to 1024", e.name));
+            }
+            if e.timeout.is_zero() {
+                problems.push(format!("endpoint `{}`: timeout must be greater than 0", e.name));
+            }
+        }
+        if self.routes.is_empty() {
+            problems.push("no `[[routes]]`: every submission would be refused".into());
+        }
+        let endpoint_names: Vec<&str> = self.endpoints.iter().map(|e| e.name.as_str()).collect();
+        let router = match Router::new(&self.routes, &endpoint_names) {
+            Ok(r) => Some(r),
+            Err(errs) => {
+                problems.extend(errs.iter().map(ToString::to_string));
+                None
+            }
+        };
+        let mut partner_tokens = Vec::new();
+        let mut partner_names = HashSet::new();
+        for p in &self.partners {
+            if !partner_names.insert(p.name.as_str()) {
+                problems.push(format!("partner name `{}` is used twice", p.name));
+            }
+            let token = match (&p.token, &p.token_env) {
+                (Some(t), None) => Some(t.clone()),
+                (None, Some(var)) => match std::env::var(var) {
+                    Ok(t) => Some(t),
+                    Err(_) => {
+                        problems.push(format!("partner `{}`: environment variable `{var}` is not set", p.name));
+                        None
+                    }
+                },
+                _ => {
+                    problems.push(format!("partner `{}`: set exactly one of `token` and `token_env`", p.name));
+                    None
+                }
+            };
+            if let Some(t) = token {
+                if t.len() < 16 {
+                    problems.push(format!("partner `{}`: token must be at least 16 characters", p.name));
+                }
+                partner_tokens.push((t, p.name.clone()));
+            }
+        }
+        match (problems.is_empty(), router) {
+            (true, Some(router)) => Ok(Config { raw: self, router, partner_tokens }),
+            _ => {
+                let list: Vec<String> = problems.iter().map(|p| format!("  - {p}")).collect();
+                anyhow::bail!("{} problem(s):\n{}", problems.len(), list.join("\n"))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,24 @@
+//! `lotse`: the command line. Parses flags, sets up logging, hands over to the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = hub::cli::Cli::parse();
+    hub::telemetry::init(cli.log_json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lotse: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(hub::cli::run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lotse: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

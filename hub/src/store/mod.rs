@@ -1,0 +1,54 @@
+//! Stores: where submissions, deliveries and their event logs live, and where delivery work is
+//! queued. One trait, [`Store`], two backends:
+//!
+//! | | [`embedded`] (redb, default) | `rabbitmq` (scale-out) |
+//! |---|---|---|
+//! | intake durable when | the group commit that holds it is fsync'd | the broker confirmed every publish |
+//! | work | per-endpoint ready index keyed by not-before time | quorum queue per endpoint |
+//! | lease | in memory; a crash forgets leases, so in-flight work is sent again | unacked message |
+//! | retry | new not-before time in the ready index | wait queue with TTL |
+//! | dead | dead state + index | dead-letter queue |
+//!
+//! Invariants every backend keeps (checked by the conformance suite in `store::conformance`):
+//! - `intake` returns only once the submission, its deliveries and first events are durable.
+//! - The same dedup key is stored once; later intakes get the first [`Receipt`] back.
+//! - A leased delivery is leased to nobody else until it is settled or its lease is lost
+//!   (process death); lost leases come back, so delivery is at-least-once.
+//! - Every state change appends an event to the submission's log.
+
+pub mod embedded;
+pub mod types;
+
+pub use types::*;
+
+use std::time::Duration;
+
+/// The storage and work-queue backend.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a new submission with its deliveries, durably, or returns the first receipt of an
+    /// earlier submission that shares one of its dedup keys.
+    async fn intake(&self, submission: NewSubmission) -> Result<Intake, StoreError>;
+
+    /// Leases up to `max` deliveries of `endpoint` that are due, waiting up to `wait` for one to
+    /// become due. Returns an empty list when none came in time.
+    async fn lease(&self, endpoint: &str, max: usize, wait: Duration) -> Result<Vec<Lease>, StoreError>;
+
+    /// Records the outcome of one attempt and releases the lease.
+    async fn settle(&self, lease: Lease, outcome: Outcome) -> Result<(), StoreError>;
+
+    /// A submission with its deliveries and event log.
+    async fn submission(&self, id: SubmissionId) -> Result<Option<SubmissionView>, StoreError>;
+
+    /// One delivery.
+    async fn delivery(&self, id: DeliveryId) -> Result<Option<DeliveryView>, StoreError>;
+
+    /// Deliveries matching a filter, newest first.
+    async fn deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryView>, StoreError>;
+
+    /// Puts a dead delivery back to work with the same bytes and id; audited as an event.
+    async fn replay(&self, id: DeliveryId, actor: &str, reason: &str) -> Result<ReplayOutcome, StoreError>;
+
+    /// Counts per state, for metrics and the admin overview.
+    async fn counts(&self) -> Result<Counts, StoreError>;
+}

@@ -1,0 +1,247 @@
+//! The records a [`Store`](super::Store) takes and gives back.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use uuid::Uuid;
+
+macro_rules! id_type {
+    ($name:ident, $doc:literal) => {
+        #[doc = $doc]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub Uuid);
+
+        impl $name {
+            /// A new time-ordered (v7) id.
+            pub fn new() -> Self {
+                $name(Uuid::now_v7())
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.hyphenated().fmt(f)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = uuid::Error;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Uuid::parse_str(s).map($name)
+            }
+        }
+    };
+}
+
+id_type!(SubmissionId, "Id of one accepted submission.");
+id_type!(DeliveryId, "Id of one delivery: one submission to one endpoint. Stable across attempts and replays.");
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = u64;
+
+pub fn now_millis() -> Millis {
+    // A clock before 1970 is a broken machine; treat it as the epoch rather than panic.
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A submission the API has read, validated and routed, ready to be stored.
+#[derive(Debug, Clone)]
+pub struct NewSubmission {
+    pub id: SubmissionId,
+    pub partner: String,
+    /// Keys under which this submission counts as a duplicate, e.g. `msg:<partner>:<uuid>` and
+    /// `idem:<partner>:<Idempotency-Key>`.
+    pub dedup_keys: Vec<String>,
+    pub received_at: Millis,
+    /// Media type the partner sent (`application/xml` or `application/json`).
+    pub content_type: String,
+    /// What the reader found (adapters::Meta as JSON).
+    pub meta: serde_json::Value,
+    /// The message id from the header, sent as `Lotse-Message-Id`.
+    pub message_id: Option<String>,
+    pub route: String,
+    /// The exact bytes received.
+    pub original: Bytes,
+    pub deliveries: Vec<NewDelivery>,
+    /// Extra events to record after `received` and `routed` (e.g. validation warnings).
+    pub notes: Vec<String>,
+}
+
+/// One delivery of a new submission.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub id: DeliveryId,
+    pub endpoint: String,
+    /// `None` = send the original bytes; `Some` = a rendition made at intake (e.g. JSON form).
+    pub rendition: Option<Rendition>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rendition {
+    pub content_type: String,
+    pub body: Bytes,
+}
+
+/// The 202 answer: stored once, returned again for duplicates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub submission_id: SubmissionId,
+    pub deliveries: Vec<ReceiptDelivery>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptDelivery {
+    pub id: DeliveryId,
+    pub endpoint: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Intake {
+    Accepted(Receipt),
+    /// An earlier submission shared a dedup key; this is its receipt.
+    Duplicate(Receipt),
+}
+
+/// A delivery leased to a worker for one attempt.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub delivery_id: DeliveryId,
+    pub submission_id: SubmissionId,
+    pub endpoint: String,
+    /// Number of this attempt, 1-based, counted over the delivery's whole life.
+    pub attempt: u32,
+    /// Attempts since the delivery was created or last replayed, this one included; the
+    /// retry budget (`max_attempts`) applies to this count.
+    pub budget_attempt: u32,
+    pub message_id: Option<String>,
+    pub content_type: String,
+    pub payload: Bytes,
+    /// Backend-private handle (e.g. an AMQP delivery tag).
+    pub token: u64,
+}
+
+/// Result of one attempt, decided by the delivery worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered { status: u16 },
+    Retry { not_before: Millis, error: String },
+    Dead { error: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Waiting for its (next) attempt.
+    Pending,
+    Delivered,
+    Dead,
+}
+
+impl DeliveryState {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(Self::Pending),
+            "delivered" => Some(Self::Delivered),
+            "dead" => Some(Self::Dead),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryView {
+    pub id: DeliveryId,
+    pub submission_id: SubmissionId,
+    pub endpoint: String,
+    pub state: DeliveryState,
+    pub attempts: u32,
+    /// When the next attempt may start (pending only), RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubmissionState {
+    /// Some delivery is still pending.
+    InProgress,
+    /// Every delivery arrived.
+    Delivered,
+    /// No delivery is pending and at least one is dead.
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmissionView {
+    pub id: SubmissionId,
+    pub state: SubmissionState,
+    pub partner: String,
+    pub received_at: String,
+    pub route: String,
+    pub meta: serde_json::Value,
+    pub deliveries: Vec<DeliveryView>,
+    pub events: Vec<EventView>,
+}
+
+/// One entry of a submission's event log. Each entry's `hash` covers the previous entry's hash
+/// and this entry's content, so a rewritten log is detectable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventView {
+    pub seq: u32,
+    pub at: String,
+    /// `received`, `routed`, `note`, `attempt`, `delivered`, `retry_scheduled`, `dead`, `replayed`.
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_id: Option<DeliveryId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    pub detail: String,
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryFilter {
+    pub state: Option<DeliveryState>,
+    pub endpoint: Option<String>,
+    pub submission_id: Option<SubmissionId>,
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "result")]
+pub enum ReplayOutcome {
+    Replayed,
+    /// Only dead deliveries are replayed; this one is in another state.
+    NotDead { state: DeliveryState },
+    NotFound,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub submissions: u64,
+    pub pending: u64,
+    pub delivered: u64,
+    pub dead: u64,
+}
+
+/// Store failures. Every one means "try later": the caller answers 503, never 202.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store corrupt: {0}")]
+    Corrupt(String),
+}
