@@ -40,7 +40,7 @@ pub struct RawConfig {
 }
 
 /// `[queue]`: which backend stores submissions and queues deliveries.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
     #[serde(default)]
@@ -50,6 +50,12 @@ pub struct QueueConfig {
     /// Prefix of every queue, exchange and stream name (RabbitMQ).
     #[serde(default = "default_prefix")]
     pub prefix: String,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig { kind: QueueKind::default(), url: None, prefix: default_prefix() }
+    }
 }
 
 fn default_prefix() -> String {
@@ -199,8 +205,16 @@ pub struct Config {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
+        Config::load_with_env(path, &|k| std::env::var(k).ok())
+    }
+
+    /// [`Config::load`] with a given environment (for `token_env`).
+    pub fn load_with_env(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config `{}`", path.display()))?;
-        let mut config = Config::parse(&text).with_context(|| format!("invalid config `{}`", path.display()))?;
+        let raw: RawConfig = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("invalid config `{}`", path.display()))?;
+        let mut config = raw.validate_with(env).with_context(|| format!("invalid config `{}`", path.display()))?;
         // Relative paths in the file are relative to the file, not to the working directory.
         let base = path.parent().unwrap_or(Path::new("."));
         if config.raw.data_dir.is_relative() {
@@ -228,6 +242,10 @@ impl RawConfig {
     /// Checks everything that needs no I/O (except reading `token_env` variables) and reports
     /// every problem at once.
     pub fn validate(self) -> anyhow::Result<Config> {
+        self.validate_with(&|k| std::env::var(k).ok())
+    }
+
+    pub fn validate_with(self, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
         let mut problems: Vec<String> = Vec::new();
         if self.listen == self.admin_listen && self.listen.port() != 0 {
             problems.push("`admin_listen` must differ from `listen`: admin endpoints never share the partner port".into());
@@ -286,9 +304,9 @@ impl RawConfig {
             }
             let token = match (&p.token, &p.token_env) {
                 (Some(t), None) => Some(t.clone()),
-                (None, Some(var)) => match std::env::var(var) {
-                    Ok(t) => Some(t),
-                    Err(_) => {
+                (None, Some(var)) => match env(var) {
+                    Some(t) => Some(t),
+                    None => {
                         problems.push(format!("partner `{}`: environment variable `{var}` is not set", p.name));
                         None
                     }

@@ -1,0 +1,194 @@
+//! The admin API (own listener, never the partner port): deliveries, replay, endpoint pause,
+//! metrics. Every state-changing call is recorded as an event, with the actor it names.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::AppState;
+use super::problem::Problem;
+use crate::store::{DeliveryFilter, DeliveryId, DeliveryState, ReplayOutcome, SubmissionId};
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/admin/overview", get(overview))
+        .route("/v1/admin/deliveries", get(list_deliveries))
+        .route("/v1/admin/deliveries/{id}", get(get_delivery))
+        .route("/v1/admin/deliveries/{id}/replay", post(replay_one))
+        .route("/v1/admin/replay", post(replay_many))
+        .route("/v1/admin/submissions/{id}", get(get_submission))
+        .route("/v1/admin/endpoints", get(endpoints))
+        .route("/v1/admin/endpoints/{name}/pause", post(pause))
+        .route("/v1/admin/endpoints/{name}/resume", post(resume))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", "no such resource") })
+        .with_state(state)
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    endpoint: Option<String>,
+    submission: Option<String>,
+    limit: Option<usize>,
+}
+
+fn filter_from(q: ListQuery) -> Result<DeliveryFilter, Problem> {
+    let bad = |m: String| Problem::new(StatusCode::BAD_REQUEST, "bad-filter", "Bad filter", m);
+    let state = match q.state.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(DeliveryState::parse(s).ok_or_else(|| bad(format!("unknown state `{s}`; use pending, delivered or dead")))?),
+    };
+    let submission_id = match q.submission.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(s.parse::<SubmissionId>().map_err(|_| bad(format!("`{s}` is not a submission id")))?),
+    };
+    Ok(DeliveryFilter { state, endpoint: q.endpoint.filter(|e| !e.is_empty()), submission_id, limit: q.limit.unwrap_or(100) })
+}
+
+async fn overview(State(state): State<Arc<AppState>>) -> Result<Response, Problem> {
+    let counts = state.pipeline.store().counts().await?;
+    Ok(axum::Json(json!({ "counts": counts, "paused_endpoints": state.paused.list() })).into_response())
+}
+
+async fn list_deliveries(State(state): State<Arc<AppState>>, Query(q): Query<ListQuery>) -> Result<Response, Problem> {
+    let filter = filter_from(q)?;
+    let list = state.pipeline.store().deliveries(&filter).await?;
+    Ok(axum::Json(json!({ "deliveries": list })).into_response())
+}
+
+async fn get_delivery(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, Problem> {
+    let id: DeliveryId = id.parse().map_err(|_| Problem::not_found("delivery"))?;
+    match state.pipeline.store().delivery(id).await? {
+        Some(d) => Ok(axum::Json(d).into_response()),
+        None => Err(Problem::not_found("delivery")),
+    }
+}
+
+async fn get_submission(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, Problem> {
+    let id: SubmissionId = id.parse().map_err(|_| Problem::not_found("submission"))?;
+    match state.pipeline.store().submission(id).await? {
+        Some(s) => Ok(axum::Json(s).into_response()),
+        None => Err(Problem::not_found("submission")),
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReplayBody {
+    /// Who asks; recorded in the event log.
+    actor: Option<String>,
+    reason: Option<String>,
+}
+
+fn actor_reason(b: &ReplayBody) -> Result<(String, String), Problem> {
+    let actor = b.actor.clone().filter(|a| !a.trim().is_empty()).unwrap_or_else(|| "operator".to_owned());
+    let reason = b.reason.clone().filter(|r| !r.trim().is_empty()).ok_or_else(|| {
+        Problem::new(StatusCode::BAD_REQUEST, "reason-required", "Reason required", "a replay needs a `reason` for the audit log")
+    })?;
+    Ok((actor, reason))
+}
+
+async fn replay_one(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    body: Option<axum::Json<ReplayBody>>,
+) -> Result<Response, Problem> {
+    let id: DeliveryId = id.parse().map_err(|_| Problem::not_found("delivery"))?;
+    let body = body.map(|b| b.0).unwrap_or_default();
+    let (actor, reason) = actor_reason(&body)?;
+    tracing::info!(delivery_id = %id, actor = %actor, reason = %reason, "replay requested");
+    match state.pipeline.store().replay(id, &actor, &reason).await? {
+        ReplayOutcome::Replayed => Ok((StatusCode::ACCEPTED, axum::Json(json!({ "result": "replayed", "id": id }))).into_response()),
+        ReplayOutcome::NotFound => Err(Problem::not_found("delivery")),
+        ReplayOutcome::NotDead { state } => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "not-dead",
+            "Only dead deliveries are replayed",
+            format!("delivery {id} is {state:?}"),
+        )),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayManyBody {
+    actor: Option<String>,
+    reason: Option<String>,
+    endpoint: Option<String>,
+    /// Default true: list what would be replayed, change nothing.
+    dry_run: Option<bool>,
+    limit: Option<usize>,
+}
+
+/// Replays dead deliveries matching a filter; `dry_run` (the default) only lists them.
+async fn replay_many(State(state): State<Arc<AppState>>, axum::Json(b): axum::Json<ReplayManyBody>) -> Result<Response, Problem> {
+    let dry_run = b.dry_run.unwrap_or(true);
+    let filter = DeliveryFilter {
+        state: Some(DeliveryState::Dead),
+        endpoint: b.endpoint.clone(),
+        submission_id: None,
+        limit: b.limit.unwrap_or(1000).min(10_000),
+    };
+    let dead = state.pipeline.store().deliveries(&filter).await?;
+    let ids: Vec<DeliveryId> = dead.iter().map(|d| d.id).collect();
+    if dry_run {
+        return Ok(axum::Json(json!({ "dry_run": true, "would_replay": ids })).into_response());
+    }
+    let (actor, reason) = actor_reason(&ReplayBody { actor: b.actor, reason: b.reason })?;
+    let mut replayed = Vec::new();
+    for id in ids {
+        if state.pipeline.store().replay(id, &actor, &reason).await? == ReplayOutcome::Replayed {
+            replayed.push(id);
+        }
+    }
+    tracing::info!(count = replayed.len(), actor = %actor, reason = %reason, "bulk replay");
+    Ok((StatusCode::ACCEPTED, axum::Json(json!({ "dry_run": false, "replayed": replayed }))).into_response())
+}
+
+async fn endpoints(State(state): State<Arc<AppState>>) -> Response {
+    let list: Vec<_> = state
+        .config
+        .raw
+        .endpoints
+        .iter()
+        .map(|e| json!({ "name": e.name, "url": e.url, "format": format!("{:?}", e.format).to_lowercase(), "paused": state.paused.is_paused(&e.name) }))
+        .collect();
+    axum::Json(json!({ "endpoints": list })).into_response()
+}
+
+async fn pause(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Result<Response, Problem> {
+    set_paused(&state, &name, true)
+}
+
+async fn resume(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Result<Response, Problem> {
+    set_paused(&state, &name, false)
+}
+
+fn set_paused(state: &AppState, name: &str, paused: bool) -> Result<Response, Problem> {
+    if state.config.endpoint(name).is_none() {
+        return Err(Problem::not_found("endpoint"));
+    }
+    state.paused.set(name, paused);
+    tracing::info!(endpoint = %name, paused, "endpoint pause changed by operator");
+    Ok(axum::Json(json!({ "endpoint": name, "paused": paused })).into_response())
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    if let Ok(c) = state.pipeline.store().counts().await {
+        metrics::gauge!("lotse_deliveries", "state" => "pending").set(c.pending as f64);
+        metrics::gauge!("lotse_deliveries", "state" => "delivered").set(c.delivered as f64);
+        metrics::gauge!("lotse_deliveries", "state" => "dead").set(c.dead as f64);
+    }
+    match &state.metrics {
+        Some(h) => ([("content-type", "text/plain; version=0.0.4")], h.render()).into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response(),
+    }
+}

@@ -1,0 +1,133 @@
+//! `lotse deliveries list | show | replay`: operator commands, talking to the admin API.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+#[derive(Debug, Args)]
+pub struct DeliveriesArgs {
+    /// Base URL of the hub's admin API.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:8081", env = "LOTSE_ADMIN_URL")]
+    pub admin: String,
+    #[command(subcommand)]
+    pub command: DeliveriesCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeliveriesCommand {
+    /// List deliveries, newest first.
+    List {
+        /// pending, delivered or dead.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        endpoint: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Show one delivery and its submission's event log.
+    Show { id: String },
+    /// Send dead deliveries again (same bytes, same delivery id). Without ids, replays every dead
+    /// delivery (of `--endpoint`) and needs `--yes`; otherwise it only lists them (dry run).
+    Replay {
+        ids: Vec<String>,
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Why; recorded in the audit log.
+        #[arg(long)]
+        reason: String,
+        /// Really replay by filter (without it: dry run).
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+pub async fn run(args: DeliveriesArgs) -> anyhow::Result<ExitCode> {
+    let client = reqwest::Client::new();
+    let base = args.admin.trim_end_matches('/');
+    let actor = std::env::var("USER").unwrap_or_else(|_| "operator".into());
+    match args.command {
+        DeliveriesCommand::List { state, endpoint, limit } => {
+            let mut q = vec![("limit", limit.to_string())];
+            if let Some(s) = state {
+                q.push(("state", s));
+            }
+            if let Some(e) = endpoint {
+                q.push(("endpoint", e));
+            }
+            let query: Vec<String> = q.iter().map(|(k, v)| format!("{k}={}", urlencode(v))).collect();
+            let v = get(&client, &format!("{base}/v1/admin/deliveries?{}", query.join("&"))).await?;
+            let list = v["deliveries"].as_array().cloned().unwrap_or_default();
+            println!("{:<36}  {:<9}  {:>8}  {:<16}  last error", "delivery", "state", "attempts", "endpoint");
+            for d in &list {
+                println!(
+                    "{:<36}  {:<9}  {:>8}  {:<16}  {}",
+                    d["id"].as_str().unwrap_or(""),
+                    d["state"].as_str().unwrap_or(""),
+                    d["attempts"],
+                    d["endpoint"].as_str().unwrap_or(""),
+                    d["last_error"].as_str().unwrap_or("")
+                );
+            }
+            println!("{} deliveries", list.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        DeliveriesCommand::Show { id } => {
+            let d = get(&client, &format!("{base}/v1/admin/deliveries/{id}")).await?;
+            let sid = d["submission_id"].as_str().unwrap_or_default().to_owned();
+            let s = get(&client, &format!("{base}/v1/admin/submissions/{sid}")).await?;
+            println!("{}", serde_json::to_string_pretty(&json!({ "delivery": d, "submission": s }))?);
+            Ok(ExitCode::SUCCESS)
+        }
+        DeliveriesCommand::Replay { ids, endpoint, reason, yes } => {
+            if ids.is_empty() {
+                let body = json!({ "actor": actor, "reason": reason, "endpoint": endpoint, "dry_run": !yes });
+                let v = post(&client, &format!("{base}/v1/admin/replay"), &body).await?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                if !yes {
+                    eprintln!("dry run: nothing replayed; add --yes to replay these");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut failed = false;
+            for id in ids {
+                let body = json!({ "actor": actor, "reason": reason });
+                match post(&client, &format!("{base}/v1/admin/deliveries/{id}/replay"), &body).await {
+                    Ok(_) => println!("{id}: replayed"),
+                    Err(e) => {
+                        failed = true;
+                        println!("{id}: {e:#}");
+                    }
+                }
+            }
+            Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        }
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
+    let resp = client.get(url).send().await.with_context(|| format!("cannot reach the admin API at {url}"))?;
+    answer(resp).await
+}
+
+async fn post(client: &reqwest::Client, url: &str, body: &Value) -> anyhow::Result<Value> {
+    let resp = client.post(url).json(body).send().await.with_context(|| format!("cannot reach the admin API at {url}"))?;
+    answer(resp).await
+}
+
+async fn answer(resp: reqwest::Response) -> anyhow::Result<Value> {
+    let status = resp.status();
+    let v: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        anyhow::bail!("{status}: {}", v["detail"].as_str().unwrap_or("no detail"));
+    }
+    Ok(v)
+}

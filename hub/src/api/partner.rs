@@ -1,0 +1,157 @@
+//! The partner API: `POST /v1/submissions`, `GET /v1/submissions/{id}`, `GET /healthz`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+
+use super::problem::Problem;
+use super::{AppState, token_digest};
+use crate::intake::{IntakeError, Media, Submission};
+use crate::store::{Intake, SubmissionId};
+
+/// Bodies larger than this are prepared on a blocking thread, so one big message does not stall
+/// the async workers.
+const INLINE_PREPARE_BYTES: usize = 256 * 1024;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/submissions", post(post_submission))
+        .route("/v1/submissions/{id}", get(get_submission))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", "no such resource") })
+        .with_state(state)
+}
+
+/// The partner behind a request: from the bearer token, or `anonymous` when no partners are
+/// configured.
+fn partner(state: &AppState, headers: &HeaderMap) -> Result<String, Problem> {
+    if state.partners.is_empty() {
+        return Ok("anonymous".to_owned());
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    // Comparing digests keeps the lookup free of timing differences on the secret itself.
+    match token.and_then(|t| state.partners.get(&token_digest(t))) {
+        Some(name) => Ok(name.clone()),
+        None => Err(Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", "a valid bearer token is required")),
+    }
+}
+
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Problem> {
+    let too_large = || {
+        Problem::from(IntakeError::TooLarge(format!("the body exceeds the limit of {limit} bytes")))
+            .with("limit", serde_json::json!(limit))
+    };
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        // axum wraps http-body-util's `LengthLimitError`, which it does not re-export: find it
+        // in the source chain by its message.
+        let mut source: Option<&dyn std::error::Error> = Some(&e);
+        while let Some(s) = source {
+            if s.to_string().contains("length limit exceeded") {
+                return too_large();
+            }
+            source = s.source();
+        }
+        Problem::new(StatusCode::BAD_REQUEST, "malformed", "Malformed request", format!("cannot read the body: {e}"))
+    })
+}
+
+async fn post_submission(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Response, Problem> {
+    let started = Instant::now();
+    let partner = partner(&state, &headers)?;
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let Some(media) = Media::from_content_type(ct) else {
+        metrics::counter!("lotse_submissions_refused_total", "reason" => "media-type").increment(1);
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+            format!("Content-Type `{ct}` is not accepted; send application/xml (an XÖV message) or application/json (its JSON form)"),
+        ));
+    };
+    let idempotency_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => match v.to_str() {
+            Ok(k) if !k.is_empty() && k.len() <= 256 => Some(k.to_owned()),
+            _ => {
+                return Err(Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "malformed",
+                    "Malformed request",
+                    "Idempotency-Key must be 1 to 256 visible ASCII characters",
+                ));
+            }
+        },
+    };
+    let body = read_body(body, &headers, state.config.raw.limits.max_body_bytes).await?;
+    let sub = Submission { partner: partner.clone(), media, idempotency_key, body };
+    let prepared = if sub.body.len() > INLINE_PREPARE_BYTES {
+        let st = state.clone();
+        tokio::task::spawn_blocking(move || st.pipeline.prepare(sub))
+            .await
+            .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", format!("{e}")))?
+    } else {
+        state.pipeline.prepare(sub)
+    };
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            metrics::counter!("lotse_submissions_refused_total", "reason" => refusal_reason(&e)).increment(1);
+            tracing::info!(partner = %partner, error = %e, "submission refused");
+            return Err(e.into());
+        }
+    };
+    let intake = state.pipeline.store().intake(prepared.new).await.map_err(IntakeError::from)?;
+    metrics::histogram!("lotse_intake_seconds").record(started.elapsed().as_secs_f64());
+    let (receipt, duplicate) = match intake {
+        Intake::Accepted(r) => (r, false),
+        Intake::Duplicate(r) => (r, true),
+    };
+    metrics::counter!("lotse_submissions_total", "partner" => partner.clone(), "duplicate" => duplicate.to_string()).increment(1);
+    let location = format!("/v1/submissions/{}", receipt.submission_id);
+    let mut resp = (StatusCode::ACCEPTED, axum::Json(&receipt)).into_response();
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        h.insert(header::LOCATION, v);
+    }
+    if duplicate {
+        h.insert("lotse-duplicate", HeaderValue::from_static("true"));
+    }
+    Ok(resp)
+}
+
+fn refusal_reason(e: &IntakeError) -> &'static str {
+    match e {
+        IntakeError::Malformed(_) => "malformed",
+        IntakeError::Forbidden(_) | IntakeError::TrustLevel(_) => "forbidden",
+        IntakeError::TooLarge(_) => "too-large",
+        IntakeError::NoRoute { .. } => "no-route",
+        IntakeError::Invalid { .. } => "invalid",
+        IntakeError::Store(_) => "store",
+    }
+}
+
+async fn get_submission(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, Problem> {
+    let partner = partner(&state, &headers)?;
+    let id: SubmissionId = id.parse().map_err(|_| Problem::not_found("submission"))?;
+    let view = state.pipeline.store().submission(id).await?;
+    match view {
+        // A partner sees only its own submissions; others' look like missing ones.
+        Some(v) if state.partners.is_empty() || v.partner == partner => Ok(axum::Json(v).into_response()),
+        _ => Err(Problem::not_found("submission")),
+    }
+}

@@ -1,0 +1,84 @@
+//! RFC 9457 problem details, and the one table that maps errors to them.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use crate::intake::IntakeError;
+use crate::store::StoreError;
+
+/// A problem+json response.
+#[derive(Debug)]
+pub struct Problem {
+    pub status: StatusCode,
+    /// Short slug; the `type` URI is `urn:lotse:problem:<slug>`.
+    pub slug: &'static str,
+    pub title: &'static str,
+    pub detail: String,
+    pub extra: Map<String, Value>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, slug: &'static str, title: &'static str, detail: impl Into<String>) -> Problem {
+        Problem { status, slug, title, detail: detail.into(), extra: Map::new() }
+    }
+
+    pub fn with(mut self, key: &str, value: Value) -> Problem {
+        self.extra.insert(key.to_owned(), value);
+        self
+    }
+
+    pub fn not_found(what: &str) -> Problem {
+        Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", format!("no {what} with this id"))
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let mut body = Map::new();
+        body.insert("type".into(), json!(format!("urn:lotse:problem:{}", self.slug)));
+        body.insert("title".into(), json!(self.title));
+        body.insert("status".into(), json!(self.status.as_u16()));
+        body.insert("detail".into(), json!(self.detail));
+        body.extend(self.extra);
+        let mut resp = (self.status, Value::Object(body).to_string()).into_response();
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        resp
+    }
+}
+
+impl From<StoreError> for Problem {
+    fn from(e: StoreError) -> Problem {
+        // 5xx bodies never carry internals; the log has them.
+        tracing::error!(error = %e, "store error");
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store-unavailable",
+            "Store unavailable",
+            "the submission could not be stored; nothing was accepted, send it again later",
+        )
+    }
+}
+
+impl From<IntakeError> for Problem {
+    fn from(e: IntakeError) -> Problem {
+        match e {
+            IntakeError::Malformed(m) => Problem::new(StatusCode::BAD_REQUEST, "malformed", "Malformed message", m),
+            IntakeError::Forbidden(m) => Problem::new(StatusCode::FORBIDDEN, "forbidden", "Not allowed", m),
+            IntakeError::TooLarge(m) => Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", "Message too large", m),
+            IntakeError::NoRoute { message, message_type, reader } => {
+                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "no-route", "No route for this message", message)
+                    .with("message_type", json!(message_type))
+                    .with("reader", json!(reader))
+            }
+            IntakeError::Invalid { message, violations } => {
+                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "Message is not valid", message)
+                    .with("violations", Value::Array(violations))
+            }
+            IntakeError::TrustLevel(m) => {
+                Problem::new(StatusCode::FORBIDDEN, "trust-level", "Trust level too low for this route", m)
+            }
+            IntakeError::Store(e) => e.into(),
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Wiring: open the store, bind the listeners, start the delivery workers and serve until a
+//! shutdown signal.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::{self, AppState};
+use crate::config::{Config, QueueKind};
+use crate::delivery::{self, Paused};
+use crate::intake::Pipeline;
+use crate::store::Store;
+use crate::store::embedded::EmbeddedStore;
+
+/// A running hub: its bound addresses and a way to stop it.
+pub struct Running {
+    pub partner_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub store: Arc<dyn Store>,
+    shutdown: watch::Sender<bool>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight attempts finish, and waits for everything to end.
+    pub async fn stop(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Waits until the hub stops (for `serve`, after a signal).
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Opens the configured store.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match config.raw.queue.kind {
+        QueueKind::Embedded => Arc::new(EmbeddedStore::open(&config.raw.data_dir)?),
+        QueueKind::Rabbitmq => anyhow::bail!("the RabbitMQ backend is not built into this version yet"),
+    })
+}
+
+fn metrics_handle() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    static HANDLE: OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok())
+        .clone()
+}
+
+/// Starts the hub on already-bound listeners (tests and the demo bind port 0).
+pub async fn start(config: Config, store: Arc<dyn Store>, partner: TcpListener, admin: TcpListener) -> anyhow::Result<Running> {
+    let config = Arc::new(config);
+    if config.partner_tokens.is_empty() {
+        tracing::warn!("no [[partners]] configured: the partner API accepts submissions from anyone, as `anonymous`");
+    }
+    let partners = config.partner_tokens.iter().map(|(t, n)| (api::token_digest(t), n.clone())).collect();
+    let paused = Paused::default();
+    let state = Arc::new(AppState {
+        config: config.clone(),
+        pipeline: Pipeline::new(config.clone(), store.clone()),
+        partners,
+        metrics: metrics_handle(),
+        paused: paused.clone(),
+    });
+    let (shutdown, rx) = watch::channel(false);
+    let partner_addr = partner.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+    let mut tasks = delivery::spawn_workers(&config, store.clone(), paused, rx.clone())?;
+    let partner_app = api::partner::router(state.clone());
+    let admin_app = api::admin::router(state);
+    tasks.spawn(serve_http(partner, partner_app, rx.clone(), "partner"));
+    tasks.spawn(serve_http(admin, admin_app, rx, "admin"));
+    tracing::info!(%partner_addr, %admin_addr, data_dir = %config.raw.data_dir.display(), "lotse started");
+    Ok(Running { partner_addr, admin_addr, store, shutdown, tasks })
+}
+
+async fn serve_http(listener: TcpListener, app: axum::Router, mut shutdown: watch::Receiver<bool>, name: &'static str) {
+    let signal = async move {
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(signal).await {
+        tracing::error!(listener = name, error = %e, "http server failed");
+    }
+}
+
+/// `lotse serve`: bind, print the bound addresses as the first stdout line, run until SIGINT or
+/// SIGTERM.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let partner = TcpListener::bind(config.raw.listen).await.with_context(|| format!("cannot listen on {}", config.raw.listen))?;
+    let admin = TcpListener::bind(config.raw.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.raw.admin_listen))?;
+    let store = open_store(&config).await?;
+    let running = start(config, store, partner, admin).await?;
+    // Tests and scripts read this line to learn the ports (the config may say port 0).
+    println!("listening partner={} admin={}", running.partner_addr, running.admin_addr);
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing attempts in flight");
+    running.stop().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,81 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+listen = "127.0.0.1:8080"
+admin_listen = "127.0.0.1:8081"
+data_dir = "data"
+
+[[endpoints]]
+name = "bauamt"
+kind = "http"
+url = "http://127.0.0.1:9000/in"
+
+[[routes]]
+name = "xbau"
+message_type = "0200"
+endpoints = ["bauamt"]
+"#;
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = Config::parse(MINIMAL).expect("valid");
+    assert_eq!(c.raw.retry, RetryConfig::default());
+    assert_eq!(c.raw.queue.kind, QueueKind::Embedded);
+    let e = c.endpoint("bauamt").expect("endpoint");
+    assert_eq!((e.format, e.concurrency, e.timeout), (Format::Original, 4, Duration::from_secs(30)));
+    assert!(c.partner_tokens.is_empty());
+}
+
+#[test]
+fn unknown_keys_are_refused() {
+    let err = Config::parse(&MINIMAL.replace("data_dir", "data_dri")).expect_err("typo");
+    assert!(format!("{err:#}").contains("data_dri"), "{err:#}");
+}
+
+#[test]
+fn every_problem_is_listed_at_once() {
+    let text = r#"
+listen = "127.0.0.1:8080"
+admin_listen = "127.0.0.1:8080"
+data_dir = "d"
+[retry]
+max_attempts = 0
+[[endpoints]]
+name = "a"
+kind = "http"
+url = "ftp://x"
+concurrency = 0
+[[routes]]
+name = "r"
+endpoints = ["missing"]
+"#;
+    let err = format!("{:#}", Config::parse(text).expect_err("invalid"));
+    for needle in ["admin_listen", "max_attempts", "ftp", "concurrency", "missing"] {
+        assert!(err.contains(needle), "`{needle}` not in: {err}");
+    }
+}
+
+#[test]
+fn partner_tokens_never_show_in_debug_output() {
+    let text = format!("{MINIMAL}\n[[partners]]\nname = \"land-a\"\ntoken = \"s3cr3t-t0ken-value-123\"\n");
+    let c = Config::parse(&text).expect("valid");
+    let debug = format!("{:?}", c.raw.partners);
+    assert!(!debug.contains("s3cr3t"), "{debug}");
+    assert_eq!(c.partner_tokens.len(), 1);
+}
+
+#[test]
+fn rabbitmq_needs_a_url() {
+    let text = format!("{MINIMAL}\n[queue]\nkind = \"rabbitmq\"\n");
+    let err = format!("{:#}", Config::parse(&text).expect_err("no url"));
+    assert!(err.contains("queue.url"), "{err}");
+}
+
+#[test]
+fn the_reference_config_in_docker_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docker/lotse.toml");
+    let env = |k: &str| (k == "LOTSE_TOKEN_LAND_MUSTERLAND").then(|| "a-token-of-sufficient-length".to_owned());
+    let c = Config::load_with_env(&path, &env).expect("docker/lotse.toml is valid");
+    assert_eq!(c.partner_tokens.len(), 1);
+    assert!(!c.raw.routes.is_empty());
+}

@@ -1,0 +1,168 @@
+//! Delivery: one worker per endpoint leases due deliveries, sends each with its transport and
+//! settles the outcome.
+//!
+//! A worker keeps at most `concurrency` attempts in flight (a semaphore); it leases only as
+//! many deliveries as it has free slots, so a slow receiver holds back its own queue and
+//! nothing else. A paused endpoint leases nothing; its queue waits.
+
+pub mod http;
+pub mod retry;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::config::{Config, EndpointConfig, RetryConfig};
+use crate::store::{Lease, Outcome, Store, now_millis};
+use retry::AttemptResult;
+
+/// Endpoints an operator paused (in memory: a restart resumes them, which the admin docs say).
+#[derive(Debug, Clone, Default)]
+pub struct Paused(Arc<Mutex<HashSet<String>>>);
+
+impl Paused {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    pub fn set(&self, endpoint: &str, paused: bool) {
+        if paused {
+            self.lock().insert(endpoint.to_owned());
+        } else {
+            self.lock().remove(endpoint);
+        }
+    }
+    pub fn is_paused(&self, endpoint: &str) -> bool {
+        self.lock().contains(endpoint)
+    }
+    pub fn list(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.lock().iter().cloned().collect();
+        v.sort();
+        v
+    }
+}
+
+/// Starts one worker per endpoint; they stop when `shutdown` turns true, after finishing the
+/// attempts they have in flight.
+pub fn spawn_workers(
+    config: &Config,
+    store: Arc<dyn Store>,
+    paused: Paused,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<JoinSet<()>> {
+    let mut set = JoinSet::new();
+    for endpoint in &config.raw.endpoints {
+        let transport = Arc::new(http::HttpTransport::new(endpoint)?);
+        let worker = Worker {
+            endpoint: endpoint.clone(),
+            retry: config.raw.retry,
+            store: store.clone(),
+            transport,
+            paused: paused.clone(),
+        };
+        set.spawn(worker.run(shutdown.clone()));
+    }
+    Ok(set)
+}
+
+struct Worker {
+    endpoint: EndpointConfig,
+    retry: RetryConfig,
+    store: Arc<dyn Store>,
+    transport: Arc<http::HttpTransport>,
+    paused: Paused,
+}
+
+impl Worker {
+    async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let name = self.endpoint.name.clone();
+        let slots = Arc::new(Semaphore::new(self.endpoint.concurrency));
+        let this = Arc::new(self);
+        let mut store_errors = 0u32;
+        tracing::info!(endpoint = %name, "delivery worker started");
+        while !*shutdown.borrow() {
+            if this.paused.is_paused(&name) {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            // Wait for one free slot, then lease as many deliveries as there are free slots.
+            let first = tokio::select! {
+                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = shutdown.changed() => continue,
+            };
+            let free = 1 + slots.available_permits();
+            let leases = tokio::select! {
+                r = this.store.lease(&name, free, Duration::from_millis(500)) => r,
+                _ = shutdown.changed() => continue,
+            };
+            let leases = match leases {
+                Ok(l) => {
+                    store_errors = 0;
+                    l
+                }
+                Err(e) => {
+                    store_errors = store_errors.saturating_add(1);
+                    let pause = Duration::from_millis(100 * u64::from(store_errors.min(50)));
+                    tracing::warn!(endpoint = %name, error = %e, "cannot lease deliveries; retrying");
+                    tokio::time::sleep(pause).await;
+                    continue;
+                }
+            };
+            let mut first = Some(first);
+            for lease in leases {
+                let permit = match first.take() {
+                    Some(p) => p,
+                    None => match slots.clone().acquire_owned().await {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                };
+                let w = this.clone();
+                tokio::spawn(async move {
+                    w.attempt(lease).await;
+                    drop(permit);
+                });
+            }
+        }
+        // Wait for in-flight attempts: every permit back means every attempt settled.
+        let _ = slots.acquire_many(this.endpoint.concurrency as u32).await;
+        tracing::info!(endpoint = %name, "delivery worker stopped");
+    }
+
+    async fn attempt(&self, lease: Lease) {
+        let started = std::time::Instant::now();
+        let result = self.transport.send(&lease).await;
+        let label = match &result {
+            AttemptResult::Delivered { .. } => "delivered",
+            AttemptResult::Transient { .. } => "transient",
+            AttemptResult::Permanent { .. } => "permanent",
+        };
+        metrics::counter!("lotse_attempts_total", "endpoint" => self.endpoint.name.clone(), "result" => label).increment(1);
+        metrics::histogram!("lotse_attempt_seconds", "endpoint" => self.endpoint.name.clone())
+            .record(started.elapsed().as_secs_f64());
+        let jitter: f64 = rand::rng().random();
+        let outcome = retry::decide(&self.retry, lease.budget_attempt, result, now_millis(), jitter);
+        match &outcome {
+            Outcome::Delivered { .. } => {
+                tracing::debug!(delivery_id = %lease.delivery_id, attempt = lease.attempt, endpoint = %self.endpoint.name, "delivered")
+            }
+            Outcome::Retry { error, .. } => {
+                tracing::info!(delivery_id = %lease.delivery_id, attempt = lease.attempt, endpoint = %self.endpoint.name, error = %error, "delivery failed, will retry")
+            }
+            Outcome::Dead { error } => {
+                tracing::warn!(delivery_id = %lease.delivery_id, attempt = lease.attempt, endpoint = %self.endpoint.name, error = %error, "delivery dead")
+            }
+        }
+        let id = lease.delivery_id;
+        if let Err(e) = self.store.settle(lease, outcome).await {
+            // The delivery stays due in the store and will be sent again: at-least-once.
+            tracing::error!(delivery_id = %id, error = %e, "cannot record the attempt; it will be repeated");
+        }
+    }
+}

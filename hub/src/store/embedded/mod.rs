@@ -1,0 +1,376 @@
+//! The embedded store: redb in `data_dir`, one process.
+//!
+//! Design:
+//! - Every write goes through the group-commit writer thread ([`writer`]): a submission, its
+//!   deliveries, its first events and its dedup keys are one transaction, fsync'd before
+//!   `intake` returns.
+//! - Work is the `READY` table, ordered by (endpoint, not-before, delivery id). A worker leases
+//!   due entries; leases live in memory only. A crash forgets them, and since the ready entry
+//!   is removed only when an attempt is settled, everything in flight is leased again after a
+//!   restart, with the same delivery id (at-least-once).
+//! - Waiting for work: per-endpoint `Notify`, woken after a commit that made work due, plus a
+//!   timer for the earliest future not-before.
+
+mod tables;
+mod writer;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use redb::{Database, ReadableDatabase};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use super::*;
+use tables::*;
+use writer::{Op, get_delivery, rfc3339};
+
+/// redb's page cache; the default (1 GiB) is far more than a queue needs.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    /// `None` only while dropping.
+    tx: Option<mpsc::UnboundedSender<Op>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for EmbeddedStore {
+    // Closing the channel ends the writer after its current batch; joining it releases its
+    // handle on the database file, so the same store can be opened again right away.
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    leased: Mutex<HashSet<DeliveryId>>,
+    notify: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+impl Shared {
+    fn notify(&self, endpoint: &str) -> Arc<Notify> {
+        // A poisoned lock means a panic elsewhere; the map itself is still consistent.
+        let mut map = self.notify.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(endpoint.to_owned()).or_default().clone()
+    }
+
+    fn leased(&self) -> std::sync::MutexGuard<'_, HashSet<DeliveryId>> {
+        self.leased.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store file `lotse.redb` in `dir`.
+    pub fn open(dir: &Path) -> anyhow::Result<EmbeddedStore> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create data dir `{}`", dir.display()))?;
+        let path = dir.join("lotse.redb");
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .with_context(|| format!("cannot open store `{}`", path.display()))?;
+        {
+            // Create every table up front so readers never meet a missing one.
+            let txn = db.begin_write()?;
+            txn.open_table(SUBMISSIONS)?;
+            txn.open_table(PAYLOADS)?;
+            txn.open_table(RENDITIONS)?;
+            txn.open_table(DELIVERIES)?;
+            txn.open_table(READY)?;
+            txn.open_table(BY_STATE)?;
+            txn.open_table(EVENTS)?;
+            txn.open_table(DEDUP)?;
+            txn.open_table(COUNTERS)?;
+            txn.commit()?;
+        }
+        let db = Arc::new(db);
+        let shared = Arc::new(Shared::default());
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (wdb, wshared) = (db.clone(), shared.clone());
+        let writer = std::thread::Builder::new()
+            .name("lotse-store-writer".into())
+            .spawn(move || writer::run(wdb, rx, |endpoint| wshared.notify(endpoint).notify_waiters()))
+            .context("cannot start the store writer thread")?;
+        Ok(EmbeddedStore { db, tx: Some(tx), writer: Some(writer), shared })
+    }
+
+    async fn write<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Op) -> Result<T, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let tx = self.tx.as_ref().ok_or_else(|| StoreError::Unavailable("store closed".into()))?;
+        tx.send(make(reply)).map_err(|_| StoreError::Unavailable("store writer stopped".into()))?;
+        rx.await.map_err(|_| StoreError::Unavailable("store writer stopped".into()))?
+    }
+
+    fn read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        self.db.begin_read().map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    /// Due deliveries of `endpoint` not leased yet (up to `max`), and the earliest future
+    /// not-before if none is due.
+    fn due(&self, endpoint: &str, max: usize) -> Result<(Vec<Lease>, Option<Millis>), StoreError> {
+        let now = now_millis();
+        let txn = self.read()?;
+        let ready = txn.open_table(READY).map_err(unavailable)?;
+        let start = ready_key(endpoint, 0, DeliveryId(uuid::Uuid::nil()));
+        let end = ready_key(endpoint, u64::MAX, DeliveryId(uuid::Uuid::max()));
+        let mut picked = Vec::new();
+        let mut next_due = None;
+        {
+            let leased = self.shared.leased();
+            for entry in ready.range(start.as_slice()..=end.as_slice()).map_err(unavailable)? {
+                let (k, _) = entry.map_err(unavailable)?;
+                let Some((not_before, id)) = parse_ready_key(endpoint, k.value()) else { continue };
+                if not_before > now {
+                    next_due = Some(not_before);
+                    break;
+                }
+                if !leased.contains(&id) {
+                    picked.push(id);
+                    if picked.len() >= max {
+                        break;
+                    }
+                }
+            }
+        }
+        if picked.is_empty() {
+            return Ok((Vec::new(), next_due));
+        }
+        let deliveries = txn.open_table(DELIVERIES).map_err(unavailable)?;
+        let subs = txn.open_table(SUBMISSIONS).map_err(unavailable)?;
+        let payloads = txn.open_table(PAYLOADS).map_err(unavailable)?;
+        let renditions = txn.open_table(RENDITIONS).map_err(unavailable)?;
+        let mut leases = Vec::with_capacity(picked.len());
+        let mut leased = self.shared.leased();
+        for id in picked {
+            // Another worker of the same endpoint may have taken it since the scan.
+            if !leased.insert(id) {
+                continue;
+            }
+            let Some(d) = get_delivery(&deliveries, id)? else { continue };
+            let sub_key = d.submission_id.0.as_bytes();
+            let rec: SubmissionRecord = match subs.get(sub_key.as_slice()).map_err(unavailable)? {
+                Some(v) => serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                None => continue,
+            };
+            let (content_type, payload) = if d.has_rendition {
+                let v = renditions.get(id.0.as_bytes().as_slice()).map_err(unavailable)?;
+                let v = v.ok_or_else(|| StoreError::Corrupt(format!("rendition of {id} missing")))?;
+                let (ct, body) =
+                    decode_rendition(v.value()).ok_or_else(|| StoreError::Corrupt(format!("rendition of {id} unreadable")))?;
+                (ct, Bytes::copy_from_slice(body))
+            } else {
+                let v = payloads.get(sub_key.as_slice()).map_err(unavailable)?;
+                let v = v.ok_or_else(|| StoreError::Corrupt(format!("payload of {} missing", d.submission_id)))?;
+                (rec.content_type.clone(), Bytes::copy_from_slice(v.value()))
+            };
+            leases.push(Lease {
+                delivery_id: id,
+                submission_id: d.submission_id,
+                endpoint: d.endpoint.clone(),
+                attempt: d.attempts + 1,
+                budget_attempt: d.attempts + 1 - d.budget_base,
+                message_id: rec.message_id.clone(),
+                content_type,
+                payload,
+                token: 0,
+            });
+        }
+        Ok((leases, None))
+    }
+
+    fn delivery_view(&self, id: DeliveryId, d: &DeliveryRecord) -> DeliveryView {
+        DeliveryView {
+            id,
+            submission_id: d.submission_id,
+            endpoint: d.endpoint.clone(),
+            state: d.state,
+            attempts: d.attempts,
+            next_attempt_at: (d.state == DeliveryState::Pending).then(|| rfc3339(d.not_before.max(d.updated_at))),
+            last_error: d.last_error.clone(),
+            updated_at: rfc3339(d.updated_at),
+        }
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+#[async_trait::async_trait]
+impl Store for EmbeddedStore {
+    async fn intake(&self, submission: NewSubmission) -> Result<Intake, StoreError> {
+        self.write(|reply| Op::Intake(Box::new(submission), reply)).await
+    }
+
+    async fn lease(&self, endpoint: &str, max: usize, wait: Duration) -> Result<Vec<Lease>, StoreError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let notify = self.shared.notify(endpoint);
+        loop {
+            // Register interest before looking, so a commit between the scan and the wait
+            // still wakes us.
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (leases, next_due) = self.due(endpoint, max)?;
+            if !leases.is_empty() {
+                return Ok(leases);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            let mut until = deadline;
+            if let Some(due) = next_due {
+                let ms = due.saturating_sub(now_millis());
+                until = until.min(now + Duration::from_millis(ms));
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    async fn settle(&self, lease: Lease, outcome: Outcome) -> Result<(), StoreError> {
+        let id = lease.delivery_id;
+        let r = self.write(|reply| Op::Settle { delivery: id, attempt: lease.attempt, outcome, reply }).await;
+        // Release the lease whatever happened: on failure the entry is still in READY and will be
+        // leased (and sent) again, which is at-least-once.
+        self.shared.leased().remove(&id);
+        r
+    }
+
+    async fn submission(&self, id: SubmissionId) -> Result<Option<SubmissionView>, StoreError> {
+        let txn = self.read()?;
+        let subs = txn.open_table(SUBMISSIONS).map_err(unavailable)?;
+        let Some(v) = subs.get(id.0.as_bytes().as_slice()).map_err(unavailable)? else { return Ok(None) };
+        let rec: SubmissionRecord = serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let deliveries_t = txn.open_table(DELIVERIES).map_err(unavailable)?;
+        let mut deliveries = Vec::new();
+        for d in &rec.receipt.deliveries {
+            if let Some(r) = get_delivery(&deliveries_t, d.id)? {
+                deliveries.push(self.delivery_view(d.id, &r));
+            }
+        }
+        let events_t = txn.open_table(EVENTS).map_err(unavailable)?;
+        let mut events = Vec::with_capacity(rec.events as usize);
+        for entry in events_t.range(event_key(id, 0).as_slice()..=event_key(id, u32::MAX).as_slice()).map_err(unavailable)? {
+            let (k, v) = entry.map_err(unavailable)?;
+            let seq = u32::from_be_bytes(k.value()[16..20].try_into().unwrap_or([0; 4]));
+            let e: EventRecord = serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            events.push(EventView {
+                seq,
+                at: rfc3339(e.at),
+                kind: e.kind,
+                delivery_id: e.delivery_id,
+                attempt: e.attempt,
+                detail: e.detail,
+                hash: e.hash,
+            });
+        }
+        let state = submission_state(&deliveries);
+        Ok(Some(SubmissionView {
+            id,
+            state,
+            partner: rec.partner,
+            received_at: rfc3339(rec.received_at),
+            route: rec.route,
+            meta: rec.meta,
+            deliveries,
+            events,
+        }))
+    }
+
+    async fn delivery(&self, id: DeliveryId) -> Result<Option<DeliveryView>, StoreError> {
+        let txn = self.read()?;
+        let t = txn.open_table(DELIVERIES).map_err(unavailable)?;
+        Ok(get_delivery(&t, id)?.map(|d| self.delivery_view(id, &d)))
+    }
+
+    async fn deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryView>, StoreError> {
+        let limit = if filter.limit == 0 { 100 } else { filter.limit.min(10_000) };
+        let txn = self.read()?;
+        let t = txn.open_table(DELIVERIES).map_err(unavailable)?;
+        let mut out = Vec::new();
+        if let Some(sid) = filter.submission_id {
+            let subs = txn.open_table(SUBMISSIONS).map_err(unavailable)?;
+            if let Some(v) = subs.get(sid.0.as_bytes().as_slice()).map_err(unavailable)? {
+                let rec: SubmissionRecord = serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                for d in rec.receipt.deliveries {
+                    if let Some(r) = get_delivery(&t, d.id)? {
+                        if matches_filter(&r, filter) {
+                            out.push(self.delivery_view(d.id, &r));
+                        }
+                    }
+                }
+            }
+            return Ok(out);
+        }
+        let states: Vec<DeliveryState> = match filter.state {
+            Some(s) => vec![s],
+            None => vec![DeliveryState::Pending, DeliveryState::Dead, DeliveryState::Delivered],
+        };
+        let by_state = txn.open_table(BY_STATE).map_err(unavailable)?;
+        for s in states {
+            let b = state_byte(s);
+            let lo = state_key(s, DeliveryId(uuid::Uuid::nil()));
+            let hi = state_key(s, DeliveryId(uuid::Uuid::max()));
+            for entry in by_state.range(lo.as_slice()..=hi.as_slice()).map_err(unavailable)?.rev() {
+                let (k, _) = entry.map_err(unavailable)?;
+                let key = k.value();
+                if key.first() != Some(&b) {
+                    continue;
+                }
+                let Ok(u) = uuid::Uuid::from_slice(&key[1..]) else { continue };
+                let id = DeliveryId(u);
+                if let Some(r) = get_delivery(&t, id)? {
+                    if matches_filter(&r, filter) {
+                        out.push(self.delivery_view(id, &r));
+                        if out.len() >= limit {
+                            return Ok(out);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn replay(&self, id: DeliveryId, actor: &str, reason: &str) -> Result<ReplayOutcome, StoreError> {
+        let (actor, reason) = (actor.to_owned(), reason.to_owned());
+        self.write(|reply| Op::Replay { delivery: id, actor, reason, reply }).await
+    }
+
+    async fn counts(&self) -> Result<Counts, StoreError> {
+        let txn = self.read()?;
+        let t = txn.open_table(COUNTERS).map_err(unavailable)?;
+        let get = |k: &str| -> Result<u64, StoreError> { Ok(t.get(k).map_err(unavailable)?.map(|v| v.value()).unwrap_or(0)) };
+        Ok(Counts { submissions: get("submissions")?, pending: get("pending")?, delivered: get("delivered")?, dead: get("dead")? })
+    }
+}
+
+fn matches_filter(d: &DeliveryRecord, f: &DeliveryFilter) -> bool {
+    f.state.is_none_or(|s| s == d.state) && f.endpoint.as_deref().is_none_or(|e| e == d.endpoint)
+}
+
+/// Derived, never stored: in progress while any delivery is pending.
+pub fn submission_state(deliveries: &[DeliveryView]) -> SubmissionState {
+    if deliveries.iter().any(|d| d.state == DeliveryState::Pending) {
+        SubmissionState::InProgress
+    } else if deliveries.iter().all(|d| d.state == DeliveryState::Delivered) {
+        SubmissionState::Delivered
+    } else {
+        SubmissionState::Failed
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,142 @@
+//! redb tables of the embedded store, their key encodings and the records stored in them.
+
+use redb::TableDefinition;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{DeliveryId, DeliveryState, Millis, Receipt, SubmissionId};
+
+/// submission id (16 bytes) -> [`SubmissionRecord`] (JSON).
+pub const SUBMISSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("submissions");
+/// submission id -> the original bytes.
+pub const PAYLOADS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("payloads");
+/// delivery id -> rendition: u16 BE content-type length, content type, body.
+pub const RENDITIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("renditions");
+/// delivery id -> [`DeliveryRecord`] (JSON).
+pub const DELIVERIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("deliveries");
+/// endpoint, 0x00, not-before (u64 BE), delivery id -> (): the work queue of pending deliveries.
+pub const READY: TableDefinition<&[u8], ()> = TableDefinition::new("ready");
+/// state byte, delivery id -> (): deliveries by state, for admin listings (ids are time-ordered v7).
+pub const BY_STATE: TableDefinition<&[u8], ()> = TableDefinition::new("by_state");
+/// submission id, seq (u32 BE) -> [`EventRecord`] (JSON).
+pub const EVENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("events");
+/// dedup key -> submission id.
+pub const DEDUP: TableDefinition<&str, &[u8]> = TableDefinition::new("dedup");
+/// counter name -> value.
+pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmissionRecord {
+    pub partner: String,
+    pub received_at: Millis,
+    pub content_type: String,
+    pub meta: serde_json::Value,
+    pub message_id: Option<String>,
+    pub route: String,
+    pub receipt: Receipt,
+    /// Number of events in the log; the next event's seq.
+    pub events: u32,
+    /// Hash of the last event (hex), the link the next event chains to.
+    pub last_hash: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    pub submission_id: SubmissionId,
+    pub endpoint: String,
+    pub state: DeliveryState,
+    pub attempts: u32,
+    /// `attempts` when the delivery was last replayed; the retry budget counts from here.
+    pub budget_base: u32,
+    pub not_before: Millis,
+    pub last_error: Option<String>,
+    pub updated_at: Millis,
+    pub has_rendition: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub at: Millis,
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_id: Option<DeliveryId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    pub detail: String,
+    pub hash: String,
+}
+
+pub fn ready_key(endpoint: &str, not_before: Millis, id: DeliveryId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(endpoint.len() + 25);
+    k.extend_from_slice(endpoint.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&not_before.to_be_bytes());
+    k.extend_from_slice(id.0.as_bytes());
+    k
+}
+
+/// Splits a ready key of `endpoint` into (not_before, delivery id).
+pub fn parse_ready_key(endpoint: &str, key: &[u8]) -> Option<(Millis, DeliveryId)> {
+    let rest = key.strip_prefix(endpoint.as_bytes())?.strip_prefix(&[0])?;
+    if rest.len() != 24 {
+        return None;
+    }
+    let not_before = u64::from_be_bytes(rest[..8].try_into().ok()?);
+    let id = uuid::Uuid::from_slice(&rest[8..]).ok()?;
+    Some((not_before, DeliveryId(id)))
+}
+
+pub fn state_byte(state: DeliveryState) -> u8 {
+    match state {
+        DeliveryState::Pending => b'p',
+        DeliveryState::Delivered => b'd',
+        DeliveryState::Dead => b'x',
+    }
+}
+
+pub fn state_key(state: DeliveryState, id: DeliveryId) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = state_byte(state);
+    k[1..].copy_from_slice(id.0.as_bytes());
+    k
+}
+
+pub fn event_key(id: SubmissionId, seq: u32) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    k[..16].copy_from_slice(id.0.as_bytes());
+    k[16..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub fn encode_rendition(content_type: &str, body: &[u8]) -> Vec<u8> {
+    let ct = content_type.as_bytes();
+    let len = u16::try_from(ct.len()).unwrap_or(u16::MAX);
+    let mut v = Vec::with_capacity(2 + ct.len() + body.len());
+    v.extend_from_slice(&len.to_be_bytes());
+    v.extend_from_slice(&ct[..usize::from(len)]);
+    v.extend_from_slice(body);
+    v
+}
+
+pub fn decode_rendition(v: &[u8]) -> Option<(String, &[u8])> {
+    let len = usize::from(u16::from_be_bytes(v.get(..2)?.try_into().ok()?));
+    let ct = std::str::from_utf8(v.get(2..2 + len)?).ok()?;
+    Some((ct.to_owned(), v.get(2 + len..)?))
+}
+
+/// The event chain: each hash covers the previous hash and this event's content.
+pub fn chain_hash(prev: &str, seq: u32, e: &EventRecord) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(prev.as_bytes());
+    h.update(b"\n");
+    h.update(seq.to_be_bytes());
+    h.update(e.at.to_be_bytes());
+    h.update(e.kind.as_bytes());
+    h.update(b"\0");
+    if let Some(d) = e.delivery_id {
+        h.update(d.0.as_bytes());
+    }
+    h.update(e.attempt.unwrap_or(0).to_be_bytes());
+    h.update(e.detail.as_bytes());
+    hex::encode(h.finalize())
+}

@@ -1,0 +1,444 @@
+//! The group-commit writer: one thread owns every write transaction.
+//!
+//! Requests queue on a channel. The thread takes the first request, then everything else already
+//! waiting (up to [`MAX_BATCH`]), applies them all in ONE redb write transaction and commits it
+//! (one fsync), and only then answers every waiter. While one commit is on the disk, new requests
+//! pile up and form the next batch, so under load many submissions share each fsync, and at low
+//! load a lone request is committed at once without waiting for company.
+//!
+//! If a batch fails as a whole, each of its requests is retried in a transaction of its own, so
+//! one bad request cannot fail its neighbours.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use redb::{Database, ReadableTable, WriteTransaction};
+use tokio::sync::{mpsc, oneshot};
+
+use super::tables::*;
+use crate::store::{
+    DeliveryId, DeliveryState, Intake, Millis, NewSubmission, Outcome, Receipt, ReceiptDelivery, ReplayOutcome,
+    StoreError, SubmissionId,
+};
+
+/// Most requests in one transaction; bounds the latency a batch adds to its first member.
+pub const MAX_BATCH: usize = 512;
+
+pub enum Op {
+    Intake(Box<NewSubmission>, oneshot::Sender<Result<Intake, StoreError>>),
+    Settle { delivery: DeliveryId, attempt: u32, outcome: Outcome, reply: oneshot::Sender<Result<(), StoreError>> },
+    Replay { delivery: DeliveryId, actor: String, reason: String, reply: oneshot::Sender<Result<ReplayOutcome, StoreError>> },
+}
+
+/// What a committed batch woke up: endpoints that got new due work.
+pub type Wakeups = Vec<String>;
+
+enum Reply {
+    Intake(oneshot::Sender<Result<Intake, StoreError>>, Result<Intake, StoreError>),
+    Settle(oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
+    Replay(oneshot::Sender<Result<ReplayOutcome, StoreError>>, Result<ReplayOutcome, StoreError>),
+}
+
+impl Reply {
+    fn fail(self, e: &str) -> Reply {
+        match self {
+            Reply::Intake(tx, _) => Reply::Intake(tx, failed(e)),
+            Reply::Settle(tx, _) => Reply::Settle(tx, failed(e)),
+            Reply::Replay(tx, _) => Reply::Replay(tx, failed(e)),
+        }
+    }
+    fn send(self) {
+        // A waiter that went away (client disconnected) no longer needs its answer; the write
+        // itself is committed either way.
+        match self {
+            Reply::Intake(tx, r) => drop(tx.send(r)),
+            Reply::Settle(tx, r) => drop(tx.send(r)),
+            Reply::Replay(tx, r) => drop(tx.send(r)),
+        }
+    }
+}
+
+/// Runs the writer loop until every sender is dropped.
+pub fn run(db: Arc<Database>, mut rx: mpsc::UnboundedReceiver<Op>, wake: impl Fn(&str)) {
+    let mut batch: Vec<Op> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        metrics::histogram!("lotse_store_batch_size").record(batch.len() as f64);
+        let ops = std::mem::take(&mut batch);
+        match commit_batch(&db, ops) {
+            Ok((replies, wakeups)) => {
+                for r in replies {
+                    r.send();
+                }
+                for e in wakeups {
+                    wake(&e);
+                }
+            }
+            Err((ops, e)) => {
+                tracing::warn!(error = %e, size = ops.len(), "batch commit failed, retrying its requests one by one");
+                for op in ops {
+                    match commit_batch(&db, vec![op]) {
+                        Ok((replies, wakeups)) => {
+                            replies.into_iter().for_each(Reply::send);
+                            wakeups.iter().for_each(|e| wake(e));
+                        }
+                        Err((ops, e)) => {
+                            tracing::error!(error = %e, "store write failed");
+                            for op in ops {
+                                placeholder_reply(op).fail(&e).send();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn placeholder_reply(op: Op) -> Reply {
+    match op {
+        Op::Intake(_, tx) => Reply::Intake(tx, failed("not applied")),
+        Op::Settle { reply, .. } => Reply::Settle(reply, failed("not applied")),
+        Op::Replay { reply, .. } => Reply::Replay(reply, failed("not applied")),
+    }
+}
+
+fn failed<T>(e: &str) -> Result<T, StoreError> {
+    Err(StoreError::Unavailable(e.to_owned()))
+}
+
+/// Applies `ops` in one transaction and commits. On failure returns the ops untouched (their
+/// effects are rolled back with the transaction) so the caller can retry them.
+#[allow(clippy::type_complexity)]
+fn commit_batch(db: &Database, ops: Vec<Op>) -> Result<(Vec<Reply>, Wakeups), (Vec<Op>, String)> {
+    let txn = match db.begin_write() {
+        Ok(t) => t,
+        Err(e) => return Err((ops, e.to_string())),
+    };
+    let mut w = Batch { txn: &txn, counters: HashMap::new(), wakeups: Vec::new(), now: crate::store::now_millis() };
+    // Apply everything first; if any step fails, abort and hand the ops back.
+    let mut results: Vec<Result<Applied, StoreError>> = Vec::with_capacity(ops.len());
+    let mut failed: Option<String> = None;
+    for op in &ops {
+        let r = match op {
+            Op::Intake(sub, _) => w.intake(sub).map(Applied::Intake),
+            Op::Settle { delivery, attempt, outcome, .. } => w.settle(*delivery, *attempt, outcome).map(|_| Applied::Unit),
+            Op::Replay { delivery, actor, reason, .. } => w.replay(*delivery, actor, reason).map(Applied::Replay),
+        };
+        if let Err(StoreError::Unavailable(e)) = &r {
+            failed = Some(e.clone());
+            break;
+        }
+        results.push(r);
+    }
+    if failed.is_none() {
+        if let Err(e) = w.flush_counters() {
+            failed = Some(e.to_string());
+        }
+    }
+    let wakeups = std::mem::take(&mut w.wakeups);
+    drop(w);
+    if let Some(e) = failed {
+        drop(txn.abort());
+        return Err((ops, e));
+    }
+    if let Err(e) = txn.commit() {
+        return Err((ops, e.to_string()));
+    }
+    let mut replies = Vec::with_capacity(ops.len());
+    for (op, r) in ops.into_iter().zip(results) {
+        replies.push(match (op, r) {
+            (Op::Intake(_, tx), r) => Reply::Intake(
+                tx,
+                r.and_then(|a| match a {
+                    Applied::Intake(i) => Ok(i),
+                    _ => Err(StoreError::Corrupt("mismatched reply".into())),
+                }),
+            ),
+            (Op::Settle { reply, .. }, r) => Reply::Settle(reply, r.map(|_| ())),
+            (Op::Replay { reply, .. }, r) => Reply::Replay(
+                reply,
+                r.and_then(|a| match a {
+                    Applied::Replay(o) => Ok(o),
+                    _ => Err(StoreError::Corrupt("mismatched reply".into())),
+                }),
+            ),
+        });
+    }
+    Ok((replies, wakeups))
+}
+
+enum Applied {
+    Intake(Intake),
+    Replay(ReplayOutcome),
+    Unit,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+struct Batch<'t> {
+    txn: &'t WriteTransaction,
+    counters: HashMap<&'static str, i64>,
+    wakeups: Vec<String>,
+    now: Millis,
+}
+
+impl Batch<'_> {
+    fn count(&mut self, name: &'static str, delta: i64) {
+        *self.counters.entry(name).or_default() += delta;
+    }
+
+    fn flush_counters(&mut self) -> Result<(), redb::Error> {
+        if self.counters.is_empty() {
+            return Ok(());
+        }
+        let mut t = self.txn.open_table(COUNTERS)?;
+        for (name, delta) in self.counters.drain() {
+            let old = t.get(name)?.map(|v| v.value()).unwrap_or(0);
+            t.insert(name, old.saturating_add_signed(delta))?;
+        }
+        Ok(())
+    }
+
+    fn intake(&mut self, sub: &NewSubmission) -> Result<Intake, StoreError> {
+        let mut dedup = self.txn.open_table(DEDUP).map_err(unavailable)?;
+        for key in &sub.dedup_keys {
+            let existing = dedup.get(key.as_str()).map_err(unavailable)?.map(|v| v.value().to_vec());
+            if let Some(id) = existing {
+                let subs = self.txn.open_table(SUBMISSIONS).map_err(unavailable)?;
+                let rec = subs.get(id.as_slice()).map_err(unavailable)?.ok_or_else(|| corrupt("dedup", "dangling key"))?;
+                let rec: SubmissionRecord = serde_json::from_slice(rec.value()).map_err(|e| corrupt("submission", e))?;
+                return Ok(Intake::Duplicate(rec.receipt));
+            }
+        }
+        let sid = sub.id.0.as_bytes();
+        for key in &sub.dedup_keys {
+            dedup.insert(key.as_str(), sid.as_slice()).map_err(unavailable)?;
+        }
+        drop(dedup);
+        self.txn.open_table(PAYLOADS).map_err(unavailable)?.insert(sid.as_slice(), sub.original.as_ref()).map_err(unavailable)?;
+
+        let receipt = Receipt {
+            submission_id: sub.id,
+            deliveries: sub.deliveries.iter().map(|d| ReceiptDelivery { id: d.id, endpoint: d.endpoint.clone() }).collect(),
+        };
+        let mut rec = SubmissionRecord {
+            partner: sub.partner.clone(),
+            received_at: sub.received_at,
+            content_type: sub.content_type.clone(),
+            meta: sub.meta.clone(),
+            message_id: sub.message_id.clone(),
+            route: sub.route.clone(),
+            receipt: receipt.clone(),
+            events: 0,
+            last_hash: String::new(),
+        };
+        let detail = format!(
+            "from partner `{}`, {} bytes of {}{}",
+            sub.partner,
+            sub.original.len(),
+            sub.content_type,
+            sub.message_id.as_deref().map(|m| format!(", message id {m}")).unwrap_or_default()
+        );
+        let mut events = vec![ev(sub.received_at, "received", None, None, detail)];
+        let targets: Vec<&str> = sub.deliveries.iter().map(|d| d.endpoint.as_str()).collect();
+        events.push(ev(self.now, "routed", None, None, format!("route `{}` -> {}", sub.route, targets.join(", "))));
+        for n in &sub.notes {
+            events.push(ev(self.now, "note", None, None, n.clone()));
+        }
+
+        let mut deliveries = self.txn.open_table(DELIVERIES).map_err(unavailable)?;
+        let mut ready = self.txn.open_table(READY).map_err(unavailable)?;
+        let mut by_state = self.txn.open_table(BY_STATE).map_err(unavailable)?;
+        let mut renditions = self.txn.open_table(RENDITIONS).map_err(unavailable)?;
+        for d in &sub.deliveries {
+            let drec = DeliveryRecord {
+                submission_id: sub.id,
+                endpoint: d.endpoint.clone(),
+                state: DeliveryState::Pending,
+                attempts: 0,
+                budget_base: 0,
+                not_before: 0,
+                last_error: None,
+                updated_at: self.now,
+                has_rendition: d.rendition.is_some(),
+            };
+            if let Some(r) = &d.rendition {
+                renditions
+                    .insert(d.id.0.as_bytes().as_slice(), encode_rendition(&r.content_type, &r.body).as_slice())
+                    .map_err(unavailable)?;
+            }
+            put_delivery(&mut deliveries, d.id, &drec)?;
+            ready.insert(ready_key(&d.endpoint, 0, d.id).as_slice(), ()).map_err(unavailable)?;
+            by_state.insert(state_key(DeliveryState::Pending, d.id).as_slice(), ()).map_err(unavailable)?;
+            self.wakeups.push(d.endpoint.clone());
+        }
+        drop((deliveries, ready, by_state, renditions));
+        self.count("submissions", 1);
+        self.count("pending", sub.deliveries.len() as i64);
+        self.append_events(sub.id, &mut rec, events)?;
+        Ok(Intake::Accepted(receipt))
+    }
+
+    fn settle(&mut self, id: DeliveryId, attempt: u32, outcome: &Outcome) -> Result<(), StoreError> {
+        let mut deliveries = self.txn.open_table(DELIVERIES).map_err(unavailable)?;
+        let Some(mut d) = get_delivery(&deliveries, id)? else {
+            return Err(StoreError::Corrupt(format!("settle of unknown delivery {id}")));
+        };
+        if d.state != DeliveryState::Pending || d.attempts + 1 != attempt {
+            // A stale lease (e.g. the delivery was settled by an earlier attempt that the worker
+            // retried after a store error): the first settlement stands.
+            tracing::debug!(delivery_id = %id, attempt, "ignoring stale settlement");
+            return Ok(());
+        }
+        let mut ready = self.txn.open_table(READY).map_err(unavailable)?;
+        ready.remove(ready_key(&d.endpoint, d.not_before, id).as_slice()).map_err(unavailable)?;
+        d.attempts = attempt;
+        d.updated_at = self.now;
+        let mut events = Vec::with_capacity(2);
+        let old_state = d.state;
+        match outcome {
+            Outcome::Delivered { status } => {
+                events.push(ev(self.now, "attempt", Some(id), Some(attempt), format!("{} answered HTTP {status}", d.endpoint)));
+                events.push(ev(self.now, "delivered", Some(id), Some(attempt), format!("delivered to `{}`", d.endpoint)));
+                d.state = DeliveryState::Delivered;
+                d.last_error = None;
+            }
+            Outcome::Retry { not_before, error } => {
+                events.push(ev(self.now, "attempt", Some(id), Some(attempt), error.clone()));
+                events.push(ev(
+                    self.now,
+                    "retry_scheduled",
+                    Some(id),
+                    Some(attempt),
+                    format!("next attempt at {}", rfc3339(*not_before)),
+                ));
+                d.not_before = *not_before;
+                d.last_error = Some(error.clone());
+                ready.insert(ready_key(&d.endpoint, d.not_before, id).as_slice(), ()).map_err(unavailable)?;
+                self.wakeups.push(d.endpoint.clone());
+            }
+            Outcome::Dead { error } => {
+                events.push(ev(self.now, "attempt", Some(id), Some(attempt), error.clone()));
+                events.push(ev(self.now, "dead", Some(id), Some(attempt), error.clone()));
+                d.state = DeliveryState::Dead;
+                d.last_error = Some(error.clone());
+            }
+        }
+        drop(ready);
+        self.move_state(id, old_state, d.state)?;
+        put_delivery(&mut deliveries, id, &d)?;
+        drop(deliveries);
+        let mut rec = self.submission(d.submission_id)?;
+        self.append_events(d.submission_id, &mut rec, events)
+    }
+
+    fn replay(&mut self, id: DeliveryId, actor: &str, reason: &str) -> Result<ReplayOutcome, StoreError> {
+        let mut deliveries = self.txn.open_table(DELIVERIES).map_err(unavailable)?;
+        let Some(mut d) = get_delivery(&deliveries, id)? else {
+            return Ok(ReplayOutcome::NotFound);
+        };
+        if d.state != DeliveryState::Dead {
+            return Ok(ReplayOutcome::NotDead { state: d.state });
+        }
+        d.state = DeliveryState::Pending;
+        d.budget_base = d.attempts;
+        d.not_before = self.now;
+        d.updated_at = self.now;
+        self.txn
+            .open_table(READY)
+            .map_err(unavailable)?
+            .insert(ready_key(&d.endpoint, d.not_before, id).as_slice(), ())
+            .map_err(unavailable)?;
+        self.move_state(id, DeliveryState::Dead, DeliveryState::Pending)?;
+        put_delivery(&mut deliveries, id, &d)?;
+        drop(deliveries);
+        self.wakeups.push(d.endpoint.clone());
+        let mut rec = self.submission(d.submission_id)?;
+        let detail = format!("replayed by `{actor}`: {reason}");
+        self.append_events(d.submission_id, &mut rec, vec![ev(self.now, "replayed", Some(id), None, detail)])?;
+        Ok(ReplayOutcome::Replayed)
+    }
+
+    fn move_state(&mut self, id: DeliveryId, from: DeliveryState, to: DeliveryState) -> Result<(), StoreError> {
+        if from == to {
+            return Ok(());
+        }
+        let mut t = self.txn.open_table(BY_STATE).map_err(unavailable)?;
+        t.remove(state_key(from, id).as_slice()).map_err(unavailable)?;
+        t.insert(state_key(to, id).as_slice(), ()).map_err(unavailable)?;
+        self.count(counter_name(from), -1);
+        self.count(counter_name(to), 1);
+        Ok(())
+    }
+
+    fn submission(&self, id: SubmissionId) -> Result<SubmissionRecord, StoreError> {
+        let t = self.txn.open_table(SUBMISSIONS).map_err(unavailable)?;
+        let v = t.get(id.0.as_bytes().as_slice()).map_err(unavailable)?.ok_or_else(|| corrupt("submission", "missing"))?;
+        serde_json::from_slice(v.value()).map_err(|e| corrupt("submission", e))
+    }
+
+    fn append_events(&mut self, id: SubmissionId, rec: &mut SubmissionRecord, events: Vec<EventRecord>) -> Result<(), StoreError> {
+        let mut t = self.txn.open_table(EVENTS).map_err(unavailable)?;
+        for mut e in events {
+            let seq = rec.events;
+            e.hash = chain_hash(&rec.last_hash, seq, &e);
+            let bytes = serde_json::to_vec(&e).map_err(|e| corrupt("event", e))?;
+            t.insert(event_key(id, seq).as_slice(), bytes.as_slice()).map_err(unavailable)?;
+            rec.last_hash = e.hash;
+            rec.events += 1;
+        }
+        let bytes = serde_json::to_vec(rec).map_err(|e| corrupt("submission", e))?;
+        self.txn
+            .open_table(SUBMISSIONS)
+            .map_err(unavailable)?
+            .insert(id.0.as_bytes().as_slice(), bytes.as_slice())
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+pub fn counter_name(state: DeliveryState) -> &'static str {
+    match state {
+        DeliveryState::Pending => "pending",
+        DeliveryState::Delivered => "delivered",
+        DeliveryState::Dead => "dead",
+    }
+}
+
+fn ev(at: Millis, kind: &str, delivery_id: Option<DeliveryId>, attempt: Option<u32>, detail: String) -> EventRecord {
+    EventRecord { at, kind: kind.to_owned(), delivery_id, attempt, detail, hash: String::new() }
+}
+
+pub fn rfc3339(ms: Millis) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+pub fn get_delivery(t: &impl ReadableTable<&'static [u8], &'static [u8]>, id: DeliveryId) -> Result<Option<DeliveryRecord>, StoreError> {
+    match t.get(id.0.as_bytes().as_slice()).map_err(unavailable)? {
+        None => Ok(None),
+        Some(v) => serde_json::from_slice(v.value()).map(Some).map_err(|e| corrupt("delivery", e)),
+    }
+}
+
+fn put_delivery(t: &mut redb::Table<&'static [u8], &'static [u8]>, id: DeliveryId, d: &DeliveryRecord) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec(d).map_err(|e| corrupt("delivery", e))?;
+    t.insert(id.0.as_bytes().as_slice(), bytes.as_slice()).map_err(unavailable)?;
+    Ok(())
+}
