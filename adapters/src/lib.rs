@@ -2,8 +2,9 @@
 //!
 //! Pure (no network, no tokio). Modules:
 //! - [`meta`]: [`Meta`], what routing needs from a message, and [`Limits`].
-//! - [`reader`]: the hardened streaming reader: refuses DTDs and entity declarations, bounds
-//!   depth and attribute count, and extracts the header meta of every XÖV standard Lotse knows.
+//! - [`reader`]: the hardened streaming reader: refuses DTDs and entity references, bounds
+//!   depth, attribute and element count, and extracts the header meta of every XÖV standard
+//!   Lotse knows ([`read_meta`] checks the whole document, [`read_header`] stops after the header).
 //! - [`json`]: the JSON form of a message and back.
 
 pub mod json;
@@ -11,4 +12,4 @@ pub mod meta;
 pub mod reader;
 
 pub use meta::{Limits, Meta};
-pub use reader::{ReadError, read_meta};
+pub use reader::{ReadError, read_header, read_meta};

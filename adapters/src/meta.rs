@@ -57,6 +57,15 @@ pub struct Meta {
     /// Case or process id (xdomea `ProzessID`, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub process_id: Option<String>,
+    /// Product that wrote the message (root attribute `produkt`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub product: Option<String>,
+    /// The message this one refers to (XWasser `referenzUUID` in the G2G header).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_id: Option<String>,
+    /// DVDV service key the message is for (XWasser `dvdvDienstkennung` in the G2G header).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dvdv_service: Option<String>,
     /// Things that are odd but not fatal, e.g. root name and header type disagree.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,

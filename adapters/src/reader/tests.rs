@@ -1,0 +1,421 @@
+//! Tests of the reader: header meta of real corpus messages, and hostile input.
+
+use std::path::PathBuf;
+
+use crate::{Limits, Meta, ReadError, read_header, read_meta};
+
+/// `../shared/corpus` next to the repository, or `None` (skip) when absent outside CI.
+pub(crate) fn corpus() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus");
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "corpus missing at {} (required with CI=true)",
+        dir.display()
+    );
+    eprintln!("skipped: corpus not found at {}", dir.display());
+    None
+}
+
+fn meta_of(rel: &str) -> Option<Meta> {
+    let bytes = std::fs::read(corpus()?.join(rel)).expect("corpus file readable");
+    let meta = read_meta(&bytes, &Limits::default()).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    let fast = read_header(&bytes, &Limits::default()).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    assert_eq!(meta, fast, "{rel}: read_header disagrees with read_meta");
+    Some(meta)
+}
+
+fn s(v: &str) -> Option<String> {
+    Some(v.to_owned())
+}
+
+#[test]
+fn xbau_0200_unqualified_g2g_header() {
+    let Some(m) = meta_of(
+        "xbau-testfiles-arecklies/Input/XBau-Testdateien/2.6/baugenehmigung.antrag.0200_f180ba27-4549-4752-ab01-a7513866faa6.xml",
+    ) else {
+        return;
+    };
+    assert_eq!(m.root, "baugenehmigung.antrag.0200");
+    assert_eq!(m.namespace, s("http://www.xleitstelle.de/xbau/2/6"));
+    assert_eq!(m.standard, s("XBau-Hochbau"));
+    assert_eq!(m.version, s("2.6"));
+    assert_eq!(m.product, s("ECA"));
+    assert_eq!(m.message_id, s("8fa6a8ae-6a53-4980-bbd1-58d3abe540e0"));
+    assert_eq!(m.message_type, s("0200"));
+    assert_eq!(m.created_at, s("2026-03-15T10:30:00Z"));
+    assert_eq!(m.reader, s("05315000-bauaufsicht"));
+    assert_eq!(m.author, s("eca-antragsservice"));
+    assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+}
+
+#[test]
+fn xbeteiligung_0401_qualified_g2g_header() {
+    let Some(m) = meta_of("xbeteiligung-demosplan/tests/res/xmlv14/xbeteiligung-test-kommunal.Initiieren.0401.xml")
+    else {
+        return;
+    };
+    assert_eq!(m.root, "kommunal.Initiieren.0401");
+    assert_eq!(m.namespace, s("https://www.xleitstelle.de/xbeteiligung/12"));
+    assert_eq!(m.standard, s("XBeteiligung"));
+    assert_eq!(m.message_id, s("60f6667b-fa45-4bd7-b717-f4d6c65e5edb"));
+    assert_eq!(m.message_type, s("0401"));
+    assert_eq!(m.created_at, s("2025-02-20T16:41:19.880Z"));
+    assert_eq!(m.reader, s("xyz:0002"));
+    assert_eq!(m.author, s("xyz:0001"));
+    assert!(m.warnings.is_empty());
+}
+
+#[test]
+fn root_and_header_type_disagree_gives_a_warning() {
+    let Some(m) = meta_of("xbeteiligung-demosplan/tests/res/example402FromCockpit.xml") else {
+        return;
+    };
+    assert_eq!(m.root, "kommunal.Aktualisieren.0402");
+    assert_eq!(m.message_type, s("0401"), "the header's code is the message type");
+    assert_eq!(m.warnings.len(), 1);
+    assert!(m.warnings[0].contains("0402") && m.warnings[0].contains("0401"), "{}", m.warnings[0]);
+}
+
+#[test]
+fn xwasser_header_extensions() {
+    let Some(m) = meta_of("xwasser-hd-gmbh/tests/administration_receipt.xml") else {
+        return;
+    };
+    assert_eq!(m.standard, s("XWasser"));
+    assert_eq!(m.version, s("1.0.0"));
+    assert_eq!(m.message_id, s("693c64d6-456f-4d14-abe7-fe9681c74aaf"));
+    assert_eq!(m.message_type, s("0010"));
+    assert_eq!(m.reader, s("psw:01003110"));
+    assert_eq!(m.author, s("psw:11113110"));
+    assert_eq!(m.reference_id, s("693c64d6-456f-4d14-abe7-fe9681c74aae"));
+    assert_eq!(m.dvdv_service, s("s"));
+    // root says 0020 (quittung), the header 0010
+    assert_eq!(m.warnings.len(), 1, "{:?}", m.warnings);
+}
+
+#[test]
+fn xwasser_empty_keys_stay_empty() {
+    let Some(m) = meta_of("xwasser-hd-gmbh/tests/monitoring_plan_maximal.xml") else {
+        return;
+    };
+    assert_eq!(m.reader, None);
+    assert_eq!(m.author, None);
+    assert_eq!(m.message_id, s("a2d0b0ed-8ea8-4084-a04a-8e611b4eb0c0"));
+}
+
+#[test]
+fn xdomea_2_3_kopf_keys_are_praefix_colon_kennung() {
+    let Some(m) = meta_of(
+        "xdomea-landesarchiv-thueringen/message_generation/pattern/xdomea_2.3.0/xx_Aussonderung.Anbieteverzeichnis.0501.xml",
+    ) else {
+        return;
+    };
+    assert_eq!(m.standard, s("xdomea"));
+    assert_eq!(m.version, s("2.3.0"));
+    assert_eq!(m.process_id, s("242f44e8-bebf-4503-a086-db252c6a4277"));
+    assert_eq!(m.message_type, s("0501"));
+    assert_eq!(m.created_at, s("2018-07-24T17:21:25"));
+    assert_eq!(m.reader, s("EmpBehoerdenkennungPraefixCode:LATh"));
+    assert_eq!(m.author, s("AbsBehoerdenkennungPraefixCode:LATh"));
+    assert_eq!(m.message_id, None);
+}
+
+#[test]
+fn xdomea_3_0_kopf_behoerdenschluessel() {
+    let Some(m) = meta_of(
+        "xdomea-landesarchiv-thueringen/message_generation/pattern/xdomea_3.0.0/xx_Aussonderung.Anbieteverzeichnis.0501.xml",
+    ) else {
+        return;
+    };
+    assert_eq!(m.version, s("3.0.0"));
+    assert_eq!(m.reader, s("EmpBehoerdenkennungPraefixCode:LATh"));
+    assert_eq!(m.author, s("AbsBehoerdenkennungPraefixCode:LATh"));
+    assert_eq!(m.created_at, s("2020-07-24T17:21:25"));
+}
+
+#[test]
+fn xdomea_4_0_nachrichtenkopf() {
+    let Some(m) = meta_of("xdomea-examples-lavnrw/v4.0.0/518c7c31-d1a0-11ef-accb-005056871b7c_0503_1.xml") else {
+        return;
+    };
+    assert_eq!(m.standard, s("xdomea"));
+    assert_eq!(m.version, s("4.0.0"));
+    assert_eq!(m.message_id, s("95b80307-d19c-11ef-a43a-005056871b7c"));
+    assert_eq!(m.message_type, s("0503"));
+    assert_eq!(m.process_id, s("518c7c31-d1a0-11ef-accb-005056871b7c"));
+    assert_eq!(m.created_at, s("2025-01-15T12:00:00.000Z"));
+    // leser/autor carry only a NameInstitution: no key to route on
+    assert_eq!(m.reader, None);
+}
+
+#[test]
+fn xgewerbeanzeige_behoerdenkennung() {
+    let Some(m) = meta_of("kosit-xgewerbeanzeige/beispiele/xgwa2.2-valid.xml") else {
+        return;
+    };
+    assert_eq!(m.standard, s("XGewerbeanzeige"));
+    assert_eq!(m.version, s("2.2"));
+    assert_eq!(m.message_id, s("00000000-0000-0000-0000-000000000001"));
+    assert_eq!(m.message_type, s("0500"));
+    assert_eq!(m.reader, s("azr:000100"));
+    assert_eq!(m.author, s("MELDID:12052000"));
+}
+
+#[test]
+fn xjustiz_headers() {
+    let Some(m) = meta_of("fit-connect-adapter-zechmeister/src/test/resources/test/xjustiz_nachricht.xml") else {
+        return;
+    };
+    assert_eq!(m.standard, s("XJustiz"));
+    assert_eq!(m.version, s("3.4.1"));
+    assert_eq!(m.message_type, s("0005005"));
+    assert_eq!(m.message_id, s("4f28f648-5bd7-22b5-7c14-fba1cee8e5de"));
+    assert_eq!(m.reader, None, "empfaenger.sonstige is free text, not a key");
+
+    let m = meta_of("xjustiz-testdaten-xjv/code/XJustiz-Testdaten/xjustiz_nachricht_v3_2.xml").expect("corpus");
+    assert_eq!(m.version, s("3.2.1"));
+    assert_eq!(m.reader, s("9D0000"));
+    assert_eq!(m.message_id, s("5558aeab-4b75-44db-80e5-7219da4751a2"));
+
+    let m = meta_of("xjustiz-testdaten-xjv/code/XJustiz-Testdaten/eeb3_v3_2.xml").expect("corpus");
+    assert_eq!(m.root, "nachricht.eeb.zuruecklaufend.2200007");
+    assert_eq!(m.message_type, s("2200007"));
+
+    let m = meta_of("xjustiz-testdaten-xjv/code/XJustiz-Testdaten/xjustiz_nachricht_eeb3_v3_2.xml").expect("corpus");
+    assert_eq!(m.reader, s("rvTraeger:15"));
+    assert_eq!(m.author, s("A1001S"));
+
+    // XJustiz 2.2.1: underscore names
+    let m = meta_of("xjustiz-testdaten-xjv/code/XJustiz-Testdaten/xjustiz_nachricht_v2_2_1.xml").expect("corpus");
+    assert_eq!(m.author, s("B6234"));
+    assert_eq!(m.message_id, s("8E417086-0264-5F8F-E053-05BC7F0AB0C8"));
+}
+
+#[test]
+fn xrechnung_ubl_and_cii() {
+    let Some(ubl) = meta_of("kosit-xrechnung-testsuite/src/test/business-cases/standard/01.01a-INVOICE_ubl.xml") else {
+        return;
+    };
+    let cii = meta_of("kosit-xrechnung-testsuite/src/test/business-cases/standard/01.01a-INVOICE_uncefact.xml")
+        .expect("corpus");
+    for m in [&ubl, &cii] {
+        assert_eq!(m.standard, s("XRechnung"));
+        assert_eq!(m.version, s("urn:cen.eu:en16931:2017#compliant#urn:xeinkauf.de:kosit:xrechnung_3.0"));
+        assert_eq!(m.reader, s("04011000-12345-03"));
+        assert_eq!(m.message_id, s("123456XX"));
+        assert_eq!(m.message_type, s("380"));
+    }
+    assert_eq!(ubl.root, "Invoice");
+    assert_eq!(cii.root, "CrossIndustryInvoice");
+    assert_eq!(ubl.created_at, s("2016-04-04"));
+}
+
+#[test]
+fn every_corpus_message_reads_and_fast_path_agrees() {
+    let Some(dir) = corpus() else {
+        return;
+    };
+    let sources = [
+        "xbau-testfiles-arecklies",
+        "xbeteiligung-demosplan/tests",
+        "xwasser-hd-gmbh/tests",
+        "xdomea-examples-lavnrw",
+        "xdomea-landesarchiv-thueringen/message_generation/pattern",
+        "kosit-xgewerbeanzeige",
+        "xjustiz-testdaten-xjv",
+        "fit-connect-adapter-zechmeister",
+        "kosit-xrechnung-testsuite",
+        "kosit-validator-configuration-xrechnung",
+    ];
+    // Known broken on purpose (MANIFEST): a BMP named .xml, a truncated invoice.
+    let broken = ["bin001.xml", "ubl007.xml"];
+    let mut files = 0;
+    for source in sources {
+        for path in xml_files(&dir.join(source)) {
+            let bytes = std::fs::read(&path).expect("readable");
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let full = read_meta(&bytes, &Limits::default());
+            if broken.contains(&name) {
+                assert!(matches!(full, Err(ReadError::Malformed { .. })), "{}: {full:?}", path.display());
+                continue;
+            }
+            let full = full.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let fast = read_header(&bytes, &Limits::default()).expect("fast path reads what the full path reads");
+            assert_eq!(full, fast, "{}", path.display());
+            files += 1;
+        }
+    }
+    assert!(files > 200, "only {files} corpus files found");
+}
+
+pub(crate) fn xml_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "xml") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+// ---- hostile input -------------------------------------------------------------------------
+
+fn read(xml: &str) -> Result<Meta, ReadError> {
+    read_meta(xml.as_bytes(), &Limits::default())
+}
+
+#[test]
+fn billion_laughs_is_forbidden() {
+    let xml = r#"<?xml version="1.0"?>
+<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+<!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">]>
+<lolz>&lol3;</lolz>"#;
+    assert!(matches!(read(xml), Err(ReadError::Forbidden(m)) if m.contains("DOCTYPE")));
+}
+
+#[test]
+fn xxe_is_forbidden() {
+    let xml = r#"<?xml version="1.0"?><!DOCTYPE r [<!ENTITY xxe SYSTEM "file:///etc/passwd">]><r>&xxe;</r>"#;
+    assert!(matches!(read(xml), Err(ReadError::Forbidden(_))));
+}
+
+#[test]
+fn undeclared_entity_reference_is_forbidden_in_text_and_attributes() {
+    assert!(matches!(read("<r>&xxe;</r>"), Err(ReadError::Forbidden(m)) if m.contains("&xxe;")));
+    assert!(matches!(read(r#"<r a="x&xxe;"/>"#), Err(ReadError::Forbidden(m)) if m.contains("&xxe;")));
+}
+
+#[test]
+fn predefined_and_character_references_are_fine() {
+    let m = read(r#"<r standard="a&amp;b&#x21;&#33;"/>"#).expect("well-formed");
+    assert_eq!(m.standard, s("a&b!!"));
+    assert!(matches!(read("<r>&#0;</r>"), Err(ReadError::Malformed { .. })));
+    assert!(matches!(read("<r>&#xD800;</r>"), Err(ReadError::Malformed { .. })));
+}
+
+#[test]
+fn hundred_thousand_nested_elements_hit_the_depth_limit() {
+    let xml = "<a>".repeat(100_000) + &"</a>".repeat(100_000);
+    let err = read(&xml).expect_err("too deep");
+    assert!(matches!(err, ReadError::LimitExceeded(ref m) if m.contains("depth")), "{err}");
+    // with the limit lifted, the reader is iterative: no stack overflow, and it reads fine
+    let lifted = Limits { max_depth: 50_000, ..Limits::default() };
+    let half = "<a>".repeat(50_000) + &"</a>".repeat(50_000);
+    let m = read_meta(half.as_bytes(), &lifted).expect("deep but well-formed");
+    assert_eq!(m.root, "a");
+    // Regression: quick-xml's namespace scope counter is a u16 and panicked past 65,535 levels;
+    // the guard caps depth below that whatever the limits say.
+    let unlimited = Limits { max_depth: usize::MAX, ..Limits::default() };
+    let err = read_meta(xml.as_bytes(), &unlimited).expect_err("capped");
+    assert!(matches!(err, ReadError::LimitExceeded(_)), "{err}");
+}
+
+#[test]
+fn attribute_and_element_limits() {
+    let limits = Limits { max_attributes: 3, max_elements: 5, max_depth: 10 };
+    let many_attrs = r#"<r a="1" b="2" c="3" d="4"/>"#;
+    assert!(
+        matches!(read_meta(many_attrs.as_bytes(), &limits), Err(ReadError::LimitExceeded(m)) if m.contains("attributes"))
+    );
+    let many_elems = format!("<r>{}</r>", "<x/>".repeat(5));
+    assert!(
+        matches!(read_meta(many_elems.as_bytes(), &limits), Err(ReadError::LimitExceeded(m)) if m.contains("elements"))
+    );
+    let fine = format!("<r>{}</r>", "<x/>".repeat(4));
+    assert!(read_meta(fine.as_bytes(), &limits).is_ok());
+}
+
+#[test]
+fn malformed_documents() {
+    let cases = [
+        ("", "no document element"),
+        ("   ", "no document element"),
+        ("<a><b></a></b>", "expected `</b>`"),
+        ("<a>", "ends inside"),
+        ("<a></a>text", "after"),
+        ("<a></a><b/>", "second root"),
+        ("text<a/>", "before"),
+        ("<a b='1' b='2'/>", "duplicat"),
+        ("<p:a/>", "unbound"),
+        ("<a p:b='1'/>", "unbound"),
+        ("<1a/>", "name"),
+        ("<a>\u{1}</a>", "control"),
+        ("<a/><?xml version='1.0'?>", "declaration"),
+        (r#"<a b="<"/>"#, ""),
+    ];
+    for (xml, needle) in cases {
+        match read(xml) {
+            Err(ReadError::Malformed { message, .. }) => {
+                assert!(message.to_lowercase().contains(needle), "{xml:?}: {message}");
+            }
+            other => panic!("{xml:?}: expected Malformed, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn binary_junk_and_truncation_are_malformed() {
+    let junk: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    assert!(matches!(read_meta(&junk, &Limits::default()), Err(ReadError::Malformed { .. })));
+    let xml = br#"<?xml version="1.0"?><a><b c="d">text</b></a>"#;
+    for cut in 1..xml.len() {
+        let r = read_meta(&xml[..cut], &Limits::default());
+        assert!(matches!(r, Err(ReadError::Malformed { .. })), "cut at {cut}: {r:?}");
+    }
+}
+
+#[test]
+fn encoding_rules() {
+    assert!(read("<?xml version=\"1.0\" encoding=\"utf-8\"?><a/>").is_ok());
+    let bom = [&[0xEF, 0xBB, 0xBF][..], b"<?xml version=\"1.0\"?><a/>"].concat();
+    assert!(read_meta(&bom, &Limits::default()).is_ok());
+    let latin = "<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?><a/>";
+    assert!(matches!(read(latin), Err(ReadError::Malformed { message, .. }) if message.contains("ISO-8859-1")));
+    let bad_utf8 = b"<a>\xff\xfe</a>";
+    assert!(matches!(read_meta(bad_utf8, &Limits::default()), Err(ReadError::Malformed { .. })));
+}
+
+#[test]
+fn malformed_error_names_line_and_column() {
+    let Err(ReadError::Malformed { message, .. }) = read("<a>\n  <b>\n  </c>\n</a>") else {
+        panic!("expected malformed");
+    };
+    assert!(message.starts_with("line 3, column"), "{message}");
+}
+
+#[test]
+fn fast_path_stops_after_the_header_full_path_does_not() {
+    let xml = r#"<x:m.0001 xmlns:x="urn:t"><nachrichtenkopf.g2g><identifikation.nachricht>
+        <nachrichtenUUID>u-1</nachrichtenUUID></identifikation.nachricht></nachrichtenkopf.g2g>
+        <x:body>&undeclared;</x:body></x:m.0001>"#;
+    let fast = read_header(xml.as_bytes(), &Limits::default()).expect("header is fine");
+    assert_eq!(fast.message_id, s("u-1"));
+    assert_eq!(fast.message_type, s("0001"), "type falls back to the root name suffix");
+    assert!(matches!(read(xml), Err(ReadError::Forbidden(_))));
+}
+
+#[test]
+fn document_without_header_gives_namespace_and_root_only() {
+    let m = read(r#"<p:thing xmlns:p="urn:example:x"><p:a>1</p:a></p:thing>"#).expect("fine");
+    assert_eq!(m, Meta { namespace: s("urn:example:x"), root: "thing".into(), ..Meta::default() });
+}
+
+#[test]
+fn default_namespace_is_not_inherited_by_xmlns_empty() {
+    let xml = r#"<m.0200 xmlns="urn:a"><nachrichtenkopf.g2g xmlns=""><leser><kennung>bab:1</kennung></leser>
+        </nachrichtenkopf.g2g></m.0200>"#;
+    let m = read(xml).expect("fine");
+    assert_eq!(m.namespace, s("urn:a"));
+    assert_eq!(m.reader, s("bab:1"));
+}
