@@ -5,11 +5,15 @@
 //! - [`reader`]: the hardened streaming reader: refuses DTDs and entity references, bounds
 //!   depth, attribute and element count, and extracts the header meta of every XÖV standard
 //!   Lotse knows ([`read_meta`] checks the whole document, [`read_header`] stops after the header).
+//! - [`catalog`]: the schema catalog (namespace -> XSD set, remote URL -> local file).
+//! - [`validate`]: XSD validation through libxml2 ([`validate::Validator`]).
 //! - [`json`]: the JSON form of a message and back.
 
+pub mod catalog;
 pub mod json;
 pub mod meta;
 pub mod reader;
+pub mod validate;
 
 pub use meta::{Limits, Meta};
 pub use reader::{ReadError, read_header, read_meta};

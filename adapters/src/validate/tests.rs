@@ -1,0 +1,94 @@
+//! Unit tests of the validator on a tiny schema defined here.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::*;
+use crate::catalog::{CATALOG_FILE, Catalog};
+
+const XSD: &str = r#"<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema" targetNamespace="urn:tiny"
+  xmlns="urn:tiny" elementFormDefault="qualified">
+  <xs:element name="msg">
+    <xs:complexType><xs:sequence>
+      <xs:element name="head"><xs:complexType><xs:attribute name="v" type="xs:string" fixed="1"/></xs:complexType></xs:element>
+      <xs:element name="n" type="xs:int" maxOccurs="3"/>
+    </xs:sequence></xs:complexType>
+  </xs:element>
+</xs:schema>"#;
+
+fn validator(dir: &Path, options: ValidatorOptions) -> Validator {
+    std::fs::write(dir.join("tiny.xsd"), XSD).expect("write xsd");
+    std::fs::write(
+        dir.join(CATALOG_FILE),
+        "format = 1\n[[schema]]\nid = \"tiny-1\"\nstandard = \"Tiny\"\nversion = \"1\"\nnamespace = \"urn:tiny\"\n\
+         version_attribute = \"v\"\nentry = [\"tiny.xsd\"]\n",
+    )
+    .expect("write catalog");
+    let catalog = Catalog::load(&[dir.to_path_buf()]).expect("catalog");
+    Validator::new(Arc::new(catalog), options).expect("validator")
+}
+
+#[test]
+fn validator_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Validator>();
+}
+
+#[test]
+fn valid_invalid_and_unknown_documents_get_their_verdicts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v = validator(dir.path(), ValidatorOptions { workers: 2, precompile: true, ..Default::default() });
+    let ok = br#"<t:msg xmlns:t="urn:tiny"><t:head v="1"/><t:n>1</t:n></t:msg>"#;
+    assert_eq!(v.validate(ok), Ok(Verdict::Valid { schema: "tiny-1".into() }));
+
+    let bad = b"<t:msg xmlns:t=\"urn:tiny\">\n  <t:head v=\"1\"/>\n  <t:n>1</t:n>\n  <t:n>x</t:n>\n</t:msg>";
+    let Ok(Verdict::Invalid { schema, violations }) = v.validate(bad) else { panic!("expected invalid") };
+    assert_eq!(schema, "tiny-1");
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert_eq!((violations[0].line, violations[0].column), (4, 3));
+    assert_eq!(violations[0].path, "/t:msg/t:n[2]");
+    assert!(violations[0].message.contains("'x' is not a valid value"), "{}", violations[0].message);
+
+    let other_version = br#"<t:msg xmlns:t="urn:tiny"><t:head v="2"/><t:n>1</t:n></t:msg>"#;
+    assert_eq!(
+        v.validate(other_version),
+        Ok(Verdict::UnknownNamespace { namespace: Some("urn:tiny".into()), version: Some("2".into()) })
+    );
+    assert_eq!(
+        v.validate(b"<x xmlns=\"urn:other\"/>"),
+        Ok(Verdict::UnknownNamespace { namespace: Some("urn:other".into()), version: None })
+    );
+    assert_eq!(v.validate(b"<x/>"), Ok(Verdict::UnknownNamespace { namespace: None, version: None }));
+}
+
+#[test]
+fn malformed_input_and_doctypes_are_errors_not_verdicts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v = validator(dir.path(), ValidatorOptions { workers: 1, ..Default::default() });
+    // Recovery off: libxml2 would otherwise repair this and validate the repair.
+    let Err(ValidateError::Malformed { line, .. }) = v.validate(b"<t:msg xmlns:t=\"urn:tiny\">\n<t:head v=\"1\">")
+    else {
+        panic!("truncated document must be malformed")
+    };
+    assert_eq!(line, 2);
+    assert!(matches!(v.validate(b"\x89PNG\r\n"), Err(ValidateError::Malformed { .. })));
+    let dtd = b"<!DOCTYPE t:msg [<!ENTITY a \"b\">]><t:msg xmlns:t=\"urn:tiny\"/>";
+    assert!(matches!(v.validate(dtd), Err(ValidateError::Forbidden(_))));
+}
+
+#[test]
+fn a_broken_schema_fails_startup_with_precompile_and_requests_without() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("tiny.xsd"), "<xs:schema xmlns:xs=\"http://www.w3.org/2001/XMLSchema\" targetNamespace=\"urn:tiny\"><xs:element name=\"a\" type=\"nope\"/></xs:schema>").expect("write");
+    std::fs::write(
+        dir.path().join(CATALOG_FILE),
+        "format = 1\n[[schema]]\nid = \"tiny-1\"\nstandard = \"T\"\nversion = \"1\"\nnamespace = \"urn:tiny\"\nentry = [\"tiny.xsd\"]\n",
+    )
+    .expect("write");
+    let catalog = Arc::new(Catalog::load(&[dir.path().to_path_buf()]).expect("catalog"));
+    let err = Validator::new(Arc::clone(&catalog), ValidatorOptions { precompile: true, ..Default::default() })
+        .expect_err("precompile fails");
+    assert!(matches!(err, ValidateError::Schema { ref schema, .. } if schema == "tiny-1"), "{err}");
+    let lazy = Validator::new(catalog, ValidatorOptions { workers: 1, ..Default::default() }).expect("lazy starts");
+    assert!(matches!(lazy.validate(b"<a xmlns=\"urn:tiny\"/>"), Err(ValidateError::Schema { .. })));
+}
