@@ -6,7 +6,12 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = hub::cli::Cli::parse();
-    hub::telemetry::init(cli.log_json);
+    // Commands that print their own report keep the log quiet unless RUST_LOG asks for more.
+    let level = match cli.command {
+        hub::cli::Command::Serve(_) | hub::cli::Command::Receiver(_) => "info",
+        _ => "warn",
+    };
+    hub::telemetry::init(cli.log_json, level);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
