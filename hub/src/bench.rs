@@ -1,8 +1,412 @@
-//! `lotse bench`: the load tool. (Placeholder: being written.)
+//! `lotse bench`: the load tool. Sends N submissions of one message to a running hub with C
+//! clients (closed loop) or at an offered rate (open loop), and reports accepted/s and the time
+//! to `202`; with `--receiver-listen` it also runs a receiver in this process and reports the time
+//! from send to delivered.
+//!
+//! Each submission is made unique by rewriting the message's `nachrichtenUUID` text (or, for a
+//! message without one, by a fresh `Idempotency-Key`), so the hub's dedup never folds them.
+//! Open-loop latencies are measured from the *intended* send time, so a stalled hub cannot hide
+//! its queueing (no coordinated omission). Everything is bounded by `-n` and `--max-time`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::receiver::{ReceiverOptions, spawn};
 
 #[derive(Debug, clap::Args)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// Base URL of the hub's partner API, e.g. `http://127.0.0.1:8080`.
+    #[arg(long)]
+    pub to: String,
+    /// The message to send (XML or its JSON form).
+    #[arg(long)]
+    pub file: PathBuf,
+    /// Number of submissions.
+    #[arg(short = 'n', long, default_value_t = 10_000)]
+    pub requests: u64,
+    /// Concurrent clients (closed loop), or the cap on requests in flight (open loop).
+    #[arg(short = 'c', long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Open loop: offer this many requests per second instead of sending as fast as answered.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Run a receiver in this process on this address (the hub's endpoint must point at it) and
+    /// report time to delivered.
+    #[arg(long)]
+    pub receiver_listen: Option<SocketAddr>,
+    /// Bearer token of a configured partner.
+    #[arg(long, env = "LOTSE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Stop sending after this long, whatever `-n` says.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    pub max_time: Duration,
+    /// After sending, wait at most this long for deliveries (with `--receiver-listen`).
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    pub drain_time: Duration,
+    /// Media type; default from the file name (`.json` -> application/json, else application/xml).
+    #[arg(long)]
+    pub content_type: Option<String>,
+    /// Also print the summary as one JSON line (prefixed `json `), for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
 
-pub async fn run(_args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
-    anyhow::bail!("`lotse bench` is not built yet")
+/// What one request came to.
+#[derive(Debug, Clone)]
+struct Sample {
+    /// When it was (meant to be) sent.
+    start: Instant,
+    /// Time to the answer, in microseconds.
+    micros: u64,
+    /// HTTP status, or 0 for a transport error.
+    status: u16,
+    submission_id: Option<String>,
+}
+
+/// The figures of one run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub file: String,
+    pub bytes: usize,
+    pub mode: String,
+    pub concurrency: usize,
+    pub offered_per_s: Option<f64>,
+    pub sent: u64,
+    pub accepted: u64,
+    pub send_seconds: f64,
+    pub accepted_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// Non-2xx answers by status; `0` = transport error.
+    pub failures: Vec<(u16, u64)>,
+    pub delivered: Option<u64>,
+    pub delivered_per_s: Option<f64>,
+    pub delivered_p50_ms: Option<f64>,
+    pub delivered_p99_ms: Option<f64>,
+    pub delivered_max_ms: Option<f64>,
+}
+
+/// The message split around its `nachrichtenUUID` text, to stamp a fresh one per request.
+#[derive(Debug, Clone)]
+pub struct Template {
+    prefix: Bytes,
+    suffix: Bytes,
+    has_uuid: bool,
+}
+
+impl Template {
+    pub fn new(body: &[u8]) -> Template {
+        let find = |needle: &[u8], from: usize| {
+            body.get(from..)?.windows(needle.len()).position(|w| w == needle).map(|p| p + from)
+        };
+        let tag = b"nachrichtenUUID>";
+        let split = find(tag, 0).map(|p| p + tag.len()).and_then(|open| find(b"</", open).map(|close| (open, close)));
+        match split {
+            Some((open, close)) => Template {
+                prefix: Bytes::copy_from_slice(&body[..open]),
+                suffix: Bytes::copy_from_slice(&body[close..]),
+                has_uuid: true,
+            },
+            None => Template { prefix: Bytes::copy_from_slice(body), suffix: Bytes::new(), has_uuid: false },
+        }
+    }
+
+    /// The body with `uuid` as its message id (unchanged when it has none).
+    pub fn render(&self, uuid: &str) -> Bytes {
+        if !self.has_uuid {
+            return self.prefix.clone();
+        }
+        let mut out = Vec::with_capacity(self.prefix.len() + uuid.len() + self.suffix.len());
+        out.extend_from_slice(&self.prefix);
+        out.extend_from_slice(uuid.as_bytes());
+        out.extend_from_slice(&self.suffix);
+        Bytes::from(out)
+    }
+
+    pub fn has_uuid(&self) -> bool {
+        self.has_uuid
+    }
+}
+
+struct Sender {
+    client: reqwest::Client,
+    url: String,
+    token: Option<String>,
+    content_type: String,
+    template: Template,
+}
+
+impl Sender {
+    async fn send(&self, start: Instant) -> Sample {
+        let uuid = uuid::Uuid::new_v4().hyphenated().to_string();
+        let mut request =
+            self.client.post(&self.url).header("content-type", &self.content_type).body(self.template.render(&uuid));
+        if !self.template.has_uuid() {
+            request = request.header("idempotency-key", &uuid);
+        }
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let (status, submission_id) = match request.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body = response.bytes().await.unwrap_or_default();
+                let id = if (200..300).contains(&status) { submission_id_of(&body) } else { None };
+                (status, id)
+            }
+            Err(_) => (0, None),
+        };
+        Sample { start, micros: start.elapsed().as_micros() as u64, status, submission_id }
+    }
+}
+
+fn submission_id_of(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    value.get("submission_id")?.as_str().map(str::to_owned)
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if args.requests == 0 || args.concurrency == 0 {
+        bail!("`-n` and `-c` must be at least 1");
+    }
+    if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        bail!("`--rate` must be a positive number of requests per second");
+    }
+    let body = std::fs::read(&args.file).with_context(|| format!("cannot read `{}`", args.file.display()))?;
+    let content_type = args.content_type.clone().unwrap_or_else(|| {
+        if args.file.extension().is_some_and(|e| e == "json") { "application/json" } else { "application/xml" }.into()
+    });
+    let receiver = match args.receiver_listen {
+        Some(listen) => Some(spawn(ReceiverOptions { listen, ..ReceiverOptions::default() }).await?),
+        None => None,
+    };
+    let client = reqwest::Client::builder()
+        .http1_only()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(args.concurrency)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("cannot build the HTTP client")?;
+    let sender = Arc::new(Sender {
+        client,
+        url: format!("{}/v1/submissions", args.to.trim_end_matches('/')),
+        token: args.token.clone(),
+        content_type,
+        template: Template::new(&body),
+    });
+    let started = Instant::now();
+    let samples = match args.rate {
+        None => closed_loop(&sender, args.requests, args.concurrency, args.max_time).await,
+        Some(rate) => open_loop(&sender, args.requests, args.concurrency, rate, args.max_time).await,
+    };
+    let send_seconds = started.elapsed().as_secs_f64();
+    let mut report = summarize(&args, body.len(), &samples, send_seconds);
+    if let Some(receiver) = &receiver {
+        let accepted = report.accepted;
+        receiver.wait_delivered(accepted, args.drain_time).await;
+        let sent_at: HashMap<&str, Instant> =
+            samples.iter().filter_map(|s| s.submission_id.as_deref().map(|id| (id, s.start))).collect();
+        let mut firsts: HashMap<String, Instant> = HashMap::new();
+        receiver.with_arrivals(|arrivals| {
+            for a in arrivals.iter().filter(|a| a.accepted()) {
+                if let Some(id) = &a.submission_id {
+                    firsts.entry(id.clone()).or_insert(a.at);
+                }
+            }
+        });
+        let mut latencies: Vec<u64> = Vec::with_capacity(firsts.len());
+        let mut last = started;
+        for (id, at) in &firsts {
+            if let Some(sent) = sent_at.get(id.as_str()) {
+                latencies.push(at.saturating_duration_since(*sent).as_micros() as u64);
+                last = last.max(*at);
+            }
+        }
+        latencies.sort_unstable();
+        let delivered = latencies.len() as u64;
+        let span = last.saturating_duration_since(started).as_secs_f64();
+        report.delivered = Some(delivered);
+        report.delivered_per_s = Some(if span > 0.0 { delivered as f64 / span } else { 0.0 });
+        report.delivered_p50_ms = Some(percentile_ms(&latencies, 50.0));
+        report.delivered_p99_ms = Some(percentile_ms(&latencies, 99.0));
+        report.delivered_max_ms = Some(latencies.last().map_or(0.0, |m| *m as f64 / 1000.0));
+    }
+    print_report(&report);
+    if args.json {
+        println!("json {}", serde_json::to_string(&report).context("cannot encode the report")?);
+    }
+    if let Some(receiver) = receiver {
+        receiver.shutdown().await?;
+    }
+    let all_delivered = report.delivered.is_none_or(|d| d >= report.accepted);
+    Ok(if report.failures.is_empty() && report.sent == args.requests && all_delivered {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+async fn closed_loop(sender: &Arc<Sender>, n: u64, clients: usize, max_time: Duration) -> Vec<Sample> {
+    let next = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + max_time;
+    let mut tasks = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let (sender, next) = (sender.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < n && Instant::now() < deadline {
+                mine.push(sender.send(Instant::now()).await);
+            }
+            mine
+        }));
+    }
+    let mut samples = Vec::with_capacity(n as usize);
+    for task in tasks {
+        if let Ok(mine) = task.await {
+            samples.extend(mine);
+        }
+    }
+    samples
+}
+
+async fn open_loop(sender: &Arc<Sender>, n: u64, in_flight: usize, rate: f64, max_time: Duration) -> Vec<Sample> {
+    let permits = Arc::new(tokio::sync::Semaphore::new(in_flight));
+    let start = Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut i = 0u64;
+    while i < n {
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        if due.saturating_duration_since(start) > max_time {
+            break;
+        }
+        let now = Instant::now();
+        if due > now {
+            tokio::time::sleep(due - now).await;
+        }
+        // Launch everything due by now: the timer's granularity (1 ms) must not cap the rate.
+        let now = Instant::now();
+        while i < n {
+            let due = start + Duration::from_secs_f64(i as f64 / rate);
+            if due > now {
+                break;
+            }
+            let (sender, permits, tx) = (sender.clone(), permits.clone(), tx.clone());
+            tokio::spawn(async move {
+                // The latency counts from `due`: time spent waiting for a free slot is queueing
+                // the hub caused, and must show.
+                let Ok(_permit) = permits.acquire_owned().await else { return };
+                let _ = tx.send(sender.send(due).await);
+            });
+            i += 1;
+        }
+    }
+    drop(tx);
+    let mut samples = Vec::with_capacity(i as usize);
+    while let Some(sample) = rx.recv().await {
+        samples.push(sample);
+    }
+    samples
+}
+
+fn percentile_ms(sorted_micros: &[u64], p: f64) -> f64 {
+    if sorted_micros.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted_micros.len() as f64).ceil() as usize;
+    sorted_micros[rank.clamp(1, sorted_micros.len()) - 1] as f64 / 1000.0
+}
+
+fn summarize(args: &BenchArgs, bytes: usize, samples: &[Sample], send_seconds: f64) -> Report {
+    let mut micros: Vec<u64> = samples.iter().filter(|s| (200..300).contains(&s.status)).map(|s| s.micros).collect();
+    micros.sort_unstable();
+    let mut failures: HashMap<u16, u64> = HashMap::new();
+    for s in samples.iter().filter(|s| !(200..300).contains(&s.status)) {
+        *failures.entry(s.status).or_default() += 1;
+    }
+    let mut failures: Vec<(u16, u64)> = failures.into_iter().collect();
+    failures.sort_unstable();
+    let accepted = micros.len() as u64;
+    Report {
+        file: args.file.display().to_string(),
+        bytes,
+        mode: if args.rate.is_some() { "open" } else { "closed" }.into(),
+        concurrency: args.concurrency,
+        offered_per_s: args.rate,
+        sent: samples.len() as u64,
+        accepted,
+        send_seconds,
+        accepted_per_s: if send_seconds > 0.0 { accepted as f64 / send_seconds } else { 0.0 },
+        p50_ms: percentile_ms(&micros, 50.0),
+        p99_ms: percentile_ms(&micros, 99.0),
+        max_ms: micros.last().map_or(0.0, |m| *m as f64 / 1000.0),
+        failures,
+        ..Report::default()
+    }
+}
+
+fn print_report(r: &Report) {
+    let mode = match r.offered_per_s {
+        Some(rate) => format!("open loop at {rate:.0}/s offered, at most {} in flight", r.concurrency),
+        None => format!("closed loop, {} clients", r.concurrency),
+    };
+    println!("bench: {} ({} bytes), {mode}", r.file, r.bytes);
+    println!(
+        "sent {} in {:.2} s: accepted {} = {:.0}/s; time to 202 p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        r.sent, r.send_seconds, r.accepted, r.accepted_per_s, r.p50_ms, r.p99_ms, r.max_ms
+    );
+    if r.failures.is_empty() {
+        println!("non-2xx: none");
+    } else {
+        let list: Vec<String> = r
+            .failures
+            .iter()
+            .map(|(status, n)| if *status == 0 { format!("transport error: {n}") } else { format!("{status}: {n}") })
+            .collect();
+        println!("non-2xx: {}", list.join(", "));
+    }
+    if let (Some(d), Some(rate), Some(p50), Some(p99), Some(max)) =
+        (r.delivered, r.delivered_per_s, r.delivered_p50_ms, r.delivered_p99_ms, r.delivered_max_ms)
+    {
+        println!(
+            "delivered {d} of {} = {rate:.0}/s; send to delivered p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms",
+            r.accepted
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_stamps_a_new_uuid() {
+        let xml = b"<m><nachrichtenUUID>00000000-0000-4000-8000-000000000001</nachrichtenUUID></m>";
+        let t = Template::new(xml);
+        assert!(t.has_uuid());
+        let out = t.render("11111111-1111-4111-8111-111111111111");
+        assert_eq!(&out[..], &b"<m><nachrichtenUUID>11111111-1111-4111-8111-111111111111</nachrichtenUUID></m>"[..]);
+        let plain = Template::new(b"{\"a\":1}");
+        assert!(!plain.has_uuid());
+        assert_eq!(&plain.render("x")[..], b"{\"a\":1}");
+    }
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let v: Vec<u64> = (1..=100).map(|i| i * 1000).collect();
+        assert_eq!(percentile_ms(&v, 50.0), 50.0);
+        assert_eq!(percentile_ms(&v, 99.0), 99.0);
+        assert_eq!(percentile_ms(&v, 100.0), 100.0);
+        assert_eq!(percentile_ms(&[], 99.0), 0.0);
+        assert_eq!(percentile_ms(&[7000], 1.0), 7.0);
+    }
 }
