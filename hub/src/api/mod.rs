@@ -25,3 +25,6 @@ pub fn token_digest(token: &str) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     Sha256::digest(token.as_bytes()).into()
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,248 @@
+//! Handler tests through `Router::oneshot` (no socket), on a real embedded store.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use serde_json::Value;
+use tower::ServiceExt;
+
+use super::*;
+use crate::config::Config;
+use crate::store::embedded::EmbeddedStore;
+
+/// A small synthetic message in the XÖV G2G shape (unqualified header).
+fn message(uuid: &str, reader: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<t:antrag.0200 xmlns:t="urn:example:test" standard="Test" version="1.0" produkt="p" produkthersteller="h">
+  <nachrichtenkopf.g2g>
+    <identifikation.nachricht>
+      <nachrichtenUUID>{uuid}</nachrichtenUUID>
+      <nachrichtentyp listURI="urn:example:types" listVersionID="1"><code>0200</code></nachrichtentyp>
+      <erstellungszeitpunkt>2026-11-29T10:00:00Z</erstellungszeitpunkt>
+    </identifikation.nachricht>
+    <leser><verzeichnisdienst listVersionID="1"><code>DVDV</code></verzeichnisdienst><kennung>{reader}</kennung></leser>
+    <autor><verzeichnisdienst listVersionID="1"><code>DVDV</code></verzeichnisdienst><kennung>bab:1</kennung></autor>
+  </nachrichtenkopf.g2g>
+  <inhalt>text</inhalt>
+</t:antrag.0200>"#
+    )
+}
+
+fn config(partners: &str) -> Config {
+    Config::parse(&format!(
+        r#"
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:1"
+data_dir = "unused"
+[limits]
+max_body_bytes = 4096
+{partners}
+[[endpoints]]
+name = "a"
+kind = "http"
+url = "http://127.0.0.1:9/a"
+[[endpoints]]
+name = "b"
+kind = "http"
+url = "http://127.0.0.1:9/b"
+[[routes]]
+name = "r"
+reader = "bab:09*"
+endpoints = ["a", "b"]
+"#
+    ))
+    .expect("valid test config")
+}
+
+struct Harness {
+    partner: axum::Router,
+    admin: axum::Router,
+    _dir: tempfile::TempDir,
+}
+
+fn harness(partners: &str) -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Arc::new(config(partners));
+    let store: Arc<dyn crate::store::Store> = Arc::new(EmbeddedStore::open(dir.path()).expect("store"));
+    let partners = config.partner_tokens.iter().map(|(t, n)| (token_digest(t), n.clone())).collect();
+    let state = Arc::new(AppState {
+        config: config.clone(),
+        pipeline: crate::intake::Pipeline::new(config, store),
+        partners,
+        metrics: None,
+        paused: Default::default(),
+    });
+    Harness { partner: partner::router(state.clone()), admin: admin::router(state), _dir: dir }
+}
+
+async fn call(router: &axum::Router, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let resp = router.clone().oneshot(req).await.expect("infallible");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.expect("body");
+    (status, headers, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+fn post(content_type: &str) -> axum::http::request::Builder {
+    Request::post("/v1/submissions").header("content-type", content_type)
+}
+
+fn submit(body: &str, extra: &[(&str, &str)]) -> Request<Body> {
+    let mut b = post("application/xml");
+    for (k, v) in extra {
+        b = b.header(*k, *v);
+    }
+    b.body(Body::from(body.to_owned())).expect("request")
+}
+
+fn assert_problem(status: StatusCode, headers: &axum::http::HeaderMap, body: &Value, want: StatusCode, slug: &str) {
+    assert_eq!(status, want, "{body}");
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert_eq!(body["type"], format!("urn:lotse:problem:{slug}"), "{body}");
+    assert_eq!(body["status"], want.as_u16());
+    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()), "{body}");
+}
+
+#[tokio::test]
+async fn accepted_submission_answers_202_with_location_and_fans_out() {
+    let h = harness("");
+    let (status, headers, body) = call(&h.partner, submit(&message("0f0e0d0c-0000-4000-8000-000000000001", "bab:09162000"), &[])).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["submission_id"].as_str().expect("id");
+    assert_eq!(headers["location"], format!("/v1/submissions/{id}"));
+    let endpoints: Vec<&str> = body["deliveries"].as_array().expect("list").iter().map(|d| d["endpoint"].as_str().unwrap_or("")).collect();
+    assert_eq!(endpoints, ["a", "b"]);
+
+    let get = Request::get(format!("/v1/submissions/{id}")).body(Body::empty()).expect("request");
+    let (status, _, view) = call(&h.partner, get).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(view["state"], "in_progress");
+    assert_eq!(view["meta"]["reader"], "bab:09162000");
+    assert_eq!(view["meta"]["message_type"], "0200");
+    let kinds: Vec<&str> = view["events"].as_array().expect("events").iter().map(|e| e["kind"].as_str().unwrap_or("")).collect();
+    assert_eq!(kinds, ["received", "routed"]);
+}
+
+#[tokio::test]
+async fn same_message_uuid_or_idempotency_key_is_stored_once() {
+    let h = harness("");
+    let msg = message("0f0e0d0c-0000-4000-8000-000000000002", "bab:09162000");
+    let (_, _, first) = call(&h.partner, submit(&msg, &[])).await;
+    let (status, headers, again) = call(&h.partner, submit(&msg, &[])).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(headers["lotse-duplicate"], "true");
+    assert_eq!(first, again, "a duplicate gets the first answer");
+
+    let other = message("0f0e0d0c-0000-4000-8000-000000000003", "bab:09162000");
+    let other2 = message("0f0e0d0c-0000-4000-8000-000000000004", "bab:09162000");
+    let (_, _, a) = call(&h.partner, submit(&other, &[("idempotency-key", "k-1")])).await;
+    let (_, h2, b) = call(&h.partner, submit(&other2, &[("idempotency-key", "k-1")])).await;
+    assert_eq!(h2["lotse-duplicate"], "true");
+    assert_eq!(a, b);
+    let (_, h3, _) = call(&h.partner, submit(&message("0f0e0d0c-0000-4000-8000-000000000005", "bab:09162000"), &[("idempotency-key", "k-2")])).await;
+    assert!(h3.get("lotse-duplicate").is_none());
+}
+
+#[tokio::test]
+async fn every_refusal_is_problem_json_with_the_right_status() {
+    let h = harness("");
+    let ok = message("0f0e0d0c-0000-4000-8000-000000000010", "bab:09162000");
+
+    let req = post("text/plain").body(Body::from(ok.clone())).expect("request");
+    let (s, hd, b) = call(&h.partner, req).await;
+    assert_problem(s, &hd, &b, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type");
+
+    let big = format!("<a>{}</a>", "x".repeat(5000));
+    let (s, hd, b) = call(&h.partner, submit(&big, &[])).await;
+    assert_problem(s, &hd, &b, StatusCode::PAYLOAD_TOO_LARGE, "too-large");
+
+    let (s, hd, b) = call(&h.partner, submit("<a><b></a>", &[])).await;
+    assert_problem(s, &hd, &b, StatusCode::BAD_REQUEST, "malformed");
+
+    let dtd = r#"<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x "y">]><a>&x;</a>"#;
+    let (s, hd, b) = call(&h.partner, submit(dtd, &[])).await;
+    assert_problem(s, &hd, &b, StatusCode::BAD_REQUEST, "malformed");
+
+    let req = post("application/json").body(Body::from("{not json")).expect("request");
+    let (s, hd, b) = call(&h.partner, req).await;
+    assert_problem(s, &hd, &b, StatusCode::BAD_REQUEST, "malformed");
+
+    let unrouted = message("0f0e0d0c-0000-4000-8000-000000000011", "psw:123");
+    let (s, hd, b) = call(&h.partner, submit(&unrouted, &[])).await;
+    assert_problem(s, &hd, &b, StatusCode::UNPROCESSABLE_ENTITY, "no-route");
+    assert_eq!(b["message_type"], "0200");
+    assert_eq!(b["reader"], "psw:123");
+    assert!(b["detail"].as_str().unwrap_or("").contains("psw:123"), "{b}");
+
+    let get = Request::get("/v1/submissions/not-an-id").body(Body::empty()).expect("request");
+    let (s, hd, b) = call(&h.partner, get).await;
+    assert_problem(s, &hd, &b, StatusCode::NOT_FOUND, "not-found");
+}
+
+#[tokio::test]
+async fn partners_need_their_token_and_see_only_their_submissions() {
+    let partners = r#"
+[[partners]]
+name = "land-a"
+token = "token-of-land-a-0123456789"
+[[partners]]
+name = "land-b"
+token = "token-of-land-b-0123456789"
+"#;
+    let h = harness(partners);
+    let msg = message("0f0e0d0c-0000-4000-8000-000000000020", "bab:09162000");
+    let (s, hd, b) = call(&h.partner, submit(&msg, &[])).await;
+    assert_problem(s, &hd, &b, StatusCode::UNAUTHORIZED, "unauthorized");
+    let (s, hd, b) = call(&h.partner, submit(&msg, &[("authorization", "Bearer wrong-token-0123456789")])).await;
+    assert_problem(s, &hd, &b, StatusCode::UNAUTHORIZED, "unauthorized");
+
+    let (s, _, b) = call(&h.partner, submit(&msg, &[("authorization", "Bearer token-of-land-a-0123456789")])).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let id = b["submission_id"].as_str().expect("id");
+    let get = |token: &str| {
+        Request::get(format!("/v1/submissions/{id}")).header("authorization", format!("Bearer {token}")).body(Body::empty()).expect("request")
+    };
+    let (s, _, v) = call(&h.partner, get("token-of-land-a-0123456789")).await;
+    assert_eq!((s, v["partner"].as_str()), (StatusCode::OK, Some("land-a")));
+    let (s, _, _) = call(&h.partner, get("token-of-land-b-0123456789")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "another partner's submission must look missing");
+
+    // Dedup is per partner: land-b may use the same message UUID.
+    let (s, hd, _) = call(&h.partner, submit(&msg, &[("authorization", "Bearer token-of-land-b-0123456789")])).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    assert!(hd.get("lotse-duplicate").is_none());
+}
+
+#[tokio::test]
+async fn admin_routes_exist_only_on_the_admin_router() {
+    let h = harness("");
+    let req = || Request::get("/v1/admin/deliveries?state=pending").body(Body::empty()).expect("request");
+    let (s, _, _) = call(&h.partner, req()).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    call(&h.partner, submit(&message("0f0e0d0c-0000-4000-8000-000000000030", "bab:09162000"), &[])).await;
+    let (s, _, b) = call(&h.admin, req()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["deliveries"].as_array().map(Vec::len), Some(2));
+    let bad = Request::get("/v1/admin/deliveries?state=lost").body(Body::empty()).expect("request");
+    let (s, _, _) = call(&h.admin, bad).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn replay_needs_a_reason_and_only_takes_dead_deliveries() {
+    let h = harness("");
+    let (_, _, b) = call(&h.partner, submit(&message("0f0e0d0c-0000-4000-8000-000000000040", "bab:09162000"), &[])).await;
+    let did = b["deliveries"][0]["id"].as_str().expect("delivery id").to_owned();
+    let replay = |body: &str| {
+        Request::post(format!("/v1/admin/deliveries/{did}/replay"))
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_owned()))
+            .expect("request")
+    };
+    let (s, _, _) = call(&h.admin, replay("{}")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "a replay without a reason is refused");
+    let (s, _, b) = call(&h.admin, replay(r#"{"reason": "receiver fixed"}"#)).await;
+    assert_eq!(s, StatusCode::CONFLICT, "a pending delivery is not replayed: {b}");
+}
