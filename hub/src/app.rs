@@ -45,6 +45,20 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     })
 }
 
+/// The XSD validator over the built-in catalog plus `[schemas] extra_dirs`, every schema compiled
+/// at start (a broken schema stops the start instead of failing requests later).
+pub fn build_validator(config: &Config) -> anyhow::Result<Option<Arc<adapters::validate::Validator>>> {
+    if !config.raw.schemas.validate {
+        tracing::warn!("[schemas] validate = false: messages are routed without XSD validation");
+        return Ok(None);
+    }
+    let catalog = adapters::catalog::Catalog::load_with_builtin(&config.raw.schemas.extra_dirs)
+        .context("cannot load the schema catalog")?;
+    let options = adapters::validate::ValidatorOptions { precompile: true, ..Default::default() };
+    let validator = adapters::validate::Validator::new(Arc::new(catalog), options).context("cannot compile the schemas")?;
+    Ok(Some(Arc::new(validator)))
+}
+
 fn metrics_handle() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
     static HANDLE: OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> = OnceLock::new();
     HANDLE
@@ -54,6 +68,10 @@ fn metrics_handle() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
 
 /// Starts the hub on already-bound listeners (tests and the demo bind port 0).
 pub async fn start(config: Config, store: Arc<dyn Store>, partner: TcpListener, admin: TcpListener) -> anyhow::Result<Running> {
+    let validator = {
+        let c = config.clone();
+        tokio::task::spawn_blocking(move || build_validator(&c)).await??
+    };
     let config = Arc::new(config);
     if config.partner_tokens.is_empty() {
         tracing::warn!("no [[partners]] configured: the partner API accepts submissions from anyone, as `anonymous`");
@@ -62,7 +80,7 @@ pub async fn start(config: Config, store: Arc<dyn Store>, partner: TcpListener, 
     let paused = Paused::default();
     let state = Arc::new(AppState {
         config: config.clone(),
-        pipeline: Pipeline::new(config.clone(), store.clone()),
+        pipeline: Pipeline::new(config.clone(), store.clone(), validator),
         partners,
         metrics: metrics_handle(),
         paused: paused.clone(),

@@ -114,14 +114,22 @@ impl Default for RetryConfig {
     }
 }
 
-/// `[schemas]`: extra schema directories (each with XSDs and a `catalog.toml`).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
+/// `[schemas]`: XSD validation; extra schema directories (each with XSDs and a `catalog.toml`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SchemasConfig {
+    /// Validate every message whose namespace a catalog knows (default true).
+    pub validate: bool,
     pub extra_dirs: Vec<PathBuf>,
     /// Refuse (422) messages whose namespace no catalog knows. Default false: they are accepted
     /// unvalidated, and a route may still demand validation.
     pub require_known: bool,
+}
+
+impl Default for SchemasConfig {
+    fn default() -> Self {
+        SchemasConfig { validate: true, extra_dirs: Vec::new(), require_known: false }
+    }
 }
 
 /// `[[partners]]`: who may submit. Without any, the partner API is open and every submission

@@ -146,7 +146,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    println!("{:<55} {:<6} {:<24} {:<24} {:<16} state", "message", "type", "reader", "route", "endpoint");
+    println!("{:<55} {:<6} {:<36} {:<24} {:<16} state", "message", "type", "reader", "route", "endpoint");
     let mut all_delivered = dup && dtd_status == 400;
     for ((name, status, body), view) in sent.iter().zip(&views) {
         let Some(v) = view else {
@@ -159,7 +159,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             let state = d["state"].as_str().unwrap_or("?");
             all_delivered &= state == "delivered";
             println!(
-                "{:<55} {:<6} {:<24} {:<24} {:<16} {state} after {} attempt(s)",
+                "{:<55} {:<6} {:<36} {:<24} {:<16} {state} after {} attempt(s)",
                 name,
                 meta["message_type"].as_str().unwrap_or("-"),
                 meta["reader"].as_str().unwrap_or("-"),

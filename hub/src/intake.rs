@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use adapters::validate::{ValidateError, Validator, Verdict};
 use adapters::{Limits, Meta, ReadError};
 use bytes::Bytes;
 
@@ -82,13 +83,20 @@ pub struct Pipeline {
     config: Arc<Config>,
     store: Arc<dyn Store>,
     limits: Limits,
+    validator: Option<Arc<Validator>>,
 }
 
 impl Pipeline {
-    pub fn new(config: Arc<Config>, store: Arc<dyn Store>) -> Pipeline {
+    /// Without a validator, no message is validated (and routes with `require_schema` refuse all).
+    pub fn new(config: Arc<Config>, store: Arc<dyn Store>, validator: Option<Arc<Validator>>) -> Pipeline {
         let l = config.raw.limits;
         let limits = Limits { max_depth: l.max_depth, max_attributes: l.max_attributes, ..Limits::default() };
-        Pipeline { config, store, limits }
+        Pipeline { config, store, limits, validator }
+    }
+
+    /// Whether `prepare` may block on XSD validation (callers then run it on a blocking thread).
+    pub fn validates(&self) -> bool {
+        self.validator.is_some()
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -140,6 +148,43 @@ impl Pipeline {
                 )));
             }
         }
+        let mut notes: Vec<String> = Vec::new();
+        if !meta.warnings.is_empty() {
+            if !route.accept_warnings {
+                return Err(IntakeError::Invalid {
+                    message: format!(
+                        "the message header is inconsistent: {} (route `{}` does not accept warnings)",
+                        meta.warnings.join("; "),
+                        route.name
+                    ),
+                    violations: Vec::new(),
+                });
+            }
+            notes.extend(meta.warnings.iter().map(|w| format!("warning: {w}")));
+        }
+        match self.validate(&xml)? {
+            Some(Verdict::Valid { schema }) => notes.push(format!("valid against schema `{schema}`")),
+            Some(Verdict::Invalid { schema, violations }) => {
+                let first = violations.first().map(|v| format!(": line {}, {}: {}", v.line, v.path, v.message)).unwrap_or_default();
+                return Err(IntakeError::Invalid {
+                    message: format!("not valid against schema `{schema}` ({} violation(s)){first}", violations.len()),
+                    violations: violations.iter().map(|v| serde_json::to_value(v).unwrap_or_default()).collect(),
+                });
+            }
+            Some(Verdict::UnknownNamespace { .. }) | None if route.require_schema || self.config.raw.schemas.require_known => {
+                return Err(IntakeError::Invalid {
+                    message: format!(
+                        "no schema is known for namespace `{}`{} and route `{}` requires validation",
+                        meta.namespace.as_deref().unwrap_or("-"),
+                        meta.version.as_deref().map(|v| format!(" version `{v}`")).unwrap_or_default(),
+                        route.name
+                    ),
+                    violations: Vec::new(),
+                });
+            }
+            Some(Verdict::UnknownNamespace { .. }) => notes.push("not validated: no schema known for this namespace".into()),
+            None => notes.push("not validated: validation is switched off".into()),
+        }
         let mut deliveries = Vec::with_capacity(route.endpoints.len());
         let mut json_cache: Option<Bytes> = None;
         for name in &route.endpoints {
@@ -172,7 +217,6 @@ impl Pipeline {
         if let Some(m) = &meta.message_id {
             dedup_keys.push(format!("msg:{}:{m}", sub.partner));
         }
-        let notes = meta.warnings.iter().map(|w| format!("warning: {w}")).collect();
         let new = NewSubmission {
             id: SubmissionId::new(),
             partner: sub.partner,
@@ -187,6 +231,24 @@ impl Pipeline {
             notes,
         };
         Ok(Prepared { new, meta })
+    }
+}
+
+impl Pipeline {
+    /// `None` when no validator is configured.
+    fn validate(&self, xml: &[u8]) -> Result<Option<Verdict>, IntakeError> {
+        let Some(v) = &self.validator else { return Ok(None) };
+        match v.validate(xml) {
+            Ok(verdict) => Ok(Some(verdict)),
+            Err(ValidateError::Malformed { line, column, message }) => {
+                Err(IntakeError::Malformed(format!("malformed XML at line {line}, column {column}: {message}")))
+            }
+            Err(ValidateError::Forbidden(m)) => Err(IntakeError::Malformed(format!("refused: {m}"))),
+            Err(e @ (ValidateError::Schema { .. } | ValidateError::Unavailable(_))) => {
+                tracing::error!(error = %e, "validation failed on Lotse's side");
+                Err(IntakeError::Store(StoreError::Unavailable(format!("validation unavailable: {e}"))))
+            }
+        }
     }
 }
 

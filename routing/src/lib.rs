@@ -42,6 +42,10 @@ pub struct Route {
     pub service: Option<Pattern>,
     /// Minimum trust level (Vertrauensniveau) the submission must carry, if any.
     pub min_trust_level: Option<TrustLevel>,
+    /// The message must be valid against a schema the catalog knows.
+    pub require_schema: bool,
+    /// Header warnings become events instead of a refusal.
+    pub accept_warnings: bool,
     pub endpoints: Vec<String>,
 }
 

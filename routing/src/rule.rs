@@ -23,6 +23,13 @@ pub struct RuleConfig {
     pub service: Option<String>,
     /// Minimum trust level: `low`, `substantial` or `high`.
     pub min_trust_level: Option<TrustLevel>,
+    /// Refuse messages whose namespace no schema catalog knows (they cannot be validated).
+    #[serde(default)]
+    pub require_schema: bool,
+    /// Accept messages whose header reading raised warnings (e.g. the root name's message type
+    /// disagrees with the header's), recording each warning as an event instead of refusing.
+    #[serde(default)]
+    pub accept_warnings: bool,
     pub endpoints: Vec<String>,
 }
 
@@ -65,6 +72,8 @@ impl RuleConfig {
             author: pattern("author", &self.author),
             service: pattern("service", &self.service),
             min_trust_level: self.min_trust_level,
+            require_schema: self.require_schema,
+            accept_warnings: self.accept_warnings,
             endpoints: self.endpoints.clone(),
         };
         if self.endpoints.is_empty() {

@@ -99,7 +99,9 @@ async fn post_submission(State(state): State<Arc<AppState>>, headers: HeaderMap,
     };
     let body = read_body(body, &headers, state.config.raw.limits.max_body_bytes).await?;
     let sub = Submission { partner: partner.clone(), media, idempotency_key, body };
-    let prepared = if sub.body.len() > INLINE_PREPARE_BYTES {
+    // XSD validation blocks on a libxml2 worker; large bodies take long to read. Either way keep
+    // the async workers free.
+    let prepared = if sub.body.len() > INLINE_PREPARE_BYTES || state.pipeline.validates() {
         let st = state.clone();
         tokio::task::spawn_blocking(move || st.pipeline.prepare(sub))
             .await

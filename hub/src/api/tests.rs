@@ -69,7 +69,7 @@ fn harness(partners: &str) -> Harness {
     let partners = config.partner_tokens.iter().map(|(t, n)| (token_digest(t), n.clone())).collect();
     let state = Arc::new(AppState {
         config: config.clone(),
-        pipeline: crate::intake::Pipeline::new(config, store),
+        pipeline: crate::intake::Pipeline::new(config, store, None),
         partners,
         metrics: None,
         paused: Default::default(),
@@ -122,7 +122,8 @@ async fn accepted_submission_answers_202_with_location_and_fans_out() {
     assert_eq!(view["meta"]["reader"], "bab:09162000");
     assert_eq!(view["meta"]["message_type"], "0200");
     let kinds: Vec<&str> = view["events"].as_array().expect("events").iter().map(|e| e["kind"].as_str().unwrap_or("")).collect();
-    assert_eq!(kinds, ["received", "routed"]);
+    assert_eq!(kinds, ["received", "routed", "note"]);
+    assert_eq!(view["events"][2]["detail"], "not validated: validation is switched off");
 }
 
 #[tokio::test]
