@@ -122,6 +122,18 @@ impl<'a> Guard<'a> {
         }
     }
 
+    /// The namespace URI of a qualified attribute name of the last `Start` token (`None` for
+    /// unprefixed attributes and for namespace declarations).
+    pub(crate) fn attribute_namespace(&self, qname: &str) -> Option<&[u8]> {
+        if qname == "xmlns" || qname.starts_with("xmlns:") {
+            return None;
+        }
+        match self.reader.resolver().resolve_attribute(QName(qname.as_bytes())).0 {
+            ResolveResult::Bound(ns) => Some(ns.into_inner()).filter(|ns| !ns.is_empty()),
+            _ => None,
+        }
+    }
+
     fn malformed_at(&self, position: u64, message: impl Into<String>) -> ReadError {
         ReadError::malformed(self.input, position, message.into())
     }

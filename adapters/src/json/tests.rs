@@ -1,0 +1,143 @@
+//! Tests of the JSON form: the shapes of the mapping, the reverse direction, the canonical form.
+
+use serde_json::{Value, json};
+
+use super::{ConvertError, canonical_form, json_to_xml, write_json, xml_to_json};
+use crate::Limits;
+
+fn to_json(xml: &str) -> Value {
+    xml_to_json(xml.as_bytes(), &Limits::default()).unwrap_or_else(|e| panic!("{xml}: {e}"))
+}
+
+/// XML -> JSON -> XML, compared through the canonical form; also checks that the JSON text
+/// fast path gives the same JSON.
+fn assert_round_trip(xml: &str) -> Value {
+    let limits = Limits::default();
+    let value = to_json(xml);
+    let mut text = Vec::new();
+    write_json(xml.as_bytes(), &limits, &mut text).expect("fast path");
+    let reparsed: Value = serde_json::from_slice(&text).expect("fast path writes valid JSON");
+    assert_eq!(reparsed, value, "fast path and Value differ for {xml}");
+    let back = json_to_xml(&value).unwrap_or_else(|e| panic!("{value}: {e}"));
+    let original = canonical_form(xml.as_bytes(), &limits).expect("canonical original");
+    let again = canonical_form(&back, &limits).expect("canonical round trip");
+    assert_eq!(original, again, "round trip differs:\n{}", String::from_utf8_lossy(&back));
+    value
+}
+
+#[test]
+fn text_only_element_without_attributes_is_a_string() {
+    assert_eq!(assert_round_trip("<a><b>x</b><c/><d></d></a>"), json!({"a": {"b": "x", "c": "", "d": ""}}));
+}
+
+#[test]
+fn attributes_are_at_keys_and_text_is_hash_text() {
+    let v =
+        assert_round_trip(r#"<a x="1"><b listURI="urn:l" listVersionID="2"><code>0200</code></b><c y="2">t</c></a>"#);
+    assert_eq!(
+        v,
+        json!({"a": {"@x": "1", "b": {"@listURI": "urn:l", "@listVersionID": "2", "code": "0200"}, "c": {"@y": "2", "#text": "t"}}})
+    );
+}
+
+#[test]
+fn adjacent_repeats_are_arrays() {
+    let v = assert_round_trip("<a><k>1</k><k>2</k><z/></a>");
+    assert_eq!(v, json!({"a": {"k": ["1", "2"], "z": ""}}));
+}
+
+#[test]
+fn non_adjacent_repeats_use_ordered_content() {
+    let v = assert_round_trip("<a>\n  <k>1</k>\n  <z/>\n  <k>2</k>\n</a>");
+    assert_eq!(v, json!({"a": {"#content": [{"k": "1"}, {"z": ""}, {"k": "2"}]}}));
+}
+
+#[test]
+fn mixed_content_keeps_every_text_node() {
+    let v = assert_round_trip(r#"<p lang="de">Hallo <b>du</b> da, <i> </i> !</p>"#);
+    assert_eq!(v, json!({"p": {"@lang": "de", "#content": ["Hallo ", {"b": "du"}, " da, ", {"i": " "}, " !"]}}));
+}
+
+#[test]
+fn namespaces_and_prefixes_are_kept() {
+    let xml = r#"<x:m xmlns:x="urn:x" xmlns:y="urn:y"><k xmlns=""><y:v y:a="1">t</y:v></k></x:m>"#;
+    let v = assert_round_trip(xml);
+    assert_eq!(
+        v,
+        json!({"x:m": {"@xmlns:x": "urn:x", "@xmlns:y": "urn:y", "k": {"@xmlns": "", "y:v": {"@y:a": "1", "#text": "t"}}}})
+    );
+}
+
+#[test]
+fn special_characters_survive() {
+    let xml = "<a t=\"&quot;&amp;&lt;&#9;x\">&lt;&amp;&gt; \"quoted\" ü € 𝄞 <![CDATA[<raw>&]]>\r\nnext</a>";
+    let v = assert_round_trip(xml);
+    assert_eq!(v, json!({"a": {"@t": "\"&<\tx", "#text": "<&> \"quoted\" ü € 𝄞 <raw>&\nnext"}}));
+}
+
+#[test]
+fn whitespace_in_leaves_is_kept_indentation_is_not() {
+    let v = assert_round_trip("<a>\n  <b>  two spaces  </b>\n  <c>\n</c>\n</a>");
+    assert_eq!(v, json!({"a": {"b": "  two spaces  ", "c": "\n"}}));
+}
+
+#[test]
+fn comments_and_processing_instructions_are_dropped() {
+    let v = assert_round_trip("<?xml version=\"1.0\"?><!-- c --><a><!-- inside --><b>1</b><?pi x?></a><!-- after -->");
+    assert_eq!(v, json!({"a": {"b": "1"}}));
+}
+
+#[test]
+fn conversion_refuses_what_the_reader_refuses() {
+    let doctype = br#"<!DOCTYPE a [<!ENTITY e "x">]><a>&e;</a>"#;
+    assert!(matches!(
+        xml_to_json(doctype, &Limits::default()),
+        Err(ConvertError::Read(crate::ReadError::Forbidden(_)))
+    ));
+    assert!(matches!(xml_to_json(b"<a><b></a>", &Limits::default()), Err(ConvertError::Read(_))));
+}
+
+#[test]
+fn json_senders_may_use_numbers_booleans_and_null() {
+    let v = json!({"a": {"@n": 5, "b": 1.5, "c": true, "d": null, "e": ["x", 2]}});
+    let xml = json_to_xml(&v).expect("valid form");
+    assert_eq!(
+        String::from_utf8(xml).expect("utf-8"),
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<a n=\"5\"><b>1.5</b><c>true</c><d/><e>x</e><e>2</e></a>"
+    );
+}
+
+#[test]
+fn invalid_json_forms_are_refused() {
+    let cases = [
+        json!("text"),
+        json!({}),
+        json!({"a": "1", "b": "2"}),
+        json!({"a": [1, 2]}),
+        json!({"a": {"b": [[1]]}}),
+        json!({"a": {"#content": "x"}}),
+        json!({"a": {"#content": [], "b": "1"}}),
+        json!({"a": {"#content": [{"b": "1", "c": "2"}]}}),
+        json!({"a": {"#weird": "1"}}),
+        json!({"1a": ""}),
+        json!({"a b": ""}),
+        json!({"p:a": ""}),
+        json!({"a": {"@x": {"nested": 1}}}),
+        json!({"a": "\u{1}"}),
+    ];
+    for case in cases {
+        assert!(matches!(json_to_xml(&case), Err(ConvertError::InvalidJson(_))), "{case} should be refused");
+    }
+}
+
+#[test]
+fn canonical_form_sees_real_differences() {
+    let c = |x: &str| canonical_form(x.as_bytes(), &Limits::default()).expect("well-formed");
+    assert_eq!(c("<a>\n <b/>\n</a>"), c("<a><b></b></a>"));
+    assert_eq!(c(r#"<a y="2" x="1"/>"#), c(r#"<a x="1" y="2"/>"#));
+    assert_ne!(c("<a><b/><c/></a>"), c("<a><c/><b/></a>"));
+    assert_ne!(c("<a>x </a>"), c("<a>x</a>"));
+    assert_ne!(c(r#"<p:a xmlns:p="urn:1"/>"#), c(r#"<p:a xmlns:p="urn:2"/>"#));
+    assert_ne!(c(r#"<a x="1"/>"#), c(r#"<a x="2"/>"#));
+    assert_ne!(c("<a>t<b/></a>"), c("<a><b/>t</a>"));
+}

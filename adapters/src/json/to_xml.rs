@@ -1,0 +1,212 @@
+//! JSON form -> XML: the reverse of the mapping, for JSON senders and for round trips.
+//!
+//! Accepts everything the forward mapping produces, plus what a JSON sender naturally writes:
+//! numbers and booleans as text, `null` for an empty element. The result is re-read by the
+//! hardened reader, so a JSON document that would give ill-formed XML (an undeclared prefix,
+//! say) is refused instead of passed on.
+
+use serde_json::{Map, Value};
+
+use super::ConvertError;
+use super::tree::JSON_MAX_DEPTH;
+use crate::Limits;
+use crate::reader::{Guard, Tok};
+
+fn invalid(message: impl Into<String>) -> ConvertError {
+    ConvertError::InvalidJson(message.into())
+}
+
+/// Writes the XML document for `json` (UTF-8, with an XML declaration).
+pub(crate) fn write_xml(json: &Value, out: &mut Vec<u8>) -> Result<(), ConvertError> {
+    let Value::Object(top) = json else {
+        return Err(invalid("the JSON form is an object with one key, the root element"));
+    };
+    let mut keys = top.iter();
+    let (Some((name, value)), None) = (keys.next(), keys.next()) else {
+        return Err(invalid(format!("the JSON form has exactly one key, the root element (found {})", top.len())));
+    };
+    out.extend_from_slice(b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let body = out.len();
+    element(name, value, 1, out)?;
+    check_well_formed(&out[body..])
+}
+
+fn check_well_formed(xml: &[u8]) -> Result<(), ConvertError> {
+    let limits = Limits { max_depth: JSON_MAX_DEPTH, max_attributes: usize::MAX, max_elements: usize::MAX };
+    let mut guard = Guard::new(xml, &limits);
+    loop {
+        match guard.next() {
+            Ok(Tok::Eof) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => return Err(invalid(format!("the XML it gives is not well-formed: {e}"))),
+        }
+    }
+}
+
+fn element(name: &str, value: &Value, depth: usize, out: &mut Vec<u8>) -> Result<(), ConvertError> {
+    if depth > JSON_MAX_DEPTH {
+        return Err(invalid(format!("nesting deeper than {JSON_MAX_DEPTH} elements")));
+    }
+    check_name(name)?;
+    out.push(b'<');
+    out.extend_from_slice(name.as_bytes());
+    match value {
+        Value::Null => out.extend_from_slice(b"/>"),
+        Value::String(_) | Value::Number(_) | Value::Bool(_) => {
+            let text = scalar_text(value, name)?;
+            if text.is_empty() {
+                out.extend_from_slice(b"/>");
+            } else {
+                out.push(b'>');
+                escape_text(&text, out)?;
+                end_tag(name, out);
+            }
+        }
+        Value::Object(map) => object(name, map, depth, out)?,
+        Value::Array(_) => {
+            return Err(invalid(format!("`{name}`: an array is only allowed as the value of an element key")));
+        }
+    }
+    Ok(())
+}
+
+fn object(name: &str, map: &Map<String, Value>, depth: usize, out: &mut Vec<u8>) -> Result<(), ConvertError> {
+    for (key, value) in map {
+        if let Some(attr) = key.strip_prefix('@') {
+            check_name(attr)?;
+            let text = scalar_text(value, key)?;
+            out.push(b' ');
+            out.extend_from_slice(attr.as_bytes());
+            out.extend_from_slice(b"=\"");
+            escape_attr(&text, out)?;
+            out.push(b'"');
+        }
+    }
+    let content = map.get("#content");
+    let has_children = map.keys().any(|k| !k.starts_with('@'));
+    if !has_children {
+        out.extend_from_slice(b"/>");
+        return Ok(());
+    }
+    out.push(b'>');
+    if let Some(content) = content {
+        if map.keys().any(|k| !k.starts_with('@') && k != "#content") {
+            return Err(invalid(format!("`{name}`: `#content` cannot be combined with other content keys")));
+        }
+        let Value::Array(items) = content else {
+            return Err(invalid(format!("`{name}`: `#content` must be an array")));
+        };
+        for item in items {
+            match item {
+                Value::Object(one) => {
+                    let mut it = one.iter();
+                    let (Some((child, value)), None) = (it.next(), it.next()) else {
+                        return Err(invalid(format!("`{name}`: each `#content` object has exactly one key")));
+                    };
+                    if child.starts_with(['@', '#']) {
+                        return Err(invalid(format!("`{name}`: `{child}` is not an element name")));
+                    }
+                    element(child, value, depth + 1, out)?;
+                }
+                Value::Array(_) => return Err(invalid(format!("`{name}`: nested array in `#content`"))),
+                scalar => escape_text(&scalar_text(scalar, name)?, out)?,
+            }
+        }
+    } else {
+        for (key, value) in map {
+            if key.starts_with('@') {
+                continue;
+            }
+            if key == "#text" {
+                escape_text(&scalar_text(value, key)?, out)?;
+                continue;
+            }
+            if key.starts_with('#') {
+                return Err(invalid(format!("`{name}`: unknown key `{key}`")));
+            }
+            match value {
+                Value::Array(items) => {
+                    for item in items {
+                        if item.is_array() {
+                            return Err(invalid(format!("`{key}`: nested arrays are not allowed")));
+                        }
+                        element(key, item, depth + 1, out)?;
+                    }
+                }
+                _ => element(key, value, depth + 1, out)?,
+            }
+        }
+    }
+    end_tag(name, out);
+    Ok(())
+}
+
+fn end_tag(name: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"</");
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'>');
+}
+
+fn scalar_text(value: &Value, what: &str) -> Result<String, ConvertError> {
+    match value {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Bool(b) => Ok(b.to_string()),
+        Value::Null => Ok(String::new()),
+        _ => Err(invalid(format!("`{what}`: expected a string, number, boolean or null"))),
+    }
+}
+
+fn check_char(c: char) -> Result<(), ConvertError> {
+    let ok = matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..);
+    if ok { Ok(()) } else { Err(invalid(format!("character U+{:04X} cannot be written in XML 1.0", c as u32))) }
+}
+
+fn escape_text(s: &str, out: &mut Vec<u8>) -> Result<(), ConvertError> {
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        let rep: &[u8] = match c {
+            '&' => b"&amp;",
+            '<' => b"&lt;",
+            '>' => b"&gt;",
+            '\r' => b"&#13;",
+            c if (c as u32) < 0x20 && c != '\t' && c != '\n' => return check_char(c),
+            c if ('\u{FFFE}'..='\u{FFFF}').contains(&c) => return check_char(c),
+            _ => continue,
+        };
+        out.extend_from_slice(&s.as_bytes()[start..i]);
+        out.extend_from_slice(rep);
+        start = i + c.len_utf8();
+    }
+    out.extend_from_slice(&s.as_bytes()[start..]);
+    Ok(())
+}
+
+fn escape_attr(s: &str, out: &mut Vec<u8>) -> Result<(), ConvertError> {
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        let rep: &[u8] = match c {
+            '&' => b"&amp;",
+            '<' => b"&lt;",
+            '"' => b"&quot;",
+            '\t' => b"&#9;",
+            '\n' => b"&#10;",
+            '\r' => b"&#13;",
+            c if (c as u32) < 0x20 => return check_char(c),
+            c if ('\u{FFFE}'..='\u{FFFF}').contains(&c) => return check_char(c),
+            _ => continue,
+        };
+        out.extend_from_slice(&s.as_bytes()[start..i]);
+        out.extend_from_slice(rep);
+        start = i + c.len_utf8();
+    }
+    out.extend_from_slice(&s.as_bytes()[start..]);
+    Ok(())
+}
+
+/// Element and attribute names must be XML names; the re-read catches the finer points.
+fn check_name(name: &str) -> Result<(), ConvertError> {
+    let ok = name.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+    if ok { Ok(()) } else { Err(invalid(format!("`{name}` is not an XML name"))) }
+}
