@@ -16,7 +16,10 @@
 //!   (process death); lost leases come back, so delivery is at-least-once.
 //! - Every state change appends an event to the submission's log.
 
+#[doc(hidden)]
+pub mod conformance;
 pub mod embedded;
+pub mod rabbitmq;
 pub mod types;
 
 pub use types::*;

@@ -1,0 +1,331 @@
+//! The store conformance suite: the checks every [`Store`] backend must pass, written once and
+//! run against each backend by `hub/tests/store_conformance.rs`.
+//!
+//! Each check takes a [`StoreFactory`] that opens one store: fresh on the first `open`, and the
+//! same data again on later calls (after the previous instance was dropped, as after a crash).
+//! Checks return an error that says what differed; they never panic. Timing: a check waits up to
+//! [`DUE`] for work that should come, and [`NOT_DUE`] to see that work does not come; backends
+//! may be eventually consistent between processes, but a store must read its own writes.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use bytes::Bytes;
+
+use super::{
+    DeliveryFilter, DeliveryId, DeliveryState, Intake, Lease, NewDelivery, NewSubmission, Outcome, Receipt,
+    ReplayOutcome, Store, SubmissionId, SubmissionState, now_millis,
+};
+
+/// Endpoints every store under test must serve.
+pub const ENDPOINTS: [&str; 2] = ["alpha", "beta"];
+/// Longest wait for work that is due.
+pub const DUE: Duration = Duration::from_secs(15);
+/// How long to wait to see that work does not come.
+pub const NOT_DUE: Duration = Duration::from_millis(400);
+
+/// Opens the store under test.
+#[async_trait::async_trait]
+pub trait StoreFactory: Send + Sync {
+    type Store: Store;
+    /// Opens this factory's store: empty the first time, the same data later (the previous
+    /// instance is dropped before, as a crashed process would be).
+    async fn open(&self) -> anyhow::Result<Self::Store>;
+    /// Removes what the store left behind (queues on a shared broker); called after each check.
+    async fn cleanup(&self) {}
+}
+
+/// A submission with one delivery per endpoint in `endpoints`, its own ids, and `keys`.
+pub fn submission(keys: &[&str], endpoints: &[&str]) -> NewSubmission {
+    let id = SubmissionId::new();
+    let body = format!("<nachricht><id>{id}</id></nachricht>");
+    NewSubmission {
+        id,
+        partner: "conformance".into(),
+        dedup_keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+        received_at: now_millis(),
+        content_type: "application/xml".into(),
+        meta: serde_json::json!({ "message_type": "0200" }),
+        message_id: Some(id.to_string()),
+        route: "all".into(),
+        original: Bytes::from(body),
+        deliveries: endpoints
+            .iter()
+            .map(|e| NewDelivery { id: DeliveryId::new(), endpoint: (*e).to_owned(), rendition: None })
+            .collect(),
+        notes: vec!["first note".into()],
+    }
+}
+
+fn unique_key() -> String {
+    format!("idem:conformance:{}", uuid::Uuid::new_v4())
+}
+
+async fn accept<S: Store>(store: &S, s: NewSubmission) -> anyhow::Result<Receipt> {
+    match store.intake(s).await? {
+        Intake::Accepted(r) => Ok(r),
+        Intake::Duplicate(r) => bail!("a new submission was taken for a duplicate of {}", r.submission_id),
+    }
+}
+
+/// Leases exactly one delivery of `endpoint`, waiting up to [`DUE`].
+async fn lease_one<S: Store>(store: &S, endpoint: &str) -> anyhow::Result<Lease> {
+    let mut leases = store.lease(endpoint, 1, DUE).await?;
+    ensure!(leases.len() <= 1, "lease(max = 1) gave {} deliveries", leases.len());
+    leases.pop().with_context(|| format!("no delivery of `{endpoint}` came within {DUE:?}"))
+}
+
+async fn expect_nothing<S: Store>(store: &S, endpoint: &str, why: &str) -> anyhow::Result<()> {
+    let leases = store.lease(endpoint, 10, NOT_DUE).await?;
+    ensure!(leases.is_empty(), "{why}: leased {:?}", leases.iter().map(|l| l.delivery_id).collect::<Vec<_>>());
+    Ok(())
+}
+
+async fn state_of<S: Store>(store: &S, id: DeliveryId) -> anyhow::Result<DeliveryState> {
+    Ok(store.delivery(id).await?.with_context(|| format!("delivery {id} is unknown"))?.state)
+}
+
+/// Intake stores the submission; each delivery is leased once, with the bytes sent.
+pub async fn intake_then_lease<F: StoreFactory>(f: &F) -> anyhow::Result<()> {
+    let store = f.open().await?;
+    let s = submission(&[&unique_key()], &ENDPOINTS);
+    let original = s.original.clone();
+    let receipt = accept(&store, s.clone()).await?;
+    ensure!(receipt.submission_id == s.id, "receipt names {} instead of {}", receipt.submission_id, s.id);
+    ensure!(receipt.deliveries.len() == 2, "receipt has {} deliveries, expected 2", receipt.deliveries.len());
+    let view = store.submission(s.id).await?.context("submission is unknown right after intake")?;
+    ensure!(view.state == SubmissionState::InProgress, "new submission is {:?}", view.state);
+    ensure!(view.partner == "conformance" && view.route == "all", "partner/route not kept: {view:?}");
+    for d in &receipt.deliveries {
+        let lease = lease_one(&store, &d.endpoint).await?;
+        ensure!(lease.delivery_id == d.id, "leased {} instead of {}", lease.delivery_id, d.id);
+        ensure!(lease.submission_id == s.id, "lease names submission {}", lease.submission_id);
+        ensure!(lease.payload == original, "leased payload differs from the original bytes");
+        ensure!(lease.attempt == 1 && lease.budget_attempt == 1, "first lease has attempt {}", lease.attempt);
+        ensure!(lease.message_id == s.message_id, "message id not kept");
+        ensure!(lease.content_type == "application/xml", "content type `{}`", lease.content_type);
+        // Leased to nobody else while the lease is held.
+        expect_nothing(&store, &d.endpoint, "a held lease was given out again").await?;
+        store.settle(lease, Outcome::Delivered { status: 200 }).await?;
+    }
+    Ok(())
+}
+
+/// Delivered: the delivery and then the submission are delivered, and nothing is leased again.
+pub async fn settle_delivered<F: StoreFactory>(f: &F) -> anyhow::Result<()> {
+    let store = f.open().await?;
+    let s = submission(&[], &ENDPOINTS[..1]);
+    let receipt = accept(&store, s.clone()).await?;
+    let lease = lease_one(&store, ENDPOINTS[0]).await?;
+    store.settle(lease, Outcome::Delivered { status: 201 }).await?;
+    let d = receipt.deliveries[0].id;
+    ensure!(state_of(&store, d).await? == DeliveryState::Delivered, "settled delivery is not delivered");
+    let view = store.submission(s.id).await?.context("submission vanished")?;
+    ensure!(view.state == SubmissionState::Delivered, "submission is {:?} after its only delivery", view.state);
+    ensure!(view.deliveries[0].attempts == 1, "attempts = {}", view.deliveries[0].attempts);
+    expect_nothing(&store, ENDPOINTS[0], "a delivered delivery came back").await
+}
+
+/// Retry: not leased again before `not_before`, leased after it with the next attempt number.
+pub async fn settle_retry<F: StoreFactory>(f: &F) -> anyhow::Result<()> {
+    let store = f.open().await?;
+    let s = submission(&[], &ENDPOINTS[..1]);
+    let original = s.original.clone();
+    accept(&store, s.clone()).await?;
+    let lease = lease_one(&store, ENDPOINTS[0]).await?;
+    let d = lease.delivery_id;
+    let not_before = now_millis() + 1_500;
+    store.settle(lease, Outcome::Retry { not_before, error: "HTTP 503".into() }).await?;
+    let view = store.delivery(d).await?.context("delivery vanished")?;
+    ensure!(view.state == DeliveryState::Pending, "retried delivery is {:?}", view.state);
+    ensure!(view.next_attempt_at.is_some(), "retried delivery has no next_attempt_at");
+    ensure!(view.last_error.as_deref() == Some("HTTP 503"), "last_error = {:?}", view.last_error);
+    expect_nothing(&store, ENDPOINTS[0], "leased before not_before").await?;
+    let again = lease_one(&store, ENDPOINTS[0]).await?;
+    let now = now_millis();
+    ensure!(now >= not_before, "leased {} ms before not_before", not_before - now);
+    ensure!(again.delivery_id == d, "leased {} instead of the retried {d}", again.delivery_id);
+    ensure!(again.attempt == 2 && again.budget_attempt == 2, "second attempt numbered {}", again.attempt);
+    ensure!(again.payload == original, "retried payload differs");
+    store.settle(again, Outcome::Delivered { status: 200 }).await?;
+    ensure!(state_of(&store, d).await? == DeliveryState::Delivered, "not delivered after the retry");
+    Ok(())
+}
+
+/// Dead: listed as dead, never leased; replay sends the same bytes under the same id.
+pub async fn settle_dead_and_replay<F: StoreFactory>(f: &F) -> anyhow::Result<()> {
+    let store = f.open().await?;
+    let s = submission(&[], &ENDPOINTS[..1]);
+    let original = s.original.clone();
+    accept(&store, s.clone()).await?;
+    let lease = lease_one(&store, ENDPOINTS[0]).await?;
+    let d = lease.delivery_id;
+    store.settle(lease, Outcome::Dead { error: "HTTP 400".into() }).await?;
+    ensure!(state_of(&store, d).await? == DeliveryState::Dead, "dead delivery is not dead");
+    let view = store.submission(s.id).await?.context("submission vanished")?;
+    ensure!(view.state == SubmissionState::Failed, "submission with a dead delivery is {:?}", view.state);
+    let dead = store.deliveries(&DeliveryFilter { state: Some(DeliveryState::Dead), ..Default::default() }).await?;
+    ensure!(dead.iter().any(|v| v.id == d), "dead delivery missing from the dead listing");
+    ensure!(store.counts().await?.dead >= 1, "counts show no dead delivery");
+    expect_nothing(&store, ENDPOINTS[0], "a dead delivery was leased").await?;
+
+    let outcome = store.replay(d, "tester", "endpoint fixed").await?;
+    ensure!(outcome == ReplayOutcome::Replayed, "replay answered {outcome:?}");
+    ensure!(state_of(&store, d).await? == DeliveryState::Pending, "replayed delivery is not pending");
+    let again = lease_one(&store, ENDPOINTS[0]).await?;
+    ensure!(again.delivery_id == d, "replay leased {} instead of {d}", again.delivery_id);
+    ensure!(again.payload == original, "replay sent other bytes");
+    ensure!(again.attempt == 2, "replayed attempt numbered {} (attempts count over the whole life)", again.attempt);
+    ensure!(again.budget_attempt == 1, "replay did not reset the retry budget: {}", again.budget_attempt);
+    let busy = store.replay(d, "tester", "twice").await?;
+    ensure!(busy == ReplayOutcome::NotDead { state: DeliveryState::Pending }, "replay of a pending delivery: {busy:?}");
+    store.settle(again, Outcome::Delivered { status: 200 }).await?;
+    let done = store.replay(d, "tester", "after delivery").await?;
+    ensure!(done == ReplayOutcome::NotDead { state: DeliveryState::Delivered }, "replay of a delivered one: {done:?}");
+    let unknown = store.replay(DeliveryId::new(), "tester", "unknown").await?;
+    ensure!(unknown == ReplayOutcome::NotFound, "replay of an unknown id: {unknown:?}");
+    let events = store.submission(s.id).await?.context("submission vanished")?.events;
+    let replayed = events.iter().find(|e| e.kind == "replayed").context("no `replayed` event")?;
+    ensure!(replayed.delivery_id == Some(d), "`replayed` event names {:?}", replayed.delivery_id);
+    Ok(())
+}
+
+/// The same dedup key is stored once; later intakes get the first receipt and queue nothing.
+pub async fn duplicate_intake<F: StoreFactory>(f: &F) -> anyhow::Result<()> {
+    let store = f.open().await?;
+    let key = unique_key();
+    let first = submission(&[&key], &ENDPOINTS[..1]);
+    let receipt = accept(&store, first.clone()).await?;
+    let other = unique_key();
+    for keys in [vec![key.as_str()], vec![other.as_str(), key.as_str()]] {
+        let again = submission(&keys, &ENDPOINTS[..1]);
+        let again_id = again.id;
+        match store.intake(again).await? {
+            Intake::Duplicate(r) => ensure!(r == receipt, "duplicate got {r:?}, expected the first {receipt:?}"),
+            Intake::Accepted(r) => bail!("duplicate with keys {keys:?} accepted as {}", r.submission_id),
+        }
+        ensure!(store.submission(again_id).await?.is_none(), "the duplicate was stored as a submission");
+    }
+    // The other key was not taken by the refused duplicate.
+    accept(&store, submission(&[&other], &ENDPOINTS[1..])).await?;
+    let beta = lease_one(&store, ENDPOINTS[1]).await?;
+    store.settle(beta, Outcome::Delivered { status: 200 }).await?;
+    let lease = lease_one(&store, ENDPOINTS[0]).await?;
+    ensure!(lease.delivery_id == receipt.deliveries[0].id, "leased {} instead of the first", lease.delivery_id);
+    expect_nothing(&store, ENDPOINTS[0], "a duplicate queued a delivery").await?;
+    store.settle(lease, Outcome::Delivered { status: 200 }).await?;
+    Ok(())
+}
+
+/// Data and un-settled leases survive a reopen: the lease comes back, the log is kept.
+pub async fn survive_reopen<F: StoreFactory>(f: &F) -> anyhow::Result<()> {
+    let store = f.open().await?;
+    let key = unique_key();
+    let s = submission(&[&key], &ENDPOINTS[..1]);
+    let original = s.original.clone();
+    let receipt = accept(&store, s.clone()).await?;
+    let delivered = submission(&[], &ENDPOINTS[1..]);
+    accept(&store, delivered.clone()).await?;
+    let done = lease_one(&store, ENDPOINTS[1]).await?;
+    store.settle(done, Outcome::Delivered { status: 200 }).await?;
+    let lease = lease_one(&store, ENDPOINTS[0]).await?;
+    let first_attempt = lease.attempt;
+    drop(lease);
+    drop(store);
+
+    let store = f.open().await?;
+    let view = store.submission(s.id).await?.context("submission lost in the reopen")?;
+    ensure!(view.events.len() >= 3, "event log lost in the reopen: {} events", view.events.len());
+    let d = store.submission(delivered.id).await?.context("delivered submission lost")?;
+    ensure!(d.state == SubmissionState::Delivered, "delivered submission is {:?} after reopen", d.state);
+    let back = lease_one(&store, ENDPOINTS[0]).await.context("the un-settled lease did not come back")?;
+    ensure!(back.delivery_id == receipt.deliveries[0].id, "leased {} instead of the unsettled one", back.delivery_id);
+    ensure!(back.payload == original, "payload changed in the reopen");
+    ensure!(back.attempt >= first_attempt, "attempt went back from {first_attempt} to {}", back.attempt);
+    expect_nothing(&store, ENDPOINTS[1], "a delivered delivery came back after reopen").await?;
+    match store.intake(submission(&[&key], &ENDPOINTS[..1])).await? {
+        Intake::Duplicate(r) => ensure!(r == receipt, "dedup after reopen gave {r:?}"),
+        Intake::Accepted(_) => bail!("dedup key forgotten in the reopen"),
+    }
+    store.settle(back, Outcome::Delivered { status: 200 }).await?;
+    Ok(())
+}
+
+/// The event log: received, routed, notes; then per attempt its outcome, in order, chained.
+pub async fn event_log<F: StoreFactory>(f: &F) -> anyhow::Result<()> {
+    let store = f.open().await?;
+    let mut s = submission(&[], &ENDPOINTS[..1]);
+    s.notes = vec!["first note".into(), "second note".into()];
+    accept(&store, s.clone()).await?;
+    let view = store.submission(s.id).await?.context("submission unknown")?;
+    let kinds: Vec<&str> = view.events.iter().map(|e| e.kind.as_str()).collect();
+    ensure!(kinds == ["received", "routed", "note", "note"], "intake events {kinds:?}");
+    ensure!(view.events[2].detail == "first note" && view.events[3].detail == "second note", "notes out of order");
+
+    let lease = lease_one(&store, ENDPOINTS[0]).await?;
+    let d = lease.delivery_id;
+    store.settle(lease, Outcome::Retry { not_before: now_millis(), error: "connect refused".into() }).await?;
+    let lease = lease_one(&store, ENDPOINTS[0]).await?;
+    store.settle(lease, Outcome::Delivered { status: 204 }).await?;
+    let events = store.submission(s.id).await?.context("submission unknown")?.events;
+    let outcomes: Vec<(&str, Option<u32>)> =
+        events.iter().filter(|e| e.kind != "attempt").skip(4).map(|e| (e.kind.as_str(), e.attempt)).collect();
+    ensure!(outcomes == [("retry_scheduled", Some(1)), ("delivered", Some(2))], "outcome events {outcomes:?}");
+    for e in events.iter().skip(4) {
+        ensure!(
+            ["attempt", "retry_scheduled", "delivered"].contains(&e.kind.as_str()),
+            "unexpected `{}` event",
+            e.kind
+        );
+        ensure!(e.delivery_id == Some(d), "`{}` event names delivery {:?}", e.kind, e.delivery_id);
+    }
+    for pair in events.windows(2) {
+        ensure!(pair[1].seq > pair[0].seq, "seq not increasing: {} then {}", pair[0].seq, pair[1].seq);
+        ensure!(pair[1].at >= pair[0].at, "time goes back in the log: {} then {}", pair[0].at, pair[1].at);
+    }
+    let mut hashes: Vec<&str> = events.iter().map(|e| e.hash.as_str()).collect();
+    ensure!(hashes.iter().all(|h| !h.is_empty()), "an event has no hash");
+    hashes.sort_unstable();
+    hashes.dedup();
+    ensure!(hashes.len() == events.len(), "two events share a hash");
+    Ok(())
+}
+
+/// Listings filter by state, endpoint and submission, newest first, and counts add up.
+pub async fn listings_and_counts<F: StoreFactory>(f: &F) -> anyhow::Result<()> {
+    let store = f.open().await?;
+    let before = store.counts().await?;
+    let a = accept(&store, submission(&[], &ENDPOINTS)).await?;
+    let b = accept(&store, submission(&[], &ENDPOINTS[..1])).await?;
+    let counts = store.counts().await?;
+    ensure!(counts.submissions == before.submissions + 2, "submissions {before:?} -> {counts:?}");
+    ensure!(counts.pending == before.pending + 3, "pending {before:?} -> {counts:?}");
+    let of_a = store.deliveries(&DeliveryFilter { submission_id: Some(a.submission_id), ..Default::default() }).await?;
+    ensure!(of_a.len() == 2, "submission filter gave {} deliveries", of_a.len());
+    let beta = DeliveryFilter { endpoint: Some(ENDPOINTS[1].into()), ..Default::default() };
+    let of_beta = store.deliveries(&beta).await?;
+    ensure!(of_beta.iter().all(|v| v.endpoint == ENDPOINTS[1]), "endpoint filter leaked another endpoint");
+    ensure!(of_beta.iter().any(|v| v.submission_id == a.submission_id), "endpoint filter lost a delivery");
+    let newest = store.deliveries(&DeliveryFilter { limit: 1, ..Default::default() }).await?;
+    ensure!(newest.len() == 1, "limit 1 gave {}", newest.len());
+    ensure!(newest[0].submission_id == b.submission_id, "newest first: got a delivery of {}", newest[0].submission_id);
+    // Drain, so the counts move from pending to delivered.
+    for endpoint in ENDPOINTS {
+        loop {
+            let leases = store.lease(endpoint, 10, NOT_DUE).await?;
+            if leases.is_empty() {
+                break;
+            }
+            for l in leases {
+                store.settle(l, Outcome::Delivered { status: 200 }).await?;
+            }
+        }
+    }
+    let after = store.counts().await?;
+    ensure!(after.pending == before.pending, "pending after draining: {after:?}");
+    ensure!(after.delivered == before.delivered + 3, "delivered after draining: {after:?}");
+    let pending =
+        store.deliveries(&DeliveryFilter { state: Some(DeliveryState::Pending), ..Default::default() }).await?;
+    ensure!(pending.is_empty(), "pending listing not empty after draining: {}", pending.len());
+    Ok(())
+}

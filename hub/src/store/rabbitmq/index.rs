@@ -1,0 +1,359 @@
+//! The fold: every node applies the event stream, in stream order, to this in-memory index, and
+//! answers `submission()`, `delivery()`, `deliveries()` and `counts()` from it.
+//!
+//! Applying the same stream gives the same index on every node (event `seq` and `hash` included),
+//! because the fold depends only on the records and their order, never on the local clock.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use super::record::{Envelope, OutcomeRecord, Record, RecordedOutcome, ReplayedRecord, SubmittedRecord};
+use crate::store::{
+    Counts, DeliveryFilter, DeliveryId, DeliveryState, DeliveryView, EventView, Millis, Receipt, ReceiptDelivery,
+    SubmissionId, SubmissionState, SubmissionView,
+};
+
+/// What applying one record meant, for the node that waits for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// A new submission: its claim was the first for each of its dedup keys.
+    Accepted,
+    /// The claim lost: an earlier submission holds one of its dedup keys.
+    Duplicate(Receipt),
+    /// Any other record.
+    Done,
+}
+
+/// A dead delivery's copy, kept so any node can replay it with the same bytes.
+#[derive(Debug, Clone)]
+pub struct DeadCopy {
+    pub payload: Bytes,
+    pub content_type: String,
+    pub message_id: Option<String>,
+}
+
+/// What [`Index::replay_source`] found.
+#[derive(Debug, Clone)]
+pub enum ReplaySource {
+    NotFound,
+    NotDead(DeliveryState),
+    Dead { submission_id: SubmissionId, endpoint: String, attempts: u32, generation: u32, copy: DeadCopy },
+}
+
+struct Submission {
+    record: SubmittedRecord,
+    queued: bool,
+    events: Vec<EventView>,
+}
+
+struct Delivery {
+    submission_id: SubmissionId,
+    endpoint: String,
+    state: DeliveryState,
+    attempts: u32,
+    /// Highest replay generation seen for this delivery.
+    generation: u32,
+    /// Generation of the last outcome that set the state; a replay of generation `g` makes the
+    /// delivery pending only if no outcome of generation `g` arrived before it (records of a
+    /// replay's attempts can overtake the replay record itself).
+    outcome_generation: Option<u32>,
+    next_attempt_at: Option<Millis>,
+    last_error: Option<String>,
+    updated_at: Millis,
+    dead: Option<DeadCopy>,
+}
+
+#[derive(Default)]
+pub struct Index {
+    submissions: HashMap<SubmissionId, Submission>,
+    /// Ordered by id: ids are v7 UUIDs, so the last entries are the newest.
+    deliveries: BTreeMap<DeliveryId, Delivery>,
+    dedup: HashMap<String, SubmissionId>,
+}
+
+impl Index {
+    pub fn apply(&mut self, envelope: Envelope, payload: Bytes) -> Applied {
+        let at = envelope.at;
+        match envelope.record {
+            Record::Submitted(record) => self.apply_submitted(record),
+            Record::Queued { submission_id } => {
+                if let Some(s) = self.submissions.get_mut(&submission_id) {
+                    s.queued = true;
+                }
+                Applied::Done
+            }
+            Record::Outcome(record) => {
+                self.apply_outcome(at, record, payload);
+                Applied::Done
+            }
+            Record::Replayed(record) => {
+                self.apply_replayed(at, record);
+                Applied::Done
+            }
+            Record::Mark => Applied::Done,
+        }
+    }
+
+    fn apply_submitted(&mut self, record: SubmittedRecord) -> Applied {
+        if self.submissions.contains_key(&record.id) {
+            // The same claim twice (a publish retried after a lost confirm): already applied.
+            return Applied::Accepted;
+        }
+        for key in &record.dedup_keys {
+            if let Some(first) = self.dedup.get(key).and_then(|id| self.submissions.get(id)) {
+                return Applied::Duplicate(receipt_of(&first.record));
+            }
+        }
+        for key in &record.dedup_keys {
+            self.dedup.insert(key.clone(), record.id);
+        }
+        for d in &record.deliveries {
+            self.deliveries.insert(
+                d.id,
+                Delivery {
+                    submission_id: record.id,
+                    endpoint: d.endpoint.clone(),
+                    state: DeliveryState::Pending,
+                    attempts: 0,
+                    generation: 0,
+                    outcome_generation: None,
+                    next_attempt_at: None,
+                    last_error: None,
+                    updated_at: record.received_at,
+                    dead: None,
+                },
+            );
+        }
+        let at = record.received_at;
+        let mut s = Submission { record, queued: false, events: Vec::new() };
+        let received =
+            format!("{} bytes of {} from partner `{}`", s.record.size, s.record.content_type, s.record.partner);
+        push_event(&mut s.events, at, "received", None, None, received);
+        let endpoints: Vec<&str> = s.record.deliveries.iter().map(|d| d.endpoint.as_str()).collect();
+        let routed = format!("route `{}` to {}", s.record.route, endpoints.join(", "));
+        push_event(&mut s.events, at, "routed", None, None, routed);
+        for note in s.record.notes.clone() {
+            push_event(&mut s.events, at, "note", None, None, note);
+        }
+        self.submissions.insert(s.record.id, s);
+        Applied::Accepted
+    }
+
+    fn apply_outcome(&mut self, at: Millis, o: OutcomeRecord, payload: Bytes) {
+        let Some(d) = self.deliveries.get_mut(&o.delivery_id) else {
+            return;
+        };
+        d.attempts = d.attempts.max(o.attempt);
+        d.updated_at = at;
+        // An outcome of an older generation is a late duplicate (a message whose ack was lost):
+        // it goes into the log, but does not change the state.
+        let current = o.generation >= d.generation;
+        let (attempt_detail, kind, detail) = match &o.outcome {
+            RecordedOutcome::Delivered { status } => {
+                if current {
+                    d.state = DeliveryState::Delivered;
+                    d.next_attempt_at = None;
+                    d.dead = None;
+                }
+                (format!("HTTP {status}"), "delivered", format!("HTTP {status}"))
+            }
+            RecordedOutcome::Retry { not_before, error } => {
+                if current {
+                    d.state = DeliveryState::Pending;
+                    d.next_attempt_at = Some(*not_before);
+                    d.last_error = Some(error.clone());
+                }
+                (error.clone(), "retry_scheduled", format!("next attempt at {}", rfc3339(*not_before)))
+            }
+            RecordedOutcome::Dead { error, content_type, message_id } => {
+                if current {
+                    d.state = DeliveryState::Dead;
+                    d.next_attempt_at = None;
+                    d.last_error = Some(error.clone());
+                    d.dead =
+                        Some(DeadCopy { payload, content_type: content_type.clone(), message_id: message_id.clone() });
+                }
+                (error.clone(), "dead", error.clone())
+            }
+        };
+        if current {
+            d.generation = o.generation;
+            d.outcome_generation = Some(o.generation);
+        }
+        if let Some(s) = self.submissions.get_mut(&o.submission_id) {
+            push_event(&mut s.events, at, "attempt", Some(o.delivery_id), Some(o.attempt), attempt_detail);
+            push_event(&mut s.events, at, kind, Some(o.delivery_id), Some(o.attempt), detail);
+        }
+    }
+
+    fn apply_replayed(&mut self, at: Millis, r: ReplayedRecord) {
+        let Some(d) = self.deliveries.get_mut(&r.delivery_id) else {
+            return;
+        };
+        d.generation = d.generation.max(r.generation);
+        if d.outcome_generation.is_none_or(|g| g < r.generation) {
+            d.state = DeliveryState::Pending;
+            d.next_attempt_at = None;
+        }
+        d.updated_at = at;
+        if let Some(s) = self.submissions.get_mut(&r.submission_id) {
+            let detail = format!("by {}: {}", r.actor, r.reason);
+            push_event(&mut s.events, at, "replayed", Some(r.delivery_id), None, detail);
+        }
+    }
+
+    /// The submission that holds one of `keys`, and whether its deliveries are known queued.
+    pub fn holder_of(&self, keys: &[String]) -> Option<(Receipt, bool)> {
+        keys.iter()
+            .find_map(|k| self.dedup.get(k).and_then(|id| self.submissions.get(id)))
+            .map(|s| (receipt_of(&s.record), s.queued))
+    }
+
+    pub fn is_queued(&self, id: SubmissionId) -> bool {
+        self.submissions.get(&id).is_some_and(|s| s.queued)
+    }
+
+    /// State and generation of a delivery, if known.
+    pub fn delivery_state(&self, id: DeliveryId) -> Option<(DeliveryState, u32)> {
+        self.deliveries.get(&id).map(|d| (d.state, d.generation))
+    }
+
+    pub fn submission(&self, id: SubmissionId) -> Option<SubmissionView> {
+        let s = self.submissions.get(&id)?;
+        let deliveries: Vec<DeliveryView> =
+            s.record.deliveries.iter().filter_map(|d| self.delivery_view(d.id)).collect();
+        let state = if deliveries.iter().any(|d| d.state == DeliveryState::Pending) {
+            SubmissionState::InProgress
+        } else if deliveries.iter().all(|d| d.state == DeliveryState::Delivered) {
+            SubmissionState::Delivered
+        } else {
+            SubmissionState::Failed
+        };
+        Some(SubmissionView {
+            id,
+            state,
+            partner: s.record.partner.clone(),
+            received_at: rfc3339(s.record.received_at),
+            route: s.record.route.clone(),
+            meta: s.record.meta.clone(),
+            deliveries,
+            events: s.events.clone(),
+        })
+    }
+
+    pub fn delivery_view(&self, id: DeliveryId) -> Option<DeliveryView> {
+        let d = self.deliveries.get(&id)?;
+        Some(DeliveryView {
+            id,
+            submission_id: d.submission_id,
+            endpoint: d.endpoint.clone(),
+            state: d.state,
+            attempts: d.attempts,
+            next_attempt_at: match d.state {
+                DeliveryState::Pending => d.next_attempt_at.map(rfc3339),
+                _ => None,
+            },
+            last_error: d.last_error.clone(),
+            updated_at: rfc3339(d.updated_at),
+        })
+    }
+
+    /// Newest first; `limit` 0 means no limit.
+    pub fn deliveries(&self, filter: &DeliveryFilter) -> Vec<DeliveryView> {
+        let limit = if filter.limit == 0 { usize::MAX } else { filter.limit };
+        let mut out = Vec::new();
+        for (id, d) in self.deliveries.iter().rev() {
+            if out.len() >= limit {
+                break;
+            }
+            if filter.state.is_some_and(|s| s != d.state)
+                || filter.endpoint.as_ref().is_some_and(|e| *e != d.endpoint)
+                || filter.submission_id.is_some_and(|s| s != d.submission_id)
+            {
+                continue;
+            }
+            out.extend(self.delivery_view(*id));
+        }
+        out
+    }
+
+    pub fn counts(&self) -> Counts {
+        let mut c = Counts { submissions: self.submissions.len() as u64, ..Counts::default() };
+        for d in self.deliveries.values() {
+            match d.state {
+                DeliveryState::Pending => c.pending += 1,
+                DeliveryState::Delivered => c.delivered += 1,
+                DeliveryState::Dead => c.dead += 1,
+            }
+        }
+        c
+    }
+
+    pub fn replay_source(&self, id: DeliveryId) -> ReplaySource {
+        let Some(d) = self.deliveries.get(&id) else {
+            return ReplaySource::NotFound;
+        };
+        match (&d.state, &d.dead) {
+            (DeliveryState::Dead, Some(copy)) => ReplaySource::Dead {
+                submission_id: d.submission_id,
+                endpoint: d.endpoint.clone(),
+                attempts: d.attempts,
+                generation: d.generation,
+                copy: copy.clone(),
+            },
+            (state, _) => ReplaySource::NotDead(*state),
+        }
+    }
+}
+
+fn receipt_of(record: &SubmittedRecord) -> Receipt {
+    Receipt {
+        submission_id: record.id,
+        deliveries: record
+            .deliveries
+            .iter()
+            .map(|d| ReceiptDelivery { id: d.id, endpoint: d.endpoint.clone() })
+            .collect(),
+    }
+}
+
+/// Appends an event whose hash covers the previous event's hash and this event's content.
+fn push_event(
+    events: &mut Vec<EventView>,
+    at: Millis,
+    kind: &str,
+    delivery_id: Option<DeliveryId>,
+    attempt: Option<u32>,
+    detail: String,
+) {
+    let seq = events.len() as u32 + 1;
+    let at = rfc3339(at);
+    let mut h = Sha256::new();
+    h.update(events.last().map(|e| e.hash.as_str()).unwrap_or("").as_bytes());
+    for part in [
+        seq.to_string(),
+        at.clone(),
+        kind.to_owned(),
+        delivery_id.map(|d| d.to_string()).unwrap_or_default(),
+        attempt.map(|a| a.to_string()).unwrap_or_default(),
+        detail.clone(),
+    ] {
+        h.update(b"\n");
+        h.update(part.as_bytes());
+    }
+    let hash = hex::encode(h.finalize());
+    events.push(EventView { seq, at, kind: kind.to_owned(), delivery_id, attempt, detail, hash });
+}
+
+/// RFC 3339 in UTC with milliseconds.
+pub fn rfc3339(ms: Millis) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| ms.to_string())
+}

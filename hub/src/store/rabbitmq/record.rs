@@ -1,0 +1,110 @@
+//! Records of the event stream: every change of state, in the one order every node folds them.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::store::{DeliveryId, Millis, ReceiptDelivery, SubmissionId};
+
+/// One entry of `<prefix>.events`. `rid` identifies the entry itself, so the node that wrote it
+/// can wait until its own fold has applied it (read-your-writes on that node).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope {
+    pub rid: Uuid,
+    pub at: Millis,
+    pub record: Record,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Record {
+    /// A claim for a new submission. The first claim of a dedup key in stream order wins; a
+    /// later claim that shares a key is a loser and never becomes a submission.
+    Submitted(SubmittedRecord),
+    /// The deliveries of a submission are in their work queues (confirmed by the broker).
+    Queued { submission_id: SubmissionId },
+    /// The outcome of one attempt.
+    Outcome(OutcomeRecord),
+    /// An operator put a dead delivery back to work.
+    Replayed(ReplayedRecord),
+    /// No state: written at start so a node knows when it has read the stream up to "now".
+    Mark,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmittedRecord {
+    pub id: SubmissionId,
+    pub partner: String,
+    pub dedup_keys: Vec<String>,
+    pub received_at: Millis,
+    pub content_type: String,
+    pub meta: serde_json::Value,
+    pub message_id: Option<String>,
+    pub route: String,
+    pub deliveries: Vec<ReceiptDelivery>,
+    pub notes: Vec<String>,
+    /// Size of the original bytes (the bytes themselves travel only in the work messages).
+    pub size: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutcomeRecord {
+    pub submission_id: SubmissionId,
+    pub delivery_id: DeliveryId,
+    pub attempt: u32,
+    /// Replay generation of the work message this attempt came from (0 before any replay).
+    pub generation: u32,
+    pub outcome: RecordedOutcome,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum RecordedOutcome {
+    Delivered {
+        status: u16,
+    },
+    Retry {
+        not_before: Millis,
+        error: String,
+    },
+    /// The payload follows the JSON in the same stream message (see [`encode`]), so any node
+    /// can replay the delivery with the same bytes.
+    Dead {
+        error: String,
+        content_type: String,
+        message_id: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplayedRecord {
+    pub submission_id: SubmissionId,
+    pub delivery_id: DeliveryId,
+    /// The generation of the new work message.
+    pub generation: u32,
+    pub actor: String,
+    pub reason: String,
+}
+
+/// Body of a stream message: the envelope as JSON, then, for a dead outcome, a NUL byte and the
+/// payload. JSON text never contains a raw NUL (serde_json escapes control characters).
+pub fn encode(envelope: &Envelope, payload: Option<&[u8]>) -> Result<Vec<u8>, serde_json::Error> {
+    let mut body = serde_json::to_vec(envelope)?;
+    if let Some(payload) = payload {
+        body.reserve(payload.len() + 1);
+        body.push(0);
+        body.extend_from_slice(payload);
+    }
+    Ok(body)
+}
+
+/// The reverse of [`encode`]; the payload is empty when there was none.
+pub fn decode(body: &[u8]) -> Result<(Envelope, Bytes), serde_json::Error> {
+    match body.iter().position(|b| *b == 0) {
+        Some(nul) => {
+            let envelope = serde_json::from_slice(&body[..nul])?;
+            Ok((envelope, Bytes::copy_from_slice(&body[nul + 1..])))
+        }
+        None => Ok((serde_json::from_slice(body)?, Bytes::new())),
+    }
+}

@@ -1,0 +1,120 @@
+//! Work messages: one delivery in a work, wait or dead queue. The body is the payload; the
+//! properties and headers carry everything else a lease needs.
+
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+
+use crate::store::{DeliveryId, Millis, SubmissionId};
+
+/// Fixed delays of the wait ladder, in milliseconds. Every message in one wait queue has the
+/// same TTL, so expiry order is queue order and no message waits behind a longer one (the
+/// head-of-line blocking of per-message TTL). A retry sits in the longest rung not longer than
+/// its remaining delay, and is parked again on return while it is not yet due: a delay `d`
+/// takes at most a few hops and ends at most one shortest rung late.
+pub const LADDER_MS: [u64; 7] = [200, 1_000, 5_000, 30_000, 120_000, 600_000, 3_600_000];
+
+/// The rung for a delay: the longest rung not longer than `remaining_ms`, or the shortest.
+pub fn rung_for(remaining_ms: u64) -> u64 {
+    LADDER_MS.iter().rev().copied().find(|ms| *ms <= remaining_ms).unwrap_or(LADDER_MS[0])
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkMessage {
+    pub delivery_id: DeliveryId,
+    pub submission_id: SubmissionId,
+    pub message_id: Option<String>,
+    pub content_type: String,
+    /// Attempts made before this message was published.
+    pub attempts: u32,
+    /// `attempts` at the last replay: the retry budget counts from there.
+    pub budget_base: u32,
+    /// Replay generation (0 before any replay).
+    pub generation: u32,
+    /// Not to be attempted before this time.
+    pub not_before: Millis,
+}
+
+const SUBMISSION: &str = "lotse-submission-id";
+const MESSAGE: &str = "lotse-message-id";
+const ATTEMPTS: &str = "lotse-attempts";
+const BUDGET_BASE: &str = "lotse-budget-base";
+const GENERATION: &str = "lotse-generation";
+const NOT_BEFORE: &str = "lotse-not-before";
+/// Set by quorum queues on redelivery: how often the message went back to the queue
+/// (a consumer died or nacked it). Each such return follows a lease, so it counts as an attempt.
+const DELIVERY_COUNT: &str = "x-delivery-count";
+
+impl WorkMessage {
+    pub fn properties(&self) -> Result<BasicProperties, String> {
+        let mut h = FieldTable::default();
+        h.insert(SUBMISSION.into(), text(&self.submission_id.to_string()));
+        if let Some(m) = &self.message_id {
+            h.insert(MESSAGE.into(), text(m));
+        }
+        h.insert(ATTEMPTS.into(), AMQPValue::LongLongInt(i64::from(self.attempts)));
+        h.insert(BUDGET_BASE.into(), AMQPValue::LongLongInt(i64::from(self.budget_base)));
+        h.insert(GENERATION.into(), AMQPValue::LongLongInt(i64::from(self.generation)));
+        h.insert(NOT_BEFORE.into(), AMQPValue::LongLongInt(self.not_before as i64));
+        let content_type = ShortString::try_new(self.content_type.as_str())
+            .map_err(|_| format!("content type `{}` is longer than 255 bytes", self.content_type))?;
+        Ok(BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(content_type)
+            .with_message_id(self.delivery_id.to_string().into())
+            .with_headers(h))
+    }
+
+    /// Reads a consumed message; also returns how often the broker redelivered it.
+    pub fn from_properties(p: &BasicProperties) -> Result<(WorkMessage, u32), String> {
+        let empty = FieldTable::default();
+        let h = p.headers().as_ref().unwrap_or(&empty).inner();
+        let delivery_id = p
+            .message_id()
+            .as_ref()
+            .and_then(|m| m.as_str().parse().ok())
+            .ok_or("work message without a delivery id")?;
+        let submission_id = h
+            .get(SUBMISSION)
+            .and_then(as_text)
+            .and_then(|s| s.parse().ok())
+            .ok_or("work message without a submission id")?;
+        let message = WorkMessage {
+            delivery_id,
+            submission_id,
+            message_id: h.get(MESSAGE).and_then(as_text),
+            content_type: p.content_type().as_ref().map(|c| c.to_string()).unwrap_or_default(),
+            attempts: h.get(ATTEMPTS).and_then(as_u64).unwrap_or(0) as u32,
+            budget_base: h.get(BUDGET_BASE).and_then(as_u64).unwrap_or(0) as u32,
+            generation: h.get(GENERATION).and_then(as_u64).unwrap_or(0) as u32,
+            not_before: h.get(NOT_BEFORE).and_then(as_u64).unwrap_or(0),
+        };
+        let redelivered = h.get(DELIVERY_COUNT).and_then(as_u64).unwrap_or(0) as u32;
+        Ok((message, redelivered))
+    }
+}
+
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}
+
+fn as_text(v: &AMQPValue) -> Option<String> {
+    match v {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok().map(str::to_owned),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+fn as_u64(v: &AMQPValue) -> Option<u64> {
+    match v {
+        AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongUInt(n) => Some(u64::from(*n)),
+        AMQPValue::ShortInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::ShortUInt(n) => Some(u64::from(*n)),
+        AMQPValue::ShortShortInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::ShortShortUInt(n) => Some(u64::from(*n)),
+        AMQPValue::Timestamp(n) => Some(*n),
+        _ => None,
+    }
+}
