@@ -41,7 +41,10 @@ impl Running {
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match config.raw.queue.kind {
         QueueKind::Embedded => Arc::new(EmbeddedStore::open(&config.raw.data_dir)?),
-        QueueKind::Rabbitmq => anyhow::bail!("the RabbitMQ backend is not built into this version yet"),
+        QueueKind::Rabbitmq => {
+            let endpoints: Vec<String> = config.raw.endpoints.iter().map(|e| e.name.clone()).collect();
+            Arc::new(crate::store::rabbitmq::connect(&config.raw.queue, &endpoints, &config.raw.data_dir).await?)
+        }
     })
 }
 

@@ -177,7 +177,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         let _ = tokio::signal::ctrl_c().await;
     }
     hub.stop().await;
-    receiver.shutdown().await;
+    let _ = receiver.shutdown().await;
     if all_delivered {
         println!("demo ok: every sample was delivered");
         Ok(ExitCode::SUCCESS)
