@@ -1,0 +1,200 @@
+//! Scale-out on RabbitMQ: three `lotse serve` processes share one broker (`[queue] kind =
+//! "rabbitmq"`, a prefix of their own). 5,000 submissions go to them in turn; one process is
+//! killed with SIGKILL mid-run and the broker is restarted once (`rabbitmqctl stop_app`, then
+//! `start_app`). A client whose request fails (connection refused, 503) sends the same message
+//! again to the next process, as a partner would. Afterwards every submission that got a 202 is
+//! delivered at least once, none is stuck, and each one's status is `delivered` on every surviving
+//! process.
+//!
+//! Heavy, and it stops the broker: it must run alone (nextest: test group with max-threads 1;
+//! under `cargo test` each suite binary runs on its own). Needs a broker at
+//! `LOTSE_TEST_AMQP_URL` and a local `rabbitmqctl`; skipped with a reason without them, failing
+//! with `CI=true`.
+
+#[path = "../src/rabbit.rs"]
+mod rabbit;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use hub::receiver::{ReceiverOptions, spawn};
+use tests::fixtures::{ANTRAG, load, new_uuid, with_uuid};
+use tests::{Api, Hub, HubDir, config, lotse_bin};
+
+const TOTAL: usize = 5_000;
+/// Requests in flight at once over all processes.
+const IN_FLIGHT: usize = 32;
+/// Kill process 1 once this many 202s came back.
+const KILL_AT: usize = 1_500;
+/// Restart the broker once this many 202s came back.
+const RESTART_AT: usize = 3_000;
+/// Tries per submission (one every 100 ms at most) before the client gives up.
+const TRIES: usize = 600;
+const ENDPOINT: &str = "a";
+
+#[derive(Default)]
+struct Tally {
+    accepted: AtomicUsize,
+    unavailable: AtomicUsize,
+    refused: AtomicUsize,
+    other: AtomicUsize,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processes_survive_kill_9_and_a_broker_restart() -> anyhow::Result<()> {
+    let Some(url) = tests::require_rabbitmq().await else { return Ok(()) };
+    let restart = rabbit::can_restart_broker().await;
+    if !restart {
+        ensure!(!tests::in_ci(), "CI=true: this test needs a local `rabbitmqctl` to restart the broker");
+        eprintln!("PARTLY SKIPPED: no local `rabbitmqctl`; running without the broker restart");
+    }
+    let prefix = rabbit::unique_prefix("cluster");
+    let result = run(&url, &prefix, restart).await;
+    rabbit::delete_queues(&url, &prefix, &[ENDPOINT]).await;
+    result
+}
+
+async fn run(url: &str, prefix: &str, restart: bool) -> anyhow::Result<()> {
+    let receiver = spawn(ReceiverOptions::default()).await?;
+    let routes = "[[routes]]\nname = \"all\"\nnamespace = \"urn:lotse:test:synthetik:1\"\nendpoints = [\"a\"]\n";
+    let text = config(&[(ENDPOINT, receiver.url("/a"))], routes, &rabbit::queue_section(url, prefix));
+    let mut dirs = Vec::new();
+    let mut hubs: Vec<Hub> = Vec::new();
+    for _ in 0..3 {
+        let mut dir = HubDir::new(lotse_bin!(), &text)?;
+        hubs.push(dir.start().await.context("lotse serve with [queue] kind = \"rabbitmq\" starts")?);
+        dirs.push(dir);
+    }
+    let urls: Arc<Vec<String>> = Arc::new(hubs.iter().map(|h| h.partner_url("/v1/submissions")).collect());
+    let template = load(ANTRAG)?;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).http1_only().build()?;
+    let tally = Arc::new(Tally::default());
+    let accepted: Arc<Mutex<Vec<(String, String)>>> = Arc::new(Mutex::new(Vec::new()));
+    let gate = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(TOTAL);
+    for i in 0..TOTAL {
+        let body = with_uuid(&template, &new_uuid())?;
+        let (client, urls, tally, accepted, gate) =
+            (client.clone(), urls.clone(), tally.clone(), accepted.clone(), gate.clone());
+        tasks.push(tokio::spawn(async move {
+            let Ok(_permit) = gate.acquire_owned().await else { return };
+            for t in 0..TRIES {
+                let url = &urls[(i + t) % urls.len()];
+                let sent = client.post(url).header("content-type", "application/xml").body(body.clone()).send().await;
+                match sent {
+                    Ok(r) if r.status().as_u16() == 202 => {
+                        let Ok(json) = r.json::<serde_json::Value>().await else { continue };
+                        let submission = json["submission_id"].as_str().unwrap_or_default().to_owned();
+                        let delivery = json["deliveries"][0]["id"].as_str().unwrap_or_default().to_owned();
+                        // Never held across an await; poisoning would need a panic inside it.
+                        accepted.lock().unwrap_or_else(|p| p.into_inner()).push((submission, delivery));
+                        tally.accepted.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                    Ok(r) if r.status().as_u16() == 503 => tally.unavailable.fetch_add(1, Ordering::SeqCst),
+                    Ok(_) => tally.other.fetch_add(1, Ordering::SeqCst),
+                    Err(_) => tally.refused.fetch_add(1, Ordering::SeqCst),
+                };
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }));
+    }
+
+    let reach = |n: usize| {
+        let tally = tally.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while tally.accepted.load(Ordering::SeqCst) < n && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tally.accepted.load(Ordering::SeqCst)
+        }
+    };
+    let at_kill = reach(KILL_AT).await;
+    ensure!(at_kill >= KILL_AT, "only {at_kill} of {TOTAL} accepted in 300 s; log:\n{}", hubs[0].log_tail());
+    hubs[1].kill9().await?;
+    eprintln!("cluster: killed process 1 with SIGKILL after {at_kill} accepted ({:?})", started.elapsed());
+    let mut unavailable_before_restart = 0;
+    if restart {
+        let at_restart = reach(RESTART_AT).await;
+        ensure!(at_restart >= RESTART_AT, "only {at_restart} accepted before the broker restart");
+        unavailable_before_restart = tally.unavailable.load(Ordering::SeqCst);
+        eprintln!("cluster: restarting the broker after {at_restart} accepted ({:?})", started.elapsed());
+        rabbit::restart_broker(Duration::from_secs(5)).await?;
+        eprintln!("cluster: broker back ({:?})", started.elapsed());
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let load_time = started.elapsed();
+    let accepted: Vec<(String, String)> = accepted.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let (unavailable, refused, other) = (
+        tally.unavailable.load(Ordering::SeqCst),
+        tally.refused.load(Ordering::SeqCst),
+        tally.other.load(Ordering::SeqCst),
+    );
+    eprintln!(
+        "cluster: {} of {TOTAL} accepted in {load_time:?}; refused answers: 503 x{unavailable}, \
+         connection errors x{refused}, other x{other}",
+        accepted.len()
+    );
+    ensure!(other == 0, "{other} answers were neither 202 nor 503");
+    ensure!(accepted.iter().all(|(s, d)| !s.is_empty() && !d.is_empty()), "malformed 202 bodies");
+    ensure!(accepted.len() == TOTAL, "{} submissions never got a 202 in {TRIES} tries", TOTAL - accepted.len());
+    if restart {
+        ensure!(unavailable > unavailable_before_restart, "no 503 while the broker was down");
+    }
+
+    // Delivered at least once.
+    let want: HashSet<&str> = accepted.iter().map(|(_, d)| d.as_str()).collect();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let missing = loop {
+        let got: HashSet<String> = receiver
+            .with_arrivals(|a| a.iter().filter(|a| a.accepted()).filter_map(|a| a.delivery_id.clone()).collect());
+        let missing = want.iter().filter(|d| !got.contains(**d)).count();
+        if missing == 0 || Instant::now() >= deadline {
+            break missing;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    ensure!(missing == 0, "{missing} 202'd deliveries never arrived; log of process 0:\n{}", hubs[0].log_tail());
+    let counts = receiver.counts();
+    eprintln!(
+        "cluster: all delivered after {:?}; receiver saw {} requests, {} deliveries, {} repeats",
+        started.elapsed(),
+        counts.attempts,
+        counts.delivered,
+        counts.duplicates
+    );
+
+    // None stuck, and every status readable and delivered on every surviving process.
+    let api = Api::new();
+    for n in [0, 2] {
+        let hub = &hubs[n];
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let pending = api.get(&hub.admin_url("/v1/admin/deliveries?state=pending&limit=5")).await?;
+            ensure!(pending.status == 200, "admin listing on process {n}: {}", pending.raw);
+            if pending.body["deliveries"].as_array().is_some_and(Vec::is_empty) {
+                break;
+            }
+            ensure!(Instant::now() < deadline, "deliveries stuck pending on process {n}: {}", pending.raw);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let dead = api.get(&hub.admin_url("/v1/admin/deliveries?state=dead&limit=5")).await?;
+        ensure!(dead.body["deliveries"].as_array().is_some_and(Vec::is_empty), "dead on process {n}: {}", dead.raw);
+        for (submission, _) in &accepted {
+            let view = api
+                .wait_submission(hub, submission, Duration::from_secs(10), |v| v["state"] == "delivered")
+                .await
+                .with_context(|| format!("status of {submission} on process {n}"))?;
+            ensure!(view["id"] == submission.as_str(), "process {n} answered for another submission");
+        }
+    }
+    eprintln!("cluster: every status delivered on processes 0 and 2 ({:?})", started.elapsed());
+    Ok(())
+}
