@@ -4,11 +4,18 @@
 //! A worker keeps at most `concurrency` attempts in flight (a semaphore); it leases only as
 //! many deliveries as it has free slots, so a slow receiver holds back its own queue and
 //! nothing else. A paused endpoint leases nothing; its queue waits.
+//!
+//! Circuit breaker: after [`BREAKER_THRESHOLD`] transient failures in a row, the endpoint is
+//! taken as down. The worker then waits a backoff (the retry policy's curve with jitter) and
+//! sends one delivery as a probe, until an attempt gets an answer. Deliveries waiting meanwhile
+//! are not attempted, so a receiver that is down for an hour sees a trickle of probes instead of
+//! every queued delivery, and their retry budgets are not used up.
 
 pub mod http;
 pub mod retry;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,6 +64,7 @@ pub fn spawn_workers(
     for endpoint in &config.raw.endpoints {
         let transport = Arc::new(http::HttpTransport::new(endpoint)?);
         let worker = Worker {
+            failures: AtomicU32::new(0),
             endpoint: endpoint.clone(),
             retry: config.raw.retry,
             store: store.clone(),
@@ -68,7 +76,12 @@ pub fn spawn_workers(
     Ok(set)
 }
 
+/// Transient failures in a row after which an endpoint is taken as down.
+pub const BREAKER_THRESHOLD: u32 = 5;
+
 struct Worker {
+    /// Transient failures in a row (reset by any answer that is not transient).
+    failures: AtomicU32,
     endpoint: EndpointConfig,
     retry: RetryConfig,
     store: Arc<dyn Store>,
@@ -96,7 +109,21 @@ impl Worker {
                 p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
                 _ = shutdown.changed() => continue,
             };
-            let free = 1 + slots.available_permits();
+            let mut free = 1 + slots.available_permits();
+            let failures = this.failures.load(Ordering::Relaxed);
+            if failures >= BREAKER_THRESHOLD {
+                let cap = retry::backoff_cap(&this.retry, failures - BREAKER_THRESHOLD + 1);
+                let wait = cap.mul_f64(0.5 + rand::rng().random::<f64>() / 2.0);
+                if failures == BREAKER_THRESHOLD {
+                    tracing::warn!(endpoint = %name, failures, "endpoint looks down; probing with one delivery at a time");
+                }
+                metrics::counter!("lotse_breaker_waits_total", "endpoint" => name.clone()).increment(1);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => continue,
+                }
+                free = 1;
+            }
             let leases = tokio::select! {
                 r = this.store.lease(&name, free, Duration::from_millis(500)) => r,
                 _ = shutdown.changed() => continue,
@@ -143,6 +170,11 @@ impl Worker {
             AttemptResult::Transient { .. } => "transient",
             AttemptResult::Permanent { .. } => "permanent",
         };
+        if matches!(result, AttemptResult::Transient { .. }) {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        } else if self.failures.swap(0, Ordering::Relaxed) >= BREAKER_THRESHOLD {
+            tracing::info!(endpoint = %self.endpoint.name, "endpoint answers again");
+        }
         metrics::counter!("lotse_attempts_total", "endpoint" => self.endpoint.name.clone(), "result" => label).increment(1);
         metrics::histogram!("lotse_attempt_seconds", "endpoint" => self.endpoint.name.clone())
             .record(started.elapsed().as_secs_f64());
