@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use redb::{Database, ReadableTable, WriteTransaction};
+use redb::{Database, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::tables::*;
@@ -121,7 +121,11 @@ fn commit_batch(db: &Database, ops: Vec<Op>) -> Result<(Vec<Reply>, Wakeups), (V
         Ok(t) => t,
         Err(e) => return Err((ops, e.to_string())),
     };
-    let mut w = Batch { txn: &txn, counters: HashMap::new(), wakeups: Vec::new(), now: crate::store::now_millis() };
+    let tables = match Tables::open(&txn) {
+        Ok(t) => t,
+        Err(e) => return Err((ops, e.to_string())),
+    };
+    let mut w = Batch { t: tables, counters: HashMap::new(), wakeups: Vec::new(), now: crate::store::now_millis() };
     // Apply everything first; if any step fails, abort and hand the ops back.
     let mut results: Vec<Result<Applied, StoreError>> = Vec::with_capacity(ops.len());
     let mut failed: Option<String> = None;
@@ -188,8 +192,37 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
 
+/// Every table, opened once per batch (opening a table costs a lookup in redb's table tree).
+struct Tables<'t> {
+    submissions: Table<'t, &'static [u8], &'static [u8]>,
+    payloads: Table<'t, &'static [u8], &'static [u8]>,
+    renditions: Table<'t, &'static [u8], &'static [u8]>,
+    deliveries: Table<'t, &'static [u8], &'static [u8]>,
+    ready: Table<'t, &'static [u8], ()>,
+    by_state: Table<'t, &'static [u8], ()>,
+    events: Table<'t, &'static [u8], &'static [u8]>,
+    dedup: Table<'t, &'static str, &'static [u8]>,
+    counters: Table<'t, &'static str, u64>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Tables<'t>, redb::TableError> {
+        Ok(Tables {
+            submissions: txn.open_table(SUBMISSIONS)?,
+            payloads: txn.open_table(PAYLOADS)?,
+            renditions: txn.open_table(RENDITIONS)?,
+            deliveries: txn.open_table(DELIVERIES)?,
+            ready: txn.open_table(READY)?,
+            by_state: txn.open_table(BY_STATE)?,
+            events: txn.open_table(EVENTS)?,
+            dedup: txn.open_table(DEDUP)?,
+            counters: txn.open_table(COUNTERS)?,
+        })
+    }
+}
+
 struct Batch<'t> {
-    txn: &'t WriteTransaction,
+    t: Tables<'t>,
     counters: HashMap<&'static str, i64>,
     wakeups: Vec<String>,
     now: Millis,
@@ -204,31 +237,28 @@ impl Batch<'_> {
         if self.counters.is_empty() {
             return Ok(());
         }
-        let mut t = self.txn.open_table(COUNTERS)?;
         for (name, delta) in self.counters.drain() {
-            let old = t.get(name)?.map(|v| v.value()).unwrap_or(0);
-            t.insert(name, old.saturating_add_signed(delta))?;
+            let old = self.t.counters.get(name)?.map(|v| v.value()).unwrap_or(0);
+            self.t.counters.insert(name, old.saturating_add_signed(delta))?;
         }
         Ok(())
     }
 
     fn intake(&mut self, sub: &NewSubmission) -> Result<Intake, StoreError> {
-        let mut dedup = self.txn.open_table(DEDUP).map_err(unavailable)?;
         for key in &sub.dedup_keys {
-            let existing = dedup.get(key.as_str()).map_err(unavailable)?.map(|v| v.value().to_vec());
+            let existing = self.t.dedup.get(key.as_str()).map_err(unavailable)?.map(|v| v.value().to_vec());
             if let Some(id) = existing {
-                let subs = self.txn.open_table(SUBMISSIONS).map_err(unavailable)?;
-                let rec = subs.get(id.as_slice()).map_err(unavailable)?.ok_or_else(|| corrupt("dedup", "dangling key"))?;
+                let rec = self.t.submissions.get(id.as_slice()).map_err(unavailable)?;
+                let rec = rec.ok_or_else(|| corrupt("dedup", "dangling key"))?;
                 let rec: SubmissionRecord = serde_json::from_slice(rec.value()).map_err(|e| corrupt("submission", e))?;
                 return Ok(Intake::Duplicate(rec.receipt));
             }
         }
         let sid = sub.id.0.as_bytes();
         for key in &sub.dedup_keys {
-            dedup.insert(key.as_str(), sid.as_slice()).map_err(unavailable)?;
+            self.t.dedup.insert(key.as_str(), sid.as_slice()).map_err(unavailable)?;
         }
-        drop(dedup);
-        self.txn.open_table(PAYLOADS).map_err(unavailable)?.insert(sid.as_slice(), sub.original.as_ref()).map_err(unavailable)?;
+        self.t.payloads.insert(sid.as_slice(), sub.original.as_ref()).map_err(unavailable)?;
 
         let receipt = Receipt {
             submission_id: sub.id,
@@ -259,10 +289,6 @@ impl Batch<'_> {
             events.push(ev(self.now, "note", None, None, n.clone()));
         }
 
-        let mut deliveries = self.txn.open_table(DELIVERIES).map_err(unavailable)?;
-        let mut ready = self.txn.open_table(READY).map_err(unavailable)?;
-        let mut by_state = self.txn.open_table(BY_STATE).map_err(unavailable)?;
-        let mut renditions = self.txn.open_table(RENDITIONS).map_err(unavailable)?;
         for d in &sub.deliveries {
             let drec = DeliveryRecord {
                 submission_id: sub.id,
@@ -276,16 +302,16 @@ impl Batch<'_> {
                 has_rendition: d.rendition.is_some(),
             };
             if let Some(r) = &d.rendition {
-                renditions
+                self.t
+                    .renditions
                     .insert(d.id.0.as_bytes().as_slice(), encode_rendition(&r.content_type, &r.body).as_slice())
                     .map_err(unavailable)?;
             }
-            put_delivery(&mut deliveries, d.id, &drec)?;
-            ready.insert(ready_key(&d.endpoint, 0, d.id).as_slice(), ()).map_err(unavailable)?;
-            by_state.insert(state_key(DeliveryState::Pending, d.id).as_slice(), ()).map_err(unavailable)?;
+            put_delivery(&mut self.t.deliveries, d.id, &drec)?;
+            self.t.ready.insert(ready_key(&d.endpoint, 0, d.id).as_slice(), ()).map_err(unavailable)?;
+            self.t.by_state.insert(state_key(DeliveryState::Pending, d.id).as_slice(), ()).map_err(unavailable)?;
             self.wakeups.push(d.endpoint.clone());
         }
-        drop((deliveries, ready, by_state, renditions));
         self.count("submissions", 1);
         self.count("pending", sub.deliveries.len() as i64);
         self.append_events(sub.id, &mut rec, events)?;
@@ -293,8 +319,7 @@ impl Batch<'_> {
     }
 
     fn settle(&mut self, id: DeliveryId, attempt: u32, outcome: &Outcome) -> Result<(), StoreError> {
-        let mut deliveries = self.txn.open_table(DELIVERIES).map_err(unavailable)?;
-        let Some(mut d) = get_delivery(&deliveries, id)? else {
+        let Some(mut d) = get_delivery(&self.t.deliveries, id)? else {
             return Err(StoreError::Corrupt(format!("settle of unknown delivery {id}")));
         };
         if d.state != DeliveryState::Pending || d.attempts + 1 != attempt {
@@ -303,8 +328,7 @@ impl Batch<'_> {
             tracing::debug!(delivery_id = %id, attempt, "ignoring stale settlement");
             return Ok(());
         }
-        let mut ready = self.txn.open_table(READY).map_err(unavailable)?;
-        ready.remove(ready_key(&d.endpoint, d.not_before, id).as_slice()).map_err(unavailable)?;
+        self.t.ready.remove(ready_key(&d.endpoint, d.not_before, id).as_slice()).map_err(unavailable)?;
         d.attempts = attempt;
         d.updated_at = self.now;
         let mut events = Vec::with_capacity(2);
@@ -327,7 +351,7 @@ impl Batch<'_> {
                 ));
                 d.not_before = *not_before;
                 d.last_error = Some(error.clone());
-                ready.insert(ready_key(&d.endpoint, d.not_before, id).as_slice(), ()).map_err(unavailable)?;
+                self.t.ready.insert(ready_key(&d.endpoint, d.not_before, id).as_slice(), ()).map_err(unavailable)?;
                 self.wakeups.push(d.endpoint.clone());
             }
             Outcome::Dead { error } => {
@@ -337,17 +361,14 @@ impl Batch<'_> {
                 d.last_error = Some(error.clone());
             }
         }
-        drop(ready);
         self.move_state(id, old_state, d.state)?;
-        put_delivery(&mut deliveries, id, &d)?;
-        drop(deliveries);
+        put_delivery(&mut self.t.deliveries, id, &d)?;
         let mut rec = self.submission(d.submission_id)?;
         self.append_events(d.submission_id, &mut rec, events)
     }
 
     fn replay(&mut self, id: DeliveryId, actor: &str, reason: &str) -> Result<ReplayOutcome, StoreError> {
-        let mut deliveries = self.txn.open_table(DELIVERIES).map_err(unavailable)?;
-        let Some(mut d) = get_delivery(&deliveries, id)? else {
+        let Some(mut d) = get_delivery(&self.t.deliveries, id)? else {
             return Ok(ReplayOutcome::NotFound);
         };
         if d.state != DeliveryState::Dead {
@@ -357,14 +378,9 @@ impl Batch<'_> {
         d.budget_base = d.attempts;
         d.not_before = self.now;
         d.updated_at = self.now;
-        self.txn
-            .open_table(READY)
-            .map_err(unavailable)?
-            .insert(ready_key(&d.endpoint, d.not_before, id).as_slice(), ())
-            .map_err(unavailable)?;
+        self.t.ready.insert(ready_key(&d.endpoint, d.not_before, id).as_slice(), ()).map_err(unavailable)?;
         self.move_state(id, DeliveryState::Dead, DeliveryState::Pending)?;
-        put_delivery(&mut deliveries, id, &d)?;
-        drop(deliveries);
+        put_delivery(&mut self.t.deliveries, id, &d)?;
         self.wakeups.push(d.endpoint.clone());
         let mut rec = self.submission(d.submission_id)?;
         let detail = format!("replayed by `{actor}`: {reason}");
@@ -376,36 +392,30 @@ impl Batch<'_> {
         if from == to {
             return Ok(());
         }
-        let mut t = self.txn.open_table(BY_STATE).map_err(unavailable)?;
-        t.remove(state_key(from, id).as_slice()).map_err(unavailable)?;
-        t.insert(state_key(to, id).as_slice(), ()).map_err(unavailable)?;
+        self.t.by_state.remove(state_key(from, id).as_slice()).map_err(unavailable)?;
+        self.t.by_state.insert(state_key(to, id).as_slice(), ()).map_err(unavailable)?;
         self.count(counter_name(from), -1);
         self.count(counter_name(to), 1);
         Ok(())
     }
 
     fn submission(&self, id: SubmissionId) -> Result<SubmissionRecord, StoreError> {
-        let t = self.txn.open_table(SUBMISSIONS).map_err(unavailable)?;
-        let v = t.get(id.0.as_bytes().as_slice()).map_err(unavailable)?.ok_or_else(|| corrupt("submission", "missing"))?;
+        let v = self.t.submissions.get(id.0.as_bytes().as_slice()).map_err(unavailable)?;
+        let v = v.ok_or_else(|| corrupt("submission", "missing"))?;
         serde_json::from_slice(v.value()).map_err(|e| corrupt("submission", e))
     }
 
     fn append_events(&mut self, id: SubmissionId, rec: &mut SubmissionRecord, events: Vec<EventRecord>) -> Result<(), StoreError> {
-        let mut t = self.txn.open_table(EVENTS).map_err(unavailable)?;
         for mut e in events {
             let seq = rec.events;
             e.hash = chain_hash(&rec.last_hash, seq, &e);
             let bytes = serde_json::to_vec(&e).map_err(|e| corrupt("event", e))?;
-            t.insert(event_key(id, seq).as_slice(), bytes.as_slice()).map_err(unavailable)?;
+            self.t.events.insert(event_key(id, seq).as_slice(), bytes.as_slice()).map_err(unavailable)?;
             rec.last_hash = e.hash;
             rec.events += 1;
         }
         let bytes = serde_json::to_vec(rec).map_err(|e| corrupt("submission", e))?;
-        self.txn
-            .open_table(SUBMISSIONS)
-            .map_err(unavailable)?
-            .insert(id.0.as_bytes().as_slice(), bytes.as_slice())
-            .map_err(unavailable)?;
+        self.t.submissions.insert(id.0.as_bytes().as_slice(), bytes.as_slice()).map_err(unavailable)?;
         Ok(())
     }
 }
