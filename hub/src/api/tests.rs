@@ -247,3 +247,50 @@ async fn replay_needs_a_reason_and_only_takes_dead_deliveries() {
     let (s, _, b) = call(&h.admin, replay(r#"{"reason": "receiver fixed"}"#)).await;
     assert_eq!(s, StatusCode::CONFLICT, "a pending delivery is not replayed: {b}");
 }
+
+/// A store whose disk is gone: every call fails. (A real disk failure cannot be staged here.)
+struct BrokenStore;
+
+#[async_trait::async_trait]
+impl crate::store::Store for BrokenStore {
+    async fn intake(&self, _: crate::store::NewSubmission) -> Result<crate::store::Intake, crate::store::StoreError> {
+        Err(crate::store::StoreError::Unavailable("disk gone: /secret/path".into()))
+    }
+    async fn lease(&self, _: &str, _: usize, _: std::time::Duration) -> Result<Vec<crate::store::Lease>, crate::store::StoreError> {
+        Err(crate::store::StoreError::Unavailable("disk gone".into()))
+    }
+    async fn settle(&self, _: crate::store::Lease, _: crate::store::Outcome) -> Result<(), crate::store::StoreError> {
+        Err(crate::store::StoreError::Unavailable("disk gone".into()))
+    }
+    async fn submission(&self, _: crate::store::SubmissionId) -> Result<Option<crate::store::SubmissionView>, crate::store::StoreError> {
+        Err(crate::store::StoreError::Unavailable("disk gone".into()))
+    }
+    async fn delivery(&self, _: crate::store::DeliveryId) -> Result<Option<crate::store::DeliveryView>, crate::store::StoreError> {
+        Err(crate::store::StoreError::Unavailable("disk gone".into()))
+    }
+    async fn deliveries(&self, _: &crate::store::DeliveryFilter) -> Result<Vec<crate::store::DeliveryView>, crate::store::StoreError> {
+        Err(crate::store::StoreError::Unavailable("disk gone".into()))
+    }
+    async fn replay(&self, _: crate::store::DeliveryId, _: &str, _: &str) -> Result<crate::store::ReplayOutcome, crate::store::StoreError> {
+        Err(crate::store::StoreError::Unavailable("disk gone".into()))
+    }
+    async fn counts(&self) -> Result<crate::store::Counts, crate::store::StoreError> {
+        Err(crate::store::StoreError::Unavailable("disk gone".into()))
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_commit_means_503_without_internals() {
+    let config = Arc::new(config(""));
+    let state = Arc::new(AppState {
+        config: config.clone(),
+        pipeline: crate::intake::Pipeline::new(config, Arc::new(BrokenStore), None),
+        partners: Default::default(),
+        metrics: None,
+        paused: Default::default(),
+    });
+    let router = partner::router(state);
+    let (s, hd, b) = call(&router, submit(&message("0f0e0d0c-0000-4000-8000-000000000050", "bab:09162000"), &[])).await;
+    assert_problem(s, &hd, &b, StatusCode::SERVICE_UNAVAILABLE, "store-unavailable");
+    assert!(!b.to_string().contains("/secret/path"), "5xx bodies must not carry internals: {b}");
+}
