@@ -1,1 +1,215 @@
-//! Unit tests of the pure parts: the fold and the work-message headers.
+//! Unit tests of the pure parts: the fold, the record framing, the wait ladder and the
+//! work-message headers.
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+use super::index::{Applied, Index, ReplaySource};
+use super::record::{self, Envelope, OutcomeRecord, Record, RecordedOutcome, ReplayedRecord, SubmittedRecord};
+use super::work::{LADDER_MS, WorkMessage, rung_for};
+use crate::store::{DeliveryId, DeliveryState, ReceiptDelivery, SubmissionId, SubmissionState};
+
+fn claim(keys: &[&str]) -> SubmittedRecord {
+    SubmittedRecord {
+        id: SubmissionId::new(),
+        partner: "p".into(),
+        dedup_keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+        received_at: 1_000,
+        content_type: "application/xml".into(),
+        meta: serde_json::json!({}),
+        message_id: None,
+        route: "r".into(),
+        deliveries: vec![ReceiptDelivery { id: DeliveryId::new(), endpoint: "a".into() }],
+        notes: vec![],
+        size: 10,
+    }
+}
+
+fn env(at: u64, record: Record) -> Envelope {
+    Envelope { rid: Uuid::now_v7(), at, record }
+}
+
+fn outcome(s: &SubmittedRecord, attempt: u32, generation: u32, outcome: RecordedOutcome) -> Record {
+    Record::Outcome(OutcomeRecord {
+        submission_id: s.id,
+        delivery_id: s.deliveries[0].id,
+        attempt,
+        generation,
+        outcome,
+    })
+}
+
+fn dead(error: &str) -> RecordedOutcome {
+    RecordedOutcome::Dead { error: error.into(), content_type: "application/xml".into(), message_id: None }
+}
+
+fn replayed(s: &SubmittedRecord, generation: u32) -> Record {
+    Record::Replayed(ReplayedRecord {
+        submission_id: s.id,
+        delivery_id: s.deliveries[0].id,
+        generation,
+        actor: "op".into(),
+        reason: "fixed".into(),
+    })
+}
+
+fn state(index: &Index, s: &SubmittedRecord) -> Option<DeliveryState> {
+    index.delivery_state(s.deliveries[0].id).map(|(state, _)| state)
+}
+
+#[test]
+fn the_first_claim_of_a_key_in_stream_order_wins() {
+    let mut index = Index::default();
+    let first = claim(&["k1"]);
+    let second = claim(&["k2", "k1"]);
+    assert_eq!(index.apply(env(1, Record::Submitted(first.clone())), Bytes::new()), Applied::Accepted);
+    let Applied::Duplicate(receipt) = index.apply(env(2, Record::Submitted(second.clone())), Bytes::new()) else {
+        panic!("the second claim of k1 was not refused");
+    };
+    assert_eq!(receipt.submission_id, first.id);
+    assert_eq!(receipt.deliveries, first.deliveries);
+    assert!(index.submission(second.id).is_none(), "the losing claim became a submission");
+    assert!(index.holder_of(&["k2".into()]).is_none(), "the losing claim took its other key");
+    assert_eq!(index.counts().submissions, 1);
+}
+
+#[test]
+fn a_claim_applied_twice_is_one_submission() {
+    let mut index = Index::default();
+    let s = claim(&["k"]);
+    index.apply(env(1, Record::Submitted(s.clone())), Bytes::new());
+    assert_eq!(index.apply(env(2, Record::Submitted(s.clone())), Bytes::new()), Applied::Accepted);
+    let view = index.submission(s.id).expect("known");
+    assert_eq!(view.events.len(), 2, "events doubled: {:?}", view.events);
+    assert_eq!(index.counts().pending, 1);
+}
+
+#[test]
+fn queued_is_tracked_for_the_duplicate_repair() {
+    let mut index = Index::default();
+    let s = claim(&["k"]);
+    index.apply(env(1, Record::Submitted(s.clone())), Bytes::new());
+    assert_eq!(index.holder_of(&["k".into()]).map(|(_, q)| q), Some(false));
+    index.apply(env(2, Record::Queued { submission_id: s.id }), Bytes::new());
+    assert!(index.is_queued(s.id));
+}
+
+#[test]
+fn dead_keeps_the_bytes_for_replay_and_delivered_drops_them() {
+    let mut index = Index::default();
+    let s = claim(&[]);
+    index.apply(env(1, Record::Submitted(s.clone())), Bytes::new());
+    let payload = Bytes::from_static(b"<x>\0binary</x>");
+    index.apply(env(2, outcome(&s, 3, 0, dead("HTTP 400"))), payload.clone());
+    let ReplaySource::Dead { copy, attempts, generation, .. } = index.replay_source(s.deliveries[0].id) else {
+        panic!("dead delivery is not replayable");
+    };
+    assert_eq!((copy.payload, attempts, generation), (payload, 3, 0));
+    index.apply(env(3, replayed(&s, 1)), Bytes::new());
+    assert_eq!(state(&index, &s), Some(DeliveryState::Pending));
+    assert!(matches!(index.replay_source(s.deliveries[0].id), ReplaySource::NotDead(DeliveryState::Pending)));
+    index.apply(env(4, outcome(&s, 4, 1, RecordedOutcome::Delivered { status: 200 })), Bytes::new());
+    assert_eq!(index.submission(s.id).map(|v| v.state), Some(SubmissionState::Delivered));
+}
+
+// A replay's attempt can reach the stream before the replay record (the work message is
+// published first): the replay record must not undo that outcome.
+#[test]
+fn a_replay_record_after_its_own_outcome_does_not_reopen_the_delivery() {
+    for (late, want) in [
+        (dead("HTTP 400 again"), DeliveryState::Dead),
+        (RecordedOutcome::Delivered { status: 200 }, DeliveryState::Delivered),
+    ] {
+        let mut index = Index::default();
+        let s = claim(&[]);
+        index.apply(env(1, Record::Submitted(s.clone())), Bytes::new());
+        index.apply(env(2, outcome(&s, 1, 0, dead("HTTP 400"))), Bytes::from_static(b"x"));
+        index.apply(env(3, outcome(&s, 2, 1, late)), Bytes::from_static(b"x"));
+        index.apply(env(4, replayed(&s, 1)), Bytes::new());
+        assert_eq!(state(&index, &s), Some(want));
+    }
+}
+
+#[test]
+fn a_late_copy_of_an_older_generation_changes_no_state() {
+    let mut index = Index::default();
+    let s = claim(&[]);
+    index.apply(env(1, Record::Submitted(s.clone())), Bytes::new());
+    index.apply(env(2, outcome(&s, 1, 0, dead("HTTP 400"))), Bytes::from_static(b"x"));
+    index.apply(env(3, replayed(&s, 1)), Bytes::new());
+    index.apply(env(4, outcome(&s, 2, 1, RecordedOutcome::Delivered { status: 200 })), Bytes::new());
+    let retry = RecordedOutcome::Retry { not_before: 9_000, error: "late".into() };
+    index.apply(env(5, outcome(&s, 2, 0, retry)), Bytes::new());
+    assert_eq!(state(&index, &s), Some(DeliveryState::Delivered));
+    let kinds: Vec<String> = index.submission(s.id).expect("known").events.into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds.last().map(String::as_str), Some("retry_scheduled"), "the late outcome is still logged");
+}
+
+#[test]
+fn every_node_folds_the_same_log_and_hashes() {
+    let s = claim(&["k"]);
+    let records = vec![
+        env(1, Record::Submitted(s.clone())),
+        env(2, outcome(&s, 1, 0, RecordedOutcome::Retry { not_before: 5, error: "503".into() })),
+        env(3, outcome(&s, 2, 0, RecordedOutcome::Delivered { status: 200 })),
+    ];
+    let fold = || {
+        let mut index = Index::default();
+        for r in records.clone() {
+            index.apply(r, Bytes::new());
+        }
+        index.submission(s.id).expect("known").events
+    };
+    let (a, b) = (fold(), fold());
+    assert_eq!(a, b);
+    let kinds: Vec<&str> = a.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["received", "routed", "attempt", "retry_scheduled", "attempt", "delivered"]);
+    let seqs: Vec<u32> = a.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
+    // Changing one detail changes that hash and every later one.
+    let mut other = records.clone();
+    other[1] = env(2, outcome(&s, 1, 0, RecordedOutcome::Retry { not_before: 5, error: "502".into() }));
+    let mut index = Index::default();
+    for r in other {
+        index.apply(r, Bytes::new());
+    }
+    let c = index.submission(s.id).expect("known").events;
+    assert_eq!(a[1].hash, c[1].hash);
+    assert!(a[2..].iter().zip(&c[2..]).all(|(x, y)| x.hash != y.hash), "the chain did not carry the change");
+}
+
+#[test]
+fn records_frame_binary_payloads() {
+    let s = claim(&[]);
+    let e = env(7, outcome(&s, 1, 0, dead("bad")));
+    let payload = b"\0\x01binary\0with NULs".to_vec();
+    let (back, got) = record::decode(&record::encode(&e, Some(&payload)).expect("encode")).expect("decode");
+    assert_eq!((back.rid, back.at, got.to_vec()), (e.rid, 7, payload));
+    let (_, none) = record::decode(&record::encode(&e, None).expect("encode")).expect("decode");
+    assert!(none.is_empty());
+}
+
+#[test]
+fn the_ladder_picks_the_longest_rung_not_past_the_due_time() {
+    assert_eq!(rung_for(0), LADDER_MS[0]);
+    assert_eq!(rung_for(150), 200);
+    assert_eq!(rung_for(1_500), 1_000);
+    assert_eq!(rung_for(299_999), 120_000);
+    assert_eq!(rung_for(u64::MAX), 3_600_000);
+}
+
+#[test]
+fn work_headers_round_trip() {
+    let m = WorkMessage {
+        delivery_id: DeliveryId::new(),
+        submission_id: SubmissionId::new(),
+        message_id: Some("6f1c…".into()),
+        content_type: "application/json".into(),
+        attempts: 4,
+        budget_base: 2,
+        generation: 1,
+        not_before: 1_700_000_000_123,
+    };
+    let (back, redelivered) = WorkMessage::from_properties(&m.properties().expect("properties")).expect("read");
+    assert_eq!((back, redelivered), (m, 0));
+}
