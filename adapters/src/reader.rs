@@ -73,10 +73,11 @@ fn scan(xml: &[u8], limits: &Limits, stop_early: bool) -> Result<Meta, ReadError
     loop {
         match guard.next()? {
             Tok::Start { name } => match sink.as_mut() {
+                Some(sink) if sink.is_done() => {}
                 Some(sink) => sink.start(name, guard.depth(), guard.attrs()),
                 None => sink = Some(HeaderSink::new(name, guard.element_namespace(name), guard.attrs())),
             },
-            Tok::Text(text) => {
+            Tok::Text { text, .. } => {
                 if let Some(sink) = sink.as_mut() {
                     sink.text(&text);
                 }

@@ -33,13 +33,13 @@ pub fn canonical_form(xml: &[u8], limits: &Limits) -> Result<String, ReadError> 
     loop {
         match guard.next()? {
             Tok::Start { name } => {
-                let ns = guard.element_namespace(name).map(|n| String::from_utf8_lossy(n).into_owned());
+                let ns = guard.element_namespace(name).map(str::to_owned);
                 let mut head = format!("({name} {{{}}}", ns.unwrap_or_default());
                 let mut attrs: Vec<String> = guard
                     .attrs()
                     .iter()
                     .map(|a| {
-                        let ans = guard.attribute_namespace(a.name).map(|n| String::from_utf8_lossy(n).into_owned());
+                        let ans = guard.attribute_namespace(a.name).map(str::to_owned);
                         format!("\n@{} {{{}}}={:?}", a.name, ans.unwrap_or_default(), a.value)
                     })
                     .collect();
@@ -47,8 +47,9 @@ pub fn canonical_form(xml: &[u8], limits: &Limits) -> Result<String, ReadError> 
                 head.extend(attrs);
                 stack.push(Frame { head, children: Vec::new(), has_elem: false, has_text: false });
             }
-            Tok::Text(text) => {
+            Tok::Text { text, .. } => {
                 if let Some(frame) = stack.last_mut() {
+                    // (checked here, not taken from the guard's `blank`, to stay independent)
                     if !text.bytes().all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
                         frame.has_text = true;
                     }

@@ -232,14 +232,53 @@ pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
+/// Bytes that need escaping in a JSON string: 1 for `"` and `\\`, 2 for control characters.
+static JSON_ESCAPE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = 2;
+        b += 1;
+    }
+    t[b'"' as usize] = 1;
+    t[b'\\' as usize] = 1;
+    t
+};
+
+/// True when some byte of the 8 in `x` is a control character, `"` or `\\` (SWAR: the
+/// classic "has a byte less than n" and "has a zero byte" tricks).
+fn needs_escape(x: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let below_space = x.wrapping_sub(ONES * 0x20) & !x;
+    let quote = x ^ (ONES * b'"' as u64);
+    let backslash = x ^ (ONES * b'\\' as u64);
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v;
+    (below_space | zero(quote) | zero(backslash)) & HIGHS != 0
+}
+
 fn escape_into(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if b >= 0x20 && b != b'"' && b != b'\\' {
-            continue;
+    let mut i = 0;
+    while i < bytes.len() {
+        // the common case: runs of bytes that need nothing, 8 at a time
+        while let Some(chunk) = bytes.get(i..i + 8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            if needs_escape(u64::from_le_bytes(word)) {
+                break;
+            }
+            i += 8;
         }
+        while i < bytes.len() && JSON_ESCAPE[bytes[i] as usize] == 0 {
+            i += 1;
+        }
+        if i == bytes.len() {
+            break;
+        }
+        let b = bytes[i];
         out.extend_from_slice(&bytes[start..i]);
         match b {
             b'"' => out.extend_from_slice(b"\\\""),
@@ -249,7 +288,8 @@ fn escape_into(out: &mut Vec<u8>, s: &str) {
             b'\t' => out.extend_from_slice(b"\\t"),
             _ => out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]),
         }
-        start = i + 1;
+        i += 1;
+        start = i;
     }
     out.extend_from_slice(&bytes[start..]);
 }

@@ -67,10 +67,20 @@ impl<'a> Tree<'a> {
 pub(crate) fn build<'a>(xml: &'a [u8], limits: &Limits) -> Result<(Tree<'a>, Meta), ReadError> {
     let limits = Limits { max_depth: limits.max_depth.min(JSON_MAX_DEPTH), ..*limits };
     let mut guard = Guard::new(xml, &limits);
-    let mut tree = Tree::default();
+    // sized from the input (markup-dense XÖV: ~30 bytes per element) so the build rarely grows
+    let estimate = xml.len() / 32 + 16;
+    let mut tree = Tree {
+        elems: Vec::with_capacity(estimate),
+        attrs: Vec::with_capacity(estimate / 2),
+        texts: Vec::with_capacity(estimate),
+        content: Vec::with_capacity(estimate * 2),
+        root: 0,
+    };
     let mut sink: Option<HeaderSink<'a>> = None;
     // levels[d] collects the content of the open element at depth d (levels[0]: the document)
     let mut levels: Vec<Vec<Item>> = vec![Vec::new()];
+    // texted[d]: the open element at depth d has non-whitespace text
+    let mut texted: Vec<bool> = vec![false];
     // the open elements' indices in `tree.elems`
     let mut open: Vec<u32> = Vec::new();
     loop {
@@ -78,6 +88,7 @@ pub(crate) fn build<'a>(xml: &'a [u8], limits: &Limits) -> Result<(Tree<'a>, Met
             Tok::Start { name } => {
                 let depth = guard.depth();
                 match sink.as_mut() {
+                    Some(s) if s.is_done() => {}
                     Some(s) => s.start(name, depth, guard.attrs()),
                     None => sink = Some(HeaderSink::new(name, guard.element_namespace(name), guard.attrs())),
                 }
@@ -88,13 +99,18 @@ pub(crate) fn build<'a>(xml: &'a [u8], limits: &Limits) -> Result<(Tree<'a>, Met
                 open.push(idx);
                 if levels.len() <= depth {
                     levels.push(Vec::new());
+                    texted.push(false);
                 } else {
                     levels[depth].clear();
+                    texted[depth] = false;
                 }
             }
-            Tok::Text(text) => {
-                if let Some(s) = sink.as_mut() {
+            Tok::Text { text, blank } => {
+                if let Some(s) = sink.as_mut().filter(|s| !s.is_done()) {
                     s.text(&text);
+                }
+                if !blank && let Some(t) = texted.get_mut(open.len()) {
+                    *t = true;
                 }
                 // the guard delivers text only inside the root element, so a level is open
                 let Some(level) = levels.get_mut(open.len()) else {
@@ -110,7 +126,7 @@ pub(crate) fn build<'a>(xml: &'a [u8], limits: &Limits) -> Result<(Tree<'a>, Met
             }
             Tok::End => {
                 let depth = open.len();
-                if let Some(s) = sink.as_mut() {
+                if let Some(s) = sink.as_mut().filter(|s| !s.is_done()) {
                     s.end(depth);
                 }
                 let Some(idx) = open.pop() else {
@@ -118,7 +134,7 @@ pub(crate) fn build<'a>(xml: &'a [u8], limits: &Limits) -> Result<(Tree<'a>, Met
                     return Err(ReadError::malformed(xml, 0, "unbalanced end tag".into()));
                 };
                 let items = std::mem::take(&mut levels[depth]);
-                close(&mut tree, idx, &items);
+                close(&mut tree, idx, &items, texted[depth]);
                 levels[depth] = items;
                 levels[depth - 1].push(Item::Elem(idx));
             }
@@ -140,17 +156,13 @@ pub(crate) fn build<'a>(xml: &'a [u8], limits: &Limits) -> Result<(Tree<'a>, Met
 }
 
 /// Decides the shape of a closing element and moves its content into the tree.
-fn close(tree: &mut Tree<'_>, idx: u32, items: &[Item]) {
+fn close(tree: &mut Tree<'_>, idx: u32, items: &[Item], texted: bool) {
     let has_elems = items.iter().any(|i| matches!(i, Item::Elem(_)));
     let has_attrs = {
         let e = &tree.elems[idx as usize];
         e.attrs.start != e.attrs.end
     };
-    let mixed = has_elems
-        && items.iter().any(|i| match i {
-            Item::Text(t) => !is_whitespace(&tree.texts[*t as usize]),
-            Item::Elem(_) => false,
-        });
+    let mixed = has_elems && texted;
     let shape = if !has_elems {
         if has_attrs { Shape::Object } else { Shape::Leaf }
     } else if mixed || repeats_apart(tree, items) {
@@ -170,24 +182,30 @@ fn close(tree: &mut Tree<'_>, idx: u32, items: &[Item]) {
     e.shape = shape;
 }
 
-pub(crate) fn is_whitespace(s: &str) -> bool {
-    s.bytes().all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
-}
-
 /// True when some child name occurs in two runs separated by another name (`a b a`).
+/// Allocation-free for the usual handful of children; a set beyond that.
 fn repeats_apart(tree: &Tree<'_>, items: &[Item]) -> bool {
-    let mut runs: Vec<&str> = Vec::new();
-    for item in items {
-        if let Item::Elem(e) = item {
-            let name = tree.elems[*e as usize].name;
-            if runs.last() != Some(&name) {
-                runs.push(name);
+    let name_of = |i: &Item| match *i {
+        Item::Elem(e) => Some(tree.elems[e as usize].name),
+        Item::Text(_) => None,
+    };
+    if items.len() > 64 {
+        let mut seen = std::collections::HashSet::new();
+        let mut last = None;
+        for name in items.iter().filter_map(name_of) {
+            if last != Some(name) && !seen.insert(name) {
+                return true;
             }
+            last = Some(name);
         }
+        return false;
     }
-    if runs.len() <= 32 {
-        return runs.iter().enumerate().any(|(i, n)| runs[..i].contains(n));
+    let mut last = None;
+    for (i, name) in items.iter().enumerate().filter_map(|(i, it)| name_of(it).map(|n| (i, n))) {
+        if last != Some(name) && items[..i].iter().filter_map(name_of).any(|n| n == name) {
+            return true;
+        }
+        last = Some(name);
     }
-    let mut seen = std::collections::HashSet::with_capacity(runs.len());
-    !runs.iter().all(|n| seen.insert(*n))
+    false
 }

@@ -1,6 +1,6 @@
 //! The hardened token stream every reader in this crate is built on.
 //!
-//! [`Guard`] wraps quick-xml's namespace-aware slice reader and turns its events into a small,
+//! [`Guard`] wraps quick-xml's slice reader and turns its events into a small,
 //! checked token stream: start tag (with decoded, normalised attributes), end tag, text. It
 //! enforces, for every byte it reads:
 //! - no DOCTYPE (so no DTD, no entity declarations) -> [`ReadError::Forbidden`];
@@ -15,12 +15,17 @@
 //! nothing downstream needs them. Text is delivered with line ends normalised (`\r\n` -> `\n`)
 //! and references resolved; attribute values are normalised as XML 1.0 §3.3.3 says for CDATA
 //! attributes (literal tab, CR, LF become spaces).
+//!
+//! Namespaces are tracked here, not by quick-xml's `NsReader`: the guard walks every start
+//! tag's attributes anyway, and `NsReader` walking them a second time cost a third of the
+//! reader's time. (It also counts scopes in a `u16` and overflows past 65,535 open elements:
+//! a panic in debug builds, wrong resolution in release builds. Repro:
+//! `NsReader::from_str(&"<a>".repeat(70_000))`, then `read_event()` until it fails.)
 
 use std::borrow::Cow;
 
-use quick_xml::NsReader;
+use quick_xml::Reader;
 use quick_xml::events::Event;
-use quick_xml::name::{QName, ResolveResult};
 
 use super::ReadError;
 use crate::Limits;
@@ -41,8 +46,8 @@ pub(crate) enum Tok<'a> {
     /// The end tag of the innermost open element.
     End,
     /// A piece of character data (adjacent pieces belong together: text, references and CDATA
-    /// sections come as separate pieces).
-    Text(Cow<'a, str>),
+    /// sections come as separate pieces). `blank`: the piece is whitespace only.
+    Text { text: Cow<'a, str>, blank: bool },
     /// End of the document, after the root element closed.
     Eof,
 }
@@ -59,16 +64,27 @@ enum Phase {
     Epilog,
 }
 
-/// Hard ceiling on nesting depth, whatever [`Limits`] says: quick-xml 0.38.4 counts namespace
-/// scopes in a `u16` (`NamespaceResolver::nesting_level`) and overflows past 65,535 open
-/// elements (a panic in debug builds, wrong namespace resolution in release builds). Repro:
-/// `NsReader::from_str(&"<a>".repeat(70_000))`, then `read_event()` until it fails.
-pub(crate) const DEPTH_CEILING: usize = 60_000;
+const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
+
+/// One namespace declaration in scope: prefix (`""` for the default namespace), URI, and the
+/// depth of the element that declared it.
+#[derive(Debug)]
+struct Binding<'a> {
+    prefix: &'a str,
+    uri: Cow<'a, str>,
+    depth: usize,
+}
 
 /// The checked token stream over one document.
 pub(crate) struct Guard<'a> {
-    reader: NsReader<&'a [u8]>,
+    reader: Reader<&'a [u8]>,
+    bindings: Vec<Binding<'a>>,
     input: &'a [u8],
+    /// The input as text: validated as UTF-8 once, up front, so every name, value and text
+    /// is a plain slice of it (no per-token UTF-8 check). Up to the first bad byte if any.
+    doc: &'a str,
+    /// Position of the first byte that is not UTF-8.
+    bad_utf8: Option<usize>,
     limits: Limits,
     depth: usize,
     elements: usize,
@@ -82,7 +98,7 @@ pub(crate) struct Guard<'a> {
 
 impl<'a> Guard<'a> {
     pub(crate) fn new(input: &'a [u8], limits: &Limits) -> Self {
-        let mut reader = NsReader::from_reader(input);
+        let mut reader = Reader::from_reader(input);
         let config = reader.config_mut();
         config.check_end_names = true;
         config.check_comments = true;
@@ -90,10 +106,17 @@ impl<'a> Guard<'a> {
         config.allow_dangling_amp = false;
         config.allow_unmatched_ends = false;
         config.trim_text(false);
+        let (doc, bad_utf8) = match std::str::from_utf8(input) {
+            Ok(doc) => (doc, None),
+            Err(e) => (std::str::from_utf8(&input[..e.valid_up_to()]).unwrap_or_default(), Some(e.valid_up_to())),
+        };
         Guard {
             reader,
+            bindings: Vec::new(),
             input,
-            limits: Limits { max_depth: limits.max_depth.min(DEPTH_CEILING), ..*limits },
+            doc,
+            bad_utf8,
+            limits: *limits,
             depth: 0,
             elements: 0,
             phase: Phase::Start,
@@ -115,23 +138,27 @@ impl<'a> Guard<'a> {
 
     /// The namespace URI a qualified element name resolves to in the current scope (`None` for
     /// no namespace). Valid for the name of the last `Start` token.
-    pub(crate) fn element_namespace(&self, qname: &str) -> Option<&[u8]> {
-        match self.reader.resolver().resolve_element(QName(qname.as_bytes())).0 {
-            ResolveResult::Bound(ns) => Some(ns.into_inner()).filter(|ns| !ns.is_empty()),
-            _ => None,
+    pub(crate) fn element_namespace(&self, qname: &str) -> Option<&str> {
+        let prefix = qname.split_once(':').map_or("", |(p, _)| p);
+        self.lookup(prefix).filter(|ns| !ns.is_empty())
+    }
+
+    /// The URI bound to `prefix` (`""`: the default namespace) in the current scope.
+    fn lookup(&self, prefix: &str) -> Option<&str> {
+        if prefix == "xml" {
+            return Some(XML_NS);
         }
+        self.bindings.iter().rev().find(|b| b.prefix == prefix).map(|b| b.uri.as_ref())
     }
 
     /// The namespace URI of a qualified attribute name of the last `Start` token (`None` for
     /// unprefixed attributes and for namespace declarations).
-    pub(crate) fn attribute_namespace(&self, qname: &str) -> Option<&[u8]> {
+    pub(crate) fn attribute_namespace(&self, qname: &str) -> Option<&str> {
         if qname == "xmlns" || qname.starts_with("xmlns:") {
             return None;
         }
-        match self.reader.resolver().resolve_attribute(QName(qname.as_bytes())).0 {
-            ResolveResult::Bound(ns) => Some(ns.into_inner()).filter(|ns| !ns.is_empty()),
-            _ => None,
-        }
+        let (prefix, _) = qname.split_once(':')?;
+        self.lookup(prefix)
     }
 
     fn malformed_at(&self, position: u64, message: impl Into<String>) -> ReadError {
@@ -147,6 +174,9 @@ impl<'a> Guard<'a> {
         if self.pending_end {
             self.pending_end = false;
             return Ok(self.close());
+        }
+        if let Some(at) = self.bad_utf8.take() {
+            return Err(self.malformed_at(at as u64, "invalid UTF-8 (only UTF-8 is accepted)"));
         }
         loop {
             self.token_pos = self.reader.buffer_position();
@@ -180,11 +210,11 @@ impl<'a> Guard<'a> {
                     return Ok(self.close());
                 }
                 Event::Text(t) => {
-                    let text = self.text(t.into_inner())?;
+                    let (text, blank) = self.text(t.into_inner())?;
                     if self.phase == Phase::Body {
-                        return Ok(Tok::Text(text));
+                        return Ok(Tok::Text { text, blank });
                     }
-                    if !text.bytes().all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
+                    if !blank {
                         let where_ = if self.phase == Phase::Epilog { "after" } else { "before" };
                         return Err(self.malformed(format!("text {where_} the document element")));
                     }
@@ -193,8 +223,8 @@ impl<'a> Guard<'a> {
                     if self.phase != Phase::Body {
                         return Err(self.malformed("CDATA section outside the document element"));
                     }
-                    let text = self.text(c.into_inner())?;
-                    return Ok(Tok::Text(text));
+                    let (text, blank) = self.text(c.into_inner())?;
+                    return Ok(Tok::Text { text, blank });
                 }
                 Event::GeneralRef(r) => {
                     if self.phase != Phase::Body {
@@ -202,7 +232,8 @@ impl<'a> Guard<'a> {
                     }
                     let raw = r.into_inner();
                     let text = resolve_reference(&raw).map_err(|e| self.reference_error(e))?;
-                    return Ok(Tok::Text(text));
+                    let blank = text.bytes().all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+                    return Ok(Tok::Text { text, blank });
                 }
                 Event::Comment(c) => {
                     self.text(c.into_inner())?;
@@ -256,6 +287,9 @@ impl<'a> Guard<'a> {
     }
 
     fn close(&mut self) -> Tok<'a> {
+        while self.bindings.last().is_some_and(|b| b.depth == self.depth) {
+            self.bindings.pop();
+        }
         self.depth -= 1;
         if self.depth == 0 {
             self.phase = Phase::Epilog;
@@ -280,16 +314,12 @@ impl<'a> Guard<'a> {
                 self.limits.max_elements, self.token_pos
             )));
         }
-        let raw_name = e.name().into_inner();
-        check_qname(raw_name).map_err(|m| self.malformed(format!("element name: {m}")))?;
-        let name = self.rebase_str(raw_name)?;
-        if raw_name.contains(&b':')
-            && let ResolveResult::Unknown(prefix) = self.reader.resolver().resolve_element(QName(raw_name)).0
-        {
-            return Err(self.malformed(format!("unbound namespace prefix `{}`", String::from_utf8_lossy(&prefix))));
-        }
+        let raw_name = self.rebase(e.name().into_inner())?;
+        let (name, colon) = qname(raw_name).map_err(|m| self.malformed(format!("element name: {m}")))?;
         self.attrs.clear();
-        for attr in e.attributes().with_checks(true) {
+        let mut prefixed_attrs = false;
+        // quick-xml's duplicate check allocates per tag; the one below does not
+        for attr in e.attributes().with_checks(false) {
             let attr = attr.map_err(|err| self.malformed(err.to_string()))?;
             if self.attrs.len() == self.limits.max_attributes {
                 return Err(ReadError::LimitExceeded(format!(
@@ -297,58 +327,79 @@ impl<'a> Guard<'a> {
                     self.limits.max_attributes, self.token_pos
                 )));
             }
-            let key = attr.key.into_inner();
-            check_qname(key).map_err(|m| self.malformed(format!("attribute name: {m}")))?;
-            let key_str = self.rebase_str(key)?;
-            if key.contains(&b':')
-                && !key.starts_with(b"xmlns:")
-                && let ResolveResult::Unknown(prefix) = self.reader.resolver().resolve_attribute(QName(key)).0
-            {
-                return Err(self.malformed(format!("unbound namespace prefix `{}`", String::from_utf8_lossy(&prefix))));
+            let key = self.rebase(attr.key.into_inner())?;
+            let (key, key_colon) = qname(key).map_err(|m| self.malformed(format!("attribute name: {m}")))?;
+            if self.attrs.iter().any(|a| a.name == key) {
+                return Err(self.malformed(format!("duplicated attribute `{key}`")));
             }
-            let raw_value = self.rebase(&attr.value);
-            let value = match raw_value {
-                Some(v) => attribute_value(v),
-                None => attribute_value(&attr.value).map(|c| Cow::Owned(c.into_owned())),
+            let value = attribute_value(self.rebase(&attr.value)?).map_err(|e| self.reference_error(e))?;
+            let declared = match key_colon {
+                0 if key == "xmlns" => Some(""),
+                5 if key.starts_with("xmlns") => Some(&key[6..]),
+                0 => None,
+                _ => {
+                    prefixed_attrs = true;
+                    None
+                }
+            };
+            if let Some(prefix) = declared {
+                if !prefix.is_empty() && value.is_empty() {
+                    return Err(self.malformed(format!("namespace prefix `{prefix}` bound to an empty URI")));
+                }
+                if prefix == "xmlns" || (prefix == "xml" && value != XML_NS) {
+                    return Err(self.malformed(format!("reserved prefix `{prefix}` cannot be declared")));
+                }
+                self.bindings.push(Binding { prefix, uri: value.clone(), depth: self.depth });
             }
-            .map_err(|e| self.reference_error(e))?;
-            self.attrs.push(Attr { name: key_str, value });
+            self.attrs.push(Attr { name: key, value });
+        }
+        // prefixes resolve after the tag's own declarations are in scope
+        if colon != 0 && self.lookup(&name[..colon]).is_none() {
+            return Err(self.malformed(format!("unbound namespace prefix `{}`", &name[..colon])));
+        }
+        if prefixed_attrs {
+            for a in &self.attrs {
+                if let Some((prefix, _)) = a.name.split_once(':')
+                    && prefix != "xmlns"
+                    && self.lookup(prefix).is_none()
+                {
+                    return Err(self.malformed(format!("unbound namespace prefix `{prefix}`")));
+                }
+            }
         }
         Ok(name)
     }
 
     /// Re-borrows a slice that quick-xml handed out from the input for the input's lifetime
     /// (the slice reader never copies names or attribute values).
-    fn rebase(&self, part: &[u8]) -> Option<&'a [u8]> {
-        let start = (part.as_ptr() as usize).checked_sub(self.input.as_ptr() as usize)?;
-        self.input.get(start..start + part.len())
-    }
-
-    fn rebase_str(&self, part: &[u8]) -> Result<&'a str, ReadError> {
-        // Names were checked to be UTF-8 by `check_qname` and always borrow from the input;
-        // the error is unreachable in practice and merely avoids a panic.
-        match self.rebase(part).map(std::str::from_utf8) {
-            Some(Ok(s)) => Ok(s),
-            _ => Err(self.malformed("name not readable in place")),
-        }
+    /// The error is unreachable in practice (the slice reader hands out slices of its input,
+    /// which is valid UTF-8 by now, and cuts only at ASCII delimiters) and merely avoids a panic.
+    fn rebase(&self, part: &[u8]) -> Result<&'a str, ReadError> {
+        let start = (part.as_ptr() as usize).wrapping_sub(self.input.as_ptr() as usize);
+        self.doc.get(start..start.wrapping_add(part.len())).ok_or_else(|| self.malformed("token outside the input"))
     }
 
     /// Decodes character data: UTF-8, XML 1.0 characters, `\r\n` and lone `\r` become `\n`.
-    fn text(&self, raw: Cow<'a, [u8]>) -> Result<Cow<'a, str>, ReadError> {
-        let text = match raw {
-            Cow::Borrowed(b) => Cow::Borrowed(std::str::from_utf8(b).map_err(|e| self.utf8_error(e))?),
-            Cow::Owned(b) => Cow::Owned(String::from_utf8(b).map_err(|e| self.utf8_error(e.utf8_error()))?),
-        };
-        if let Some(bad) = text.bytes().find(|&b| b < 0x20 && b != b'\t' && b != b'\n' && b != b'\r') {
+    fn text(&self, raw: Cow<'a, [u8]>) -> Result<(Cow<'a, str>, bool), ReadError> {
+        // One table-driven pass finds everything that needs a closer look; the common case
+        // (ASCII text, indentation) needs no other pass.
+        let flags = raw.iter().fold(0u8, |acc, &b| acc | BYTE_CLASS[b as usize]);
+        if flags & CONTROL != 0 {
+            let bad = raw.iter().find(|&&b| BYTE_CLASS[b as usize] & CONTROL != 0).copied().unwrap_or(0);
             return Err(self.malformed(format!("control character U+{bad:04X} is not allowed in XML")));
         }
-        if text.contains(['\u{FFFE}', '\u{FFFF}']) {
+        let text = match raw {
+            Cow::Borrowed(b) => Cow::Borrowed(self.rebase(b)?),
+            Cow::Owned(b) => Cow::Owned(String::from_utf8(b).map_err(|e| self.utf8_error(e.utf8_error()))?),
+        };
+        if flags & NON_ASCII != 0 && text.contains(['\u{FFFE}', '\u{FFFF}']) {
             return Err(self.malformed("non-character U+FFFE/U+FFFF is not allowed in XML"));
         }
-        if text.contains('\r') {
-            return Ok(Cow::Owned(text.replace("\r\n", "\n").replace('\r', "\n")));
+        let blank = flags & NOT_BLANK == 0;
+        if flags & CR != 0 {
+            return Ok((Cow::Owned(text.replace("\r\n", "\n").replace('\r', "\n")), blank));
         }
-        Ok(text)
+        Ok((text, blank))
     }
 
     fn utf8_error(&self, e: std::str::Utf8Error) -> ReadError {
@@ -364,6 +415,33 @@ impl<'a> Guard<'a> {
         }
     }
 }
+
+const CONTROL: u8 = 1;
+const CR: u8 = 2;
+const NON_ASCII: u8 = 4;
+const NOT_BLANK: u8 = 8;
+
+/// Byte classes for the text scan: C0 controls other than tab/LF/CR, CR, non-ASCII, and
+/// everything but the four whitespace characters.
+static BYTE_CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = if b < 0x20 && b != 0x09 && b != 0x0A && b != 0x0D {
+            CONTROL | NOT_BLANK
+        } else if b == 0x0D {
+            CR
+        } else if b == 0x09 || b == 0x0A || b == 0x20 {
+            0
+        } else if b >= 0x80 {
+            NON_ASCII | NOT_BLANK
+        } else {
+            NOT_BLANK
+        };
+        b += 1;
+    }
+    t
+};
 
 enum RefError {
     /// A general entity other than the five predefined ones.
@@ -414,8 +492,7 @@ fn is_xml_char(c: char) -> bool {
 
 /// Decodes and normalises an attribute value: UTF-8, references resolved, literal tab/CR/LF
 /// replaced by a space (XML 1.0 §3.3.3), `<` refused.
-fn attribute_value(raw: &[u8]) -> Result<Cow<'_, str>, RefError> {
-    let s = std::str::from_utf8(raw).map_err(|_| RefError::Malformed("invalid UTF-8 in attribute value".into()))?;
+fn attribute_value(s: &str) -> Result<Cow<'_, str>, RefError> {
     let needs_work = s.bytes().any(|b| b < 0x20 || b == b'&' || b == b'<');
     if !needs_work && !s.contains(['\u{FFFE}', '\u{FFFF}']) {
         return Ok(Cow::Borrowed(s));
@@ -453,33 +530,64 @@ fn attribute_value(raw: &[u8]) -> Result<Cow<'_, str>, RefError> {
     Ok(Cow::Owned(out))
 }
 
-/// Checks an XML name (NCName or QName as written: at most one colon, not at either end).
-fn check_qname(name: &[u8]) -> Result<(), String> {
-    check_name(name)?;
-    let colons = name.iter().filter(|&&b| b == b':').count();
-    if colons > 1 || name.first() == Some(&b':') || name.last() == Some(&b':') {
-        return Err(format!("`{}` is not a valid qualified name", String::from_utf8_lossy(name)));
+const NAME_CHAR: u8 = 1;
+const NAME_START: u8 = 2;
+const COLON: u8 = 4;
+const HIGH: u8 = 8;
+const BAD: u8 = 16;
+
+/// Byte classes for names: ASCII exactly as XML 1.0 says; non-ASCII bytes are accepted when
+/// the name is UTF-8 (the spec's exact Unicode classes are not worth their cost here).
+static NAME_CLASS: [u8; 256] = {
+    let mut t = [BAD; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = if c.is_ascii_alphabetic() || c == b'_' {
+            NAME_CHAR | NAME_START
+        } else if c.is_ascii_digit() || c == b'-' || c == b'.' {
+            NAME_CHAR
+        } else if c == b':' {
+            COLON
+        } else if c >= 0x80 {
+            NAME_CHAR | NAME_START | HIGH
+        } else {
+            BAD
+        };
+        b += 1;
     }
-    Ok(())
+    t
+};
+
+/// Checks a qualified name as written (`local` or `prefix:local`, both XML names) and returns
+/// it as `&str` with the position of its colon (0: none).
+fn qname(name: &str) -> Result<(&str, usize), String> {
+    let bad = || format!("`{name}` is not a valid XML name");
+    let mut all = 0u8;
+    let mut colon = 0;
+    for (i, &b) in name.as_bytes().iter().enumerate() {
+        let class = NAME_CLASS[b as usize];
+        if class & COLON != 0 {
+            if colon != 0 || i == 0 {
+                return Err(bad());
+            }
+            colon = i;
+        }
+        all |= class;
+    }
+    let starts_ok = |i: usize| name.as_bytes().get(i).is_some_and(|&b| NAME_CLASS[b as usize] & NAME_START != 0);
+    if all & BAD != 0 || !starts_ok(0) || (colon != 0 && !starts_ok(colon + 1)) {
+        return Err(bad());
+    }
+    Ok((name, colon))
 }
 
-/// Checks an XML 1.0 name: ASCII is checked exactly; non-ASCII is accepted when it is UTF-8
-/// (the exact Unicode classes of the spec are not worth their cost here).
+/// Checks an XML name that may not be qualified (processing instruction targets).
 fn check_name(name: &[u8]) -> Result<(), String> {
-    let bad = || format!("`{}` is not a valid XML name", String::from_utf8_lossy(name));
-    let Some(&first) = name.first() else {
-        return Err("empty name".into());
-    };
-    if first.is_ascii() && !(first.is_ascii_alphabetic() || first == b'_' || first == b':') {
-        return Err(bad());
+    let name = std::str::from_utf8(name).map_err(|_| "name is not UTF-8".to_owned())?;
+    match qname(name) {
+        Ok((_, 0)) => Ok(()),
+        Ok(_) => Err(format!("`{name}` is not a valid XML name")),
+        Err(e) => Err(e),
     }
-    for &b in name {
-        if b.is_ascii() && !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'-' | b'.')) {
-            return Err(bad());
-        }
-    }
-    if !name.is_ascii() && std::str::from_utf8(name).is_err() {
-        return Err(bad());
-    }
-    Ok(())
 }

@@ -29,7 +29,7 @@ enum Field {
     AuthorKind(&'static str),
 }
 
-/// `(path below the root, field)`; a path segment may list alternatives with `|`.
+/// `(path below the root, field)`; a path segment may list two alternatives with `|`.
 type Pattern = (&'static [&'static str], Field);
 
 const G2G: &str = "nachrichtenkopf.g2g|nachrichtenkopf";
@@ -122,9 +122,9 @@ pub(crate) struct HeaderSink<'a> {
 
 impl<'a> HeaderSink<'a> {
     /// Starts with the root element: qualified name, namespace URI, attributes.
-    pub(crate) fn new(qname: &str, namespace: Option<&[u8]>, attrs: &[Attr<'_>]) -> Self {
+    pub(crate) fn new(qname: &str, namespace: Option<&str>, attrs: &[Attr<'_>]) -> Self {
         let root = local(qname);
-        let namespace = namespace.map(|ns| String::from_utf8_lossy(ns).into_owned());
+        let namespace = namespace.map(str::to_owned);
         let mut meta = Meta { root: root.to_owned(), namespace, ..Meta::default() };
         for a in attrs {
             match local(a.name) {
@@ -288,7 +288,16 @@ pub(crate) fn local(qname: &str) -> &str {
 }
 
 fn path_matches(pattern: &[&str], path: &[&str]) -> bool {
-    pattern.len() == path.len() && pattern.iter().zip(path).all(|(p, n)| p == n || p.split('|').any(|a| a == *n))
+    pattern.len() == path.len() && pattern.iter().zip(path).all(|(p, n)| segment_matches(p, n))
+}
+
+/// `p` is a name or two alternatives `a|b` (no pattern needs more).
+fn segment_matches(p: &str, n: &str) -> bool {
+    if p.len() <= n.len() {
+        return p == n;
+    }
+    let (pb, nb) = (p.as_bytes(), n.as_bytes());
+    (pb.starts_with(nb) && pb[nb.len()] == b'|') || (pb.ends_with(nb) && pb[pb.len() - nb.len() - 1] == b'|')
 }
 
 /// The message type code a root name ends in: `kommunal.Initiieren.0401` -> `0401`,
