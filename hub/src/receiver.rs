@@ -131,6 +131,9 @@ struct Log {
 
 struct Shared {
     opts: ReceiverOptions,
+    /// Keep every [`Arrival`] in memory (in-process users read them); the long-running CLI
+    /// receiver keeps only counts, so its memory does not grow with traffic.
+    keep_arrivals: bool,
     log: Mutex<Log>,
     counts: watch::Sender<ReceiverCounts>,
     journal: Option<tokio::sync::Mutex<tokio::fs::File>>,
@@ -147,6 +150,10 @@ pub struct ReceiverHandle {
 
 /// Starts a receiver on `opts.listen` and returns once it accepts connections.
 pub async fn spawn(opts: ReceiverOptions) -> anyhow::Result<ReceiverHandle> {
+    spawn_receiver(opts, true).await
+}
+
+async fn spawn_receiver(opts: ReceiverOptions, keep_arrivals: bool) -> anyhow::Result<ReceiverHandle> {
     let journal = match &opts.out_dir {
         Some(dir) => {
             tokio::fs::create_dir_all(dir).await.with_context(|| format!("cannot create `{}`", dir.display()))?;
@@ -166,7 +173,7 @@ pub async fn spawn(opts: ReceiverOptions) -> anyhow::Result<ReceiverHandle> {
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
     let addr = listener.local_addr().context("cannot read the bound address")?;
     let (counts, _) = watch::channel(ReceiverCounts::default());
-    let shared = Arc::new(Shared { opts, log: Mutex::new(Log::default()), counts, journal });
+    let shared = Arc::new(Shared { opts, keep_arrivals, log: Mutex::new(Log::default()), counts, journal });
     let app = Router::new()
         .route("/healthz", axum::routing::get(|| async { StatusCode::OK }))
         .fallback(receive)
@@ -308,7 +315,9 @@ async fn receive(
             at_unix_ms,
             at,
         };
-        log.arrivals.push(arrival.clone());
+        if shared.keep_arrivals {
+            log.arrivals.push(arrival.clone());
+        }
         log.counts.attempts += 1;
         if first_accept {
             log.counts.delivered += 1;
@@ -413,7 +422,7 @@ pub async fn run(args: ReceiverArgs) -> anyhow::Result<ExitCode> {
         fail_status: args.fail_status,
         status: args.status,
     };
-    let handle = spawn(opts).await?;
+    let handle = spawn_receiver(opts, false).await?;
     // The first stdout line is the contract with scripts and tests: they parse the bound port.
     {
         use std::io::Write;
