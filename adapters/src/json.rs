@@ -28,7 +28,7 @@ mod to_xml;
 mod tree;
 
 pub use canon::canonical_form;
-pub use schema::Hints;
+pub use schema::{Hints, HintsError};
 
 use crate::{Limits, Meta};
 

@@ -21,7 +21,7 @@ mod header;
 mod tests;
 
 #[allow(unused_imports)] // used by the JSON form
-pub(crate) use guard::{Attr, Guard, Tok};
+pub(crate) use guard::{Attr, Guard, Tok, is_name_char, is_name_start};
 pub(crate) use header::HeaderSink;
 
 use crate::{Limits, Meta};

@@ -9,7 +9,7 @@ use super::tree::{Elem, Item, Shape, Tree};
 /// Writes the JSON form of `tree` as JSON text.
 pub(crate) fn write_json(tree: &Tree<'_>, hints: Option<&Hints>, out: &mut Vec<u8>) {
     let root = &tree.elems[tree.root as usize];
-    let scope = hints.map(|h| h.root_scope(root.name));
+    let scope = hints.and_then(|h| h.root_scope(root.name));
     out.push(b'{');
     write_str(out, root.name);
     out.push(b':');
@@ -70,7 +70,7 @@ fn write_elem(tree: &Tree<'_>, e: &Elem<'_>, hints: Option<&Hints>, scope: Optio
                 let name = tree.elems[c as usize].name;
                 let run = run_len(tree, &items[i..], name);
                 let child_scope = hints.and_then(|h| h.child(scope, name));
-                let array = run > 1 || hints.is_some_and(|h| h.is_repeated(child_scope));
+                let array = run > 1 || hints.is_some_and(|h| h.is_repeated(scope, name));
                 sep(out, &mut first);
                 write_str(out, name);
                 out.push(b':');
@@ -98,7 +98,7 @@ fn write_elem(tree: &Tree<'_>, e: &Elem<'_>, hints: Option<&Hints>, scope: Optio
 /// Builds the JSON form of `tree` as a `serde_json::Value`.
 pub(crate) fn to_value(tree: &Tree<'_>, hints: Option<&Hints>) -> Value {
     let root = &tree.elems[tree.root as usize];
-    let scope = hints.map(|h| h.root_scope(root.name));
+    let scope = hints.and_then(|h| h.root_scope(root.name));
     let mut map = Map::with_capacity(1);
     map.insert(root.name.to_owned(), elem_value(tree, root, hints, scope));
     Value::Object(map)
@@ -144,7 +144,7 @@ fn elem_value(tree: &Tree<'_>, e: &Elem<'_>, hints: Option<&Hints>, scope: Optio
                 let name = tree.elems[c as usize].name;
                 let run = run_len(tree, &items[i..], name);
                 let child_scope = hints.and_then(|h| h.child(scope, name));
-                let array = run > 1 || hints.is_some_and(|h| h.is_repeated(child_scope));
+                let array = run > 1 || hints.is_some_and(|h| h.is_repeated(scope, name));
                 let mut values = items[i..i + run].iter().filter_map(|item| match *item {
                     Item::Elem(c) => Some(elem_value(tree, &tree.elems[c as usize], hints, child_scope)),
                     Item::Text(_) => None,
@@ -172,7 +172,6 @@ fn run_len(tree: &Tree<'_>, items: &[Item], name: &str) -> usize {
 
 /// A typed scalar in schema-aware mode; a string otherwise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(dead_code)] // constructed by the schema hints
 pub(crate) enum Kind {
     Number,
     Boolean,
@@ -191,10 +190,11 @@ fn typed(text: &str, kind: Option<Kind>) -> Option<Value> {
     }
 }
 
-/// A number whose JSON text reproduces the XML text exactly (so the mapping stays lossless);
-/// anything else (`1.50`, `+3`, `1e5`, ` 7`) stays a string.
+/// An integer whose JSON text reproduces the XML text exactly (so the mapping stays lossless);
+/// anything else (`007`, `+3`, ` 7`, beyond 64 bits) stays a string.
 pub(crate) fn number(text: &str) -> Option<Value> {
-    let n: serde_json::Number = text.parse().ok()?;
+    let n: serde_json::Number =
+        if text.starts_with('-') { text.parse::<i64>().ok()?.into() } else { text.parse::<u64>().ok()?.into() };
     (n.to_string() == text).then_some(Value::Number(n))
 }
 

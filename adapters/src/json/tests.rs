@@ -141,3 +141,14 @@ fn canonical_form_sees_real_differences() {
     assert_ne!(c(r#"<a x="1"/>"#), c(r#"<a x="2"/>"#));
     assert_ne!(c("<a>t<b/></a>"), c("<a><b/>t</a>"));
 }
+
+/// Regression (found by the fuzz target): the reader accepted an attribute name starting with
+/// U+FEFF (a NameStartChar in XML 1.0 fifth edition) but json_to_xml refused it as a name.
+#[test]
+fn names_with_non_ascii_characters_convert_both_ways() {
+    assert_round_trip("<a \u{feff}x=\"1\" \u{e4}b=\"2\"><\u{3b1}:b xmlns:\u{3b1}=\"urn:g\">t</\u{3b1}:b></a>");
+    // and what is not a name is refused on both sides
+    assert!(xml_to_json("<a \u{2000}x=\"1\"/>".as_bytes(), &Limits::default()).is_err());
+    assert!(json_to_xml(&json!({"a": {"@\u{2000}x": "1"}})).is_err());
+    assert!(xml_to_json("<a><\u{b7}b/></a>".as_bytes(), &Limits::default()).is_err());
+}

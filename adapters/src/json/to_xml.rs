@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use super::ConvertError;
 use super::tree::JSON_MAX_DEPTH;
 use crate::Limits;
-use crate::reader::{Guard, Tok};
+use crate::reader::{Guard, Tok, is_name_char, is_name_start};
 
 fn invalid(message: impl Into<String>) -> ConvertError {
     ConvertError::InvalidJson(message.into())
@@ -204,9 +204,16 @@ fn escape_attr(s: &str, out: &mut Vec<u8>) -> Result<(), ConvertError> {
     Ok(())
 }
 
-/// Element and attribute names must be XML names; the re-read catches the finer points.
+/// Element and attribute names must be XML names (`local` or `prefix:local`), by the same
+/// rules the reader applies.
 fn check_name(name: &str) -> Result<(), ConvertError> {
-    let ok = name.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
-        && name.chars().all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+    let exact = |part: &str| {
+        let mut chars = part.chars();
+        chars.next().is_some_and(is_name_start) && chars.all(is_name_char)
+    };
+    let ok = match name.split_once(':') {
+        Some((prefix, local)) => exact(prefix) && exact(local),
+        None => exact(name),
+    };
     if ok { Ok(()) } else { Err(invalid(format!("`{name}` is not an XML name"))) }
 }

@@ -536,8 +536,8 @@ const COLON: u8 = 4;
 const HIGH: u8 = 8;
 const BAD: u8 = 16;
 
-/// Byte classes for names: ASCII exactly as XML 1.0 says; non-ASCII bytes are accepted when
-/// the name is UTF-8 (the spec's exact Unicode classes are not worth their cost here).
+/// Byte classes for names: ASCII exactly as XML 1.0 says; names with non-ASCII bytes are then
+/// checked character by character ([`is_name_start`], [`is_name_char`]).
 static NAME_CLASS: [u8; 256] = {
     let mut t = [BAD; 256];
     let mut b = 0;
@@ -579,7 +579,34 @@ fn qname(name: &str) -> Result<(&str, usize), String> {
     if all & BAD != 0 || !starts_ok(0) || (colon != 0 && !starts_ok(colon + 1)) {
         return Err(bad());
     }
+    if all & HIGH != 0 {
+        let exact = |part: &str| {
+            let mut chars = part.chars();
+            chars.next().is_some_and(is_name_start) && chars.all(is_name_char)
+        };
+        let ok = match name.split_once(':') {
+            Some((prefix, local)) => exact(prefix) && exact(local),
+            None => exact(name),
+        };
+        if !ok {
+            return Err(bad());
+        }
+    }
     Ok((name, colon))
+}
+
+/// XML 1.0 (fifth edition) `NameStartChar`, without the colon.
+pub(crate) fn is_name_start(c: char) -> bool {
+    matches!(c,
+        'A'..='Z' | '_' | 'a'..='z' | '\u{C0}'..='\u{D6}' | '\u{D8}'..='\u{F6}' | '\u{F8}'..='\u{2FF}'
+        | '\u{370}'..='\u{37D}' | '\u{37F}'..='\u{1FFF}' | '\u{200C}'..='\u{200D}' | '\u{2070}'..='\u{218F}'
+        | '\u{2C00}'..='\u{2FEF}' | '\u{3001}'..='\u{D7FF}' | '\u{F900}'..='\u{FDCF}' | '\u{FDF0}'..='\u{FFFD}'
+        | '\u{10000}'..='\u{EFFFF}')
+}
+
+/// XML 1.0 (fifth edition) `NameChar`, without the colon.
+pub(crate) fn is_name_char(c: char) -> bool {
+    is_name_start(c) || matches!(c, '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
 }
 
 /// Checks an XML name that may not be qualified (processing instruction targets).
