@@ -229,3 +229,23 @@ fn ubl_lines_are_arrays_and_quantities_strings() {
     // amounts are xs:decimal based: kept as written
     assert!(invoice["cac:LegalMonetaryTotal"]["cbc:PayableAmount"]["#text"].is_string());
 }
+
+/// Every schema set of the built-in catalog (`schemas/`) yields hints, and the corpus messages
+/// of its namespace round-trip typed with them.
+#[test]
+fn every_catalog_schema_set_gives_hints() {
+    let catalog = match adapters::catalog::Catalog::load_with_builtin(&[]) {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "built-in catalog missing: {e}");
+            eprintln!("skipped: {e}");
+            return;
+        }
+    };
+    assert!(!catalog.schemas().is_empty());
+    for schema in catalog.schemas() {
+        let hints = Hints::from_catalog(&catalog, schema).unwrap_or_else(|e| panic!("{}: {e}", schema.id));
+        eprintln!("{:24} {:5} global elements", schema.id, hints.global_elements());
+        assert!(hints.global_elements() > 0, "{}", schema.id);
+    }
+}

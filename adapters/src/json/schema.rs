@@ -66,6 +66,15 @@ impl Hints {
         Ok(Builder::new(&schemas).build())
     }
 
+    /// Hints for one schema set of the catalog: its entry XSDs, remote `schemaLocation`s mapped
+    /// through the catalog (never fetched).
+    pub fn from_catalog(
+        catalog: &crate::catalog::Catalog,
+        schema: &crate::catalog::SchemaEntry,
+    ) -> Result<Hints, HintsError> {
+        Hints::from_xsd(&schema.entries, &|file, location| catalog.resolve_location(file, location))
+    }
+
     /// Number of element names with a known type (for tests and diagnostics).
     pub fn global_elements(&self) -> usize {
         self.roots.len()
