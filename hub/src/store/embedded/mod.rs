@@ -11,6 +11,7 @@
 //! - Waiting for work: per-endpoint `Notify`, woken after a commit that made work due, plus a
 //!   timer for the earliest future not-before.
 
+mod prepare;
 mod tables;
 mod writer;
 
@@ -89,6 +90,7 @@ impl EmbeddedStore {
             txn.open_table(EVENTS)?;
             txn.open_table(DEDUP)?;
             txn.open_table(COUNTERS)?;
+            txn.open_table(CHAIN)?;
             txn.commit()?;
         }
         let db = Arc::new(db);
@@ -207,7 +209,8 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 #[async_trait::async_trait]
 impl Store for EmbeddedStore {
     async fn intake(&self, submission: NewSubmission) -> Result<Intake, StoreError> {
-        self.write(|reply| Op::Intake(Box::new(submission), reply)).await
+        let prepared = prepare::prepare(submission, now_millis())?;
+        self.write(|reply| Op::Intake(Box::new(prepared), reply)).await
     }
 
     async fn lease(&self, endpoint: &str, max: usize, wait: Duration) -> Result<Vec<Lease>, StoreError> {
@@ -261,7 +264,7 @@ impl Store for EmbeddedStore {
             }
         }
         let events_t = txn.open_table(EVENTS).map_err(unavailable)?;
-        let mut events = Vec::with_capacity(rec.events as usize);
+        let mut events = Vec::new();
         for entry in events_t.range(event_key(id, 0).as_slice()..=event_key(id, u32::MAX).as_slice()).map_err(unavailable)? {
             let (k, v) = entry.map_err(unavailable)?;
             let seq = u32::from_be_bytes(k.value()[16..20].try_into().unwrap_or([0; 4]));

@@ -23,6 +23,10 @@ pub const EVENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("events")
 pub const DEDUP: TableDefinition<&str, &[u8]> = TableDefinition::new("dedup");
 /// counter name -> value.
 pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+/// submission id -> head of its event chain: number of events (u32 BE), then the last event's
+/// hash (64 hex bytes). Kept apart from the submission record so appending an event does not
+/// rewrite the record.
+pub const CHAIN: TableDefinition<&[u8], &[u8]> = TableDefinition::new("chain");
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SubmissionRecord {
@@ -33,10 +37,6 @@ pub struct SubmissionRecord {
     pub message_id: Option<String>,
     pub route: String,
     pub receipt: Receipt,
-    /// Number of events in the log; the next event's seq.
-    pub events: u32,
-    /// Hash of the last event (hex), the link the next event chains to.
-    pub last_hash: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -139,4 +139,18 @@ pub fn chain_hash(prev: &str, seq: u32, e: &EventRecord) -> String {
     h.update(e.attempt.unwrap_or(0).to_be_bytes());
     h.update(e.detail.as_bytes());
     hex::encode(h.finalize())
+}
+
+pub fn encode_chain(events: u32, last_hash: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(4 + last_hash.len());
+    v.extend_from_slice(&events.to_be_bytes());
+    v.extend_from_slice(last_hash.as_bytes());
+    v
+}
+
+/// (number of events, last hash); an empty chain for a missing or unreadable value.
+pub fn decode_chain(v: Option<&[u8]>) -> (u32, String) {
+    let Some(v) = v.filter(|v| v.len() >= 4) else { return (0, String::new()) };
+    let n = u32::from_be_bytes([v[0], v[1], v[2], v[3]]);
+    (n, String::from_utf8_lossy(&v[4..]).into_owned())
 }

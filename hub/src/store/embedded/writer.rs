@@ -16,16 +16,14 @@ use redb::{Database, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::tables::*;
-use crate::store::{
-    DeliveryId, DeliveryState, Intake, Millis, NewSubmission, Outcome, Receipt, ReceiptDelivery, ReplayOutcome,
-    StoreError, SubmissionId,
-};
+use super::prepare::PreparedIntake;
+use crate::store::{DeliveryId, DeliveryState, Intake, Millis, Outcome, ReplayOutcome, StoreError, SubmissionId};
 
 /// Most requests in one transaction; bounds the latency a batch adds to its first member.
 pub const MAX_BATCH: usize = 512;
 
 pub enum Op {
-    Intake(Box<NewSubmission>, oneshot::Sender<Result<Intake, StoreError>>),
+    Intake(Box<PreparedIntake>, oneshot::Sender<Result<Intake, StoreError>>),
     Settle { delivery: DeliveryId, attempt: u32, outcome: Outcome, reply: oneshot::Sender<Result<(), StoreError>> },
     Replay { delivery: DeliveryId, actor: String, reason: String, reply: oneshot::Sender<Result<ReplayOutcome, StoreError>> },
 }
@@ -203,6 +201,7 @@ struct Tables<'t> {
     events: Table<'t, &'static [u8], &'static [u8]>,
     dedup: Table<'t, &'static str, &'static [u8]>,
     counters: Table<'t, &'static str, u64>,
+    chain: Table<'t, &'static [u8], &'static [u8]>,
 }
 
 impl<'t> Tables<'t> {
@@ -217,6 +216,7 @@ impl<'t> Tables<'t> {
             events: txn.open_table(EVENTS)?,
             dedup: txn.open_table(DEDUP)?,
             counters: txn.open_table(COUNTERS)?,
+            chain: txn.open_table(CHAIN)?,
         })
     }
 }
@@ -244,8 +244,8 @@ impl Batch<'_> {
         Ok(())
     }
 
-    fn intake(&mut self, sub: &NewSubmission) -> Result<Intake, StoreError> {
-        for key in &sub.dedup_keys {
+    fn intake(&mut self, p: &PreparedIntake) -> Result<Intake, StoreError> {
+        for key in &p.dedup_keys {
             let existing = self.t.dedup.get(key.as_str()).map_err(unavailable)?.map(|v| v.value().to_vec());
             if let Some(id) = existing {
                 let rec = self.t.submissions.get(id.as_slice()).map_err(unavailable)?;
@@ -254,68 +254,30 @@ impl Batch<'_> {
                 return Ok(Intake::Duplicate(rec.receipt));
             }
         }
-        let sid = sub.id.0.as_bytes();
-        for key in &sub.dedup_keys {
-            self.t.dedup.insert(key.as_str(), sid.as_slice()).map_err(unavailable)?;
+        let sid = p.id.0.as_bytes().as_slice();
+        for key in &p.dedup_keys {
+            self.t.dedup.insert(key.as_str(), sid).map_err(unavailable)?;
         }
-        self.t.payloads.insert(sid.as_slice(), sub.original.as_ref()).map_err(unavailable)?;
-
-        let receipt = Receipt {
-            submission_id: sub.id,
-            deliveries: sub.deliveries.iter().map(|d| ReceiptDelivery { id: d.id, endpoint: d.endpoint.clone() }).collect(),
-        };
-        let mut rec = SubmissionRecord {
-            partner: sub.partner.clone(),
-            received_at: sub.received_at,
-            content_type: sub.content_type.clone(),
-            meta: sub.meta.clone(),
-            message_id: sub.message_id.clone(),
-            route: sub.route.clone(),
-            receipt: receipt.clone(),
-            events: 0,
-            last_hash: String::new(),
-        };
-        let detail = format!(
-            "from partner `{}`, {} bytes of {}{}",
-            sub.partner,
-            sub.original.len(),
-            sub.content_type,
-            sub.message_id.as_deref().map(|m| format!(", message id {m}")).unwrap_or_default()
-        );
-        let mut events = vec![ev(sub.received_at, "received", None, None, detail)];
-        let targets: Vec<&str> = sub.deliveries.iter().map(|d| d.endpoint.as_str()).collect();
-        events.push(ev(self.now, "routed", None, None, format!("route `{}` -> {}", sub.route, targets.join(", "))));
-        for n in &sub.notes {
-            events.push(ev(self.now, "note", None, None, n.clone()));
-        }
-
-        for d in &sub.deliveries {
-            let drec = DeliveryRecord {
-                submission_id: sub.id,
-                endpoint: d.endpoint.clone(),
-                state: DeliveryState::Pending,
-                attempts: 0,
-                budget_base: 0,
-                not_before: 0,
-                last_error: None,
-                updated_at: self.now,
-                has_rendition: d.rendition.is_some(),
-            };
+        self.t.payloads.insert(sid, p.payload.as_ref()).map_err(unavailable)?;
+        self.t.submissions.insert(sid, p.record.as_slice()).map_err(unavailable)?;
+        for d in &p.deliveries {
+            let did = d.id.0.as_bytes().as_slice();
             if let Some(r) = &d.rendition {
-                self.t
-                    .renditions
-                    .insert(d.id.0.as_bytes().as_slice(), encode_rendition(&r.content_type, &r.body).as_slice())
-                    .map_err(unavailable)?;
+                self.t.renditions.insert(did, r.as_slice()).map_err(unavailable)?;
             }
-            put_delivery(&mut self.t.deliveries, d.id, &drec)?;
+            self.t.deliveries.insert(did, d.record.as_slice()).map_err(unavailable)?;
             self.t.ready.insert(ready_key(&d.endpoint, 0, d.id).as_slice(), ()).map_err(unavailable)?;
             self.t.by_state.insert(state_key(DeliveryState::Pending, d.id).as_slice(), ()).map_err(unavailable)?;
             self.wakeups.push(d.endpoint.clone());
         }
+        for (seq, e) in p.events.iter().enumerate() {
+            self.t.events.insert(event_key(p.id, seq as u32).as_slice(), e.as_slice()).map_err(unavailable)?;
+        }
+        let chain = encode_chain(p.events.len() as u32, &p.last_hash);
+        self.t.chain.insert(sid, chain.as_slice()).map_err(unavailable)?;
         self.count("submissions", 1);
-        self.count("pending", sub.deliveries.len() as i64);
-        self.append_events(sub.id, &mut rec, events)?;
-        Ok(Intake::Accepted(receipt))
+        self.count("pending", p.deliveries.len() as i64);
+        Ok(Intake::Accepted(p.receipt.clone()))
     }
 
     fn settle(&mut self, id: DeliveryId, attempt: u32, outcome: &Outcome) -> Result<(), StoreError> {
@@ -363,8 +325,7 @@ impl Batch<'_> {
         }
         self.move_state(id, old_state, d.state)?;
         put_delivery(&mut self.t.deliveries, id, &d)?;
-        let mut rec = self.submission(d.submission_id)?;
-        self.append_events(d.submission_id, &mut rec, events)
+        self.append_events(d.submission_id, events)
     }
 
     fn replay(&mut self, id: DeliveryId, actor: &str, reason: &str) -> Result<ReplayOutcome, StoreError> {
@@ -382,9 +343,8 @@ impl Batch<'_> {
         self.move_state(id, DeliveryState::Dead, DeliveryState::Pending)?;
         put_delivery(&mut self.t.deliveries, id, &d)?;
         self.wakeups.push(d.endpoint.clone());
-        let mut rec = self.submission(d.submission_id)?;
         let detail = format!("replayed by `{actor}`: {reason}");
-        self.append_events(d.submission_id, &mut rec, vec![ev(self.now, "replayed", Some(id), None, detail)])?;
+        self.append_events(d.submission_id, vec![ev(self.now, "replayed", Some(id), None, detail)])?;
         Ok(ReplayOutcome::Replayed)
     }
 
@@ -399,23 +359,17 @@ impl Batch<'_> {
         Ok(())
     }
 
-    fn submission(&self, id: SubmissionId) -> Result<SubmissionRecord, StoreError> {
-        let v = self.t.submissions.get(id.0.as_bytes().as_slice()).map_err(unavailable)?;
-        let v = v.ok_or_else(|| corrupt("submission", "missing"))?;
-        serde_json::from_slice(v.value()).map_err(|e| corrupt("submission", e))
-    }
-
-    fn append_events(&mut self, id: SubmissionId, rec: &mut SubmissionRecord, events: Vec<EventRecord>) -> Result<(), StoreError> {
+    fn append_events(&mut self, id: SubmissionId, events: Vec<EventRecord>) -> Result<(), StoreError> {
+        let key = id.0.as_bytes().as_slice();
+        let (mut seq, mut last_hash) = decode_chain(self.t.chain.get(key).map_err(unavailable)?.as_ref().map(|v| v.value()));
         for mut e in events {
-            let seq = rec.events;
-            e.hash = chain_hash(&rec.last_hash, seq, &e);
+            e.hash = chain_hash(&last_hash, seq, &e);
             let bytes = serde_json::to_vec(&e).map_err(|e| corrupt("event", e))?;
             self.t.events.insert(event_key(id, seq).as_slice(), bytes.as_slice()).map_err(unavailable)?;
-            rec.last_hash = e.hash;
-            rec.events += 1;
+            last_hash = e.hash;
+            seq += 1;
         }
-        let bytes = serde_json::to_vec(rec).map_err(|e| corrupt("submission", e))?;
-        self.t.submissions.insert(id.0.as_bytes().as_slice(), bytes.as_slice()).map_err(unavailable)?;
+        self.t.chain.insert(key, encode_chain(seq, &last_hash).as_slice()).map_err(unavailable)?;
         Ok(())
     }
 }

@@ -1,0 +1,110 @@
+//! Turns a [`NewSubmission`] into the exact bytes the writer inserts.
+//!
+//! This runs on the caller's task, not on the writer thread: the writer is the one serial point
+//! of the embedded store, so everything that can be done beforehand (serializing records,
+//! building and hashing the first events) is done here, in parallel across requests.
+
+use bytes::Bytes;
+
+use super::tables::*;
+use crate::store::{
+    DeliveryId, DeliveryState, Millis, NewSubmission, Receipt, ReceiptDelivery, StoreError, SubmissionId,
+};
+
+pub struct PreparedIntake {
+    pub id: SubmissionId,
+    pub dedup_keys: Vec<String>,
+    pub receipt: Receipt,
+    /// [`SubmissionRecord`] as JSON.
+    pub record: Vec<u8>,
+    pub payload: Bytes,
+    pub deliveries: Vec<PreparedDelivery>,
+    /// Events 0..n, serialized, already chained.
+    pub events: Vec<Vec<u8>>,
+    /// Hash of the last event.
+    pub last_hash: String,
+}
+
+pub struct PreparedDelivery {
+    pub id: DeliveryId,
+    pub endpoint: String,
+    /// [`DeliveryRecord`] as JSON.
+    pub record: Vec<u8>,
+    pub rendition: Option<Vec<u8>>,
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("cannot serialize: {e}"))
+}
+
+pub fn prepare(sub: NewSubmission, now: Millis) -> Result<PreparedIntake, StoreError> {
+    let receipt = Receipt {
+        submission_id: sub.id,
+        deliveries: sub.deliveries.iter().map(|d| ReceiptDelivery { id: d.id, endpoint: d.endpoint.clone() }).collect(),
+    };
+    let detail = format!(
+        "from partner `{}`, {} bytes of {}{}",
+        sub.partner,
+        sub.original.len(),
+        sub.content_type,
+        sub.message_id.as_deref().map(|m| format!(", message id {m}")).unwrap_or_default()
+    );
+    let targets: Vec<&str> = sub.deliveries.iter().map(|d| d.endpoint.as_str()).collect();
+    let mut events = vec![
+        event(sub.received_at, "received", detail),
+        event(now, "routed", format!("route `{}` -> {}", sub.route, targets.join(", "))),
+    ];
+    for n in &sub.notes {
+        events.push(event(now, "note", n.clone()));
+    }
+    let mut last_hash = String::new();
+    let mut serialized = Vec::with_capacity(events.len());
+    for (seq, mut e) in events.into_iter().enumerate() {
+        e.hash = chain_hash(&last_hash, seq as u32, &e);
+        serialized.push(serde_json::to_vec(&e).map_err(corrupt)?);
+        last_hash = e.hash;
+    }
+    let mut deliveries = Vec::with_capacity(sub.deliveries.len());
+    for d in sub.deliveries {
+        let record = DeliveryRecord {
+            submission_id: sub.id,
+            endpoint: d.endpoint.clone(),
+            state: DeliveryState::Pending,
+            attempts: 0,
+            budget_base: 0,
+            not_before: 0,
+            last_error: None,
+            updated_at: now,
+            has_rendition: d.rendition.is_some(),
+        };
+        deliveries.push(PreparedDelivery {
+            id: d.id,
+            endpoint: d.endpoint,
+            record: serde_json::to_vec(&record).map_err(corrupt)?,
+            rendition: d.rendition.map(|r| encode_rendition(&r.content_type, &r.body)),
+        });
+    }
+    let record = SubmissionRecord {
+        partner: sub.partner,
+        received_at: sub.received_at,
+        content_type: sub.content_type,
+        meta: sub.meta,
+        message_id: sub.message_id,
+        route: sub.route,
+        receipt: receipt.clone(),
+    };
+    Ok(PreparedIntake {
+        id: sub.id,
+        dedup_keys: sub.dedup_keys,
+        receipt,
+        record: serde_json::to_vec(&record).map_err(corrupt)?,
+        payload: sub.original,
+        deliveries,
+        events: serialized,
+        last_hash,
+    })
+}
+
+fn event(at: Millis, kind: &str, detail: String) -> EventRecord {
+    EventRecord { at, kind: kind.to_owned(), delivery_id: None, attempt: None, detail, hash: String::new() }
+}
