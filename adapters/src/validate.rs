@@ -7,7 +7,9 @@
 //! schema (at start with [`ValidatorOptions::precompile`], else on first use). `validate` sends
 //! the bytes to an idle worker and waits for the [`Verdict`]; the type is `Send + Sync` and meant
 //! to be called from blocking threads (`spawn_blocking`). A schema is compiled at most once per
-//! worker, never per request.
+//! worker, never per request. With `workers: 0` there are no worker threads: each calling thread
+//! keeps its own compiled schemas (thread-local), which saves the hand-off (two thread wake-ups)
+//! at the price of one compile per calling thread.
 //!
 //! Untrusted input is parsed with recovery off and network off; a DOCTYPE is refused before
 //! libxml2 sees the bytes. Schemas are compiled from staged local copies ([`Catalog::stage`]), so
@@ -84,6 +86,9 @@ pub enum ValidateError {
 #[derive(Debug, Clone)]
 pub struct ValidatorOptions {
     /// Worker threads, each with its own compiled schemas. Default: available cores, at most 4.
+    /// `0`: no workers; each calling thread validates itself with its own compiled schemas
+    /// (thread-local, compiled on that thread's first use): no hand-off cost, but one compile per
+    /// calling thread and schema, so only for a small, long-lived set of calling threads.
     pub workers: usize,
     /// Compile every catalog schema in every worker before [`Validator::new`] returns, so the
     /// first request pays nothing and a broken schema stops startup. Off: compile on first use.
@@ -111,7 +116,17 @@ pub struct Validator {
     catalog: Arc<Catalog>,
     jobs: Option<mpsc::Sender<Job>>,
     workers: Vec<JoinHandle<()>>,
+    /// Key of this validator's thread-local workers (`workers: 0`).
+    inline_id: Option<u64>,
+    max_violations: usize,
 }
+
+thread_local! {
+    /// Per calling thread: the inline worker of each validator (by `inline_id`).
+    static INLINE: std::cell::RefCell<std::collections::HashMap<u64, worker::Worker>> = Default::default();
+}
+
+static NEXT_INLINE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl std::fmt::Debug for Validator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -122,6 +137,20 @@ impl std::fmt::Debug for Validator {
 impl Validator {
     /// Starts the workers. With `precompile`, fails if any catalog schema does not compile.
     pub fn new(catalog: Arc<Catalog>, options: ValidatorOptions) -> Result<Validator, ValidateError> {
+        if options.workers == 0 {
+            if options.precompile {
+                // Proves every schema compiles; calling threads compile their own copies later.
+                worker::Worker::new(Arc::clone(&catalog), options.max_violations).compile_all()?;
+            }
+            let id = NEXT_INLINE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(Validator {
+                catalog,
+                jobs: None,
+                workers: Vec::new(),
+                inline_id: Some(id),
+                max_violations: options.max_violations,
+            });
+        }
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), ValidateError>>();
@@ -147,7 +176,8 @@ impl Validator {
             workers.push(handle);
         }
         drop(ready_tx);
-        let validator = Validator { catalog, jobs: Some(tx), workers };
+        let max_violations = options.max_violations;
+        let validator = Validator { catalog, jobs: Some(tx), workers, inline_id: None, max_violations };
         for _ in 0..validator.workers.len() {
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
@@ -167,6 +197,15 @@ impl Validator {
     /// selects. Blocks until a worker answers.
     pub fn validate(&self, xml: &[u8]) -> Result<Verdict, ValidateError> {
         refuse_doctype(xml)?;
+        if let Some(id) = self.inline_id {
+            return INLINE.with(|workers| {
+                let mut workers = workers.borrow_mut();
+                let worker = workers
+                    .entry(id)
+                    .or_insert_with(|| worker::Worker::new(Arc::clone(&self.catalog), self.max_violations));
+                worker.run(xml)
+            });
+        }
         let (reply, answer) = mpsc::sync_channel(1);
         let Some(jobs) = self.jobs.as_ref() else {
             return Err(ValidateError::Unavailable("validator is shut down".into()));

@@ -62,6 +62,26 @@ fn valid_invalid_and_unknown_documents_get_their_verdicts() {
 }
 
 #[test]
+fn inline_mode_gives_the_same_verdicts_on_every_calling_thread() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v = Arc::new(validator(dir.path(), ValidatorOptions { workers: 0, precompile: true, ..Default::default() }));
+    let bad = b"<t:msg xmlns:t=\"urn:tiny\"><t:head v=\"1\"/><t:x/></t:msg>";
+    let threads: Vec<_> = (0..3)
+        .map(|_| {
+            let v = Arc::clone(&v);
+            std::thread::spawn(move || v.validate(bad))
+        })
+        .collect();
+    for t in threads {
+        let verdict = t.join().expect("thread");
+        assert!(
+            matches!(verdict, Ok(Verdict::Invalid { ref violations, .. }) if violations[0].path == "/t:msg/t:x"),
+            "{verdict:?}"
+        );
+    }
+}
+
+#[test]
 fn malformed_input_and_doctypes_are_errors_not_verdicts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let v = validator(dir.path(), ValidatorOptions { workers: 1, ..Default::default() });

@@ -45,16 +45,21 @@ impl Worker {
                     Err(_) => return,
                 }
             };
-            // A panic inside the libxml binding must not take the worker (and every later request)
-            // down: answer this one as unavailable and start over with fresh contexts.
-            let reply = match std::panic::catch_unwind(AssertUnwindSafe(|| self.validate(&job.xml))) {
-                Ok(reply) => reply,
-                Err(_) => {
-                    self.compiled.clear();
-                    Err(ValidateError::Unavailable("validation panicked".into()))
-                }
-            };
+            let reply = self.run(&job.xml);
             let _ = job.reply.send(reply);
+        }
+    }
+
+    /// Validates one document. A panic inside the libxml binding must not take the worker (and
+    /// every later request) down: it answers this one as unavailable and starts over with fresh
+    /// contexts.
+    pub(super) fn run(&mut self, xml: &[u8]) -> Reply {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.validate(xml))) {
+            Ok(reply) => reply,
+            Err(_) => {
+                self.compiled.clear();
+                Err(ValidateError::Unavailable("validation panicked".into()))
+            }
         }
     }
 
