@@ -112,3 +112,65 @@ fn a_broken_schema_fails_startup_with_precompile_and_requests_without() {
     let lazy = Validator::new(catalog, ValidatorOptions { workers: 1, ..Default::default() }).expect("lazy starts");
     assert!(matches!(lazy.validate(b"<a xmlns=\"urn:tiny\"/>"), Err(ValidateError::Schema { .. })));
 }
+
+#[test]
+fn violations_are_capped_with_a_count_of_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v = validator(dir.path(), ValidatorOptions { workers: 1, max_violations: 2, ..Default::default() });
+    let mut doc = String::from("<t:msg xmlns:t=\"urn:tiny\"><t:head v=\"1\"/>");
+    for _ in 0..3 {
+        doc.push_str("<t:n>x</t:n>");
+    }
+    doc.push_str("</t:msg>");
+    let Ok(Verdict::Invalid { violations, .. }) = v.validate(doc.as_bytes()) else { panic!("expected invalid") };
+    // Three bad values, two shown, one line for the rest.
+    assert_eq!(violations.len(), 2 + 1, "{violations:?}");
+    assert_eq!(violations[2].message, "1 more violations not shown");
+}
+
+#[test]
+fn many_threads_share_one_validator() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v = Arc::new(validator(dir.path(), ValidatorOptions { workers: 2, ..Default::default() }));
+    let threads: Vec<_> = (0..4)
+        .map(|i| {
+            let v = Arc::clone(&v);
+            std::thread::spawn(move || {
+                for j in 0..25 {
+                    let n = if (i + j) % 2 == 0 { "7".to_string() } else { format!("x{j}") };
+                    let doc = format!("<t:msg xmlns:t=\"urn:tiny\"><t:head v=\"1\"/><t:n>{n}</t:n></t:msg>");
+                    let valid = v.validate(doc.as_bytes()).expect("verdict").is_valid();
+                    assert_eq!(valid, (i + j) % 2 == 0, "thread {i} doc {j}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("no thread panicked");
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+    /// Arbitrary bytes and damaged documents give a verdict or an error, never a panic or a hang.
+    #[test]
+    fn hostile_input_never_panics(
+        noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+        flips in proptest::collection::vec((0usize..80, proptest::prelude::any::<u8>()), 0..4),
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let v = validator(dir.path(), ValidatorOptions { workers: 0, ..Default::default() });
+        let _ = v.validate(&noise);
+        let mut doc = br#"<t:msg xmlns:t="urn:tiny"><t:head v="1"/><t:n>12</t:n><t:n>3</t:n></t:msg>"#.to_vec();
+        for (at, byte) in flips {
+            let at = at % doc.len();
+            doc[at] = byte;
+        }
+        match v.validate(&doc) {
+            Ok(Verdict::Invalid { violations, .. }) => proptest::prop_assert!(!violations.is_empty()),
+            Ok(_) => {}
+            Err(e) => proptest::prop_assert!(!matches!(e, ValidateError::Unavailable(_) | ValidateError::Schema { .. }), "{e}"),
+        }
+    }
+}
