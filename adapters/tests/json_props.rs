@@ -17,7 +17,7 @@ fn name() -> impl Strategy<Value = String> {
 }
 
 fn text() -> impl Strategy<Value = String> {
-    "[ a-z&<>\"'\n\t\r\u{e4}\u{20ac}\u{1d11e}]{0,6}"
+    "[ a-z&<>\"'\n\t\r\u{e4}\u{20ac}\u{1d11e}\\]]{0,6}"
 }
 
 fn attrs() -> impl Strategy<Value = Vec<(String, String)>> {

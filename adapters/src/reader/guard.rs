@@ -94,6 +94,8 @@ pub(crate) struct Guard<'a> {
     attrs: Vec<Attr<'a>>,
     /// Offset of the current token (for error messages).
     token_pos: u64,
+    /// Byte classes of the last text piece.
+    last_flags: u8,
 }
 
 impl<'a> Guard<'a> {
@@ -123,6 +125,7 @@ impl<'a> Guard<'a> {
             pending_end: false,
             attrs: Vec::new(),
             token_pos: 0,
+            last_flags: 0,
         }
     }
 
@@ -211,6 +214,9 @@ impl<'a> Guard<'a> {
                 }
                 Event::Text(t) => {
                     let (text, blank) = self.text(t.into_inner())?;
+                    if self.last_flags & BRACKET != 0 && text.contains("]]>") {
+                        return Err(self.malformed("`]]>` is not allowed in text"));
+                    }
                     if self.phase == Phase::Body {
                         return Ok(Tok::Text { text, blank });
                     }
@@ -380,10 +386,11 @@ impl<'a> Guard<'a> {
     }
 
     /// Decodes character data: UTF-8, XML 1.0 characters, `\r\n` and lone `\r` become `\n`.
-    fn text(&self, raw: Cow<'a, [u8]>) -> Result<(Cow<'a, str>, bool), ReadError> {
+    fn text(&mut self, raw: Cow<'a, [u8]>) -> Result<(Cow<'a, str>, bool), ReadError> {
         // One table-driven pass finds everything that needs a closer look; the common case
         // (ASCII text, indentation) needs no other pass.
         let flags = raw.iter().fold(0u8, |acc, &b| acc | BYTE_CLASS[b as usize]);
+        self.last_flags = flags;
         if flags & CONTROL != 0 {
             let bad = raw.iter().find(|&&b| BYTE_CLASS[b as usize] & CONTROL != 0).copied().unwrap_or(0);
             return Err(self.malformed(format!("control character U+{bad:04X} is not allowed in XML")));
@@ -420,6 +427,7 @@ const CONTROL: u8 = 1;
 const CR: u8 = 2;
 const NON_ASCII: u8 = 4;
 const NOT_BLANK: u8 = 8;
+const BRACKET: u8 = 16;
 
 /// Byte classes for the text scan: C0 controls other than tab/LF/CR, CR, non-ASCII, and
 /// everything but the four whitespace characters.
@@ -435,6 +443,8 @@ static BYTE_CLASS: [u8; 256] = {
             0
         } else if b >= 0x80 {
             NON_ASCII | NOT_BLANK
+        } else if b == b']' as usize {
+            BRACKET | NOT_BLANK
         } else {
             NOT_BLANK
         };

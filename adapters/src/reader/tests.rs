@@ -356,6 +356,7 @@ fn malformed_documents() {
         ("<a>\u{1}</a>", "control"),
         ("<a/><?xml version='1.0'?>", "declaration"),
         (r#"<a b="<"/>"#, ""),
+        ("<a>x]]>y</a>", "]]>"),
     ];
     for (xml, needle) in cases {
         match read(xml) {
