@@ -196,3 +196,35 @@ impl Fixture {
         Command::new(env!("CARGO_BIN_EXE_lotse")).args(args).current_dir(self.dir.path()).output().expect("lotse runs")
     }
 }
+
+#[test]
+fn lotse_schemas_dir_replaces_the_builtin_folder_and_must_be_valid() {
+    let f = Fixture::new();
+    let xbau = f.file("xbau.xml", "<x:baugenehmigung.antrag.0200 xmlns:x=\"http://www.xleitstelle.de/xbau/2/6\"/>");
+    let run = |dir: &Path, file: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_lotse"))
+            .arg("validate")
+            .arg(file)
+            .env("LOTSE_SCHEMAS_DIR", dir)
+            .output()
+            .expect("lotse runs")
+    };
+    // The tiny folder as the built-in one: its standard validates, XBau is unknown.
+    let out = run(&f.path("schemas"), &f.path("valid.xml"));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = run(&f.path("schemas"), &xbau);
+    assert!(stdout(&out).contains("no schema for namespace `http://www.xleitstelle.de/xbau/2/6`"), "{out:?}");
+    // A folder without catalog is an error, not a silent fallback.
+    let out = run(f.dir.path(), &f.path("valid.xml"));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("LOTSE_SCHEMAS_DIR"), "{out:?}");
+}
+
+#[test]
+fn a_doctype_is_refused() {
+    let f = Fixture::new();
+    f.file("dtd.xml", "<!DOCTYPE n [<!ENTITY e \"x\">]><n:nachricht.0001 xmlns:n=\"urn:cli:test\"/>");
+    let out = f.lotse(&["validate", "dtd.xml"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(stdout(&out).contains("dtd.xml: refused: DOCTYPE"), "{}", stdout(&out));
+}
