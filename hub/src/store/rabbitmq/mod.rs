@@ -86,6 +86,12 @@ const FOLD_TIMEOUT: Duration = Duration::from_secs(10);
 const QUEUED_GRACE: Duration = Duration::from_secs(2);
 /// Confirm-mode channels per process, used in turn.
 const PUBLISH_CHANNELS: usize = 4;
+/// Stream records gathered into one stream message at most (group commit), and its soft size cap.
+const BATCH_RECORDS: usize = 512;
+const BATCH_BYTES: usize = 1 << 20;
+/// Stream messages in flight (published, confirm pending) at once; while all are out, records
+/// queue up and the next message carries all of them.
+const BATCHES_IN_FLIGHT: usize = 8;
 
 /// The RabbitMQ store of one process. Dropping it closes its connection; its unacked leases go
 /// back to the broker.
@@ -107,7 +113,14 @@ struct Shared {
     next_token: AtomicU64,
     queues: HashMap<String, WorkQueue>,
     broken: mpsc::UnboundedSender<u64>,
+    appends: mpsc::UnboundedSender<Append>,
     shutdown: watch::Sender<bool>,
+}
+
+/// One record waiting for the next stream message, and who waits for its confirm.
+struct Append {
+    encoded: Vec<u8>,
+    confirmed: oneshot::Sender<Result<(), String>>,
 }
 
 struct Session {
@@ -155,6 +168,7 @@ impl RabbitStore {
             queues.insert(e.clone(), WorkQueue { tx, rx: tokio::sync::Mutex::new(rx) });
         }
         let (broken, broken_rx) = mpsc::unbounded_channel();
+        let (appends, appends_rx) = mpsc::unbounded_channel();
         let (shutdown, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             url: url.to_owned(),
@@ -168,8 +182,10 @@ impl RabbitStore {
             next_token: AtomicU64::new(1),
             queues,
             broken,
+            appends,
             shutdown,
         });
+        tokio::spawn(append_batches(shared.clone(), appends_rx));
         let (first_tx, first_rx) = oneshot::channel();
         let supervisor = tokio::spawn(supervise(shared.clone(), broken_rx, first_tx));
         let store = RabbitStore { shared, supervisor: Mutex::new(Some(supervisor)) };
@@ -374,19 +390,24 @@ async fn fold(shared: Arc<Shared>, session: u64, _ch: Channel, mut consumer: lap
         // A stream consumer may start before the requested offset (chunk boundaries): skip those.
         let fresh = offset.is_none_or(|o| o >= shared.next_offset.load(Ordering::SeqCst));
         if fresh {
-            match record::decode(&delivery.data) {
-                Ok((envelope, payload)) => {
-                    let rid = envelope.rid;
-                    let applied = match shared.index.lock() {
-                        Ok(mut index) => index.apply(envelope, payload),
-                        Err(_) => break,
-                    };
-                    let waiter = shared.waiters.lock().ok().and_then(|mut w| w.remove(&rid));
-                    if let Some(w) = waiter {
-                        let _ = w.send(applied);
+            match record::unframe(&delivery.data) {
+                Ok(records) => {
+                    let mut applied = Vec::with_capacity(records.len());
+                    if let Ok(mut index) = shared.index.lock() {
+                        for (envelope, payload) in records {
+                            let rid = envelope.rid;
+                            applied.push((rid, index.apply(envelope, payload)));
+                        }
+                    }
+                    if let Ok(mut waiters) = shared.waiters.lock() {
+                        for (rid, a) in applied {
+                            if let Some(w) = waiters.remove(&rid) {
+                                let _ = w.send(a);
+                            }
+                        }
                     }
                 }
-                Err(e) => tracing::error!(?offset, error = %e, "undecodable event record skipped"),
+                Err(e) => tracing::error!(?offset, error = %e, "undecodable event records skipped"),
             }
             if let Some(o) = offset {
                 shared.next_offset.store(o + 1, Ordering::SeqCst);
@@ -414,6 +435,53 @@ async fn pump(
         }
     }
     let _ = shared.broken.send(session);
+}
+
+/// Group commit for the stream: gathers the records waiting, publishes them as one message, and
+/// tells each writer the confirm's verdict.
+async fn append_batches(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Append>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut carry: Option<Append> = None;
+    loop {
+        let first = match carry.take() {
+            Some(a) => a,
+            None => tokio::select! {
+                a = rx.recv() => match a { Some(a) => a, None => break },
+                _ = shutdown.changed() => break,
+            },
+        };
+        let Ok(slot) = slots.clone().acquire_owned().await else { break };
+        let mut size = first.encoded.len();
+        let mut batch = vec![first];
+        while batch.len() < BATCH_RECORDS && size < BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(a) if size + a.encoded.len() > BATCH_BYTES => {
+                    carry = Some(a);
+                    break;
+                }
+                Ok(a) => {
+                    size += a.encoded.len();
+                    batch.push(a);
+                }
+                Err(_) => break,
+            }
+        }
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let (encoded, waiting): (Vec<Vec<u8>>, Vec<_>) =
+                batch.into_iter().map(|a| (a.encoded, a.confirmed)).unzip();
+            let body = record::frame(&encoded);
+            let props = BasicProperties::default().with_delivery_mode(2);
+            let result = shared.publish(&shared.names.events(), &body, props).await.map_err(|e| match e {
+                StoreError::Unavailable(m) | StoreError::Corrupt(m) => m,
+            });
+            for w in waiting {
+                let _ = w.send(result.clone());
+            }
+            drop(slot);
+        });
+    }
 }
 
 async fn await_fold(rx: oneshot::Receiver<Applied>, bound: Duration) -> Result<Applied, StoreError> {
@@ -469,19 +537,22 @@ impl Shared {
     /// Appends a record to the stream (confirmed); the receiver fires when this node folded it.
     async fn append(&self, record: Record, payload: Option<&[u8]>) -> Result<oneshot::Receiver<Applied>, StoreError> {
         let envelope = Envelope { rid: Uuid::now_v7(), at: now_millis(), record };
-        let body = record::encode(&envelope, payload).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let encoded = record::encode(&envelope, payload).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let (tx, rx) = oneshot::channel();
         if let Ok(mut w) = self.waiters.lock() {
             w.insert(envelope.rid, tx);
         }
-        let props = BasicProperties::default().with_delivery_mode(2).with_message_id(envelope.rid.to_string().into());
-        let result = self.publish(&self.names.events(), &body, props).await;
+        let (confirmed, done) = oneshot::channel();
+        let result = match self.appends.send(Append { encoded, confirmed }) {
+            Ok(()) => done.await.unwrap_or_else(|_| Err("the stream writer stopped".into())),
+            Err(_) => Err("the stream writer stopped".into()),
+        };
         if result.is_err()
             && let Ok(mut w) = self.waiters.lock()
         {
             w.remove(&envelope.rid);
         }
-        result.map(|()| rx)
+        result.map(|()| rx).map_err(StoreError::Unavailable)
     }
 
     /// Appends a record and waits until this node's fold has applied it.

@@ -108,3 +108,29 @@ pub fn decode(body: &[u8]) -> Result<(Envelope, Bytes), serde_json::Error> {
         None => Ok((serde_json::from_slice(body)?, Bytes::new())),
     }
 }
+
+/// Several encoded records in one stream message (group commit: one publish and one confirm
+/// for every record that was waiting): each as a 4-byte big-endian length, then the bytes.
+pub fn frame(records: &[Vec<u8>]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(records.iter().map(|r| r.len() + 4).sum());
+    for r in records {
+        body.extend_from_slice(&(r.len() as u32).to_be_bytes());
+        body.extend_from_slice(r);
+    }
+    body
+}
+
+/// The reverse of [`frame`] and [`encode`], in order.
+pub fn unframe(mut body: &[u8]) -> Result<Vec<(Envelope, Bytes)>, String> {
+    let mut out = Vec::new();
+    while !body.is_empty() {
+        let (len, rest) = body.split_first_chunk::<4>().ok_or("truncated record frame")?;
+        let len = u32::from_be_bytes(*len) as usize;
+        if rest.len() < len {
+            return Err(format!("record frame of {len} bytes, {} left", rest.len()));
+        }
+        out.push(decode(&rest[..len]).map_err(|e| e.to_string())?);
+        body = &rest[len..];
+    }
+    Ok(out)
+}

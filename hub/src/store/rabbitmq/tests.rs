@@ -213,3 +213,23 @@ fn work_headers_round_trip() {
     let (back, redelivered) = WorkMessage::from_properties(&m.properties().expect("properties")).expect("read");
     assert_eq!((back, redelivered), (m, 0));
 }
+
+#[test]
+fn a_stream_message_carries_several_records_in_order() {
+    let s = claim(&["k"]);
+    let a = env(1, Record::Submitted(s.clone()));
+    let b = env(2, outcome(&s, 1, 0, dead("gone")));
+    let c = env(3, Record::Queued { submission_id: s.id });
+    let frames = vec![
+        record::encode(&a, None).expect("a"),
+        record::encode(&b, Some(b"\0payload")).expect("b"),
+        record::encode(&c, None).expect("c"),
+    ];
+    let back = record::unframe(&record::frame(&frames)).expect("unframe");
+    let rids: Vec<Uuid> = back.iter().map(|(e, _)| e.rid).collect();
+    assert_eq!(rids, [a.rid, b.rid, c.rid]);
+    assert_eq!(&back[1].1[..], b"\0payload");
+    let mut cut = record::frame(&frames);
+    cut.truncate(cut.len() - 3);
+    assert!(record::unframe(&cut).is_err(), "a truncated message was read");
+}

@@ -1,0 +1,190 @@
+//! Benchmark (not a test): submissions accepted per second and their p99 latency through the
+//! RabbitMQ store (`Store::intake`: claim in the event stream, fold, work message, all confirmed),
+//! next to the ceiling: raw lapin publishing the same 4 KiB messages with confirms to a quorum
+//! queue, with the same number of publishes in flight and the same number of channels.
+//!
+//! ```text
+//! cargo run --release -p hub --example rabbitmq_bench -- [--url URL] [-n 20000] [--in-flight 256] [--rounds 3]
+//! ```
+//! Rounds alternate the order (raw first, then store first). Every queue it declares starts with
+//! `lotse-bench-` and is deleted at the end.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use hub::store::rabbitmq::RabbitStore;
+use hub::store::{DeliveryId, Intake, NewDelivery, NewSubmission, Store, SubmissionId, now_millis};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
+use tokio::sync::Semaphore;
+
+const SIZE: usize = 4096;
+/// Confirm-mode channels: the store uses this many (`PUBLISH_CHANNELS`), so raw lapin does too.
+const CHANNELS: usize = 4;
+
+struct Args {
+    url: String,
+    n: usize,
+    in_flight: usize,
+    rounds: usize,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        url: std::env::var("LOTSE_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+        n: 20_000,
+        in_flight: 256,
+        rounds: 3,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("`{flag}` needs a value"))?;
+        match flag.as_str() {
+            "--url" => a.url = value,
+            "-n" => a.n = value.parse()?,
+            "--in-flight" => a.in_flight = value.parse()?,
+            "--rounds" => a.rounds = value.parse()?,
+            other => anyhow::bail!("unknown flag `{other}`"),
+        }
+    }
+    Ok(a)
+}
+
+struct Run {
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn summarize(n: usize, elapsed: Duration, mut latencies: Vec<Duration>) -> Run {
+    latencies.sort_unstable();
+    let at = |q: f64| latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)));
+    let ms = |d: Option<&Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0);
+    Run { rate: n as f64 / elapsed.as_secs_f64(), p50_ms: ms(at(0.50)), p99_ms: ms(at(0.99)) }
+}
+
+/// A 4 KiB XML-ish body, different per message.
+fn body(i: usize) -> Bytes {
+    let mut b = format!("<nachricht><nr>{i}</nr><fill>").into_bytes();
+    b.resize(SIZE - "</fill></nachricht>".len(), b'x');
+    b.extend_from_slice(b"</fill></nachricht>");
+    Bytes::from(b)
+}
+
+async fn raw(args: &Args, queue: &str) -> anyhow::Result<Run> {
+    let conn = Connection::connect(&args.url, ConnectionProperties::default()).await?;
+    let mut channels = Vec::new();
+    for _ in 0..CHANNELS {
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        channels.push(ch);
+    }
+    let mut q = FieldTable::default();
+    q.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from(b"quorum".to_vec())));
+    channels[0].queue_declare(queue.into(), QueueDeclareOptions { durable: true, ..Default::default() }, q).await?;
+    let gate = Arc::new(Semaphore::new(args.in_flight));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(args.n);
+    for i in 0..args.n {
+        let permit = gate.clone().acquire_owned().await?;
+        let ch = channels[i % CHANNELS].clone();
+        let (queue, payload) = (queue.to_owned(), body(i));
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let props = BasicProperties::default().with_delivery_mode(2).with_message_id(i.to_string().into());
+            let options = BasicPublishOptions { mandatory: true, ..Default::default() };
+            let confirm = ch.basic_publish("".into(), queue.into(), options, &payload, props).await?.await?;
+            drop(permit);
+            anyhow::ensure!(confirm == Confirmation::Ack(None), "not confirmed: {confirm:?}");
+            Ok::<_, anyhow::Error>(t.elapsed())
+        }));
+    }
+    let mut latencies = Vec::with_capacity(args.n);
+    for t in tasks {
+        latencies.push(t.await??);
+    }
+    let run = summarize(args.n, started.elapsed(), latencies);
+    channels[0].queue_delete(queue.into(), QueueDeleteOptions::default()).await?;
+    let _ = conn.close(200, "bench".into()).await;
+    Ok(run)
+}
+
+async fn store(args: &Args, prefix: &str) -> anyhow::Result<Run> {
+    let endpoints = vec!["bench".to_owned()];
+    let store = Arc::new(RabbitStore::open(&args.url, prefix, &endpoints).await?);
+    let gate = Arc::new(Semaphore::new(args.in_flight));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(args.n);
+    for i in 0..args.n {
+        let permit = gate.clone().acquire_owned().await?;
+        let store = store.clone();
+        let id = SubmissionId::new();
+        let submission = NewSubmission {
+            id,
+            partner: "bench".into(),
+            dedup_keys: vec![format!("msg:bench:{id}")],
+            received_at: now_millis(),
+            content_type: "application/xml".into(),
+            meta: serde_json::json!({ "message_type": "0200" }),
+            message_id: Some(id.to_string()),
+            route: "bench".into(),
+            original: body(i),
+            deliveries: vec![NewDelivery { id: DeliveryId::new(), endpoint: "bench".into(), rendition: None }],
+            notes: vec![],
+        };
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let answer = store.intake(submission).await;
+            drop(permit);
+            anyhow::ensure!(matches!(answer, Ok(Intake::Accepted(_))), "not accepted: {answer:?}");
+            Ok::<_, anyhow::Error>(t.elapsed())
+        }));
+    }
+    let mut latencies = Vec::with_capacity(args.n);
+    for t in tasks {
+        latencies.push(t.await??);
+    }
+    let run = summarize(args.n, started.elapsed(), latencies);
+    store.close().await;
+    RabbitStore::delete_topology(&args.url, prefix, &endpoints).await?;
+    Ok(run)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = args()?;
+    println!(
+        "{} messages of {SIZE} bytes, {} in flight, {CHANNELS} channels, {} rounds",
+        args.n, args.in_flight, args.rounds
+    );
+    let mut ratios = Vec::new();
+    for round in 0..args.rounds {
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        let (raw_queue, prefix) = (format!("lotse-bench-raw-{tag}"), format!("lotse-bench-{tag}"));
+        let (r, s) = if round % 2 == 0 {
+            let r = raw(&args, &raw_queue).await?;
+            (r, store(&args, &prefix).await?)
+        } else {
+            let s = store(&args, &prefix).await?;
+            (raw(&args, &raw_queue).await?, s)
+        };
+        println!(
+            "round {}: raw lapin {:>8.0}/s p50 {:>6.1} ms p99 {:>6.1} ms | store {:>8.0}/s p50 {:>6.1} ms p99 {:>6.1} ms | ratio {:.2}",
+            round + 1,
+            r.rate,
+            r.p50_ms,
+            r.p99_ms,
+            s.rate,
+            s.p50_ms,
+            s.p99_ms,
+            s.rate / r.rate
+        );
+        ratios.push(s.rate / r.rate);
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!("median ratio store / raw: {:.2}", ratios[ratios.len() / 2]);
+    Ok(())
+}
