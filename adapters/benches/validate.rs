@@ -57,22 +57,49 @@ fn bench(c: &mut Criterion) {
     let entry = catalog.schema_for("http://www.xleitstelle.de/xbau/2/6", None).expect("xbau").clone();
     let staged = catalog.stage(&entry).expect("stage");
 
-    // xmllint reference, PERFORMANCE.md §3a.
-    let per_doc: Vec<f64> = (0..9)
-        .map(|_| (xmllint_ms(staged.entry(), &file, true) - xmllint_ms(staged.entry(), &file, false)) / 99.0)
-        .collect();
-    eprintln!("xmllint --repeat, XBau 0200: {:.3} ms/doc (median of 9 rounds, (repeat - single)/99)", median(per_doc));
-
     let options = ValidatorOptions { workers: 1, precompile: true, ..ValidatorOptions::default() };
     let validator = Validator::new(Arc::clone(&catalog), options).expect("validator");
     assert!(validator.validate(&xml).expect("verdict").is_valid());
+    let options = ValidatorOptions { workers: 0, precompile: true, ..ValidatorOptions::default() };
+    let inline = Validator::new(Arc::clone(&catalog), options).expect("inline validator");
+    assert!(inline.validate(&xml).expect("verdict").is_valid());
+
+    // Side by side (PERFORMANCE.md method): each round times xmllint ((repeat - single)/99) and
+    // 300 in-process validations of each kind, in flipping order; medians over the rounds.
+    let rounds = 9;
+    let (mut lint, mut workers, mut local, mut ratio) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let time_lotse = |v: &Validator| {
+            let start = Instant::now();
+            for _ in 0..300 {
+                assert!(v.validate(&xml).is_ok());
+            }
+            start.elapsed().as_secs_f64() * 1e3 / 300.0
+        };
+        let (x, w, l);
+        if round % 2 == 0 {
+            x = (xmllint_ms(staged.entry(), &file, true) - xmllint_ms(staged.entry(), &file, false)) / 99.0;
+            w = time_lotse(&validator);
+            l = time_lotse(&inline);
+        } else {
+            l = time_lotse(&inline);
+            w = time_lotse(&validator);
+            x = (xmllint_ms(staged.entry(), &file, true) - xmllint_ms(staged.entry(), &file, false)) / 99.0;
+        }
+        lint.push(x);
+        workers.push(w);
+        local.push(l);
+        ratio.push(w / x);
+    }
+    eprintln!("XBau 0200 ({} bytes), ms per document, median of {rounds} rounds:", xml.len());
+    eprintln!("  xmllint --repeat (schema compiled once)  {:.3}", median(lint));
+    eprintln!("  Validator (worker thread)                {:.3}", median(workers));
+    eprintln!("  Validator (workers: 0, calling thread)   {:.3}", median(local));
+    eprintln!("  ratio Validator / xmllint, per round     {:.2}", median(ratio));
 
     let mut group = c.benchmark_group("validate_xbau_0200");
     group.throughput(criterion::Throughput::Bytes(xml.len() as u64));
     group.bench_function("validator", |b| b.iter(|| validator.validate(&xml)));
-    let options = ValidatorOptions { workers: 0, precompile: true, ..ValidatorOptions::default() };
-    let inline = Validator::new(Arc::clone(&catalog), options).expect("inline validator");
-    assert!(inline.validate(&xml).expect("verdict").is_valid());
     group.bench_function("validator_inline", |b| b.iter(|| inline.validate(&xml)));
 
     let path = staged.entry().to_str().expect("utf-8 temp path");
