@@ -4,6 +4,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+// mimalloc instead of glibc malloc: the intake path allocates many small buffers on several
+// threads, where glibc's arenas showed up in profiles (malloc, free, consolidation).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = hub::cli::Cli::parse();
     // Commands that print their own report keep the log quiet unless RUST_LOG asks for more.
