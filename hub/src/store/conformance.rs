@@ -281,7 +281,9 @@ pub async fn event_log<F: StoreFactory>(f: &F) -> anyhow::Result<()> {
     }
     for pair in events.windows(2) {
         ensure!(pair[1].seq > pair[0].seq, "seq not increasing: {} then {}", pair[0].seq, pair[1].seq);
-        ensure!(pair[1].at >= pair[0].at, "time goes back in the log: {} then {}", pair[0].at, pair[1].at);
+        // Compare instants, not strings: RFC 3339 drops trailing zeros (`.61Z` is before `.616Z`).
+        let at = |s: &str| time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339);
+        ensure!(at(&pair[1].at)? >= at(&pair[0].at)?, "time goes back in the log: {} then {}", pair[0].at, pair[1].at);
     }
     let mut hashes: Vec<&str> = events.iter().map(|e| e.hash.as_str()).collect();
     ensure!(hashes.iter().all(|h| !h.is_empty()), "an event has no hash");
