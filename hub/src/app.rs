@@ -58,19 +58,23 @@ pub fn build_validator(config: &Config) -> anyhow::Result<Option<Arc<adapters::v
     let catalog = adapters::catalog::Catalog::load_with_builtin(&config.raw.schemas.extra_dirs)
         .context("cannot load the schema catalog")?;
     let options = adapters::validate::ValidatorOptions { precompile: true, ..Default::default() };
-    let validator = adapters::validate::Validator::new(Arc::new(catalog), options).context("cannot compile the schemas")?;
+    let validator =
+        adapters::validate::Validator::new(Arc::new(catalog), options).context("cannot compile the schemas")?;
     Ok(Some(Arc::new(validator)))
 }
 
 fn metrics_handle() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
     static HANDLE: OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok())
-        .clone()
+    HANDLE.get_or_init(|| metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok()).clone()
 }
 
 /// Starts the hub on already-bound listeners (tests and the demo bind port 0).
-pub async fn start(config: Config, store: Arc<dyn Store>, partner: TcpListener, admin: TcpListener) -> anyhow::Result<Running> {
+pub async fn start(
+    config: Config,
+    store: Arc<dyn Store>,
+    partner: TcpListener,
+    admin: TcpListener,
+) -> anyhow::Result<Running> {
     let validator = {
         let c = config.clone();
         tokio::task::spawn_blocking(move || build_validator(&c)).await??
@@ -116,7 +120,9 @@ async fn serve_http(listener: TcpListener, app: axum::Router, mut shutdown: watc
 /// `lotse serve`: bind, print the bound addresses as the first stdout line, run until SIGINT or
 /// SIGTERM.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let partner = TcpListener::bind(config.raw.listen).await.with_context(|| format!("cannot listen on {}", config.raw.listen))?;
+    let partner = TcpListener::bind(config.raw.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.raw.listen))?;
     let admin = TcpListener::bind(config.raw.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.raw.admin_listen))?;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use routing::{RuleConfig, Router};
+use routing::{Router, RuleConfig};
 use serde::Deserialize;
 
 /// The file as written.
@@ -106,11 +106,7 @@ pub struct RetryConfig {
 
 impl Default for RetryConfig {
     fn default() -> Self {
-        RetryConfig {
-            max_attempts: 10,
-            initial_backoff: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(300),
-        }
+        RetryConfig { max_attempts: 10, initial_backoff: Duration::from_secs(1), max_backoff: Duration::from_secs(300) }
     }
 }
 
@@ -256,13 +252,19 @@ impl RawConfig {
     pub fn validate_with(self, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
         let mut problems: Vec<String> = Vec::new();
         if self.listen == self.admin_listen && self.listen.port() != 0 {
-            problems.push("`admin_listen` must differ from `listen`: admin endpoints never share the partner port".into());
+            problems
+                .push("`admin_listen` must differ from `listen`: admin endpoints never share the partner port".into());
         }
         if self.queue.kind == QueueKind::Rabbitmq && self.queue.url.as_deref().is_none_or(str::is_empty) {
             problems.push("`queue.url` is required when `queue.kind = \"rabbitmq\"`".into());
         }
-        if self.queue.prefix.is_empty() || !self.queue.prefix.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            problems.push(format!("`queue.prefix` `{}` must be non-empty ASCII letters, digits, `-`, `_` or `.`", self.queue.prefix));
+        if self.queue.prefix.is_empty()
+            || !self.queue.prefix.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            problems.push(format!(
+                "`queue.prefix` `{}` must be non-empty ASCII letters, digits, `-`, `_` or `.`",
+                self.queue.prefix
+            ));
         }
         if self.limits.max_body_bytes == 0 || self.limits.max_depth == 0 || self.limits.max_attributes == 0 {
             problems.push("`limits` values must be greater than 0".into());
@@ -276,14 +278,19 @@ impl RawConfig {
         let mut names = HashSet::new();
         for e in &self.endpoints {
             if e.name.is_empty() || !e.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-                problems.push(format!("endpoint name `{}` must be non-empty ASCII letters, digits, `-`, `_` or `.`", e.name));
+                problems.push(format!(
+                    "endpoint name `{}` must be non-empty ASCII letters, digits, `-`, `_` or `.`",
+                    e.name
+                ));
             }
             if !names.insert(e.name.as_str()) {
                 problems.push(format!("endpoint name `{}` is used twice", e.name));
             }
             match reqwest::Url::parse(&e.url) {
                 Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-                Ok(u) => problems.push(format!("endpoint `{}`: url scheme `{}` is not http or https", e.name, u.scheme())),
+                Ok(u) => {
+                    problems.push(format!("endpoint `{}`: url scheme `{}` is not http or https", e.name, u.scheme()))
+                }
                 Err(err) => problems.push(format!("endpoint `{}`: url `{}`: {err}", e.name, e.url)),
             }
             if e.concurrency == 0 || e.concurrency > 1024 {

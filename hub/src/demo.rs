@@ -126,7 +126,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .await?;
     let dtd_status = dtd.status().as_u16();
     let dtd_body: Value = dtd.json().await.unwrap_or(Value::Null);
-    println!("sent a message with a DTD (XXE attempt)                  -> {dtd_status} {}", dtd_body["detail"].as_str().unwrap_or(""));
+    println!(
+        "sent a message with a DTD (XXE attempt)                  -> {dtd_status} {}",
+        dtd_body["detail"].as_str().unwrap_or("")
+    );
     println!();
 
     // Wait until every accepted submission has settled (delivered or dead).

@@ -165,13 +165,18 @@ impl Pipeline {
         match self.validate(&xml)? {
             Some(Verdict::Valid { schema }) => notes.push(format!("valid against schema `{schema}`")),
             Some(Verdict::Invalid { schema, violations }) => {
-                let first = violations.first().map(|v| format!(": line {}, {}: {}", v.line, v.path, v.message)).unwrap_or_default();
+                let first = violations
+                    .first()
+                    .map(|v| format!(": line {}, {}: {}", v.line, v.path, v.message))
+                    .unwrap_or_default();
                 return Err(IntakeError::Invalid {
                     message: format!("not valid against schema `{schema}` ({} violation(s)){first}", violations.len()),
                     violations: violations.iter().map(|v| serde_json::to_value(v).unwrap_or_default()).collect(),
                 });
             }
-            Some(Verdict::UnknownNamespace { .. }) | None if route.require_schema || self.config.raw.schemas.require_known => {
+            Some(Verdict::UnknownNamespace { .. }) | None
+                if route.require_schema || self.config.raw.schemas.require_known =>
+            {
                 return Err(IntakeError::Invalid {
                     message: format!(
                         "no schema is known for namespace `{}`{} and route `{}` requires validation",
@@ -182,7 +187,9 @@ impl Pipeline {
                     violations: Vec::new(),
                 });
             }
-            Some(Verdict::UnknownNamespace { .. }) => notes.push("not validated: no schema known for this namespace".into()),
+            Some(Verdict::UnknownNamespace { .. }) => {
+                notes.push("not validated: no schema known for this namespace".into())
+            }
             None => notes.push("not validated: validation is switched off".into()),
         }
         let mut deliveries = Vec::with_capacity(route.endpoints.len());
@@ -192,14 +199,17 @@ impl Pipeline {
             let format = self.config.endpoint(name).map(|e| e.format).unwrap_or_default();
             let rendition = match (format, sub.media) {
                 (Format::Original, _) | (Format::Json, Media::Json) | (Format::Xml, Media::Xml) => None,
-                (Format::Xml, Media::Json) => Some(Rendition { content_type: Media::Xml.content_type().into(), body: xml.clone() }),
+                (Format::Xml, Media::Json) => {
+                    Some(Rendition { content_type: Media::Xml.content_type().into(), body: xml.clone() })
+                }
                 (Format::Json, Media::Xml) => {
                     let body = match &json_cache {
                         Some(b) => b.clone(),
                         None => {
                             let v = adapters::json::xml_to_json(&xml, &self.limits)
                                 .map_err(|e| IntakeError::Malformed(format!("cannot convert to JSON: {e}")))?;
-                            let b = Bytes::from(serde_json::to_vec(&v).map_err(|e| IntakeError::Malformed(e.to_string()))?);
+                            let b =
+                                Bytes::from(serde_json::to_vec(&v).map_err(|e| IntakeError::Malformed(e.to_string()))?);
                             json_cache = Some(b.clone());
                             b
                         }

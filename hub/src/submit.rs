@@ -31,7 +31,11 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let mut all_ok = true;
     for file in &args.files {
         let body = std::fs::read(file).with_context(|| format!("cannot read `{}`", file.display()))?;
-        let ct = if file.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) { "application/json" } else { "application/xml" };
+        let ct = if file.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
+            "application/json"
+        } else {
+            "application/xml"
+        };
         let mut req = client.post(&url).header("content-type", ct).body(body);
         if let Some(t) = &args.token {
             req = req.bearer_auth(t);
@@ -45,7 +49,13 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
                 let dup = resp.headers().contains_key("lotse-duplicate");
                 let text = resp.text().await.unwrap_or_default();
                 all_ok &= status.is_success();
-                println!("{}: {}{} {}", file.display(), status.as_u16(), if dup { " (duplicate)" } else { "" }, text.trim());
+                println!(
+                    "{}: {}{} {}",
+                    file.display(),
+                    status.as_u16(),
+                    if dup { " (duplicate)" } else { "" },
+                    text.trim()
+                );
             }
             Err(e) => {
                 all_ok = false;

@@ -73,7 +73,10 @@ endpoints = ["down"]
     })
     .await
     .expect("receiver");
-    assert!(receiver.wait_delivered(u64::from(N), Duration::from_secs(30)).await, "not everything arrived after the receiver came back");
+    assert!(
+        receiver.wait_delivered(u64::from(N), Duration::from_secs(30)).await,
+        "not everything arrived after the receiver came back"
+    );
     // Settlements trail the receiver's answers by a commit.
     let mut pending = u64::MAX;
     for _ in 0..100 {
@@ -84,7 +87,10 @@ endpoints = ["down"]
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(pending, 0);
-    let delivered = store.deliveries(&DeliveryFilter { state: Some(DeliveryState::Delivered), limit: 1000, ..Default::default() }).await.expect("list");
+    let delivered = store
+        .deliveries(&DeliveryFilter { state: Some(DeliveryState::Delivered), limit: 1000, ..Default::default() })
+        .await
+        .expect("list");
     assert_eq!(delivered.len(), N as usize);
     hub.stop().await;
     let _ = receiver.shutdown().await;

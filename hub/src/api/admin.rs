@@ -44,13 +44,21 @@ fn filter_from(q: ListQuery) -> Result<DeliveryFilter, Problem> {
     let bad = |m: String| Problem::new(StatusCode::BAD_REQUEST, "bad-filter", "Bad filter", m);
     let state = match q.state.as_deref() {
         None | Some("") => None,
-        Some(s) => Some(DeliveryState::parse(s).ok_or_else(|| bad(format!("unknown state `{s}`; use pending, delivered or dead")))?),
+        Some(s) => Some(
+            DeliveryState::parse(s)
+                .ok_or_else(|| bad(format!("unknown state `{s}`; use pending, delivered or dead")))?,
+        ),
     };
     let submission_id = match q.submission.as_deref() {
         None | Some("") => None,
         Some(s) => Some(s.parse::<SubmissionId>().map_err(|_| bad(format!("`{s}` is not a submission id")))?),
     };
-    Ok(DeliveryFilter { state, endpoint: q.endpoint.filter(|e| !e.is_empty()), submission_id, limit: q.limit.unwrap_or(100) })
+    Ok(DeliveryFilter {
+        state,
+        endpoint: q.endpoint.filter(|e| !e.is_empty()),
+        submission_id,
+        limit: q.limit.unwrap_or(100),
+    })
 }
 
 async fn overview(State(state): State<Arc<AppState>>) -> Result<Response, Problem> {
@@ -91,7 +99,12 @@ struct ReplayBody {
 fn actor_reason(b: &ReplayBody) -> Result<(String, String), Problem> {
     let actor = b.actor.clone().filter(|a| !a.trim().is_empty()).unwrap_or_else(|| "operator".to_owned());
     let reason = b.reason.clone().filter(|r| !r.trim().is_empty()).ok_or_else(|| {
-        Problem::new(StatusCode::BAD_REQUEST, "reason-required", "Reason required", "a replay needs a `reason` for the audit log")
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "reason-required",
+            "Reason required",
+            "a replay needs a `reason` for the audit log",
+        )
     })?;
     Ok((actor, reason))
 }
@@ -106,7 +119,9 @@ async fn replay_one(
     let (actor, reason) = actor_reason(&body)?;
     tracing::info!(delivery_id = %id, actor = %actor, reason = %reason, "replay requested");
     match state.pipeline.store().replay(id, &actor, &reason).await? {
-        ReplayOutcome::Replayed => Ok((StatusCode::ACCEPTED, axum::Json(json!({ "result": "replayed", "id": id }))).into_response()),
+        ReplayOutcome::Replayed => {
+            Ok((StatusCode::ACCEPTED, axum::Json(json!({ "result": "replayed", "id": id }))).into_response())
+        }
         ReplayOutcome::NotFound => Err(Problem::not_found("delivery")),
         ReplayOutcome::NotDead { state } => Err(Problem::new(
             StatusCode::CONFLICT,
@@ -129,7 +144,10 @@ struct ReplayManyBody {
 }
 
 /// Replays dead deliveries matching a filter; `dry_run` (the default) only lists them.
-async fn replay_many(State(state): State<Arc<AppState>>, axum::Json(b): axum::Json<ReplayManyBody>) -> Result<Response, Problem> {
+async fn replay_many(
+    State(state): State<Arc<AppState>>,
+    axum::Json(b): axum::Json<ReplayManyBody>,
+) -> Result<Response, Problem> {
     let dry_run = b.dry_run.unwrap_or(true);
     let filter = DeliveryFilter {
         state: Some(DeliveryState::Dead),

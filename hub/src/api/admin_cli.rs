@@ -109,7 +109,13 @@ pub async fn run(args: DeliveriesArgs) -> anyhow::Result<ExitCode> {
 
 fn urlencode(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
@@ -119,7 +125,8 @@ async fn get(client: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
 }
 
 async fn post(client: &reqwest::Client, url: &str, body: &Value) -> anyhow::Result<Value> {
-    let resp = client.post(url).json(body).send().await.with_context(|| format!("cannot reach the admin API at {url}"))?;
+    let resp =
+        client.post(url).json(body).send().await.with_context(|| format!("cannot reach the admin API at {url}"))?;
     answer(resp).await
 }
 

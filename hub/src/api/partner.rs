@@ -43,7 +43,12 @@ fn partner(state: &AppState, headers: &HeaderMap) -> Result<String, Problem> {
     // Comparing digests keeps the lookup free of timing differences on the secret itself.
     match token.and_then(|t| state.partners.get(&token_digest(t))) {
         Some(name) => Ok(name.clone()),
-        None => Err(Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", "a valid bearer token is required")),
+        None => Err(Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Unauthorized",
+            "a valid bearer token is required",
+        )),
     }
 }
 
@@ -52,7 +57,8 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
         Problem::from(IntakeError::TooLarge(format!("the body exceeds the limit of {limit} bytes")))
             .with("limit", serde_json::json!(limit))
     };
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
@@ -70,7 +76,11 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     })
 }
 
-async fn post_submission(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Response, Problem> {
+async fn post_submission(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
     let started = Instant::now();
     let partner = partner(&state, &headers)?;
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -80,7 +90,9 @@ async fn post_submission(State(state): State<Arc<AppState>>, headers: HeaderMap,
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported-media-type",
             "Unsupported media type",
-            format!("Content-Type `{ct}` is not accepted; send application/xml (an XÖV message) or application/json (its JSON form)"),
+            format!(
+                "Content-Type `{ct}` is not accepted; send application/xml (an XÖV message) or application/json (its JSON form)"
+            ),
         ));
     };
     let idempotency_key = match headers.get("idempotency-key") {
@@ -103,9 +115,9 @@ async fn post_submission(State(state): State<Arc<AppState>>, headers: HeaderMap,
     // the async workers free.
     let prepared = if sub.body.len() > INLINE_PREPARE_BYTES || state.pipeline.validates() {
         let st = state.clone();
-        tokio::task::spawn_blocking(move || st.pipeline.prepare(sub))
-            .await
-            .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", format!("{e}")))?
+        tokio::task::spawn_blocking(move || st.pipeline.prepare(sub)).await.map_err(|e| {
+            Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", format!("{e}"))
+        })?
     } else {
         state.pipeline.prepare(sub)
     };
@@ -123,7 +135,8 @@ async fn post_submission(State(state): State<Arc<AppState>>, headers: HeaderMap,
         Intake::Accepted(r) => (r, false),
         Intake::Duplicate(r) => (r, true),
     };
-    metrics::counter!("lotse_submissions_total", "partner" => partner.clone(), "duplicate" => duplicate.to_string()).increment(1);
+    metrics::counter!("lotse_submissions_total", "partner" => partner.clone(), "duplicate" => duplicate.to_string())
+        .increment(1);
     let location = format!("/v1/submissions/{}", receipt.submission_id);
     let mut resp = (StatusCode::ACCEPTED, axum::Json(&receipt)).into_response();
     let h = resp.headers_mut();
@@ -147,7 +160,11 @@ fn refusal_reason(e: &IntakeError) -> &'static str {
     }
 }
 
-async fn get_submission(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, Problem> {
+async fn get_submission(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
     let partner = partner(&state, &headers)?;
     let id: SubmissionId = id.parse().map_err(|_| Problem::not_found("submission"))?;
     let view = state.pipeline.store().submission(id).await?;

@@ -15,16 +15,17 @@ pub struct Problem {
     pub slug: &'static str,
     pub title: &'static str,
     pub detail: String,
-    pub extra: Map<String, Value>,
+    /// Extension members (boxed: most problems have none, and handlers return `Result<_, Problem>`).
+    pub extra: Option<Box<Map<String, Value>>>,
 }
 
 impl Problem {
     pub fn new(status: StatusCode, slug: &'static str, title: &'static str, detail: impl Into<String>) -> Problem {
-        Problem { status, slug, title, detail: detail.into(), extra: Map::new() }
+        Problem { status, slug, title, detail: detail.into(), extra: None }
     }
 
     pub fn with(mut self, key: &str, value: Value) -> Problem {
-        self.extra.insert(key.to_owned(), value);
+        self.extra.get_or_insert_default().insert(key.to_owned(), value);
         self
     }
 
@@ -40,7 +41,9 @@ impl IntoResponse for Problem {
         body.insert("title".into(), json!(self.title));
         body.insert("status".into(), json!(self.status.as_u16()));
         body.insert("detail".into(), json!(self.detail));
-        body.extend(self.extra);
+        if let Some(extra) = self.extra {
+            body.extend(*extra);
+        }
         let mut resp = (self.status, Value::Object(body).to_string()).into_response();
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         resp
@@ -65,7 +68,9 @@ impl From<IntakeError> for Problem {
         match e {
             IntakeError::Malformed(m) => Problem::new(StatusCode::BAD_REQUEST, "malformed", "Malformed message", m),
             IntakeError::Forbidden(m) => Problem::new(StatusCode::FORBIDDEN, "forbidden", "Not allowed", m),
-            IntakeError::TooLarge(m) => Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", "Message too large", m),
+            IntakeError::TooLarge(m) => {
+                Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", "Message too large", m)
+            }
             IntakeError::NoRoute { message, message_type, reader } => {
                 Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "no-route", "No route for this message", message)
                     .with("message_type", json!(message_type))

@@ -108,11 +108,13 @@ fn assert_problem(status: StatusCode, headers: &axum::http::HeaderMap, body: &Va
 #[tokio::test]
 async fn accepted_submission_answers_202_with_location_and_fans_out() {
     let h = harness("");
-    let (status, headers, body) = call(&h.partner, submit(&message("0f0e0d0c-0000-4000-8000-000000000001", "bab:09162000"), &[])).await;
+    let (status, headers, body) =
+        call(&h.partner, submit(&message("0f0e0d0c-0000-4000-8000-000000000001", "bab:09162000"), &[])).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let id = body["submission_id"].as_str().expect("id");
     assert_eq!(headers["location"], format!("/v1/submissions/{id}"));
-    let endpoints: Vec<&str> = body["deliveries"].as_array().expect("list").iter().map(|d| d["endpoint"].as_str().unwrap_or("")).collect();
+    let endpoints: Vec<&str> =
+        body["deliveries"].as_array().expect("list").iter().map(|d| d["endpoint"].as_str().unwrap_or("")).collect();
     assert_eq!(endpoints, ["a", "b"]);
 
     let get = Request::get(format!("/v1/submissions/{id}")).body(Body::empty()).expect("request");
@@ -121,7 +123,8 @@ async fn accepted_submission_answers_202_with_location_and_fans_out() {
     assert_eq!(view["state"], "in_progress");
     assert_eq!(view["meta"]["reader"], "bab:09162000");
     assert_eq!(view["meta"]["message_type"], "0200");
-    let kinds: Vec<&str> = view["events"].as_array().expect("events").iter().map(|e| e["kind"].as_str().unwrap_or("")).collect();
+    let kinds: Vec<&str> =
+        view["events"].as_array().expect("events").iter().map(|e| e["kind"].as_str().unwrap_or("")).collect();
     assert_eq!(kinds, ["received", "routed", "note"]);
     assert_eq!(view["events"][2]["detail"], "not validated: validation is switched off");
 }
@@ -142,7 +145,11 @@ async fn same_message_uuid_or_idempotency_key_is_stored_once() {
     let (_, h2, b) = call(&h.partner, submit(&other2, &[("idempotency-key", "k-1")])).await;
     assert_eq!(h2["lotse-duplicate"], "true");
     assert_eq!(a, b);
-    let (_, h3, _) = call(&h.partner, submit(&message("0f0e0d0c-0000-4000-8000-000000000005", "bab:09162000"), &[("idempotency-key", "k-2")])).await;
+    let (_, h3, _) = call(
+        &h.partner,
+        submit(&message("0f0e0d0c-0000-4000-8000-000000000005", "bab:09162000"), &[("idempotency-key", "k-2")]),
+    )
+    .await;
     assert!(h3.get("lotse-duplicate").is_none());
 }
 
@@ -203,7 +210,10 @@ token = "token-of-land-b-0123456789"
     assert_eq!(s, StatusCode::ACCEPTED);
     let id = b["submission_id"].as_str().expect("id");
     let get = |token: &str| {
-        Request::get(format!("/v1/submissions/{id}")).header("authorization", format!("Bearer {token}")).body(Body::empty()).expect("request")
+        Request::get(format!("/v1/submissions/{id}"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .expect("request")
     };
     let (s, _, v) = call(&h.partner, get("token-of-land-a-0123456789")).await;
     assert_eq!((s, v["partner"].as_str()), (StatusCode::OK, Some("land-a")));
@@ -234,7 +244,8 @@ async fn admin_routes_exist_only_on_the_admin_router() {
 #[tokio::test]
 async fn replay_needs_a_reason_and_only_takes_dead_deliveries() {
     let h = harness("");
-    let (_, _, b) = call(&h.partner, submit(&message("0f0e0d0c-0000-4000-8000-000000000040", "bab:09162000"), &[])).await;
+    let (_, _, b) =
+        call(&h.partner, submit(&message("0f0e0d0c-0000-4000-8000-000000000040", "bab:09162000"), &[])).await;
     let did = b["deliveries"][0]["id"].as_str().expect("delivery id").to_owned();
     let replay = |body: &str| {
         Request::post(format!("/v1/admin/deliveries/{did}/replay"))
@@ -256,22 +267,41 @@ impl crate::store::Store for BrokenStore {
     async fn intake(&self, _: crate::store::NewSubmission) -> Result<crate::store::Intake, crate::store::StoreError> {
         Err(crate::store::StoreError::Unavailable("disk gone: /secret/path".into()))
     }
-    async fn lease(&self, _: &str, _: usize, _: std::time::Duration) -> Result<Vec<crate::store::Lease>, crate::store::StoreError> {
+    async fn lease(
+        &self,
+        _: &str,
+        _: usize,
+        _: std::time::Duration,
+    ) -> Result<Vec<crate::store::Lease>, crate::store::StoreError> {
         Err(crate::store::StoreError::Unavailable("disk gone".into()))
     }
     async fn settle(&self, _: crate::store::Lease, _: crate::store::Outcome) -> Result<(), crate::store::StoreError> {
         Err(crate::store::StoreError::Unavailable("disk gone".into()))
     }
-    async fn submission(&self, _: crate::store::SubmissionId) -> Result<Option<crate::store::SubmissionView>, crate::store::StoreError> {
+    async fn submission(
+        &self,
+        _: crate::store::SubmissionId,
+    ) -> Result<Option<crate::store::SubmissionView>, crate::store::StoreError> {
         Err(crate::store::StoreError::Unavailable("disk gone".into()))
     }
-    async fn delivery(&self, _: crate::store::DeliveryId) -> Result<Option<crate::store::DeliveryView>, crate::store::StoreError> {
+    async fn delivery(
+        &self,
+        _: crate::store::DeliveryId,
+    ) -> Result<Option<crate::store::DeliveryView>, crate::store::StoreError> {
         Err(crate::store::StoreError::Unavailable("disk gone".into()))
     }
-    async fn deliveries(&self, _: &crate::store::DeliveryFilter) -> Result<Vec<crate::store::DeliveryView>, crate::store::StoreError> {
+    async fn deliveries(
+        &self,
+        _: &crate::store::DeliveryFilter,
+    ) -> Result<Vec<crate::store::DeliveryView>, crate::store::StoreError> {
         Err(crate::store::StoreError::Unavailable("disk gone".into()))
     }
-    async fn replay(&self, _: crate::store::DeliveryId, _: &str, _: &str) -> Result<crate::store::ReplayOutcome, crate::store::StoreError> {
+    async fn replay(
+        &self,
+        _: crate::store::DeliveryId,
+        _: &str,
+        _: &str,
+    ) -> Result<crate::store::ReplayOutcome, crate::store::StoreError> {
         Err(crate::store::StoreError::Unavailable("disk gone".into()))
     }
     async fn counts(&self) -> Result<crate::store::Counts, crate::store::StoreError> {

@@ -175,7 +175,8 @@ impl Worker {
         } else if self.failures.swap(0, Ordering::Relaxed) >= BREAKER_THRESHOLD {
             tracing::info!(endpoint = %self.endpoint.name, "endpoint answers again");
         }
-        metrics::counter!("lotse_attempts_total", "endpoint" => self.endpoint.name.clone(), "result" => label).increment(1);
+        metrics::counter!("lotse_attempts_total", "endpoint" => self.endpoint.name.clone(), "result" => label)
+            .increment(1);
         metrics::histogram!("lotse_attempt_seconds", "endpoint" => self.endpoint.name.clone())
             .record(started.elapsed().as_secs_f64());
         let jitter: f64 = rand::rng().random();

@@ -8,11 +8,18 @@ use crate::store::{Millis, Outcome};
 /// How one attempt ended, as the transport saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttemptResult {
-    Delivered { status: u16 },
+    Delivered {
+        status: u16,
+    },
     /// Worth trying again (connect error, timeout, 408, 429, 5xx).
-    Transient { error: String, retry_after: Option<Duration> },
+    Transient {
+        error: String,
+        retry_after: Option<Duration>,
+    },
     /// The receiver refused the message itself (other 4xx); trying again cannot help.
-    Permanent { error: String },
+    Permanent {
+        error: String,
+    },
 }
 
 /// The longest `Retry-After` Lotse honours; a receiver asking for more gets this.
@@ -61,7 +68,11 @@ mod tests {
     use super::*;
 
     fn policy() -> RetryConfig {
-        RetryConfig { max_attempts: 5, initial_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(1) }
+        RetryConfig {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+        }
     }
 
     fn transient(retry_after: Option<Duration>) -> AttemptResult {
@@ -79,9 +90,18 @@ mod tests {
     #[test]
     fn full_jitter_stays_between_zero_and_the_cap() {
         let p = policy();
-        assert_eq!(decide(&p, 3, transient(None), 10_000, 0.0), Outcome::Retry { not_before: 10_000, error: "HTTP 503".into() });
-        assert_eq!(decide(&p, 3, transient(None), 10_000, 1.0), Outcome::Retry { not_before: 10_400, error: "HTTP 503".into() });
-        assert_eq!(decide(&p, 3, transient(None), 10_000, 0.5), Outcome::Retry { not_before: 10_200, error: "HTTP 503".into() });
+        assert_eq!(
+            decide(&p, 3, transient(None), 10_000, 0.0),
+            Outcome::Retry { not_before: 10_000, error: "HTTP 503".into() }
+        );
+        assert_eq!(
+            decide(&p, 3, transient(None), 10_000, 1.0),
+            Outcome::Retry { not_before: 10_400, error: "HTTP 503".into() }
+        );
+        assert_eq!(
+            decide(&p, 3, transient(None), 10_000, 0.5),
+            Outcome::Retry { not_before: 10_200, error: "HTTP 503".into() }
+        );
     }
 
     #[test]
@@ -96,7 +116,9 @@ mod tests {
     #[test]
     fn budget_exhausted_or_permanent_means_dead() {
         let p = policy();
-        assert!(matches!(decide(&p, 5, transient(None), 0, 0.5), Outcome::Dead { error } if error.contains("gave up after 5")));
+        assert!(
+            matches!(decide(&p, 5, transient(None), 0, 0.5), Outcome::Dead { error } if error.contains("gave up after 5"))
+        );
         assert!(matches!(decide(&p, 4, transient(None), 0, 0.5), Outcome::Retry { .. }));
         let perm = AttemptResult::Permanent { error: "HTTP 400".into() };
         assert!(matches!(decide(&p, 1, perm, 0, 0.5), Outcome::Dead { error } if error.contains("permanent")));

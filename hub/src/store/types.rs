@@ -48,10 +48,7 @@ pub type Millis = u64;
 
 pub fn now_millis() -> Millis {
     // A clock before 1970 is a broken machine; treat it as the epoch rather than panic.
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// A submission the API has read, validated and routed, ready to be stored.
@@ -225,7 +222,9 @@ pub struct DeliveryFilter {
 pub enum ReplayOutcome {
     Replayed,
     /// Only dead deliveries are replayed; this one is in another state.
-    NotDead { state: DeliveryState },
+    NotDead {
+        state: DeliveryState,
+    },
     NotFound,
 }
 

@@ -165,8 +165,8 @@ impl EmbeddedStore {
             let (content_type, payload) = if d.has_rendition {
                 let v = renditions.get(id.0.as_bytes().as_slice()).map_err(unavailable)?;
                 let v = v.ok_or_else(|| StoreError::Corrupt(format!("rendition of {id} missing")))?;
-                let (ct, body) =
-                    decode_rendition(v.value()).ok_or_else(|| StoreError::Corrupt(format!("rendition of {id} unreadable")))?;
+                let (ct, body) = decode_rendition(v.value())
+                    .ok_or_else(|| StoreError::Corrupt(format!("rendition of {id} unreadable")))?;
                 (ct, Bytes::copy_from_slice(body))
             } else {
                 let v = payloads.get(sub_key.as_slice()).map_err(unavailable)?;
@@ -255,7 +255,8 @@ impl Store for EmbeddedStore {
         let txn = self.read()?;
         let subs = txn.open_table(SUBMISSIONS).map_err(unavailable)?;
         let Some(v) = subs.get(id.0.as_bytes().as_slice()).map_err(unavailable)? else { return Ok(None) };
-        let rec: SubmissionRecord = serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let rec: SubmissionRecord =
+            serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let deliveries_t = txn.open_table(DELIVERIES).map_err(unavailable)?;
         let mut deliveries = Vec::new();
         for d in &rec.receipt.deliveries {
@@ -265,7 +266,9 @@ impl Store for EmbeddedStore {
         }
         let events_t = txn.open_table(EVENTS).map_err(unavailable)?;
         let mut events = Vec::new();
-        for entry in events_t.range(event_key(id, 0).as_slice()..=event_key(id, u32::MAX).as_slice()).map_err(unavailable)? {
+        for entry in
+            events_t.range(event_key(id, 0).as_slice()..=event_key(id, u32::MAX).as_slice()).map_err(unavailable)?
+        {
             let (k, v) = entry.map_err(unavailable)?;
             let seq = u32::from_be_bytes(k.value()[16..20].try_into().unwrap_or([0; 4]));
             let e: EventRecord = serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -306,12 +309,13 @@ impl Store for EmbeddedStore {
         if let Some(sid) = filter.submission_id {
             let subs = txn.open_table(SUBMISSIONS).map_err(unavailable)?;
             if let Some(v) = subs.get(sid.0.as_bytes().as_slice()).map_err(unavailable)? {
-                let rec: SubmissionRecord = serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let rec: SubmissionRecord =
+                    serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 for d in rec.receipt.deliveries {
-                    if let Some(r) = get_delivery(&t, d.id)? {
-                        if matches_filter(&r, filter) {
-                            out.push(self.delivery_view(d.id, &r));
-                        }
+                    if let Some(r) = get_delivery(&t, d.id)?
+                        && matches_filter(&r, filter)
+                    {
+                        out.push(self.delivery_view(d.id, &r));
                     }
                 }
             }
@@ -334,12 +338,12 @@ impl Store for EmbeddedStore {
                 }
                 let Ok(u) = uuid::Uuid::from_slice(&key[1..]) else { continue };
                 let id = DeliveryId(u);
-                if let Some(r) = get_delivery(&t, id)? {
-                    if matches_filter(&r, filter) {
-                        out.push(self.delivery_view(id, &r));
-                        if out.len() >= limit {
-                            return Ok(out);
-                        }
+                if let Some(r) = get_delivery(&t, id)?
+                    && matches_filter(&r, filter)
+                {
+                    out.push(self.delivery_view(id, &r));
+                    if out.len() >= limit {
+                        return Ok(out);
                     }
                 }
             }
@@ -355,8 +359,14 @@ impl Store for EmbeddedStore {
     async fn counts(&self) -> Result<Counts, StoreError> {
         let txn = self.read()?;
         let t = txn.open_table(COUNTERS).map_err(unavailable)?;
-        let get = |k: &str| -> Result<u64, StoreError> { Ok(t.get(k).map_err(unavailable)?.map(|v| v.value()).unwrap_or(0)) };
-        Ok(Counts { submissions: get("submissions")?, pending: get("pending")?, delivered: get("delivered")?, dead: get("dead")? })
+        let get =
+            |k: &str| -> Result<u64, StoreError> { Ok(t.get(k).map_err(unavailable)?.map(|v| v.value()).unwrap_or(0)) };
+        Ok(Counts {
+            submissions: get("submissions")?,
+            pending: get("pending")?,
+            delivered: get("delivered")?,
+            dead: get("dead")?,
+        })
     }
 }
 

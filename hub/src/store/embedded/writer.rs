@@ -15,8 +15,8 @@ use std::sync::Arc;
 use redb::{Database, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::tables::*;
 use super::prepare::PreparedIntake;
+use super::tables::*;
 use crate::store::{DeliveryId, DeliveryState, Intake, Millis, Outcome, ReplayOutcome, StoreError, SubmissionId};
 
 /// Most requests in one transaction; bounds the latency a batch adds to its first member.
@@ -24,8 +24,18 @@ pub const MAX_BATCH: usize = 512;
 
 pub enum Op {
     Intake(Box<PreparedIntake>, oneshot::Sender<Result<Intake, StoreError>>),
-    Settle { delivery: DeliveryId, attempt: u32, outcome: Outcome, reply: oneshot::Sender<Result<(), StoreError>> },
-    Replay { delivery: DeliveryId, actor: String, reason: String, reply: oneshot::Sender<Result<ReplayOutcome, StoreError>> },
+    Settle {
+        delivery: DeliveryId,
+        attempt: u32,
+        outcome: Outcome,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Replay {
+        delivery: DeliveryId,
+        actor: String,
+        reason: String,
+        reply: oneshot::Sender<Result<ReplayOutcome, StoreError>>,
+    },
 }
 
 /// What a committed batch woke up: endpoints that got new due work.
@@ -130,7 +140,9 @@ fn commit_batch(db: &Database, ops: Vec<Op>) -> Result<(Vec<Reply>, Wakeups), (V
     for op in &ops {
         let r = match op {
             Op::Intake(sub, _) => w.intake(sub).map(Applied::Intake),
-            Op::Settle { delivery, attempt, outcome, .. } => w.settle(*delivery, *attempt, outcome).map(|_| Applied::Unit),
+            Op::Settle { delivery, attempt, outcome, .. } => {
+                w.settle(*delivery, *attempt, outcome).map(|_| Applied::Unit)
+            }
             Op::Replay { delivery, actor, reason, .. } => w.replay(*delivery, actor, reason).map(Applied::Replay),
         };
         if let Err(StoreError::Unavailable(e)) = &r {
@@ -139,10 +151,10 @@ fn commit_batch(db: &Database, ops: Vec<Op>) -> Result<(Vec<Reply>, Wakeups), (V
         }
         results.push(r);
     }
-    if failed.is_none() {
-        if let Err(e) = w.flush_counters() {
-            failed = Some(e.to_string());
-        }
+    if failed.is_none()
+        && let Err(e) = w.flush_counters()
+    {
+        failed = Some(e.to_string());
     }
     let wakeups = std::mem::take(&mut w.wakeups);
     drop(w);
@@ -250,7 +262,8 @@ impl Batch<'_> {
             if let Some(id) = existing {
                 let rec = self.t.submissions.get(id.as_slice()).map_err(unavailable)?;
                 let rec = rec.ok_or_else(|| corrupt("dedup", "dangling key"))?;
-                let rec: SubmissionRecord = serde_json::from_slice(rec.value()).map_err(|e| corrupt("submission", e))?;
+                let rec: SubmissionRecord =
+                    serde_json::from_slice(rec.value()).map_err(|e| corrupt("submission", e))?;
                 return Ok(Intake::Duplicate(rec.receipt));
             }
         }
@@ -297,8 +310,20 @@ impl Batch<'_> {
         let old_state = d.state;
         match outcome {
             Outcome::Delivered { status } => {
-                events.push(ev(self.now, "attempt", Some(id), Some(attempt), format!("{} answered HTTP {status}", d.endpoint)));
-                events.push(ev(self.now, "delivered", Some(id), Some(attempt), format!("delivered to `{}`", d.endpoint)));
+                events.push(ev(
+                    self.now,
+                    "attempt",
+                    Some(id),
+                    Some(attempt),
+                    format!("{} answered HTTP {status}", d.endpoint),
+                ));
+                events.push(ev(
+                    self.now,
+                    "delivered",
+                    Some(id),
+                    Some(attempt),
+                    format!("delivered to `{}`", d.endpoint),
+                ));
                 d.state = DeliveryState::Delivered;
                 d.last_error = None;
             }
@@ -361,7 +386,8 @@ impl Batch<'_> {
 
     fn append_events(&mut self, id: SubmissionId, events: Vec<EventRecord>) -> Result<(), StoreError> {
         let key = id.0.as_bytes().as_slice();
-        let (mut seq, mut last_hash) = decode_chain(self.t.chain.get(key).map_err(unavailable)?.as_ref().map(|v| v.value()));
+        let (mut seq, mut last_hash) =
+            decode_chain(self.t.chain.get(key).map_err(unavailable)?.as_ref().map(|v| v.value()));
         for mut e in events {
             e.hash = chain_hash(&last_hash, seq, &e);
             let bytes = serde_json::to_vec(&e).map_err(|e| corrupt("event", e))?;
@@ -394,14 +420,21 @@ pub fn rfc3339(ms: Millis) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
-pub fn get_delivery(t: &impl ReadableTable<&'static [u8], &'static [u8]>, id: DeliveryId) -> Result<Option<DeliveryRecord>, StoreError> {
+pub fn get_delivery(
+    t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    id: DeliveryId,
+) -> Result<Option<DeliveryRecord>, StoreError> {
     match t.get(id.0.as_bytes().as_slice()).map_err(unavailable)? {
         None => Ok(None),
         Some(v) => serde_json::from_slice(v.value()).map(Some).map_err(|e| corrupt("delivery", e)),
     }
 }
 
-fn put_delivery(t: &mut redb::Table<&'static [u8], &'static [u8]>, id: DeliveryId, d: &DeliveryRecord) -> Result<(), StoreError> {
+fn put_delivery(
+    t: &mut redb::Table<&'static [u8], &'static [u8]>,
+    id: DeliveryId,
+    d: &DeliveryRecord,
+) -> Result<(), StoreError> {
     let bytes = serde_json::to_vec(d).map_err(|e| corrupt("delivery", e))?;
     t.insert(id.0.as_bytes().as_slice(), bytes.as_slice()).map_err(unavailable)?;
     Ok(())
