@@ -27,7 +27,8 @@ pub struct SchemaArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ValidateArgs {
-    /// XML files to check against their standard's XSD.
+    /// Messages to check against their standard's XSD: XML, or the JSON form (converted to XML
+    /// first; line and column then refer to that XML, as `lotse convert --to xml` prints it).
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
     /// Count a file whose namespace no catalog knows as passing (it is still reported).
@@ -58,7 +59,7 @@ pub struct ConvertArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
-    /// The XML message to inspect.
+    /// The message to inspect: XML or its JSON form.
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
     /// Machine-readable output.
@@ -110,9 +111,21 @@ fn validate_blocking(args: &ValidateArgs) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     let (mut valid, mut failed, mut unknown) = (0usize, 0usize, 0usize);
     for file in &args.files {
-        let bytes = read(file)?;
-        let result = validator.validate(&bytes);
         let name = file.display();
+        let bytes = match as_xml(read(file)?) {
+            Ok(xml) => xml,
+            Err(message) => {
+                failed += 1;
+                if args.json {
+                    let error = json!({ "kind": "json", "message": message });
+                    writeln!(out, "{}", json!({ "file": file, "result": { "verdict": "error", "error": error } }))?;
+                } else {
+                    writeln!(out, "{name}: {message}")?;
+                }
+                continue;
+            }
+        };
+        let result = validator.validate(&bytes);
         if args.json {
             let line = match &result {
                 Ok(verdict) => json!({ "file": file, "result": verdict }),
@@ -164,6 +177,20 @@ fn validate_blocking(args: &ValidateArgs) -> anyhow::Result<ExitCode> {
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
+/// The bytes as XML: XML as is, the JSON form converted (`Err`: why it cannot be).
+fn as_xml(bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+    if !is_json(&bytes) {
+        return Ok(bytes);
+    }
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| format!("not JSON: {e}"))?;
+    adapters::json::json_to_xml(&value).map_err(|e| format!("cannot convert the JSON form to XML: {e}"))
+}
+
+/// JSON starts with `{` or `[` after whitespace; XML with `<` (or a BOM).
+fn is_json(bytes: &[u8]) -> bool {
+    bytes.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|b| matches!(b, b'{' | b'['))
+}
+
 fn unknown_text(namespace: Option<&str>, version: Option<&str>) -> String {
     match (namespace, version) {
         (None, _) => "the root element has no namespace; no catalog entry applies".to_string(),
@@ -184,7 +211,7 @@ fn error_json(e: &ValidateError) -> serde_json::Value {
 
 fn convert_blocking(args: &ConvertArgs) -> anyhow::Result<ExitCode> {
     let bytes = read(&args.file)?;
-    let is_json = bytes.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|b| matches!(b, b'{' | b'['));
+    let is_json = is_json(&bytes);
     let name = args.file.display();
     let mut out = std::io::stdout().lock();
     match (args.to, is_json) {
@@ -218,8 +245,11 @@ fn input_error(message: &str) -> ExitCode {
 }
 
 fn inspect_blocking(args: &InspectArgs) -> anyhow::Result<ExitCode> {
-    let bytes = read(&args.file)?;
     let name = args.file.display();
+    let bytes = match as_xml(read(&args.file)?) {
+        Ok(xml) => xml,
+        Err(message) => return Ok(input_error(&format!("{name}: {message}"))),
+    };
     let meta = match adapters::read_meta(&bytes, &adapters::Limits::default()) {
         Ok(meta) => meta,
         Err(e) => return Ok(input_error(&format!("{name}: {e}"))),

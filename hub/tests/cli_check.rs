@@ -228,3 +228,25 @@ fn a_doctype_is_refused() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(stdout(&out).contains("dtd.xml: refused: DOCTYPE"), "{}", stdout(&out));
 }
+
+#[test]
+fn the_json_form_is_validated_and_inspected_after_conversion() {
+    let Some(corpus) = corpus() else { return };
+    let f = Fixture::new();
+    let xml = corpus.join("xbeteiligung-demosplan/tests/res/example402FromCockpit.xml");
+    let out = f.lotse_plain(&["convert", xml.to_str().expect("utf-8 path"), "--to", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    f.file("message.json", &stdout(&out));
+    let out = f.lotse(&["validate", "message.json"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(stdout(&out).contains("message.json: valid (xbeteiligung-1.2)"), "{}", stdout(&out));
+    let out = f.lotse(&["inspect", "--json", "message.json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["meta"]["root"], "kommunal.Aktualisieren.0402");
+    assert_eq!(report["validation"]["verdict"], "valid");
+
+    f.file("broken.json", "{\"not\": [\"a message\"");
+    let out = f.lotse(&["validate", "broken.json"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(stdout(&out).starts_with("broken.json: not JSON"), "{}", stdout(&out));
+}
