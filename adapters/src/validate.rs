@@ -228,8 +228,20 @@ impl Drop for Validator {
 
 /// Refuses a DOCTYPE in the prolog. libxml2 would parse an internal subset (and its entity
 /// declarations); Lotse accepts none, like the reader. Scans only up to the root start tag.
+/// UTF-16 input (which libxml2 reads too) is transcoded for the scan, so it cannot hide one.
 fn refuse_doctype(xml: &[u8]) -> Result<(), ValidateError> {
     use quick_xml::events::Event;
+    let transcoded;
+    let xml = match utf16(xml) {
+        Some(little_endian) => {
+            let units = xml.chunks_exact(2).map(|c| {
+                if little_endian { u16::from_le_bytes([c[0], c[1]]) } else { u16::from_be_bytes([c[0], c[1]]) }
+            });
+            transcoded = char::decode_utf16(units).map(|c| c.unwrap_or('\u{fffd}')).collect::<String>();
+            transcoded.as_bytes()
+        }
+        None => xml,
+    };
     let mut reader = quick_xml::Reader::from_reader(xml);
     loop {
         match reader.read_event() {
@@ -239,5 +251,14 @@ fn refuse_doctype(xml: &[u8]) -> Result<(), ValidateError> {
             Ok(Event::Start(_) | Event::Empty(_) | Event::Eof) | Err(_) => return Ok(()), // libxml2 reports errors
             Ok(_) => {}
         }
+    }
+}
+
+/// `Some(little_endian)` when the bytes are UTF-16 (by BOM, or by a `<` next to a zero byte).
+fn utf16(xml: &[u8]) -> Option<bool> {
+    match xml {
+        [0xFF, 0xFE, ..] | [b'<', 0, ..] => Some(true),
+        [0xFE, 0xFF, ..] | [0, b'<', ..] => Some(false),
+        _ => None,
     }
 }

@@ -94,6 +94,18 @@ fn malformed_input_and_doctypes_are_errors_not_verdicts() {
     assert!(matches!(v.validate(b"\x89PNG\r\n"), Err(ValidateError::Malformed { .. })));
     let dtd = b"<!DOCTYPE t:msg [<!ENTITY a \"b\">]><t:msg xmlns:t=\"urn:tiny\"/>";
     assert!(matches!(v.validate(dtd), Err(ValidateError::Forbidden(_))));
+    // The same in UTF-16 (with BOM, and without in big endian): still refused, not parsed.
+    let text = std::str::from_utf8(dtd).expect("ascii");
+    let mut le = vec![0xFF, 0xFE];
+    le.extend(text.encode_utf16().flat_map(u16::to_le_bytes));
+    assert!(matches!(v.validate(&le), Err(ValidateError::Forbidden(_))));
+    let be: Vec<u8> = text.encode_utf16().flat_map(u16::to_be_bytes).collect();
+    assert!(matches!(v.validate(&be), Err(ValidateError::Forbidden(_))));
+    // UTF-16 without a DOCTYPE is validated as usual.
+    let ok = r#"<t:msg xmlns:t="urn:tiny"><t:head v="1"/><t:n>1</t:n></t:msg>"#;
+    let mut le = vec![0xFF, 0xFE];
+    le.extend(ok.encode_utf16().flat_map(u16::to_le_bytes));
+    assert_eq!(v.validate(&le), Ok(Verdict::Valid { schema: "tiny-1".into() }));
 }
 
 #[test]
