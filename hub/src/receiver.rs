@@ -325,8 +325,6 @@ async fn receive(
         if repeat {
             log.counts.duplicates += 1;
         }
-        let counts = log.counts;
-        shared.counts.send_replace(counts);
         (arrival, first_accept)
     };
     if let Some(dir) = &shared.opts.out_dir {
@@ -344,6 +342,12 @@ async fn receive(
         if let Err(e) = append_journal(&shared, &arrival, file.as_deref()).await {
             tracing::error!(error = %format!("{e:#}"), "receiver cannot append to received.jsonl");
         }
+    }
+    // Publish only now, so whoever waits for a count finds the body on disk; publish the
+    // current totals (not a snapshot taken above), so concurrent requests never move them back.
+    {
+        let log = shared.log.lock().unwrap_or_else(|p| p.into_inner());
+        shared.counts.send_replace(log.counts);
     }
     let status = StatusCode::from_u16(arrival.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, format!("{}\n", status.canonical_reason().unwrap_or("answer"))).into_response()

@@ -234,3 +234,79 @@ async fn refusals_are_problem_json() {
         assert_eq!(api.get(&url).await.expect("healthz").status, 200, "{url}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_replays_a_dead_delivery_with_the_same_id_and_bytes() {
+    // The agency refuses the first attempt (400: dead at once), then accepts.
+    let r = receiver(ReceiverOptions { fail_first: 1, fail_status: 400, ..ReceiverOptions::default() }).await;
+    let (_dir, hub) = start(config(&[("a", r.url("/a"))], ROUTE_ANTRAG, "")).await;
+    let api = Api::new();
+    let (_, body) = antrag();
+    let answer = api.submit_xml(&hub, body.clone()).await.expect("submit");
+    assert_eq!(answer.status, 202, "{}", answer.raw);
+    let submission_id = answer.body["submission_id"].as_str().expect("submission_id").to_owned();
+    let delivery_id = receipt_deliveries(&answer.body)[0].0.clone();
+    api.wait_submission(&hub, &submission_id, WAIT, |v| v["state"] == "failed").await.expect("dead first");
+
+    let replay_url = hub.admin_url(&format!("/v1/admin/deliveries/{delivery_id}/replay"));
+    let no_reason = api.client.post(&replay_url).json(&serde_json::json!({})).send().await.expect("replay");
+    assert_eq!(no_reason.status().as_u16(), 400, "a replay without a reason is refused");
+    let replay = api
+        .client
+        .post(&replay_url)
+        .json(&serde_json::json!({ "reason": "agency fixed its schema check", "actor": "e2e" }))
+        .send()
+        .await
+        .expect("replay");
+    assert!(replay.status().is_success(), "replay answered {}", replay.status());
+
+    assert!(r.wait_delivered(1, WAIT).await, "replayed delivery never arrived; log:\n{}", hub.log_tail());
+    let arrivals = r.arrivals();
+    assert_eq!(arrivals.len(), 2, "{arrivals:?}");
+    assert!(arrivals.iter().all(|a| a.delivery_id.as_deref() == Some(delivery_id.as_str())), "same delivery id");
+    assert_eq!(arrivals[0].sha256, arrivals[1].sha256, "a replay sends the same bytes");
+    assert_eq!(arrivals[1].sha256, hex::encode(Sha256::digest(&body)));
+    let view = api.wait_submission(&hub, &submission_id, WAIT, |v| v["state"] == "delivered").await.expect("delivered");
+    let kinds: Vec<String> = delivery_events(&view, &delivery_id).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(kinds, ["attempt", "dead", "replayed", "attempt", "delivered"], "{view:#}");
+    let replayed = view["events"].as_array().expect("events").iter().find(|e| e["kind"] == "replayed").cloned();
+    let detail = replayed.map(|e| e["detail"].to_string()).unwrap_or_default();
+    assert!(detail.contains("agency fixed its schema check"), "the reason is audited: {detail}");
+    let again =
+        api.client.post(&replay_url).json(&serde_json::json!({ "reason": "twice" })).send().await.expect("replay");
+    assert_eq!(again.status().as_u16(), 409, "only dead deliveries are replayed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_endpoint_gets_the_json_form_while_an_original_endpoint_gets_the_bytes() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let r = receiver(ReceiverOptions { out_dir: Some(out.path().to_owned()), ..ReceiverOptions::default() }).await;
+    let routes = "[[routes]]\nname = \"both\"\nreader = \"bab:09999001\"\nendpoints = [\"orig\", \"json\"]\n";
+    let mut text = config(&[("orig", r.url("/orig"))], routes, "");
+    text.push_str(&format!(
+        "\n[[endpoints]]\nname = \"json\"\nkind = \"http\"\nurl = \"{}\"\nformat = \"json\"\n",
+        r.url("/json")
+    ));
+    let (_dir, hub) = start(text).await;
+    let api = Api::new();
+    let (uuid, body) = antrag();
+    let answer = api.submit_xml(&hub, body.clone()).await.expect("submit");
+    assert_eq!(answer.status, 202, "{}", answer.raw);
+    assert!(r.wait_delivered(2, WAIT).await, "log:\n{}", hub.log_tail());
+    let arrivals = r.arrivals();
+    let orig = arrivals.iter().find(|a| a.path == "/orig").expect("original delivery");
+    assert_eq!(orig.sha256, hex::encode(Sha256::digest(&body)));
+    let json = arrivals.iter().find(|a| a.path == "/json").expect("json delivery");
+    assert!(json.content_type.as_deref().is_some_and(|c| c.contains("json")), "{:?}", json.content_type);
+    assert_ne!(json.sha256, orig.sha256, "the JSON form is not the XML bytes");
+    assert_eq!(json.message_id.as_deref(), Some(uuid.as_str()));
+    let id = json.delivery_id.clone().expect("delivery id");
+    let listing: Vec<_> = std::fs::read_dir(out.path().join("json"))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    let stored = std::fs::read(out.path().join("json").join(format!("{id}.json")))
+        .unwrap_or_else(|e| panic!("{e}: {listing:?} {json:?}"));
+    let value: Value = serde_json::from_slice(&stored).expect("the JSON form parses as JSON");
+    assert!(value.to_string().contains(&uuid), "the JSON form carries the nachrichtenUUID");
+    assert!(value.to_string().contains("bab:09999001"), "and the reader key");
+}
