@@ -6,7 +6,8 @@
 //! Each submission is made unique by rewriting the message's `nachrichtenUUID` text (or, for a
 //! message without one, by a fresh `Idempotency-Key`), so the hub's dedup never folds them.
 //! Open-loop latencies are measured from the *intended* send time, so a stalled hub cannot hide
-//! its queueing (no coordinated omission). Everything is bounded by `-n` and `--max-time`.
+//! its queueing (no coordinated omission); they include up to about 1 ms of the generator's own
+//! timer granularity. Everything is bounded by `-n` and `--max-time`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
