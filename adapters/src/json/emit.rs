@@ -68,7 +68,7 @@ fn write_elem(tree: &Tree<'_>, e: &Elem<'_>, hints: Option<&Hints>, scope: Optio
             }
             Item::Elem(c) => {
                 let name = tree.elems[c as usize].name;
-                let run = run_len(tree, &items[i..], name);
+                let run = if e.runs { run_len(tree, &items[i..], name) } else { 1 };
                 let child_scope = hints.and_then(|h| h.child(scope, name));
                 let array = run > 1 || hints.is_some_and(|h| h.is_repeated(scope, name));
                 sep(out, &mut first);
@@ -142,7 +142,7 @@ fn elem_value(tree: &Tree<'_>, e: &Elem<'_>, hints: Option<&Hints>, scope: Optio
             }
             Item::Elem(c) => {
                 let name = tree.elems[c as usize].name;
-                let run = run_len(tree, &items[i..], name);
+                let run = if e.runs { run_len(tree, &items[i..], name) } else { 1 };
                 let child_scope = hints.and_then(|h| h.child(scope, name));
                 let array = run > 1 || hints.is_some_and(|h| h.is_repeated(scope, name));
                 let mut values = items[i..i + run].iter().filter_map(|item| match *item {

@@ -42,6 +42,8 @@ pub(crate) struct Elem<'a> {
     pub attrs: Range<u32>,
     pub content: Range<u32>,
     pub shape: Shape,
+    /// Some child name repeats adjacently (`Object` shape: some value is an array).
+    pub runs: bool,
 }
 
 #[derive(Debug, Default)]
@@ -93,9 +95,15 @@ pub(crate) fn build<'a>(xml: &'a [u8], limits: &Limits) -> Result<(Tree<'a>, Met
                     None => sink = Some(HeaderSink::new(name, guard.element_namespace(name), guard.attrs())),
                 }
                 let a0 = tree.attrs.len() as u32;
-                tree.attrs.extend(guard.attrs().iter().cloned());
+                guard.take_attrs(&mut tree.attrs);
                 let idx = tree.elems.len() as u32;
-                tree.elems.push(Elem { name, attrs: a0..tree.attrs.len() as u32, content: 0..0, shape: Shape::Leaf });
+                tree.elems.push(Elem {
+                    name,
+                    attrs: a0..tree.attrs.len() as u32,
+                    content: 0..0,
+                    shape: Shape::Leaf,
+                    runs: false,
+                });
                 open.push(idx);
                 if levels.len() <= depth {
                     levels.push(Vec::new());
@@ -163,12 +171,13 @@ fn close(tree: &mut Tree<'_>, idx: u32, items: &[Item], texted: bool) {
         e.attrs.start != e.attrs.end
     };
     let mixed = has_elems && texted;
+    let mut runs = false;
     let shape = if !has_elems {
         if has_attrs { Shape::Object } else { Shape::Leaf }
-    } else if mixed || repeats_apart(tree, items) {
-        Shape::Ordered
     } else {
-        Shape::Object
+        let (apart, adjacent) = repeats(tree, items);
+        runs = adjacent;
+        if mixed || apart { Shape::Ordered } else { Shape::Object }
     };
     let start = tree.content.len() as u32;
     if has_elems && !mixed {
@@ -180,32 +189,38 @@ fn close(tree: &mut Tree<'_>, idx: u32, items: &[Item], texted: bool) {
     let e = &mut tree.elems[idx as usize];
     e.content = start..tree.content.len() as u32;
     e.shape = shape;
+    e.runs = runs;
 }
 
-/// True when some child name occurs in two runs separated by another name (`a b a`).
-/// Allocation-free for the usual handful of children; a set beyond that.
-fn repeats_apart(tree: &Tree<'_>, items: &[Item]) -> bool {
+/// Whether some child name occurs in two runs separated by another name (`a b a`), and
+/// whether some name repeats adjacently (`a a`). Allocation-free for the usual handful of
+/// children; a set beyond that.
+fn repeats(tree: &Tree<'_>, items: &[Item]) -> (bool, bool) {
     let name_of = |i: &Item| match *i {
         Item::Elem(e) => Some(tree.elems[e as usize].name),
         Item::Text(_) => None,
     };
+    let mut adjacent = false;
+    let mut last = None;
     if items.len() > 64 {
         let mut seen = std::collections::HashSet::new();
-        let mut last = None;
         for name in items.iter().filter_map(name_of) {
-            if last != Some(name) && !seen.insert(name) {
-                return true;
+            if last == Some(name) {
+                adjacent = true;
+            } else if !seen.insert(name) {
+                return (true, adjacent);
             }
             last = Some(name);
         }
-        return false;
+        return (false, adjacent);
     }
-    let mut last = None;
     for (i, name) in items.iter().enumerate().filter_map(|(i, it)| name_of(it).map(|n| (i, n))) {
-        if last != Some(name) && items[..i].iter().filter_map(name_of).any(|n| n == name) {
-            return true;
+        if last == Some(name) {
+            adjacent = true;
+        } else if items[..i].iter().filter_map(name_of).any(|n| n == name) {
+            return (true, adjacent);
         }
         last = Some(name);
     }
-    false
+    (false, adjacent)
 }

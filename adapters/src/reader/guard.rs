@@ -134,6 +134,11 @@ impl<'a> Guard<'a> {
         &self.attrs
     }
 
+    /// Moves the attributes of the last `Start` token to the end of `out` (no clone).
+    pub(crate) fn take_attrs(&mut self, out: &mut Vec<Attr<'a>>) {
+        out.append(&mut self.attrs);
+    }
+
     /// Current nesting depth (1 inside the root element).
     pub(crate) fn depth(&self) -> usize {
         self.depth
@@ -503,8 +508,9 @@ fn is_xml_char(c: char) -> bool {
 /// Decodes and normalises an attribute value: UTF-8, references resolved, literal tab/CR/LF
 /// replaced by a space (XML 1.0 §3.3.3), `<` refused.
 fn attribute_value(s: &str) -> Result<Cow<'_, str>, RefError> {
-    let needs_work = s.bytes().any(|b| b < 0x20 || b == b'&' || b == b'<');
-    if !needs_work && !s.contains(['\u{FFFE}', '\u{FFFF}']) {
+    // 0xEF leads the UTF-8 of U+FFFE/U+FFFF (and of other characters: then the slow path
+    // merely finds nothing to do)
+    if !s.bytes().any(|b| b < 0x20 || b == b'&' || b == b'<' || b == 0xEF) {
         return Ok(Cow::Borrowed(s));
     }
     let mut out = String::with_capacity(s.len());
