@@ -69,8 +69,9 @@ impl<'a> Tree<'a> {
 pub(crate) fn build<'a>(xml: &'a [u8], limits: &Limits) -> Result<(Tree<'a>, Meta), ReadError> {
     let limits = Limits { max_depth: limits.max_depth.min(JSON_MAX_DEPTH), ..*limits };
     let mut guard = Guard::new(xml, &limits);
-    // sized from the input (markup-dense XÖV: ~30 bytes per element) so the build rarely grows
-    let estimate = xml.len() / 32 + 16;
+    // sized from the input so the build does not grow (XÖV: one tag per ~15 bytes; counting
+    // `<` first costs more than the rare growth it saves)
+    let estimate = xml.len() / 16 + 16;
     let mut tree = Tree {
         elems: Vec::with_capacity(estimate),
         attrs: Vec::with_capacity(estimate / 2),
@@ -80,11 +81,13 @@ pub(crate) fn build<'a>(xml: &'a [u8], limits: &Limits) -> Result<(Tree<'a>, Met
     };
     let mut sink: Option<HeaderSink<'a>> = None;
     // levels[d] collects the content of the open element at depth d (levels[0]: the document)
-    let mut levels: Vec<Vec<Item>> = vec![Vec::new()];
+    let mut levels: Vec<Vec<Item>> = Vec::with_capacity(32);
+    levels.push(Vec::with_capacity(4));
     // texted[d]: the open element at depth d has non-whitespace text
-    let mut texted: Vec<bool> = vec![false];
+    let mut texted: Vec<bool> = Vec::with_capacity(32);
+    texted.push(false);
     // the open elements' indices in `tree.elems`
-    let mut open: Vec<u32> = Vec::new();
+    let mut open: Vec<u32> = Vec::with_capacity(32);
     loop {
         match guard.next()? {
             Tok::Start { name } => {
@@ -106,7 +109,7 @@ pub(crate) fn build<'a>(xml: &'a [u8], limits: &Limits) -> Result<(Tree<'a>, Met
                 });
                 open.push(idx);
                 if levels.len() <= depth {
-                    levels.push(Vec::new());
+                    levels.push(Vec::with_capacity(16));
                     texted.push(false);
                 } else {
                     levels[depth].clear();
