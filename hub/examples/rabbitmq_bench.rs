@@ -31,6 +31,8 @@ struct Args {
     n: usize,
     in_flight: usize,
     rounds: usize,
+    /// `raw` or `store`: run only that side (for profiling), no ratio.
+    only: Option<String>,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -39,6 +41,7 @@ fn args() -> anyhow::Result<Args> {
         n: 20_000,
         in_flight: 256,
         rounds: 3,
+        only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -48,6 +51,7 @@ fn args() -> anyhow::Result<Args> {
             "-n" => a.n = value.parse()?,
             "--in-flight" => a.in_flight = value.parse()?,
             "--rounds" => a.rounds = value.parse()?,
+            "--only" => a.only = Some(value),
             other => anyhow::bail!("unknown flag `{other}`"),
         }
     }
@@ -180,6 +184,12 @@ async fn store(args: &Args, prefix: &str) -> anyhow::Result<Run> {
     }
     let run = summarize(args.n, started.elapsed(), latencies);
     store.close().await;
+    // A process that starts later reads the whole stream before it answers.
+    let t = Instant::now();
+    let again = RabbitStore::open(&args.url, prefix, &endpoints).await?;
+    let submissions = again.counts().await?.submissions;
+    println!("  (a new process read the stream of {submissions} submissions in {:?})", t.elapsed());
+    again.close().await;
     RabbitStore::delete_topology(&args.url, prefix, &endpoints).await?;
     Ok(run)
 }
@@ -191,6 +201,16 @@ async fn main() -> anyhow::Result<()> {
         "{} messages of {SIZE} bytes, {} in flight, {CHANNELS} channels, {} rounds",
         args.n, args.in_flight, args.rounds
     );
+    if let Some(only) = &args.only {
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        let r = match only.as_str() {
+            "raw" => raw(&args, &format!("lotse-bench-raw-{tag}")).await?,
+            "store" => store(&args, &format!("lotse-bench-{tag}")).await?,
+            other => anyhow::bail!("--only takes `raw` or `store`, not `{other}`"),
+        };
+        println!("{only}: {:.0}/s p50 {:.1} ms p99 {:.1} ms", r.rate, r.p50_ms, r.p99_ms);
+        return Ok(());
+    }
     let mut ratios = Vec::new();
     for round in 0..args.rounds {
         let tag = uuid::Uuid::new_v4().simple().to_string();

@@ -78,9 +78,11 @@ impl Index {
         let at = envelope.at;
         match envelope.record {
             Record::Submitted(record) => self.apply_submitted(record),
-            Record::Queued { submission_id } => {
-                if let Some(s) = self.submissions.get_mut(&submission_id) {
-                    s.queued = true;
+            Record::Queued { submission_ids } => {
+                for id in submission_ids {
+                    if let Some(s) = self.submissions.get_mut(&id) {
+                        s.queued = true;
+                    }
                 }
                 Applied::Done
             }

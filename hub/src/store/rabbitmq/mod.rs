@@ -21,8 +21,8 @@
 //!    it. The stream is totally ordered, so "the first claim of a key in stream order wins" is the
 //!    same verdict on every node: dedup holds across processes with no window.
 //! 3. If the claim lost: the winner's receipt. If it won: publish one work message per delivery
-//!    (payload = the bytes to send, headers = ids and counters), wait for all confirms, then
-//!    mark the submission `Queued` in the stream, and answer `Accepted`.
+//!    (payload = the bytes to send, headers = ids and counters), wait for all confirms, and
+//!    answer `Accepted`. A `Queued` mark follows in the stream within [`QUEUED_FLUSH`].
 //!
 //! A process that dies between 2 and 3 never answered 202; when the partner sends again, the
 //! duplicate finds the claim without `Queued` and, after a short grace, queues the deliveries
@@ -90,8 +90,11 @@ const PUBLISH_CHANNELS: usize = 4;
 const BATCH_RECORDS: usize = 512;
 const BATCH_BYTES: usize = 1 << 20;
 /// Stream messages in flight (published, confirm pending) at once; while all are out, records
-/// queue up and the next message carries all of them.
-const BATCHES_IN_FLIGHT: usize = 8;
+/// queue up and the next message carries all of them. Few and large is what the broker likes:
+/// a stream message costs it far more than a record in one.
+const BATCHES_IN_FLIGHT: usize = 2;
+/// How often the `Queued` marks of recent intakes go to the stream, in one record.
+const QUEUED_FLUSH: Duration = Duration::from_millis(100);
 
 /// The RabbitMQ store of one process. Dropping it closes its connection; its unacked leases go
 /// back to the broker.
@@ -114,6 +117,8 @@ struct Shared {
     queues: HashMap<String, WorkQueue>,
     broken: mpsc::UnboundedSender<u64>,
     appends: mpsc::UnboundedSender<Append>,
+    /// Submissions whose deliveries were queued since the last flush.
+    queued: Mutex<Vec<SubmissionId>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -183,9 +188,11 @@ impl RabbitStore {
             queues,
             broken,
             appends,
+            queued: Mutex::new(Vec::new()),
             shutdown,
         });
         tokio::spawn(append_batches(shared.clone(), appends_rx));
+        tokio::spawn(flush_queued(shared.clone()));
         let (first_tx, first_rx) = oneshot::channel();
         let supervisor = tokio::spawn(supervise(shared.clone(), broken_rx, first_tx));
         let store = RabbitStore { shared, supervisor: Mutex::new(Some(supervisor)) };
@@ -484,6 +491,27 @@ async fn append_batches(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<App
     }
 }
 
+/// Writes the `Queued` marks gathered since the last flush as one record.
+async fn flush_queued(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(QUEUED_FLUSH) => {}
+            _ = shutdown.changed() => break,
+        }
+        let ids = shared.queued.lock().map(|mut q| std::mem::take(&mut *q)).unwrap_or_default();
+        if ids.is_empty() {
+            continue;
+        }
+        if let Err(e) = shared.append(Record::Queued { submission_ids: ids.clone() }, None).await {
+            tracing::debug!(error = %e, "queued marks not written; kept for the next flush");
+            if let Ok(mut q) = shared.queued.lock() {
+                q.extend(ids);
+            }
+        }
+    }
+}
+
 async fn await_fold(rx: oneshot::Receiver<Applied>, bound: Duration) -> Result<Applied, StoreError> {
     match tokio::time::timeout(bound, rx).await {
         Ok(Ok(applied)) => Ok(applied),
@@ -602,7 +630,7 @@ impl Shared {
             if Instant::now() >= deadline {
                 tracing::warn!(submission_id = %receipt.submission_id, "first intake did not finish; queueing its deliveries");
                 self.queue_deliveries(&receipt, submission).await?;
-                self.append_and_fold(Record::Queued { submission_id: receipt.submission_id }, None).await?;
+                self.append_and_fold(Record::Queued { submission_ids: vec![receipt.submission_id] }, None).await?;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -656,9 +684,11 @@ impl Store for RabbitStore {
             return shared.duplicate(first, &submission).await;
         }
         shared.queue_deliveries(&receipt, &submission).await?;
-        // The deliveries are durable now; `Queued` only spares a later duplicate its grace wait.
-        let rx = shared.append(Record::Queued { submission_id: submission.id }, None).await;
-        drop(rx);
+        // The deliveries are durable now; the `Queued` mark only spares a later duplicate its
+        // grace wait, so it goes with the next flush.
+        if let Ok(mut q) = shared.queued.lock() {
+            q.push(submission.id);
+        }
         Ok(Intake::Accepted(receipt))
     }
 

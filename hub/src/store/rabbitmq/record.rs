@@ -21,8 +21,9 @@ pub enum Record {
     /// A claim for a new submission. The first claim of a dedup key in stream order wins; a
     /// later claim that shares a key is a loser and never becomes a submission.
     Submitted(SubmittedRecord),
-    /// The deliveries of a submission are in their work queues (confirmed by the broker).
-    Queued { submission_id: SubmissionId },
+    /// The deliveries of these submissions are in their work queues (confirmed by the broker).
+    /// Written in bulk a little later than the 202 (see `QUEUED_FLUSH`): a hint for duplicates.
+    Queued { submission_ids: Vec<SubmissionId> },
     /// The outcome of one attempt.
     Outcome(OutcomeRecord),
     /// An operator put a dead delivery back to work.

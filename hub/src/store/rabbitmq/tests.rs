@@ -90,7 +90,7 @@ fn queued_is_tracked_for_the_duplicate_repair() {
     let s = claim(&["k"]);
     index.apply(env(1, Record::Submitted(s.clone())), Bytes::new());
     assert_eq!(index.holder_of(&["k".into()]).map(|(_, q)| q), Some(false));
-    index.apply(env(2, Record::Queued { submission_id: s.id }), Bytes::new());
+    index.apply(env(2, Record::Queued { submission_ids: vec![s.id] }), Bytes::new());
     assert!(index.is_queued(s.id));
 }
 
@@ -219,7 +219,7 @@ fn a_stream_message_carries_several_records_in_order() {
     let s = claim(&["k"]);
     let a = env(1, Record::Submitted(s.clone()));
     let b = env(2, outcome(&s, 1, 0, dead("gone")));
-    let c = env(3, Record::Queued { submission_id: s.id });
+    let c = env(3, Record::Queued { submission_ids: vec![s.id] });
     let frames = vec![
         record::encode(&a, None).expect("a"),
         record::encode(&b, Some(b"\0payload")).expect("b"),
