@@ -124,6 +124,8 @@ fn invalid_json_forms_are_refused() {
         json!({"p:a": ""}),
         json!({"a": {"@x": {"nested": 1}}}),
         json!({"a": "\u{1}"}),
+        json!({"a": "x\u{fffe}"}),
+        json!({"a": {"@b": "\u{ffff}"}}),
     ];
     for case in cases {
         assert!(matches!(json_to_xml(&case), Err(ConvertError::InvalidJson(_))), "{case} should be refused");

@@ -162,45 +162,68 @@ fn check_char(c: char) -> Result<(), ConvertError> {
     if ok { Ok(()) } else { Err(invalid(format!("character U+{:04X} cannot be written in XML 1.0", c as u32))) }
 }
 
-fn escape_text(s: &str, out: &mut Vec<u8>) -> Result<(), ConvertError> {
-    let mut start = 0;
-    for (i, c) in s.char_indices() {
-        let rep: &[u8] = match c {
-            '&' => b"&amp;",
-            '<' => b"&lt;",
-            '>' => b"&gt;",
-            '\r' => b"&#13;",
-            c if (c as u32) < 0x20 && c != '\t' && c != '\n' => return check_char(c),
-            c if ('\u{FFFE}'..='\u{FFFF}').contains(&c) => return check_char(c),
-            _ => continue,
-        };
-        out.extend_from_slice(&s.as_bytes()[start..i]);
-        out.extend_from_slice(rep);
-        start = i + c.len_utf8();
+/// Byte classes for escaping: 1 text-special, 2 attribute-special, 4 needs a character check
+/// (C0 controls; 0xEF leads U+FFFE/U+FFFF).
+static XML_ESCAPE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = 4;
+        b += 1;
     }
-    out.extend_from_slice(&s.as_bytes()[start..]);
-    Ok(())
+    t[b'\t' as usize] = 2;
+    t[b'\n' as usize] = 2;
+    t[b'\r' as usize] = 1 | 2;
+    t[b'&' as usize] = 1 | 2;
+    t[b'<' as usize] = 1 | 2;
+    t[b'>' as usize] = 1;
+    t[b'"' as usize] = 2;
+    t[0xEF] = 4;
+    t
+};
+
+fn escape_text(s: &str, out: &mut Vec<u8>) -> Result<(), ConvertError> {
+    escape(s, 1, out)
 }
 
 fn escape_attr(s: &str, out: &mut Vec<u8>) -> Result<(), ConvertError> {
+    escape(s, 2, out)
+}
+
+/// Escapes `s` for text (`class` 1) or a double-quoted attribute value (`class` 2), byte-wise:
+/// every character that needs care is ASCII or starts with a byte the table marks.
+fn escape(s: &str, class: u8, out: &mut Vec<u8>) -> Result<(), ConvertError> {
+    let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, c) in s.char_indices() {
-        let rep: &[u8] = match c {
-            '&' => b"&amp;",
-            '<' => b"&lt;",
-            '"' => b"&quot;",
-            '\t' => b"&#9;",
-            '\n' => b"&#10;",
-            '\r' => b"&#13;",
-            c if (c as u32) < 0x20 => return check_char(c),
-            c if ('\u{FFFE}'..='\u{FFFF}').contains(&c) => return check_char(c),
-            _ => continue,
+    for (i, &b) in bytes.iter().enumerate() {
+        let c = XML_ESCAPE[b as usize];
+        if c & (class | 4) == 0 {
+            continue;
+        }
+        if c & 4 != 0 && c & class == 0 {
+            if b == 0xEF {
+                // U+FFFE / U+FFFF are EF BF BE / EF BF BF
+                if bytes.get(i + 1) == Some(&0xBF) && matches!(bytes.get(i + 2), Some(0xBE | 0xBF)) {
+                    return check_char(if bytes[i + 2] == 0xBE { '\u{FFFE}' } else { '\u{FFFF}' });
+                }
+                continue;
+            }
+            return check_char(char::from(b));
+        }
+        let rep: &[u8] = match b {
+            b'&' => b"&amp;",
+            b'<' => b"&lt;",
+            b'>' => b"&gt;",
+            b'"' => b"&quot;",
+            b'\t' => b"&#9;",
+            b'\n' => b"&#10;",
+            _ => b"&#13;",
         };
-        out.extend_from_slice(&s.as_bytes()[start..i]);
+        out.extend_from_slice(&bytes[start..i]);
         out.extend_from_slice(rep);
-        start = i + c.len_utf8();
+        start = i + 1;
     }
-    out.extend_from_slice(&s.as_bytes()[start..]);
+    out.extend_from_slice(&bytes[start..]);
     Ok(())
 }
 
