@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use crate::api::{self, AppState};
 use crate::config::{Config, QueueKind};
 use crate::delivery::{self, Paused};
-use crate::intake::Pipeline;
+use crate::intake::{Pipeline, Schemas};
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
 
@@ -48,19 +48,31 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     })
 }
 
-/// The XSD validator over the built-in catalog plus `[schemas] extra_dirs`, every schema compiled
-/// at start (a broken schema stops the start instead of failing requests later).
-pub fn build_validator(config: &Config) -> anyhow::Result<Option<Arc<adapters::validate::Validator>>> {
+/// The schema catalog (built-in plus `[schemas] extra_dirs`): the XSD validator, every schema
+/// compiled at start (a broken schema stops the start instead of failing requests later), and
+/// the JSON-form type hints of each schema.
+pub fn build_schemas(config: &Config) -> anyhow::Result<Option<Arc<Schemas>>> {
     if !config.raw.schemas.validate {
         tracing::warn!("[schemas] validate = false: messages are routed without XSD validation");
         return Ok(None);
     }
     let catalog = adapters::catalog::Catalog::load_with_builtin(&config.raw.schemas.extra_dirs)
         .context("cannot load the schema catalog")?;
+    let catalog = Arc::new(catalog);
+    let mut hints = std::collections::HashMap::new();
+    for schema in catalog.schemas() {
+        match adapters::json::Hints::from_catalog(&catalog, schema) {
+            Ok(h) => {
+                hints.insert(schema.id.clone(), h);
+            }
+            Err(e) => {
+                tracing::warn!(schema = %schema.id, error = %e, "no schema-aware JSON form for this schema; using the generic form")
+            }
+        }
+    }
     let options = adapters::validate::ValidatorOptions { precompile: true, ..Default::default() };
-    let validator =
-        adapters::validate::Validator::new(Arc::new(catalog), options).context("cannot compile the schemas")?;
-    Ok(Some(Arc::new(validator)))
+    let validator = adapters::validate::Validator::new(catalog, options).context("cannot compile the schemas")?;
+    Ok(Some(Arc::new(Schemas { validator, hints })))
 }
 
 fn metrics_handle() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
@@ -75,9 +87,9 @@ pub async fn start(
     partner: TcpListener,
     admin: TcpListener,
 ) -> anyhow::Result<Running> {
-    let validator = {
+    let schemas = {
         let c = config.clone();
-        tokio::task::spawn_blocking(move || build_validator(&c)).await??
+        tokio::task::spawn_blocking(move || build_schemas(&c)).await??
     };
     let config = Arc::new(config);
     if config.partner_tokens.is_empty() {
@@ -87,7 +99,7 @@ pub async fn start(
     let paused = Paused::default();
     let state = Arc::new(AppState {
         config: config.clone(),
-        pipeline: Pipeline::new(config.clone(), store.clone(), validator),
+        pipeline: Pipeline::new(config.clone(), store.clone(), schemas),
         partners,
         metrics: metrics_handle(),
         paused: paused.clone(),

@@ -5,6 +5,9 @@
 
 use std::sync::Arc;
 
+use std::collections::HashMap;
+
+use adapters::json::Hints;
 use adapters::validate::{ValidateError, Validator, Verdict};
 use adapters::{Limits, Meta, ReadError};
 use bytes::Bytes;
@@ -79,24 +82,34 @@ pub struct Submission {
     pub body: Bytes,
 }
 
+/// What the schema catalog gives intake: XSD validation, and per schema the type hints of the
+/// schema-aware JSON form.
+pub struct Schemas {
+    pub validator: Validator,
+    /// Catalog schema id -> hints; a schema whose hints could not be built is missing here and
+    /// its messages get the generic JSON form.
+    pub hints: HashMap<String, Hints>,
+}
+
 pub struct Pipeline {
     config: Arc<Config>,
     store: Arc<dyn Store>,
     limits: Limits,
-    validator: Option<Arc<Validator>>,
+    schemas: Option<Arc<Schemas>>,
 }
 
 impl Pipeline {
-    /// Without a validator, no message is validated (and routes with `require_schema` refuse all).
-    pub fn new(config: Arc<Config>, store: Arc<dyn Store>, validator: Option<Arc<Validator>>) -> Pipeline {
+    /// Without schemas, no message is validated (and routes with `require_schema` refuse all),
+    /// and JSON renditions use the generic form.
+    pub fn new(config: Arc<Config>, store: Arc<dyn Store>, schemas: Option<Arc<Schemas>>) -> Pipeline {
         let l = config.raw.limits;
         let limits = Limits { max_depth: l.max_depth, max_attributes: l.max_attributes, ..Limits::default() };
-        Pipeline { config, store, limits, validator }
+        Pipeline { config, store, limits, schemas }
     }
 
     /// Whether `prepare` may block on XSD validation (callers then run it on a blocking thread).
     pub fn validates(&self) -> bool {
-        self.validator.is_some()
+        self.schemas.is_some()
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -112,14 +125,14 @@ impl Pipeline {
     /// Everything but the store write: CPU-only, so callers may run it on a blocking thread.
     pub fn prepare(&self, sub: Submission) -> Result<Prepared, IntakeError> {
         // For JSON senders the XML form is derived first: the header lives in the XML.
-        let (xml, json): (Bytes, Option<serde_json::Value>) = match sub.media {
-            Media::Xml => (sub.body.clone(), None),
+        let xml: Bytes = match sub.media {
+            Media::Xml => sub.body.clone(),
             Media::Json => {
                 let value: serde_json::Value = serde_json::from_slice(&sub.body)
                     .map_err(|e| IntakeError::Malformed(format!("malformed JSON: {e}")))?;
                 let xml = adapters::json::json_to_xml(&value)
                     .map_err(|e| IntakeError::Malformed(format!("JSON is not a Lotse JSON form: {e}")))?;
-                (Bytes::from(xml), Some(value))
+                Bytes::from(xml)
             }
         };
         let meta = adapters::read_meta(&xml, &self.limits)?;
@@ -162,8 +175,12 @@ impl Pipeline {
             }
             notes.extend(meta.warnings.iter().map(|w| format!("warning: {w}")));
         }
+        let mut schema_id = None;
         match self.validate(&xml)? {
-            Some(Verdict::Valid { schema }) => notes.push(format!("valid against schema `{schema}`")),
+            Some(Verdict::Valid { schema }) => {
+                notes.push(format!("valid against schema `{schema}`"));
+                schema_id = Some(schema);
+            }
             Some(Verdict::Invalid { schema, violations }) => {
                 let first = violations
                     .first()
@@ -206,10 +223,16 @@ impl Pipeline {
                     let body = match &json_cache {
                         Some(b) => b.clone(),
                         None => {
-                            let v = adapters::json::xml_to_json(&xml, &self.limits)
-                                .map_err(|e| IntakeError::Malformed(format!("cannot convert to JSON: {e}")))?;
-                            let b =
-                                Bytes::from(serde_json::to_vec(&v).map_err(|e| IntakeError::Malformed(e.to_string()))?);
+                            // Schema-aware form when the message was validated against a schema
+                            // whose hints we have; the generic form otherwise.
+                            let hints = schema_id.as_deref().and_then(|id| self.schemas.as_ref()?.hints.get(id));
+                            let mut out = Vec::new();
+                            let written = match hints {
+                                Some(h) => adapters::json::write_json_typed(&xml, &self.limits, h, &mut out),
+                                None => adapters::json::write_json(&xml, &self.limits, &mut out),
+                            };
+                            written.map_err(|e| IntakeError::Malformed(format!("cannot convert to JSON: {e}")))?;
+                            let b = Bytes::from(out);
                             json_cache = Some(b.clone());
                             b
                         }
@@ -219,7 +242,6 @@ impl Pipeline {
             };
             deliveries.push(NewDelivery { id: crate::store::DeliveryId::new(), endpoint: name.clone(), rendition });
         }
-        drop(json);
         let mut dedup_keys = Vec::with_capacity(2);
         if let Some(k) = &sub.idempotency_key {
             dedup_keys.push(format!("idem:{}:{k}", sub.partner));
@@ -247,8 +269,8 @@ impl Pipeline {
 impl Pipeline {
     /// `None` when no validator is configured.
     fn validate(&self, xml: &[u8]) -> Result<Option<Verdict>, IntakeError> {
-        let Some(v) = &self.validator else { return Ok(None) };
-        match v.validate(xml) {
+        let Some(schemas) = &self.schemas else { return Ok(None) };
+        match schemas.validator.validate(xml) {
             Ok(verdict) => Ok(Some(verdict)),
             Err(ValidateError::Malformed { line, column, message }) => {
                 Err(IntakeError::Malformed(format!("malformed XML at line {line}, column {column}: {message}")))
