@@ -60,3 +60,34 @@ fn redact(url: &str) -> String {
         _ => url.to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_closed_port_is_no_broker() {
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            probe.local_addr().expect("addr").port()
+        };
+        let err = broker_answers(&format!("amqp://guest:guest@127.0.0.1:{port}/%2f")).await.expect_err("nothing there");
+        assert!(err.contains("connect"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_is_not_amqp_is_no_broker() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            if let Ok((mut socket, _)) = listener.accept().await {
+                let mut header = [0u8; 8];
+                let _ = socket.read_exact(&mut header).await;
+                let _ = socket.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+            }
+        });
+        let err = broker_answers(&format!("amqp://127.0.0.1:{port}")).await.expect_err("an HTTP server");
+        assert!(err.contains("not an AMQP"), "{err}");
+        assert_eq!(redact("amqp://u:secret@h:1/v"), "amqp://u:***@h:1/v");
+    }
+}
