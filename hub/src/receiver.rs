@@ -291,9 +291,9 @@ async fn receive(
     let sha256 = hex::encode(Sha256::digest(&body));
     // Requests without a delivery id share one counter: they still see `fail_first` failures.
     let key = delivery_id.clone().unwrap_or_default();
-    let (arrival, first_accept) = {
+    let (mut arrival, first_accept, repeat) = {
         let mut log = shared.log.lock().unwrap_or_else(|p| p.into_inner());
-        let per = log.per_delivery.entry(key).or_default();
+        let per = log.per_delivery.entry(key.clone()).or_default();
         per.arrivals += 1;
         let nth = per.arrivals;
         let status = if nth <= shared.opts.fail_first { shared.opts.fail_status } else { shared.opts.status };
@@ -315,38 +315,46 @@ async fn receive(
             at_unix_ms,
             at,
         };
+        (arrival, first_accept, repeat)
+    };
+    let mut stored_ok = first_accept;
+    if let Some(dir) = &shared.opts.out_dir {
+        let mut file = None;
+        if first_accept {
+            match store_body(dir, &arrival, &body).await {
+                Ok(f) => file = Some(f),
+                Err(e) => {
+                    // Not kept, so not accepted: answer 500 and let the hub's retry store it.
+                    tracing::error!(error = %format!("{e:#}"), "receiver cannot store a body");
+                    arrival.status = 500;
+                    stored_ok = false;
+                }
+            }
+        }
+        if let Err(e) = append_journal(&shared, &arrival, file.as_deref()).await {
+            tracing::error!(error = %format!("{e:#}"), "receiver cannot append to received.jsonl");
+        }
+    }
+    // Record and publish only now, so whoever waits for a count finds the body on disk (and the
+    // arrival in the list); publish the current totals, never a stale snapshot.
+    {
+        let mut log = shared.log.lock().unwrap_or_else(|p| p.into_inner());
+        if first_accept
+            && !stored_ok
+            && let Some(per) = log.per_delivery.get_mut(&key)
+        {
+            per.accepted = false;
+        }
         if shared.keep_arrivals {
             log.arrivals.push(arrival.clone());
         }
         log.counts.attempts += 1;
-        if first_accept {
+        if stored_ok {
             log.counts.delivered += 1;
         }
         if repeat {
             log.counts.duplicates += 1;
         }
-        (arrival, first_accept)
-    };
-    if let Some(dir) = &shared.opts.out_dir {
-        let file = if first_accept {
-            match store_body(dir, &arrival, &body).await {
-                Ok(file) => Some(file),
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "receiver cannot store a body");
-                    return (StatusCode::INTERNAL_SERVER_ERROR, "cannot store the body\n").into_response();
-                }
-            }
-        } else {
-            None
-        };
-        if let Err(e) = append_journal(&shared, &arrival, file.as_deref()).await {
-            tracing::error!(error = %format!("{e:#}"), "receiver cannot append to received.jsonl");
-        }
-    }
-    // Publish only now, so whoever waits for a count finds the body on disk; publish the
-    // current totals (not a snapshot taken above), so concurrent requests never move them back.
-    {
-        let log = shared.log.lock().unwrap_or_else(|p| p.into_inner());
         shared.counts.send_replace(log.counts);
     }
     let status = StatusCode::from_u16(arrival.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -310,3 +310,64 @@ async fn a_json_endpoint_gets_the_json_form_while_an_original_endpoint_gets_the_
     assert!(value.to_string().contains(&uuid), "the JSON form carries the nachrichtenUUID");
     assert!(value.to_string().contains("bab:09999001"), "and the reader key");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xml_to_json_and_back_through_the_hub_keeps_the_header_and_text() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let r = receiver(ReceiverOptions { out_dir: Some(out.path().to_owned()), ..ReceiverOptions::default() }).await;
+    let routes = "[[routes]]\nname = \"both\"\nreader = \"bab:09999001\"\nendpoints = [\"json\", \"xml\"]\n";
+    let partners = "[[partners]]\nname = \"p1\"\ntoken = \"p1-token-0123456789abcdef\"\n\n\
+                    [[partners]]\nname = \"p2\"\ntoken = \"p2-token-0123456789abcdef\"\n";
+    let mut text = config(&[], routes, partners);
+    for (name, format) in [("json", "json"), ("xml", "xml")] {
+        text.push_str(&format!(
+            "\n[[endpoints]]\nname = \"{name}\"\nkind = \"http\"\nurl = \"{}\"\nformat = \"{format}\"\n",
+            r.url(&format!("/{name}"))
+        ));
+    }
+    let (_dir, hub) = start(text).await;
+    let (p1, p2) =
+        (Api::new().with_token("p1-token-0123456789abcdef"), Api::new().with_token("p2-token-0123456789abcdef"));
+    let stored = |a: &hub::receiver::Arrival| {
+        let ext = if a.path == "/json" { "json" } else { "xml" };
+        let id = a.delivery_id.clone().expect("delivery id");
+        let path = out.path().join(&a.path[1..]).join(format!("{id}.{ext}"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; arrival {a:?}", path.display()))
+    };
+
+    // XML in: the XML endpoint gets the bytes, the JSON endpoint the JSON form.
+    let (uuid, xml) = antrag();
+    let first = p1.submit_xml(&hub, xml.clone()).await.expect("submit xml");
+    assert_eq!(first.status, 202, "{}", first.raw);
+    assert!(r.wait_delivered(2, WAIT).await, "log:\n{}", hub.log_tail());
+    let arrivals = r.arrivals();
+    let xml_arrival = arrivals.iter().find(|a| a.path == "/xml").expect("xml delivery");
+    assert_eq!(xml_arrival.sha256, hex::encode(Sha256::digest(&xml)), "format xml of an XML submission = its bytes");
+    let json_form = stored(arrivals.iter().find(|a| a.path == "/json").expect("json delivery"));
+    serde_json::from_slice::<Value>(&json_form).expect("the JSON form is JSON");
+
+    // That JSON in (another partner, so the same nachrichtenUUID is no duplicate): the JSON
+    // endpoint gets its bytes, the XML endpoint a converted message with the same header.
+    let second = p2.submit(&hub, json_form.clone(), "application/json", &[]).await.expect("submit json");
+    assert_eq!(second.status, 202, "{}\nlog:\n{}", second.raw, hub.log_tail());
+    assert!(r.wait_delivered(4, WAIT).await, "log:\n{}", hub.log_tail());
+    let submission = second.body["submission_id"].as_str().expect("id").to_owned();
+    let arrivals = r.arrivals();
+    let of_second: Vec<_> =
+        arrivals.iter().filter(|a| a.submission_id.as_deref() == Some(submission.as_str())).collect();
+    let json_again = of_second.iter().find(|a| a.path == "/json").expect("json delivery");
+    assert_eq!(
+        json_again.sha256,
+        hex::encode(Sha256::digest(&json_form)),
+        "format json of a JSON submission = its bytes"
+    );
+    let xml_again = of_second.iter().find(|a| a.path == "/xml").expect("xml delivery");
+    assert!(xml_again.content_type.as_deref().is_some_and(|c| c.contains("xml")), "{:?}", xml_again.content_type);
+    let converted = stored(xml_again);
+    let before = tests::corpus::scan_header(&xml).expect("scan original");
+    let after = tests::corpus::scan_header(&converted).expect("the converted message is well-formed XML");
+    assert_eq!(after, before, "root, namespace, nachrichtenUUID and reader survive XML -> JSON -> XML");
+    assert_eq!(after.message_uuid.as_deref(), Some(uuid.as_str()));
+    let converted = String::from_utf8(converted).expect("UTF-8");
+    assert!(converted.contains("Grünfläche, Straße"), "text survives: {converted}");
+}
