@@ -4,7 +4,7 @@
 //! Applying the same stream gives the same index on every node (event `seq` and `hash` included),
 //! because the fold depends only on the records and their order, never on the local clock.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -24,6 +24,18 @@ pub enum Applied {
     Duplicate(Receipt),
     /// Any other record.
     Done,
+}
+
+/// What the fold knows of a submission's claim, for a work message in hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// A submission: its work is real.
+    Won,
+    /// Its claim lost to an earlier one with a shared dedup key: its work messages are void.
+    Lost,
+    /// No claim folded yet (the stream is a little behind the work queue, or the claim was
+    /// never written).
+    Unknown,
 }
 
 /// A dead delivery's copy, kept so any node can replay it with the same bytes.
@@ -71,6 +83,8 @@ pub struct Index {
     /// Ordered by id: ids are v7 UUIDs, so the last entries are the newest.
     deliveries: BTreeMap<DeliveryId, Delivery>,
     dedup: HashMap<String, SubmissionId>,
+    /// Claims that lost: their work messages (published with the claim) are dropped at lease.
+    losers: HashSet<SubmissionId>,
 }
 
 impl Index {
@@ -105,6 +119,7 @@ impl Index {
         }
         for key in &record.dedup_keys {
             if let Some(first) = self.dedup.get(key).and_then(|id| self.submissions.get(id)) {
+                self.losers.insert(record.id);
                 return Applied::Duplicate(receipt_of(&first.record));
             }
         }
@@ -211,6 +226,16 @@ impl Index {
         keys.iter()
             .find_map(|k| self.dedup.get(k).and_then(|id| self.submissions.get(id)))
             .map(|s| (receipt_of(&s.record), s.queued))
+    }
+
+    pub fn claim(&self, id: SubmissionId) -> Claim {
+        if self.submissions.contains_key(&id) {
+            Claim::Won
+        } else if self.losers.contains(&id) {
+            Claim::Lost
+        } else {
+            Claim::Unknown
+        }
     }
 
     pub fn is_queued(&self, id: SubmissionId) -> bool {

@@ -15,18 +15,27 @@
 //! Durability: every publish waits for the broker's confirm (bounded by [`CONFIRM_TIMEOUT`]); a
 //! nack, a return (unroutable) or no answer is [`StoreError::Unavailable`], never success.
 //!
-//! Intake, in this order:
+//! Intake:
 //! 1. If the local index already knows a dedup key: the first receipt (a duplicate).
-//! 2. Publish a `Submitted` claim to the stream and wait until this node's own fold has applied
-//!    it. The stream is totally ordered, so "the first claim of a key in stream order wins" is the
-//!    same verdict on every node: dedup holds across processes with no window.
-//! 3. If the claim lost: the winner's receipt. If it won: publish one work message per delivery
-//!    (payload = the bytes to send, headers = ids and counters), wait for all confirms, and
-//!    answer `Accepted`. A `Queued` mark follows in the stream within [`QUEUED_FLUSH`].
+//! 2. At the same time: publish a `Submitted` claim to the stream and wait until this node's own
+//!    fold has applied it; and publish one work message per delivery (payload = the bytes to
+//!    send, headers = ids and counters). Every publish waits for its confirm.
+//! 3. The stream is totally ordered, so "the first claim of a key in stream order wins" is the
+//!    same verdict on every node: dedup holds across processes with no window. A lost claim
+//!    answers with the winner's receipt; its work messages are void, and whichever node receives
+//!    them drops them at lease time (it waits for its fold to know the claim; see
+//!    [`CLAIM_WAIT`]). A won claim with all work confirmed answers `Accepted`; a `Queued` mark
+//!    follows in the stream within [`QUEUED_FLUSH`].
 //!
-//! A process that dies between 2 and 3 never answered 202; when the partner sends again, the
-//! duplicate finds the claim without `Queued` and, after a short grace, queues the deliveries
-//! itself from the bytes it was sent again (same delivery ids), so a 202 always means queued.
+//! Doing both publishes at once makes intake one broker round trip instead of two (with a fixed
+//! number of requests in flight, that is the throughput). The price: a lost claim costs a void
+//! work message, and work whose claim never reached the stream (the claim's publish failed, so
+//! intake answered 503) is delivered after [`CLAIM_WAIT`] all the same, at least once.
+//!
+//! A process that dies after its claim but before its work is confirmed never answered 202;
+//! when the partner sends again, the duplicate finds the claim without `Queued` and, after a short
+//! grace, queues the deliveries itself from the bytes it was sent again (same delivery ids), so a
+//! 202 always means queued.
 //!
 //! Work: each process consumes every endpoint's work queue (prefetch [`PREFETCH`]); `lease`
 //! hands out received messages; `settle` first publishes what follows (a retry to a wait queue,
@@ -67,7 +76,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use self::index::{Applied, Index, ReplaySource};
+use self::index::{Applied, Claim, Index, ReplaySource};
 use self::record::{Envelope, OutcomeRecord, Record, RecordedOutcome, ReplayedRecord, SubmittedRecord};
 use self::topology::{Names, short};
 use self::work::{WorkMessage, rung_for};
@@ -82,6 +91,11 @@ pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 pub const PREFETCH: u16 = 64;
 /// Longest wait for this node's fold to apply a record it wrote.
 const FOLD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a work message whose claim the fold does not know yet is held back (parked on the
+/// wait ladder) before it is delivered anyway.
+const CLAIM_WAIT: Duration = Duration::from_secs(10);
+/// How long `lease` waits in line for the fold to learn a claim before parking the message.
+const CLAIM_WAIT_INLINE: Duration = Duration::from_millis(500);
 /// How long a duplicate waits for the first intake to finish queueing before it queues itself.
 const QUEUED_GRACE: Duration = Duration::from_secs(2);
 /// Confirm-mode channels per process, used in turn.
@@ -92,7 +106,7 @@ const BATCH_BYTES: usize = 1 << 20;
 /// Stream messages in flight (published, confirm pending) at once; while all are out, records
 /// queue up and the next message carries all of them. Few and large is what the broker likes:
 /// a stream message costs it far more than a record in one.
-const BATCHES_IN_FLIGHT: usize = 2;
+const BATCHES_IN_FLIGHT: usize = 1;
 /// How often the `Queued` marks of recent intakes go to the stream, in one record.
 const QUEUED_FLUSH: Duration = Duration::from_millis(100);
 
@@ -119,6 +133,8 @@ struct Shared {
     appends: mpsc::UnboundedSender<Append>,
     /// Submissions whose deliveries were queued since the last flush.
     queued: Mutex<Vec<SubmissionId>>,
+    /// Woken after every stream message the fold applied.
+    folded: tokio::sync::Notify,
     shutdown: watch::Sender<bool>,
 }
 
@@ -189,6 +205,7 @@ impl RabbitStore {
             broken,
             appends,
             queued: Mutex::new(Vec::new()),
+            folded: tokio::sync::Notify::new(),
             shutdown,
         });
         tokio::spawn(append_batches(shared.clone(), appends_rx));
@@ -413,6 +430,7 @@ async fn fold(shared: Arc<Shared>, session: u64, _ch: Channel, mut consumer: lap
                             }
                         }
                     }
+                    shared.folded.notify_waiters();
                 }
                 Err(e) => tracing::error!(?offset, error = %e, "undecodable event records skipped"),
             }
@@ -614,6 +632,7 @@ impl Shared {
                 budget_base: 0,
                 generation: 0,
                 not_before: 0,
+                queued_at: now_millis(),
             };
             let props = message.properties().map_err(unavailable)?;
             let queue = self.names.work(&d.endpoint);
@@ -636,6 +655,19 @@ impl Shared {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(Intake::Duplicate(receipt))
+    }
+
+    /// The claim of a submission, waiting up to [`CLAIM_WAIT_INLINE`] for the fold to learn it.
+    async fn claim_of(&self, id: SubmissionId) -> Result<Claim, StoreError> {
+        let deadline = Instant::now() + CLAIM_WAIT_INLINE;
+        loop {
+            let folded = self.folded.notified();
+            let claim = self.index(|i| i.claim(id))?;
+            if claim != Claim::Unknown || Instant::now() >= deadline {
+                return Ok(claim);
+            }
+            let _ = tokio::time::timeout_at(deadline, folded).await;
+        }
     }
 
     /// Sends a not-yet-due message to the wait ladder, then acks the copy in hand.
@@ -680,10 +712,15 @@ impl Store for RabbitStore {
             notes: submission.notes.clone(),
             size: submission.original.len(),
         };
-        if let Applied::Duplicate(first) = shared.append_and_fold(Record::Submitted(claim), None).await? {
+        let (claimed, queued) = tokio::join!(
+            shared.append_and_fold(Record::Submitted(claim), None),
+            shared.queue_deliveries(&receipt, &submission)
+        );
+        if let Applied::Duplicate(first) = claimed? {
+            // Our work messages are void (the claim lost); leases drop them.
             return shared.duplicate(first, &submission).await;
         }
-        shared.queue_deliveries(&receipt, &submission).await?;
+        queued?;
         // The deliveries are durable now; the `Queued` mark only spares a later duplicate its
         // grace wait, so it goes with the next flush.
         if let Ok(mut q) = shared.queued.lock() {
@@ -740,6 +777,28 @@ impl Store for RabbitStore {
                     }
                 }
                 continue;
+            }
+            match shared.claim_of(message.submission_id).await? {
+                Claim::Won => {}
+                Claim::Lost => {
+                    // Published alongside a claim that lost to a duplicate: void.
+                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                    continue;
+                }
+                Claim::Unknown if now_millis().saturating_sub(message.queued_at) < CLAIM_WAIT.as_millis() as u64 => {
+                    let parked = WorkMessage { not_before: now_millis() + 1, ..message.clone() };
+                    match shared.park(endpoint, &parked, &delivery.data).await {
+                        Ok(()) => {
+                            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                        }
+                        Err(_) => {
+                            let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                        }
+                    }
+                    continue;
+                }
+                // Its claim never reached the stream (that intake answered 503): deliver anyway.
+                Claim::Unknown => {}
             }
             // A copy of a delivery already delivered in its generation (an ack lost to a
             // reconnect): nothing to do.
@@ -850,6 +909,7 @@ impl Store for RabbitStore {
                     budget_base: attempts,
                     generation: generation + 1,
                     not_before: 0,
+                    queued_at: now_millis(),
                 };
                 let props = message.properties().map_err(unavailable)?;
                 shared.publish(&shared.names.work(&endpoint), &copy.payload, props).await?;

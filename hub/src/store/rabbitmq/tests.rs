@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use uuid::Uuid;
 
-use super::index::{Applied, Index, ReplaySource};
+use super::index::{Applied, Claim, Index, ReplaySource};
 use super::record::{self, Envelope, OutcomeRecord, Record, RecordedOutcome, ReplayedRecord, SubmittedRecord};
 use super::work::{LADDER_MS, WorkMessage, rung_for};
 use crate::store::{DeliveryId, DeliveryState, ReceiptDelivery, SubmissionId, SubmissionState};
@@ -69,6 +69,9 @@ fn the_first_claim_of_a_key_in_stream_order_wins() {
     assert_eq!(receipt.submission_id, first.id);
     assert_eq!(receipt.deliveries, first.deliveries);
     assert!(index.submission(second.id).is_none(), "the losing claim became a submission");
+    assert_eq!(index.claim(second.id), Claim::Lost);
+    assert_eq!(index.claim(first.id), Claim::Won);
+    assert_eq!(index.claim(SubmissionId::new()), Claim::Unknown);
     assert!(index.holder_of(&["k2".into()]).is_none(), "the losing claim took its other key");
     assert_eq!(index.counts().submissions, 1);
 }
@@ -209,6 +212,7 @@ fn work_headers_round_trip() {
         budget_base: 2,
         generation: 1,
         not_before: 1_700_000_000_123,
+        queued_at: 1_700_000_000_000,
     };
     let (back, redelivered) = WorkMessage::from_properties(&m.properties().expect("properties")).expect("read");
     assert_eq!((back, redelivered), (m, 0));

@@ -32,6 +32,8 @@ pub struct WorkMessage {
     pub generation: u32,
     /// Not to be attempted before this time.
     pub not_before: Millis,
+    /// When intake first queued it (kept through retries and replays).
+    pub queued_at: Millis,
 }
 
 const SUBMISSION: &str = "lotse-submission-id";
@@ -40,6 +42,7 @@ const ATTEMPTS: &str = "lotse-attempts";
 const BUDGET_BASE: &str = "lotse-budget-base";
 const GENERATION: &str = "lotse-generation";
 const NOT_BEFORE: &str = "lotse-not-before";
+const QUEUED_AT: &str = "lotse-queued-at";
 /// Set by quorum queues on redelivery: how often the message went back to the queue
 /// (a consumer died or nacked it). Each such return follows a lease, so it counts as an attempt.
 const DELIVERY_COUNT: &str = "x-delivery-count";
@@ -55,6 +58,7 @@ impl WorkMessage {
         h.insert(BUDGET_BASE.into(), AMQPValue::LongLongInt(i64::from(self.budget_base)));
         h.insert(GENERATION.into(), AMQPValue::LongLongInt(i64::from(self.generation)));
         h.insert(NOT_BEFORE.into(), AMQPValue::LongLongInt(self.not_before as i64));
+        h.insert(QUEUED_AT.into(), AMQPValue::LongLongInt(self.queued_at as i64));
         let content_type = ShortString::try_new(self.content_type.as_str())
             .map_err(|_| format!("content type `{}` is longer than 255 bytes", self.content_type))?;
         Ok(BasicProperties::default()
@@ -87,6 +91,7 @@ impl WorkMessage {
             budget_base: h.get(BUDGET_BASE).and_then(as_u64).unwrap_or(0) as u32,
             generation: h.get(GENERATION).and_then(as_u64).unwrap_or(0) as u32,
             not_before: h.get(NOT_BEFORE).and_then(as_u64).unwrap_or(0),
+            queued_at: h.get(QUEUED_AT).and_then(as_u64).unwrap_or(0),
         };
         let redelivered = h.get(DELIVERY_COUNT).and_then(as_u64).unwrap_or(0) as u32;
         Ok((message, redelivered))
