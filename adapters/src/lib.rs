@@ -8,8 +8,10 @@
 //! - [`catalog`]: the schema catalog (namespace -> XSD set, remote URL -> local file).
 //! - [`validate`]: XSD validation through libxml2 ([`validate::Validator`]).
 //! - [`json`]: the JSON form of a message and back.
+//! - [`fitconnect`]: FIT-Connect metadata (JSON) read into [`Meta`].
 
 pub mod catalog;
+pub mod fitconnect;
 pub mod json;
 pub mod meta;
 pub mod reader;

@@ -1,0 +1,172 @@
+//! The trust level an `identificationReport` claims, read from its JWT payload WITHOUT checking
+//! its signature.
+//!
+//! **Nothing here is verified.** An `identificationReport` is a JWT signed by an identity
+//! provider; Lotse has no trust anchors for those signatures and does not check them. The
+//! payload is decoded as plain base64url JSON, so anyone who can write the metadata can claim
+//! any level. The level is a routing hint and a number for statistics; an access decision
+//! must verify the report itself. Every level read this way comes with a `warnings` entry that
+//! says so.
+//!
+//! Claims looked for, anywhere in the payload (names compared without case, `_` and `-`):
+//! `trustLevel`, `levelOfAssurance`, `loa`, `vertrauensniveau`, `acr`. Values mapped to the
+//! eIDAS words `low`, `substantial`, `high`: the words themselves, eIDAS URIs such as
+//! `http://eidas.europa.eu/LoA/substantial` (the last segment counts), and the German levels
+//! of BSI TR-03107-1 (`normal` = low, `substantiell`/`substanziell` = substantial, `hoch` = high).
+//! When several reports or claims disagree, the lowest level wins and a warning names the rest.
+
+use serde_json::Value;
+
+use super::{MAX_DEPTH, check_depth};
+
+/// An eIDAS level of assurance, ordered low < substantial < high.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Low,
+    Substantial,
+    High,
+}
+
+impl Level {
+    /// The eIDAS word: `low`, `substantial`, `high`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Low => "low",
+            Level::Substantial => "substantial",
+            Level::High => "high",
+        }
+    }
+
+    /// Maps a claim value to a level (see the module documentation); `None` when unknown.
+    pub fn parse(value: &str) -> Option<Level> {
+        let value = value.trim().to_ascii_lowercase();
+        let last = value.rsplit(['/', '#', ':']).next().unwrap_or_default();
+        let word = ["loa", "eidas"]
+            .iter()
+            .find_map(|p| last.strip_prefix(p))
+            .map_or(last, |w| w.trim_start_matches(['-', '_', ' ']));
+        match word {
+            "low" | "normal" => Some(Level::Low),
+            "substantial" | "substantiell" | "substanziell" => Some(Level::Substantial),
+            "high" | "hoch" => Some(Level::High),
+            _ => None,
+        }
+    }
+}
+
+/// Claim names (lowercase, without `_` and `-`) that may hold a level.
+const LEVEL_CLAIMS: &[&str] = &["trustlevel", "levelofassurance", "loa", "vertrauensniveau", "acr"];
+
+/// The lowest level claimed by the `identificationReport`s of `authenticationInformation`,
+/// with warnings for everything unverified, unreadable or contradictory.
+pub fn trust_level(reports: &[Value], warnings: &mut Vec<String>) -> Option<String> {
+    let mut levels: Vec<Level> = Vec::new();
+    for (i, report) in reports.iter().enumerate() {
+        let kind = report.get("type").and_then(Value::as_str);
+        if kind != Some("identificationReport") {
+            warnings.push(format!("authenticationInformation {i} is not an identificationReport; ignored"));
+            continue;
+        }
+        let Some(content) = report.get("content").and_then(Value::as_str) else {
+            warnings.push(format!("identificationReport {i} has no content"));
+            continue;
+        };
+        let payload = match unverified_payload(content) {
+            Ok(payload) => payload,
+            Err(why) => {
+                warnings.push(format!("identificationReport {i}: {why}; no trust level read"));
+                continue;
+            }
+        };
+        let mut found = Vec::new();
+        collect_claims(&payload, &mut found);
+        if found.is_empty() {
+            warnings.push(format!("identificationReport {i} has no level claim"));
+        }
+        for value in found {
+            match value.as_str().and_then(Level::parse) {
+                Some(level) => levels.push(level),
+                None => warnings.push(format!("identificationReport {i}: unknown level `{value}`")),
+            }
+        }
+    }
+    let lowest = levels.iter().copied().min()?;
+    if levels.iter().any(|&l| l != lowest) {
+        let all: Vec<&str> = levels.iter().map(|l| l.as_str()).collect();
+        warnings.push(format!("identificationReports claim different levels ({}); kept the lowest", all.join(", ")));
+    }
+    warnings.push(format!(
+        "trust level `{}` read from an identificationReport JWT whose signature was NOT verified",
+        lowest.as_str()
+    ));
+    Some(lowest.as_str().to_string())
+}
+
+/// The payload of a compact JWS (`header.payload.signature`) as JSON, signature ignored.
+/// `Err` says why it cannot be read.
+pub fn unverified_payload(token: &str) -> Result<Value, String> {
+    let parts: Vec<&str> = token.split('.').collect();
+    match parts.len() {
+        3 => {}
+        5 => return Err("content is encrypted (JWE), cannot be read".into()),
+        n => return Err(format!("content is not a JWT ({n} dot-separated parts, expected 3)")),
+    }
+    let bytes = base64url_decode(parts[1]).ok_or("JWT payload is not base64url")?;
+    if check_depth(&bytes, MAX_DEPTH).is_err() {
+        return Err(format!("JWT payload nested deeper than {MAX_DEPTH} levels"));
+    }
+    let payload: Value = serde_json::from_slice(&bytes).map_err(|e| format!("JWT payload is not JSON: {e}"))?;
+    if !payload.is_object() {
+        return Err("JWT payload is not a JSON object".into());
+    }
+    Ok(payload)
+}
+
+/// Every value whose key is one of [`LEVEL_CLAIMS`], depth-first. Depth is bounded by the
+/// [`check_depth`] done before parsing.
+fn collect_claims<'a>(value: &'a Value, found: &mut Vec<&'a Value>) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map {
+                let key: String = key.chars().filter(|c| !matches!(c, '_' | '-')).collect();
+                if LEVEL_CLAIMS.contains(&key.to_ascii_lowercase().as_str()) && !v.is_object() && !v.is_array() {
+                    found.push(v);
+                } else {
+                    collect_claims(v, found);
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_claims(v, found)),
+        _ => {}
+    }
+}
+
+/// Decodes base64url (RFC 4648 §5), padding optional; `None` on any other character or a
+/// length no encoder produces.
+pub fn base64url_decode(text: &str) -> Option<Vec<u8>> {
+    let text = text.trim_end_matches('=');
+    if text.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let mut acc = 0u32;
+    let mut bits = 0u32;
+    for b in text.bytes() {
+        let v = match b {
+            b'A'..=b'Z' => b - b'A',
+            b'a'..=b'z' => b - b'a' + 26,
+            b'0'..=b'9' => b - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
