@@ -114,13 +114,14 @@ fn read_value(doc: &Value) -> Result<Meta, ReadError> {
         meta.service = Some(id.into());
     }
 
-    if let Some(info) = object(doc.get("additionalReferenceInfo"), "additionalReferenceInfo")? {
-        if let Some(date) = string(info.get("applicationDate"), "additionalReferenceInfo.applicationDate")? {
-            if !is_date(date) {
-                meta.warnings.push(format!("applicationDate `{date}` is not a date (YYYY-MM-DD)"));
-            }
-            meta.created_at = Some(date.into());
+    // `submissionDate` (written by the fitconnect 0.4.2 SDK) is not a schema field: not read
+    if let Some(info) = object(doc.get("additionalReferenceInfo"), "additionalReferenceInfo")?
+        && let Some(date) = string(info.get("applicationDate"), "additionalReferenceInfo.applicationDate")?
+    {
+        if !is_date(date) {
+            meta.warnings.push(format!("applicationDate `{date}` is not a date (YYYY-MM-DD)"));
         }
+        meta.created_at = Some(date.into());
     }
 
     match doc.get("authenticationInformation") {
