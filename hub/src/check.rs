@@ -246,7 +246,11 @@ fn input_error(message: &str) -> ExitCode {
 
 fn inspect_blocking(args: &InspectArgs) -> anyhow::Result<ExitCode> {
     let name = args.file.display();
-    let bytes = match as_xml(read(&args.file)?) {
+    let bytes = read(&args.file)?;
+    if let Some(result) = fitconnect_meta(&bytes) {
+        return inspect_fitconnect(args, result);
+    }
+    let bytes = match as_xml(bytes) {
         Ok(xml) => xml,
         Err(message) => return Ok(input_error(&format!("{name}: {message}"))),
     };
@@ -310,6 +314,43 @@ fn inspect_blocking(args: &InspectArgs) -> anyhow::Result<ExitCode> {
         }
         _ => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// `Some` when the bytes are JSON whose `$schema` names FIT-Connect metadata (read it as such).
+fn fitconnect_meta(bytes: &[u8]) -> Option<Result<adapters::Meta, adapters::ReadError>> {
+    if !is_json(bytes) {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    adapters::fitconnect::is_metadata(&value).then(|| adapters::fitconnect::read_metadata(bytes))
+}
+
+/// `lotse inspect` of FIT-Connect metadata: its meta; JSON Schema validation is not done.
+fn inspect_fitconnect(
+    args: &InspectArgs,
+    result: Result<adapters::Meta, adapters::ReadError>,
+) -> anyhow::Result<ExitCode> {
+    let name = args.file.display();
+    let meta = match result {
+        Ok(meta) => meta,
+        // ReadError's own text says "XML"
+        Err(adapters::ReadError::Malformed { message, .. }) => {
+            return Ok(input_error(&format!("{name}: malformed FIT-Connect metadata: {message}")));
+        }
+        Err(e) => return Ok(input_error(&format!("{name}: {e}"))),
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let validation =
+            json!({ "verdict": "not_validated", "reason": "FIT-Connect metadata (JSON Schema not checked)" });
+        let report = json!({ "file": args.file, "meta": meta, "schema": null, "validation": validation });
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        print_meta(&mut out, &name.to_string(), &meta)?;
+        writeln!(out, "validation:   not validated: FIT-Connect metadata (JSON Schema not checked)")?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn schema_json(s: &SchemaEntry) -> serde_json::Value {
