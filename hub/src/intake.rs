@@ -124,18 +124,25 @@ impl Pipeline {
 
     /// Everything but the store write: CPU-only, so callers may run it on a blocking thread.
     pub fn prepare(&self, sub: Submission) -> Result<Prepared, IntakeError> {
-        // For JSON senders the XML form is derived first: the header lives in the XML.
-        let xml: Bytes = match sub.media {
-            Media::Xml => sub.body.clone(),
+        // What the body is: XML, the JSON form of XML (converted first: the header lives in the
+        // XML), or FIT-Connect metadata (JSON with its own meta; it has no XML form).
+        let (xml, meta): (Option<Bytes>, Meta) = match sub.media {
+            Media::Xml => (Some(sub.body.clone()), adapters::read_meta(&sub.body, &self.limits)?),
             Media::Json => {
                 let value: serde_json::Value = serde_json::from_slice(&sub.body)
                     .map_err(|e| IntakeError::Malformed(format!("malformed JSON: {e}")))?;
-                let xml = adapters::json::json_to_xml(&value)
-                    .map_err(|e| IntakeError::Malformed(format!("JSON is not a Lotse JSON form: {e}")))?;
-                Bytes::from(xml)
+                if adapters::fitconnect::is_metadata(&value) {
+                    let meta = adapters::fitconnect::read_metadata(&sub.body)
+                        .map_err(|e| IntakeError::Malformed(format!("malformed FIT-Connect metadata: {e}")))?;
+                    (None, meta)
+                } else {
+                    let xml = adapters::json::json_to_xml(&value)
+                        .map_err(|e| IntakeError::Malformed(format!("JSON is not a Lotse JSON form: {e}")))?;
+                    let meta = adapters::read_meta(&xml, &self.limits)?;
+                    (Some(Bytes::from(xml)), meta)
+                }
             }
         };
-        let meta = adapters::read_meta(&xml, &self.limits)?;
         let keys = routing::Keys {
             namespace: meta.namespace.as_deref(),
             root: &meta.root,
@@ -163,7 +170,9 @@ impl Pipeline {
         }
         let mut notes: Vec<String> = Vec::new();
         if !meta.warnings.is_empty() {
-            if !route.accept_warnings {
+            // An inconsistent XÖV header is refused unless the route accepts it. FIT-Connect
+            // metadata warnings (e.g. an unverified trust level) are information: recorded only.
+            if xml.is_some() && !route.accept_warnings {
                 return Err(IntakeError::Invalid {
                     message: format!(
                         "the message header is inconsistent: {} (route `{}` does not accept warnings)",
@@ -176,7 +185,23 @@ impl Pipeline {
             notes.extend(meta.warnings.iter().map(|w| format!("warning: {w}")));
         }
         let mut schema_id = None;
-        match self.validate(&xml)? {
+        let verdict = match &xml {
+            Some(xml) => self.validate(xml)?,
+            None => {
+                if route.require_schema || self.config.raw.schemas.require_known {
+                    return Err(IntakeError::Invalid {
+                        message: format!(
+                            "FIT-Connect metadata is not validated against its JSON schema yet, and route `{}` requires validation",
+                            route.name
+                        ),
+                        violations: Vec::new(),
+                    });
+                }
+                notes.push("FIT-Connect metadata: read, not validated against its JSON schema".into());
+                Some(Verdict::UnknownNamespace { namespace: meta.namespace.clone(), version: meta.version.clone() })
+            }
+        };
+        match verdict {
             Some(Verdict::Valid { schema }) => {
                 notes.push(format!("valid against schema `{schema}`"));
                 schema_id = Some(schema);
@@ -214,6 +239,21 @@ impl Pipeline {
         for name in &route.endpoints {
             // The router only names configured endpoints (checked at config load).
             let format = self.config.endpoint(name).map(|e| e.format).unwrap_or_default();
+            let Some(xml) = &xml else {
+                // FIT-Connect metadata travels as sent; it has no XML form.
+                if format == Format::Xml {
+                    return Err(IntakeError::Invalid {
+                        message: format!("endpoint `{name}` wants XML, and FIT-Connect metadata has no XML form"),
+                        violations: Vec::new(),
+                    });
+                }
+                deliveries.push(NewDelivery {
+                    id: crate::store::DeliveryId::new(),
+                    endpoint: name.clone(),
+                    rendition: None,
+                });
+                continue;
+            };
             let rendition = match (format, sub.media) {
                 (Format::Original, _) | (Format::Json, Media::Json) | (Format::Xml, Media::Xml) => None,
                 (Format::Xml, Media::Json) => {
@@ -228,8 +268,8 @@ impl Pipeline {
                             let hints = schema_id.as_deref().and_then(|id| self.schemas.as_ref()?.hints.get(id));
                             let mut out = Vec::new();
                             let written = match hints {
-                                Some(h) => adapters::json::write_json_typed(&xml, &self.limits, h, &mut out),
-                                None => adapters::json::write_json(&xml, &self.limits, &mut out),
+                                Some(h) => adapters::json::write_json_typed(xml, &self.limits, h, &mut out),
+                                None => adapters::json::write_json(xml, &self.limits, &mut out),
                             };
                             written.map_err(|e| IntakeError::Malformed(format!("cannot convert to JSON: {e}")))?;
                             let b = Bytes::from(out);

@@ -324,3 +324,111 @@ async fn a_store_that_cannot_commit_means_503_without_internals() {
     assert_problem(s, &hd, &b, StatusCode::SERVICE_UNAVAILABLE, "store-unavailable");
     assert!(!b.to_string().contains("/secret/path"), "5xx bodies must not carry internals: {b}");
 }
+
+/// FIT-Connect metadata is routed by its public service (LeiKa) and the trust level it states.
+#[tokio::test]
+async fn fit_connect_metadata_is_routed_by_service_and_trust_level() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Arc::new(
+        Config::parse(
+            r#"
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:1"
+data_dir = "unused"
+[[endpoints]]
+name = "gewerbeamt"
+kind = "http"
+url = "http://127.0.0.1:9/g"
+[[endpoints]]
+name = "xml-only"
+kind = "http"
+url = "http://127.0.0.1:9/x"
+format = "xml"
+[[routes]]
+name = "leika-hoch"
+service = "urn:de:fim:leika:leistung:99001004*"
+min_trust_level = "high"
+endpoints = ["gewerbeamt"]
+[[routes]]
+name = "leika-substanziell"
+service = "urn:de:fim:leika:leistung:99001004*"
+min_trust_level = "substantial"
+endpoints = ["gewerbeamt"]
+"#,
+        )
+        .expect("config"),
+    );
+    let store: Arc<dyn crate::store::Store> = Arc::new(EmbeddedStore::open(dir.path()).expect("store"));
+    let state = Arc::new(AppState {
+        config: config.clone(),
+        pipeline: crate::intake::Pipeline::new(config, store, None),
+        partners: Default::default(),
+        metrics: None,
+        paused: Default::default(),
+    });
+    let router = partner::router(state);
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../adapters/tests/fixtures/fitconnect");
+    let send = |file: &str| {
+        let body = std::fs::read(fixtures.join(file)).expect("fixture");
+        post("application/json").body(Body::from(body)).expect("request")
+    };
+    // `full.json` states `substantial`: the first route (high) refuses it, and first match wins.
+    let (s, hd, b) = call(&router, send("full.json")).await;
+    assert_problem(s, &hd, &b, StatusCode::FORBIDDEN, "trust-level");
+    assert!(b["detail"].as_str().unwrap_or("").contains("substantial"), "{b}");
+    // Without a level claim the trust level is unknown: refused as well.
+    let (s, _, _) = call(&router, send("jwt-without-level.json")).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn fit_connect_metadata_reaches_its_route_and_keeps_its_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Arc::new(
+        Config::parse(
+            r#"
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:1"
+data_dir = "unused"
+[[endpoints]]
+name = "gewerbeamt"
+kind = "http"
+url = "http://127.0.0.1:9/g"
+[[routes]]
+name = "leika"
+service = "urn:de:fim:leika:leistung:99001004*"
+min_trust_level = "substantial"
+endpoints = ["gewerbeamt"]
+"#,
+        )
+        .expect("config"),
+    );
+    let store: Arc<dyn crate::store::Store> = Arc::new(EmbeddedStore::open(dir.path()).expect("store"));
+    let state = Arc::new(AppState {
+        config: config.clone(),
+        pipeline: crate::intake::Pipeline::new(config, store.clone(), None),
+        partners: Default::default(),
+        metrics: None,
+        paused: Default::default(),
+    });
+    let router = partner::router(state);
+    let body = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../adapters/tests/fixtures/fitconnect/full.json"),
+    )
+    .expect("fixture");
+    let (s, _, b) = call(&router, post("application/json").body(Body::from(body.clone())).expect("request")).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+    let lease = store.lease("gewerbeamt", 1, std::time::Duration::from_millis(200)).await.expect("lease");
+    assert_eq!(lease.len(), 1);
+    assert_eq!(lease[0].payload.as_ref(), body.as_slice(), "metadata is delivered as sent");
+    assert_eq!(lease[0].content_type, "application/json");
+    let id = b["submission_id"].as_str().expect("id").parse().expect("uuid");
+    let view = store.submission(id).await.expect("read").expect("exists");
+    assert_eq!(view.meta["service"], "urn:de:fim:leika:leistung:99001004000000");
+    assert_eq!(view.meta["trust_level"], "substantial");
+    assert!(
+        view.events.iter().any(|e| e.detail.contains("NOT verified") || e.detail.contains("not verified")),
+        "{:?}",
+        view.events
+    );
+}
