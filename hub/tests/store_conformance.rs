@@ -149,3 +149,64 @@ async fn two_processes(factory: &RabbitFactory) -> anyhow::Result<()> {
     b.settle(lease, Outcome::Delivered { status: 200 }).await?;
     Ok(())
 }
+
+async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
+    let out = tokio::process::Command::new("rabbitmqctl").args(args).kill_on_drop(true).output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out).await??;
+    anyhow::ensure!(out.status.success(), "rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+/// A broker that refuses the work message (here: a policy `max-length 0, reject-publish`, so it
+/// nacks) makes intake fail with `Unavailable`, never `Accepted`. (Recovery is not checked here:
+/// RabbitMQ 3.10.8 keeps a quorum queue's reject-publish state after the policy is cleared or
+/// raised; the cluster test covers refusals and retries during a broker restart.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_nacked_publish_is_unavailable_never_accepted() -> anyhow::Result<()> {
+    let Some(factory) = rabbit().await? else { return Ok(()) };
+    if rabbitmqctl(&["status"]).await.is_err() {
+        anyhow::ensure!(std::env::var("CI").as_deref() != Ok("true"), "CI=true needs a local rabbitmqctl");
+        eprintln!("skipped: no local rabbitmqctl to set a policy");
+        return Ok(());
+    }
+    let policy = format!("{}-reject", factory.prefix);
+    let result = nacked(&factory, &policy).await;
+    let _ = rabbitmqctl(&["clear_policy", &policy]).await;
+    factory.cleanup().await;
+    result
+}
+
+async fn nacked(factory: &RabbitFactory, policy: &str) -> anyhow::Result<()> {
+    let store = factory.open().await?;
+    // Fill this process's prefetch (64) so messages stay ready in the queue: `max-length`
+    // counts ready messages, and only a queue over its limit refuses.
+    for _ in 0..80 {
+        let Intake::Accepted(_) = store.intake(conformance::submission(&[], &ENDPOINTS[..1])).await? else {
+            anyhow::bail!("a fresh submission was a duplicate");
+        };
+    }
+    let pattern = format!("^{}\\.work\\.", factory.prefix.replace('.', "\\."));
+    let definition = r#"{"max-length":0,"overflow":"reject-publish"}"#;
+    rabbitmqctl(&["set_policy", policy, &pattern, definition, "--apply-to", "queues", "--priority", "100"]).await?;
+    // The policy reaches the queue within moments; until then an intake may still be accepted.
+    let mut refused = None;
+    for _ in 0..50 {
+        let key = format!("idem:nack:{}", uuid::Uuid::new_v4());
+        let s = conformance::submission(&[&key], &ENDPOINTS[..1]);
+        match store.intake(s.clone()).await {
+            Err(hub::store::StoreError::Unavailable(_)) => {
+                refused = Some((key, s));
+                break;
+            }
+            Err(e) => anyhow::bail!("unexpected error: {e}"),
+            Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let (_, refused) = refused.ok_or_else(|| anyhow::anyhow!("a nacking broker never made intake fail"))?;
+    // Its claim may be in the stream (it was published alongside), but it was never accepted:
+    // a partner's retry finds it and completes it, and until then it has no attempts.
+    if let Some(view) = store.submission(refused.id).await? {
+        anyhow::ensure!(view.deliveries.iter().all(|d| d.attempts == 0), "a refused submission was attempted");
+    }
+    Ok(())
+}
