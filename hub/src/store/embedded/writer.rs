@@ -79,7 +79,10 @@ pub fn run(db: Arc<Database>, mut rx: mpsc::UnboundedReceiver<Op>, wake: impl Fn
         }
         metrics::histogram!("lotse_store_batch_size").record(batch.len() as f64);
         let ops = std::mem::take(&mut batch);
-        match commit_batch(&db, ops) {
+        let started = std::time::Instant::now();
+        let committed = commit_batch(&db, ops);
+        metrics::histogram!("lotse_store_commit_seconds").record(started.elapsed().as_secs_f64());
+        match committed {
             Ok((replies, wakeups)) => {
                 for r in replies {
                     r.send();
