@@ -571,7 +571,15 @@ impl Shared {
             StoreError::Unavailable(e)
         };
         match confirmed {
-            Err(_) => Err(failed(format!("RabbitMQ did not confirm within {CONFIRM_TIMEOUT:?}"))),
+            Err(_) => {
+                // No answer at all: a half-open connection looks connected until heartbeats
+                // notice (minutes), so start over now, unless the broker said it blocks us
+                // (resource alarm), where a new connection would be blocked too.
+                if !session.conn.status().blocked() {
+                    let _ = self.broken.send(session.id);
+                }
+                Err(StoreError::Unavailable(format!("RabbitMQ did not confirm within {CONFIRM_TIMEOUT:?}")))
+            }
             Ok(Err(e)) => Err(failed(format!("publish to `{queue}`: {e}"))),
             Ok(Ok(Confirmation::Ack(None))) => Ok(()),
             Ok(Ok(Confirmation::Ack(Some(_)))) => Err(unavailable(format!("queue `{queue}` does not exist"))),
