@@ -1,0 +1,168 @@
+//! What every store operation uses: confirmed publishes, stream appends, the index.
+
+use super::*;
+
+pub(super) async fn await_fold(rx: oneshot::Receiver<Applied>, bound: Duration) -> Result<Applied, StoreError> {
+    match tokio::time::timeout(bound, rx).await {
+        Ok(Ok(applied)) => Ok(applied),
+        Ok(Err(_)) => Err(StoreError::Unavailable("the connection to the event stream was lost".into())),
+        Err(_) => Err(StoreError::Unavailable(format!("the event stream did not come back within {bound:?}"))),
+    }
+}
+
+pub(super) fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl Shared {
+    pub(super) fn current(&self) -> Result<Arc<Session>, StoreError> {
+        self.session
+            .read()
+            .ok()
+            .and_then(|s| s.clone())
+            .ok_or_else(|| StoreError::Unavailable("not connected to RabbitMQ".into()))
+    }
+
+    /// Publishes one persistent message to a queue and waits for the broker's confirm.
+    pub(super) async fn publish(&self, queue: &str, body: &[u8], props: BasicProperties) -> Result<(), StoreError> {
+        let session = self.current()?;
+        let i = session.next.fetch_add(1, Ordering::Relaxed) % session.publishers.len().max(1);
+        let Some(ch) = session.publishers.get(i) else {
+            return Err(unavailable("no publishing channel"));
+        };
+        let routing_key = short(queue).map_err(unavailable)?;
+        let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
+        let confirmed = tokio::time::timeout(CONFIRM_TIMEOUT, async {
+            ch.basic_publish("".into(), routing_key, options, body, props).await?.await
+        })
+        .await;
+        let failed = |e: String| {
+            if !session.conn.status().connected() || !ch.status().connected() {
+                let _ = self.broken.send(session.id);
+            }
+            StoreError::Unavailable(e)
+        };
+        match confirmed {
+            Err(_) => {
+                // No answer at all: a half-open connection looks connected until heartbeats
+                // notice (minutes), so start over now, unless the broker said it blocks us
+                // (resource alarm), where a new connection would be blocked too.
+                if !session.conn.status().blocked() {
+                    let _ = self.broken.send(session.id);
+                }
+                Err(StoreError::Unavailable(format!("RabbitMQ did not confirm within {CONFIRM_TIMEOUT:?}")))
+            }
+            Ok(Err(e)) => Err(failed(format!("publish to `{queue}`: {e}"))),
+            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+            Ok(Ok(Confirmation::Ack(Some(_)))) => Err(unavailable(format!("queue `{queue}` does not exist"))),
+            Ok(Ok(Confirmation::Nack(_))) => Err(unavailable(format!("RabbitMQ refused the message for `{queue}`"))),
+            Ok(Ok(Confirmation::NotRequested)) => Err(unavailable("publisher confirms are off")),
+        }
+    }
+
+    /// Appends a record to the stream (confirmed); the receiver fires when this node folded it.
+    pub(super) async fn append(
+        &self,
+        record: Record,
+        payload: Option<&[u8]>,
+    ) -> Result<oneshot::Receiver<Applied>, StoreError> {
+        let envelope = Envelope { rid: Uuid::now_v7(), at: now_millis(), record };
+        let encoded = record::encode(&envelope, payload).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut w) = self.waiters.lock() {
+            w.insert(envelope.rid, tx);
+        }
+        let (confirmed, done) = oneshot::channel();
+        let result = match self.appends.send(Append { encoded, confirmed }) {
+            Ok(()) => done.await.unwrap_or_else(|_| Err("the stream writer stopped".into())),
+            Err(_) => Err("the stream writer stopped".into()),
+        };
+        if result.is_err()
+            && let Ok(mut w) = self.waiters.lock()
+        {
+            w.remove(&envelope.rid);
+        }
+        result.map(|()| rx).map_err(StoreError::Unavailable)
+    }
+
+    /// Appends a record and waits until this node's fold has applied it.
+    pub(super) async fn append_and_fold(&self, record: Record, payload: Option<&[u8]>) -> Result<Applied, StoreError> {
+        let rx = self.append(record, payload).await?;
+        await_fold(rx, FOLD_TIMEOUT).await
+    }
+
+    pub(super) fn index<T>(&self, f: impl FnOnce(&Index) -> T) -> Result<T, StoreError> {
+        self.index.lock().map(|i| f(&i)).map_err(|_| StoreError::Corrupt("index lock poisoned".into()))
+    }
+
+    /// Publishes one work message per delivery of `receipt`, with the bytes of `submission`.
+    pub(super) async fn queue_deliveries(
+        &self,
+        receipt: &Receipt,
+        submission: &NewSubmission,
+    ) -> Result<(), StoreError> {
+        let mut publishes = Vec::new();
+        for d in &receipt.deliveries {
+            // The receipt may be an earlier submission's; its endpoints match this one's when the
+            // same message was routed by the same config. Otherwise send the original bytes.
+            let rendition =
+                submission.deliveries.iter().find(|n| n.endpoint == d.endpoint).and_then(|n| n.rendition.as_ref());
+            let (content_type, body) = match rendition {
+                Some(r) => (r.content_type.clone(), r.body.clone()),
+                None => (submission.content_type.clone(), submission.original.clone()),
+            };
+            let message = WorkMessage {
+                delivery_id: d.id,
+                submission_id: receipt.submission_id,
+                message_id: submission.message_id.clone(),
+                content_type,
+                attempts: 0,
+                budget_base: 0,
+                generation: 0,
+                not_before: 0,
+                queued_at: now_millis(),
+            };
+            let props = message.properties().map_err(unavailable)?;
+            let queue = self.names.work(&d.endpoint);
+            publishes.push(async move { self.publish(&queue, &body, props).await });
+        }
+        futures::future::try_join_all(publishes).await?;
+        Ok(())
+    }
+
+    /// A duplicate: make sure the first submission's deliveries are queued, then its receipt.
+    pub(super) async fn duplicate(&self, receipt: Receipt, submission: &NewSubmission) -> Result<Intake, StoreError> {
+        let deadline = Instant::now() + QUEUED_GRACE;
+        while !self.index(|i| i.is_queued(receipt.submission_id))? {
+            if Instant::now() >= deadline {
+                tracing::warn!(submission_id = %receipt.submission_id, "first intake did not finish; queueing its deliveries");
+                self.queue_deliveries(&receipt, submission).await?;
+                self.append_and_fold(Record::Queued { submission_ids: vec![receipt.submission_id] }, None).await?;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Intake::Duplicate(receipt))
+    }
+
+    /// The claim of a submission, waiting up to [`CLAIM_WAIT_INLINE`] for the fold to learn it.
+    pub(super) async fn claim_of(&self, id: SubmissionId) -> Result<Claim, StoreError> {
+        let deadline = Instant::now() + CLAIM_WAIT_INLINE;
+        loop {
+            let folded = self.folded.notified();
+            let claim = self.index(|i| i.claim(id))?;
+            if claim != Claim::Unknown || Instant::now() >= deadline {
+                return Ok(claim);
+            }
+            let _ = tokio::time::timeout_at(deadline, folded).await;
+        }
+    }
+
+    /// Sends a not-yet-due message to the wait ladder, then acks the copy in hand.
+    pub(super) async fn park(&self, endpoint: &str, message: &WorkMessage, body: &[u8]) -> Result<(), StoreError> {
+        let remaining = message.not_before.saturating_sub(now_millis());
+        let queue =
+            if remaining == 0 { self.names.work(endpoint) } else { self.names.wait(endpoint, rung_for(remaining)) };
+        self.publish(&queue, body, message.properties().map_err(unavailable)?).await
+    }
+}

@@ -1,0 +1,261 @@
+//! `Store` for [`RabbitStore`]: intake, lease, settle, status, replay.
+
+use super::*;
+
+#[async_trait::async_trait]
+impl Store for RabbitStore {
+    async fn intake(&self, submission: NewSubmission) -> Result<Intake, StoreError> {
+        let shared = &self.shared;
+        for d in &submission.deliveries {
+            if !shared.queues.contains_key(&d.endpoint) {
+                return Err(unavailable(format!("no work queue for endpoint `{}`", d.endpoint)));
+            }
+        }
+        if let Some((receipt, _)) = shared.index(|i| i.holder_of(&submission.dedup_keys))? {
+            return shared.duplicate(receipt, &submission).await;
+        }
+        let receipt = Receipt {
+            submission_id: submission.id,
+            deliveries: submission
+                .deliveries
+                .iter()
+                .map(|d| ReceiptDelivery { id: d.id, endpoint: d.endpoint.clone() })
+                .collect(),
+        };
+        let claim = SubmittedRecord {
+            id: submission.id,
+            partner: submission.partner.clone(),
+            dedup_keys: submission.dedup_keys.clone(),
+            received_at: submission.received_at,
+            content_type: submission.content_type.clone(),
+            meta: submission.meta.clone(),
+            message_id: submission.message_id.clone(),
+            route: submission.route.clone(),
+            deliveries: receipt.deliveries.clone(),
+            notes: submission.notes.clone(),
+            size: submission.original.len(),
+        };
+        let (claimed, queued) = tokio::join!(
+            shared.append_and_fold(Record::Submitted(claim), None),
+            shared.queue_deliveries(&receipt, &submission)
+        );
+        if let Applied::Duplicate(first) = claimed? {
+            // Our work messages are void (the claim lost); leases drop them.
+            return shared.duplicate(first, &submission).await;
+        }
+        queued?;
+        // The deliveries are durable now; the `Queued` mark only spares a later duplicate its
+        // grace wait, so it goes with the next flush.
+        if let Ok(mut q) = shared.queued.lock() {
+            q.push(submission.id);
+        }
+        Ok(Intake::Accepted(receipt))
+    }
+
+    async fn lease(&self, endpoint: &str, max: usize, wait: Duration) -> Result<Vec<Lease>, StoreError> {
+        let shared = &self.shared;
+        let Some(queue) = shared.queues.get(endpoint) else {
+            return Err(unavailable(format!("no work queue for endpoint `{endpoint}`")));
+        };
+        let deadline = Instant::now() + wait;
+        let mut out = Vec::new();
+        let Ok(mut rx) = tokio::time::timeout_at(deadline, queue.rx.lock()).await else {
+            return Ok(out);
+        };
+        while out.len() < max {
+            let incoming = if out.is_empty() {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(i)) => i,
+                    _ => break,
+                }
+            } else {
+                match rx.try_recv() {
+                    Ok(i) => i,
+                    Err(_) => break,
+                }
+            };
+            let current = shared.current().map(|s| s.id).ok();
+            if current != Some(incoming.session) {
+                // Its channel is gone, and with it the broker's record of our holding it: the
+                // broker has put it back in the queue.
+                continue;
+            }
+            let delivery = incoming.delivery;
+            let (message, redelivered) = match WorkMessage::from_properties(&delivery.properties) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(endpoint, error = %e, "foreign message in a work queue dropped");
+                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                    continue;
+                }
+            };
+            if message.not_before > now_millis() {
+                match shared.park(endpoint, &message, &delivery.data).await {
+                    Ok(()) => {
+                        let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(delivery_id = %message.delivery_id, error = %e, "cannot park a retry");
+                        let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                    }
+                }
+                continue;
+            }
+            match shared.claim_of(message.submission_id).await? {
+                Claim::Won => {}
+                Claim::Lost => {
+                    // Published alongside a claim that lost to a duplicate: void.
+                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                    continue;
+                }
+                Claim::Unknown if now_millis().saturating_sub(message.queued_at) < CLAIM_WAIT.as_millis() as u64 => {
+                    let parked = WorkMessage { not_before: now_millis() + 1, ..message.clone() };
+                    match shared.park(endpoint, &parked, &delivery.data).await {
+                        Ok(()) => {
+                            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                        }
+                        Err(_) => {
+                            let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                        }
+                    }
+                    continue;
+                }
+                // Its claim never reached the stream (that intake answered 503): deliver anyway.
+                Claim::Unknown => {}
+            }
+            // A copy of a delivery already delivered in its generation (an ack lost to a
+            // reconnect): nothing to do.
+            if let Some((DeliveryState::Delivered, generation)) =
+                shared.index(|i| i.delivery_state(message.delivery_id))?
+                && generation >= message.generation
+            {
+                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                continue;
+            }
+            let attempt = message.attempts + redelivered + 1;
+            let token = shared.next_token.fetch_add(1, Ordering::Relaxed);
+            let lease = Lease {
+                delivery_id: message.delivery_id,
+                submission_id: message.submission_id,
+                endpoint: endpoint.to_owned(),
+                attempt,
+                budget_attempt: attempt.saturating_sub(message.budget_base).max(1),
+                message_id: message.message_id.clone(),
+                content_type: message.content_type.clone(),
+                payload: Bytes::from(delivery.data),
+                token,
+            };
+            if let Ok(mut leases) = shared.leases.lock() {
+                leases.insert(token, Held { session: incoming.session, acker: delivery.acker, message });
+            }
+            out.push(lease);
+        }
+        Ok(out)
+    }
+
+    async fn settle(&self, lease: Lease, outcome: Outcome) -> Result<(), StoreError> {
+        let shared = &self.shared;
+        let Some(held) = shared.leases.lock().ok().and_then(|mut l| l.remove(&lease.token)) else {
+            return Err(unavailable(format!("lease of delivery {} is unknown or settled", lease.delivery_id)));
+        };
+        let recorded = match &outcome {
+            Outcome::Delivered { status } => RecordedOutcome::Delivered { status: *status },
+            Outcome::Retry { not_before, error } => {
+                let next = WorkMessage { attempts: lease.attempt, not_before: *not_before, ..held.message.clone() };
+                if let Err(e) = shared.park(&lease.endpoint, &next, &lease.payload).await {
+                    return Err(give_back(held, e).await);
+                }
+                RecordedOutcome::Retry { not_before: *not_before, error: error.clone() }
+            }
+            Outcome::Dead { error } => {
+                let dead = WorkMessage { attempts: lease.attempt, not_before: 0, ..held.message.clone() };
+                let props = match dead.properties() {
+                    Ok(p) => p,
+                    Err(e) => return Err(give_back(held, unavailable(e)).await),
+                };
+                if let Err(e) = shared.publish(&shared.names.dead(&lease.endpoint), &lease.payload, props).await {
+                    return Err(give_back(held, e).await);
+                }
+                RecordedOutcome::Dead {
+                    error: error.clone(),
+                    content_type: lease.content_type.clone(),
+                    message_id: lease.message_id.clone(),
+                }
+            }
+        };
+        let payload = matches!(recorded, RecordedOutcome::Dead { .. }).then_some(&lease.payload[..]);
+        let record = Record::Outcome(OutcomeRecord {
+            submission_id: lease.submission_id,
+            delivery_id: lease.delivery_id,
+            attempt: lease.attempt,
+            generation: held.message.generation,
+            outcome: recorded,
+        });
+        let rx = match shared.append(record, payload).await {
+            Ok(rx) => rx,
+            Err(e) => return Err(give_back(held, e).await),
+        };
+        if held.acker.ack(BasicAckOptions::default()).await.is_err() {
+            // The session that held it is gone; the broker gives the message out again, and a
+            // copy of a delivered delivery is dropped at lease time.
+            tracing::debug!(delivery_id = %lease.delivery_id, session = held.session, "ack after reconnect failed");
+        }
+        // Read-your-writes on this node; the outcome is durable either way.
+        let _ = await_fold(rx, FOLD_TIMEOUT).await;
+        Ok(())
+    }
+
+    async fn submission(&self, id: SubmissionId) -> Result<Option<SubmissionView>, StoreError> {
+        self.shared.index(|i| i.submission(id))
+    }
+
+    async fn delivery(&self, id: DeliveryId) -> Result<Option<DeliveryView>, StoreError> {
+        self.shared.index(|i| i.delivery_view(id))
+    }
+
+    async fn deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryView>, StoreError> {
+        self.shared.index(|i| i.deliveries(filter))
+    }
+
+    async fn replay(&self, id: DeliveryId, actor: &str, reason: &str) -> Result<ReplayOutcome, StoreError> {
+        let shared = &self.shared;
+        match shared.index(|i| i.replay_source(id))? {
+            ReplaySource::NotFound => Ok(ReplayOutcome::NotFound),
+            ReplaySource::NotDead(state) => Ok(ReplayOutcome::NotDead { state }),
+            ReplaySource::Dead { submission_id, endpoint, attempts, generation, copy } => {
+                let message = WorkMessage {
+                    delivery_id: id,
+                    submission_id,
+                    message_id: copy.message_id.clone(),
+                    content_type: copy.content_type.clone(),
+                    attempts,
+                    budget_base: attempts,
+                    generation: generation + 1,
+                    not_before: 0,
+                    queued_at: now_millis(),
+                };
+                let props = message.properties().map_err(unavailable)?;
+                shared.publish(&shared.names.work(&endpoint), &copy.payload, props).await?;
+                let record = Record::Replayed(ReplayedRecord {
+                    submission_id,
+                    delivery_id: id,
+                    generation: generation + 1,
+                    actor: actor.to_owned(),
+                    reason: reason.to_owned(),
+                });
+                shared.append_and_fold(record, None).await?;
+                Ok(ReplayOutcome::Replayed)
+            }
+        }
+    }
+
+    async fn counts(&self) -> Result<Counts, StoreError> {
+        self.shared.index(|i| i.counts())
+    }
+}
+
+/// A settle that could not be recorded: the message goes back to its queue for another attempt.
+pub(super) async fn give_back(held: Held, error: StoreError) -> StoreError {
+    let _ = held.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+    error
+}

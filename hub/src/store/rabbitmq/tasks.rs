@@ -1,0 +1,252 @@
+//! The background tasks of a RabbitMQ store: the connection supervisor, the stream fold, the
+//! work pumps, and the group commit of stream records.
+
+use super::*;
+
+pub(super) async fn supervise(
+    shared: Arc<Shared>,
+    mut broken: mpsc::UnboundedReceiver<u64>,
+    first: oneshot::Sender<Result<(), String>>,
+) {
+    let mut first = Some(first);
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut backoff = Duration::from_millis(200);
+    let started = Instant::now();
+    let mut id = 0u64;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        id += 1;
+        match open_session(&shared, id).await {
+            Ok((session, tasks)) => {
+                backoff = Duration::from_millis(200);
+                if let Ok(mut s) = shared.session.write() {
+                    *s = Some(session.clone());
+                }
+                tracing::info!(session = id, "connected to RabbitMQ");
+                if let Some(f) = first.take() {
+                    let _ = f.send(Ok(()));
+                }
+                loop {
+                    tokio::select! {
+                        b = broken.recv() => match b {
+                            Some(b) if b != id => continue,
+                            _ => break,
+                        },
+                        _ = shutdown.changed() => break,
+                    }
+                }
+                if let Ok(mut s) = shared.session.write() {
+                    *s = None;
+                }
+                for t in &tasks {
+                    t.abort();
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(2), session.conn.close(200, "bye".into())).await;
+                if *shutdown.borrow() {
+                    break;
+                }
+                tracing::warn!(session = id, "lost the RabbitMQ connection; reconnecting");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot connect to RabbitMQ");
+                if first.is_some() && started.elapsed() > Duration::from_secs(15) {
+                    if let Some(f) = first.take() {
+                        let _ = f.send(Err(e));
+                    }
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+pub(super) type Tasks = Vec<tokio::task::JoinHandle<()>>;
+
+pub(super) async fn open_session(shared: &Arc<Shared>, id: u64) -> Result<(Arc<Session>, Tasks), String> {
+    let props = ConnectionProperties::default()
+        .with_connection_name(format!("lotse {} pid {}", shared.names.events(), std::process::id()).into());
+    let conn = tokio::time::timeout(CONFIRM_TIMEOUT, Connection::connect(&shared.url, props))
+        .await
+        .map_err(|_| format!("no answer within {CONFIRM_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())?;
+    let setup = async {
+        let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+        topology::declare(&ch, &shared.names, &shared.endpoints).await?;
+        let _ = ch.close(200, "declared".into()).await;
+        let mut publishers = Vec::new();
+        for _ in 0..PUBLISH_CHANNELS {
+            let c = conn.create_channel().await.map_err(|e| e.to_string())?;
+            c.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| e.to_string())?;
+            publishers.push(c);
+        }
+        let mut tasks: Tasks = Vec::new();
+        // The stream, from the offset after the last one folded.
+        let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+        ch.basic_qos(1000, BasicQosOptions::default()).await.map_err(|e| e.to_string())?;
+        let mut args = FieldTable::default();
+        let offset = shared.next_offset.load(Ordering::SeqCst);
+        args.insert("x-stream-offset".into(), AMQPValue::LongLongInt(offset as i64));
+        let events = shared.names.events();
+        let consumer = ch
+            .basic_consume(short(&events)?, "".into(), BasicConsumeOptions::default(), args)
+            .await
+            .map_err(|e| format!("consume `{events}`: {e}"))?;
+        tasks.push(tokio::spawn(fold(shared.clone(), id, ch, consumer)));
+        for endpoint in &shared.endpoints {
+            let Some(queue) = shared.queues.get(endpoint) else { continue };
+            let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+            ch.basic_qos(PREFETCH, BasicQosOptions::default()).await.map_err(|e| e.to_string())?;
+            let work = shared.names.work(endpoint);
+            let consumer = ch
+                .basic_consume(short(&work)?, "".into(), BasicConsumeOptions::default(), FieldTable::default())
+                .await
+                .map_err(|e| format!("consume `{work}`: {e}"))?;
+            tasks.push(tokio::spawn(pump(shared.clone(), id, ch, consumer, queue.tx.clone())));
+        }
+        Ok::<_, String>((publishers, tasks))
+    };
+    match setup.await {
+        Ok((publishers, tasks)) => Ok((Arc::new(Session { id, conn, publishers, next: AtomicUsize::new(0) }), tasks)),
+        Err(e) => {
+            let _ = conn.close(200, "setup failed".into()).await;
+            Err(e)
+        }
+    }
+}
+
+/// Applies the event stream to the index and wakes the writers waiting for their records.
+pub(super) async fn fold(shared: Arc<Shared>, session: u64, _ch: Channel, mut consumer: lapin::Consumer) {
+    while let Some(item) = consumer.next().await {
+        let Ok(delivery) = item else { break };
+        let offset =
+            delivery.properties.headers().as_ref().and_then(|h| h.inner().get("x-stream-offset").cloned()).and_then(
+                |v| match v {
+                    AMQPValue::LongLongInt(n) => u64::try_from(n).ok(),
+                    _ => None,
+                },
+            );
+        // A stream consumer may start before the requested offset (chunk boundaries): skip those.
+        let fresh = offset.is_none_or(|o| o >= shared.next_offset.load(Ordering::SeqCst));
+        if fresh {
+            match record::unframe(&delivery.data) {
+                Ok(records) => {
+                    let mut applied = Vec::with_capacity(records.len());
+                    if let Ok(mut index) = shared.index.lock() {
+                        for (envelope, payload) in records {
+                            let rid = envelope.rid;
+                            applied.push((rid, index.apply(envelope, payload)));
+                        }
+                    }
+                    if let Ok(mut waiters) = shared.waiters.lock() {
+                        for (rid, a) in applied {
+                            if let Some(w) = waiters.remove(&rid) {
+                                let _ = w.send(a);
+                            }
+                        }
+                    }
+                    shared.folded.notify_waiters();
+                }
+                Err(e) => tracing::error!(?offset, error = %e, "undecodable event records skipped"),
+            }
+            if let Some(o) = offset {
+                shared.next_offset.store(o + 1, Ordering::SeqCst);
+            }
+        }
+        if delivery.acker.ack(BasicAckOptions::default()).await.is_err() {
+            break;
+        }
+    }
+    let _ = shared.broken.send(session);
+}
+
+/// Moves an endpoint's work messages from the broker into the local hand-out queue.
+pub(super) async fn pump(
+    shared: Arc<Shared>,
+    session: u64,
+    _ch: Channel,
+    mut consumer: lapin::Consumer,
+    tx: mpsc::Sender<Incoming>,
+) {
+    while let Some(item) = consumer.next().await {
+        let Ok(delivery) = item else { break };
+        if tx.send(Incoming { session, delivery }).await.is_err() {
+            break;
+        }
+    }
+    let _ = shared.broken.send(session);
+}
+
+/// Group commit for the stream: gathers the records waiting, publishes them as one message, and
+/// tells each writer the confirm's verdict.
+pub(super) async fn append_batches(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Append>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut carry: Option<Append> = None;
+    loop {
+        let first = match carry.take() {
+            Some(a) => a,
+            None => tokio::select! {
+                a = rx.recv() => match a { Some(a) => a, None => break },
+                _ = shutdown.changed() => break,
+            },
+        };
+        let Ok(slot) = slots.clone().acquire_owned().await else { break };
+        let mut size = first.encoded.len();
+        let mut batch = vec![first];
+        while batch.len() < BATCH_RECORDS && size < BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(a) if size + a.encoded.len() > BATCH_BYTES => {
+                    carry = Some(a);
+                    break;
+                }
+                Ok(a) => {
+                    size += a.encoded.len();
+                    batch.push(a);
+                }
+                Err(_) => break,
+            }
+        }
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let (encoded, waiting): (Vec<Vec<u8>>, Vec<_>) =
+                batch.into_iter().map(|a| (a.encoded, a.confirmed)).unzip();
+            let body = record::frame(&encoded);
+            let props = BasicProperties::default().with_delivery_mode(2);
+            let result = shared.publish(&shared.names.events(), &body, props).await.map_err(|e| match e {
+                StoreError::Unavailable(m) | StoreError::Corrupt(m) => m,
+            });
+            for w in waiting {
+                let _ = w.send(result.clone());
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// Writes the `Queued` marks gathered since the last flush as one record.
+pub(super) async fn flush_queued(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(QUEUED_FLUSH) => {}
+            _ = shutdown.changed() => break,
+        }
+        let ids = shared.queued.lock().map(|mut q| std::mem::take(&mut *q)).unwrap_or_default();
+        if ids.is_empty() {
+            continue;
+        }
+        if let Err(e) = shared.append(Record::Queued { submission_ids: ids.clone() }, None).await {
+            tracing::debug!(error = %e, "queued marks not written; kept for the next flush");
+            if let Ok(mut q) = shared.queued.lock() {
+                q.extend(ids);
+            }
+        }
+    }
+}
