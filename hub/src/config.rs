@@ -82,11 +82,15 @@ pub struct LimitsConfig {
     pub max_depth: usize,
     /// Most attributes on one element (default 64).
     pub max_attributes: usize,
+    /// Most submissions being taken in at once (default 1024). Beyond it the partner API sheds
+    /// load: `503` with `Retry-After`, so an overload costs latency for nobody and memory stays
+    /// bounded.
+    pub max_in_flight: usize,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig { max_body_bytes: 16 * 1024 * 1024, max_depth: 128, max_attributes: 64 }
+        LimitsConfig { max_body_bytes: 16 * 1024 * 1024, max_depth: 128, max_attributes: 64, max_in_flight: 1024 }
     }
 }
 
@@ -266,7 +270,11 @@ impl RawConfig {
                 self.queue.prefix
             ));
         }
-        if self.limits.max_body_bytes == 0 || self.limits.max_depth == 0 || self.limits.max_attributes == 0 {
+        if self.limits.max_body_bytes == 0
+            || self.limits.max_depth == 0
+            || self.limits.max_attributes == 0
+            || self.limits.max_in_flight == 0
+        {
             problems.push("`limits` values must be greater than 0".into());
         }
         if self.retry.max_attempts == 0 {

@@ -21,8 +21,26 @@ use crate::store::{Intake, SubmissionId};
 const INLINE_PREPARE_BYTES: usize = 256 * 1024;
 
 pub fn router(state: Arc<AppState>) -> Router {
+    // Load shedding: at most `max_in_flight` submissions are taken in at once; the rest get 503
+    // at once instead of queueing (unbounded memory, latency for everybody).
+    let in_flight = state.config.raw.limits.max_in_flight;
+    let shed = tower::ServiceBuilder::new()
+        .layer(axum::error_handling::HandleErrorLayer::new(|_: tower::BoxError| async {
+            metrics::counter!("lotse_submissions_refused_total", "reason" => "overloaded").increment(1);
+            let mut resp = Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "Hub overloaded",
+                "too many submissions are being taken in right now; nothing was accepted, send it again shortly",
+            )
+            .into_response();
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            resp
+        }))
+        .load_shed()
+        .concurrency_limit(in_flight);
     Router::new()
-        .route("/v1/submissions", post(post_submission))
+        .route("/v1/submissions", post(post_submission).layer(shed))
         .route("/v1/submissions/{id}", get(get_submission))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", "no such resource") })

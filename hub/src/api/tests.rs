@@ -432,3 +432,99 @@ endpoints = ["gewerbeamt"]
         view.events
     );
 }
+
+/// A store whose intake waits until released (to hold a submission in flight).
+struct GatedStore(Arc<tokio::sync::Semaphore>);
+
+#[async_trait::async_trait]
+impl crate::store::Store for GatedStore {
+    async fn intake(&self, _: crate::store::NewSubmission) -> Result<crate::store::Intake, crate::store::StoreError> {
+        let _permit = self.0.acquire().await;
+        Err(crate::store::StoreError::Unavailable("released".into()))
+    }
+    async fn lease(
+        &self,
+        e: &str,
+        m: usize,
+        w: std::time::Duration,
+    ) -> Result<Vec<crate::store::Lease>, crate::store::StoreError> {
+        BrokenStore.lease(e, m, w).await
+    }
+    async fn settle(&self, l: crate::store::Lease, o: crate::store::Outcome) -> Result<(), crate::store::StoreError> {
+        BrokenStore.settle(l, o).await
+    }
+    async fn submission(
+        &self,
+        id: crate::store::SubmissionId,
+    ) -> Result<Option<crate::store::SubmissionView>, crate::store::StoreError> {
+        BrokenStore.submission(id).await
+    }
+    async fn delivery(
+        &self,
+        id: crate::store::DeliveryId,
+    ) -> Result<Option<crate::store::DeliveryView>, crate::store::StoreError> {
+        BrokenStore.delivery(id).await
+    }
+    async fn deliveries(
+        &self,
+        f: &crate::store::DeliveryFilter,
+    ) -> Result<Vec<crate::store::DeliveryView>, crate::store::StoreError> {
+        BrokenStore.deliveries(f).await
+    }
+    async fn replay(
+        &self,
+        id: crate::store::DeliveryId,
+        a: &str,
+        r: &str,
+    ) -> Result<crate::store::ReplayOutcome, crate::store::StoreError> {
+        BrokenStore.replay(id, a, r).await
+    }
+    async fn counts(&self) -> Result<crate::store::Counts, crate::store::StoreError> {
+        BrokenStore.counts().await
+    }
+}
+
+#[tokio::test]
+async fn beyond_max_in_flight_the_partner_api_sheds_load_with_503_and_retry_after() {
+    let text = r#"
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:1"
+data_dir = "unused"
+[limits]
+max_in_flight = 1
+[[endpoints]]
+name = "a"
+kind = "http"
+url = "http://127.0.0.1:9/a"
+[[routes]]
+name = "r"
+endpoints = ["a"]
+"#;
+    let config = Arc::new(Config::parse(text).expect("config"));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let state = Arc::new(AppState {
+        config: config.clone(),
+        pipeline: crate::intake::Pipeline::new(config, Arc::new(GatedStore(gate.clone())), None),
+        partners: Default::default(),
+        metrics: None,
+        paused: Default::default(),
+    });
+    let router = partner::router(state);
+    let first = tokio::spawn({
+        let router = router.clone();
+        async move { call(&router, submit(&message("0f0e0d0c-0000-4000-8000-000000000060", "bab:1"), &[])).await }
+    });
+    // Let the first submission reach the store and wait there.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let (s, hd, b) = call(&router, submit(&message("0f0e0d0c-0000-4000-8000-000000000061", "bab:1"), &[])).await;
+    assert_problem(s, &hd, &b, StatusCode::SERVICE_UNAVAILABLE, "overloaded");
+    assert_eq!(hd["retry-after"], "1");
+    gate.add_permits(1);
+    let (s, _, b) = first.await.expect("first");
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "the gated store refuses after release: {b}");
+    assert_eq!(b["type"], "urn:lotse:problem:store-unavailable");
+    // With the slot free again, the next submission is taken in (and reaches the store).
+    gate.add_permits(1);
+    let (_, _, b) = call(&router, submit(&message("0f0e0d0c-0000-4000-8000-000000000062", "bab:1"), &[])).await;
+    assert_eq!(b["type"], "urn:lotse:problem:store-unavailable");
+}
