@@ -17,7 +17,10 @@ fn main() -> ExitCode {
         _ => "warn",
     };
     hub::telemetry::init(cli.log_json, level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Blocking threads only wait for the XSD validator's workers (and read large bodies): a few
+    // keep those workers busy. Tokio's default (512) let an overload start hundreds of threads,
+    // each with its own allocator heap: 800 MB resident at 8,000/s offered.
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(16).build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("lotse: cannot start the async runtime: {e}");
