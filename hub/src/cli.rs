@@ -7,9 +7,10 @@ use clap::{Parser, Subcommand};
 
 /// Lotse: the interoperability message hub for XÖV messages.
 ///
-/// Partners POST cases (XÖV XML or its JSON form); Lotse reads their header, routes them by
-/// message type, reader and author, stores them durably and delivers them to agency endpoints,
-/// with retries, dead letters, status and replay.
+/// Partners POST cases (XÖV XML, its JSON form, or FIT-Connect metadata); Lotse reads their
+/// header, validates them against their XSD, routes them by standard, message type, reader,
+/// author, public service and trust level, stores them durably and delivers them to agency
+/// endpoints, with retries, dead letters, status and replay. See README.md and docs/.
 #[derive(Debug, Parser)]
 #[command(name = "lotse", version, propagate_version = true)]
 pub struct Cli {
