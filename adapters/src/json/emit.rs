@@ -257,7 +257,30 @@ fn needs_escape(x: u64) -> bool {
     (below_space | zero(quote) | zero(backslash)) & HIGHS != 0
 }
 
+/// True when some byte of `bytes` needs escaping: whole words, then the tail byte by byte
+/// (a word assembled from the tail would be read right after byte-wise stores: a stall).
+fn any_needs_escape(bytes: &[u8]) -> bool {
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        if needs_escape(u64::from_le_bytes(word)) {
+            return true;
+        }
+    }
+    chunks.remainder().iter().any(|&b| JSON_ESCAPE[b as usize] != 0)
+}
+
 fn escape_into(out: &mut Vec<u8>, s: &str) {
+    // the common case (names, most values): nothing to escape, one copy
+    if !any_needs_escape(s.as_bytes()) {
+        out.extend_from_slice(s.as_bytes());
+        return;
+    }
+    escape_slow(out, s);
+}
+
+fn escape_slow(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();
     let mut start = 0;

@@ -154,3 +154,19 @@ fn names_with_non_ascii_characters_convert_both_ways() {
     assert!(json_to_xml(&json!({"a": {"@\u{2000}x": "1"}})).is_err());
     assert!(xml_to_json("<a><\u{b7}b/></a>".as_bytes(), &Limits::default()).is_err());
 }
+
+#[test]
+fn json_strings_match_serde_json_for_every_byte_class_at_every_position() {
+    let specials = ['"', '\\', '\n', '\r', '\t', '\u{0}', '\u{1f}', '\u{7f}', '\u{e4}', '\u{20ac}', ' ', 'a'];
+    for len in 0..=20 {
+        for pos in 0..len {
+            for c in specials {
+                let s: String = (0..len).map(|i| if i == pos { c } else { 'x' }).collect();
+                let mut out = Vec::new();
+                super::emit::write_str(&mut out, &s);
+                let expected = serde_json::to_string(&s).expect("a string serialises");
+                assert_eq!(String::from_utf8(out).expect("JSON text is UTF-8"), expected, "{s:?}");
+            }
+        }
+    }
+}

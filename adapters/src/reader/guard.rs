@@ -385,6 +385,7 @@ impl<'a> Guard<'a> {
     /// (the slice reader never copies names or attribute values).
     /// The error is unreachable in practice (the slice reader hands out slices of its input,
     /// which is valid UTF-8 by now, and cuts only at ASCII delimiters) and merely avoids a panic.
+    #[inline]
     fn rebase(&self, part: &[u8]) -> Result<&'a str, ReadError> {
         let start = (part.as_ptr() as usize).wrapping_sub(self.input.as_ptr() as usize);
         self.doc.get(start..start.wrapping_add(part.len())).ok_or_else(|| self.malformed("token outside the input"))
@@ -579,17 +580,17 @@ static NAME_CLASS: [u8; 256] = {
 /// it as `&str` with the position of its colon (0: none).
 fn qname(name: &str) -> Result<(&str, usize), String> {
     let bad = || format!("`{name}` is not a valid XML name");
-    let mut all = 0u8;
+    let bytes = name.as_bytes();
+    // one branch-free pass over the classes; the colon is located only when there is one
+    let all = bytes.iter().fold(0u8, |acc, &b| acc | NAME_CLASS[b as usize]);
     let mut colon = 0;
-    for (i, &b) in name.as_bytes().iter().enumerate() {
-        let class = NAME_CLASS[b as usize];
-        if class & COLON != 0 {
-            if colon != 0 || i == 0 {
-                return Err(bad());
-            }
-            colon = i;
+    if all & COLON != 0 {
+        let first = bytes.iter().position(|&b| b == b':').unwrap_or(0);
+        // at most one colon, and not the first byte
+        if first == 0 || bytes.get(first + 1..).is_some_and(|rest| rest.contains(&b':')) {
+            return Err(bad());
         }
-        all |= class;
+        colon = first;
     }
     let starts_ok = |i: usize| name.as_bytes().get(i).is_some_and(|&b| NAME_CLASS[b as usize] & NAME_START != 0);
     if all & BAD != 0 || !starts_ok(0) || (colon != 0 && !starts_ok(colon + 1)) {
@@ -632,5 +633,21 @@ fn check_name(name: &[u8]) -> Result<(), String> {
         Ok((_, 0)) => Ok(()),
         Ok(_) => Err(format!("`{name}` is not a valid XML name")),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod fast_path_tests {
+    use super::qname;
+
+    #[test]
+    fn qualified_names_allow_exactly_one_inner_colon() {
+        assert_eq!(qname("a:b"), Ok(("a:b", 1)));
+        assert_eq!(qname("xbau:baugenehmigung.antrag.0200"), Ok(("xbau:baugenehmigung.antrag.0200", 4)));
+        assert_eq!(qname("name"), Ok(("name", 0)));
+        assert_eq!(qname("\u{e4}b:c\u{b7}"), Ok(("\u{e4}b:c\u{b7}", 3)));
+        for bad in [":a", "a:", "a::b", "a:b:c", "::", ":", "", "1a", "a:1", "a b", "-a", "a:-b", "\u{b7}a"] {
+            assert!(qname(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }
