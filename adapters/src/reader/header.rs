@@ -288,7 +288,8 @@ pub(crate) fn local(qname: &str) -> &str {
 }
 
 fn path_matches(pattern: &[&str], path: &[&str]) -> bool {
-    pattern.len() == path.len() && pattern.iter().zip(path).all(|(p, n)| segment_matches(p, n))
+    // last segment first: it is the one that differs between the patterns of a header
+    pattern.len() == path.len() && pattern.iter().zip(path).rev().all(|(p, n)| segment_matches(p, n))
 }
 
 /// `p` is a name or two alternatives `a|b` (no pattern needs more).
