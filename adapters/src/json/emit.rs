@@ -203,6 +203,10 @@ fn scalar(text: &str, kind: Option<Kind>) -> Value {
 }
 
 fn write_scalar(out: &mut Vec<u8>, text: &str, kind: Option<Kind>) {
+    // generic mode: every value is a string
+    if kind.is_none() {
+        return write_str(out, text);
+    }
     match typed(text, kind) {
         Some(Value::Bool(b)) => out.extend_from_slice(if b { b"true" } else { b"false" }),
         Some(Value::Number(n)) => out.extend_from_slice(n.to_string().as_bytes()),
@@ -280,6 +284,9 @@ fn escape_into(out: &mut Vec<u8>, s: &str) {
     escape_slow(out, s);
 }
 
+// kept out of line so the fast path stays small (no register saves for the escaping loop)
+#[cold]
+#[inline(never)]
 fn escape_slow(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();
