@@ -56,6 +56,18 @@ endpoints = ["a", "b"]
     .expect("valid test config")
 }
 
+/// The partner router over `store`, with no schemas and open access.
+fn partner_router(config: Config, store: Arc<dyn crate::store::Store>) -> axum::Router {
+    let config = Arc::new(config);
+    partner::router(Arc::new(AppState {
+        config: config.clone(),
+        pipeline: crate::intake::Pipeline::new(config, store, None),
+        partners: Default::default(),
+        metrics: None,
+        paused: Default::default(),
+    }))
+}
+
 struct Harness {
     partner: axum::Router,
     admin: axum::Router,
@@ -311,15 +323,7 @@ impl crate::store::Store for BrokenStore {
 
 #[tokio::test]
 async fn a_store_that_cannot_commit_means_503_without_internals() {
-    let config = Arc::new(config(""));
-    let state = Arc::new(AppState {
-        config: config.clone(),
-        pipeline: crate::intake::Pipeline::new(config, Arc::new(BrokenStore), None),
-        partners: Default::default(),
-        metrics: None,
-        paused: Default::default(),
-    });
-    let router = partner::router(state);
+    let router = partner_router(config(""), Arc::new(BrokenStore));
     let (s, hd, b) = call(&router, submit(&message("0f0e0d0c-0000-4000-8000-000000000050", "bab:09162000"), &[])).await;
     assert_problem(s, &hd, &b, StatusCode::SERVICE_UNAVAILABLE, "store-unavailable");
     assert!(!b.to_string().contains("/secret/path"), "5xx bodies must not carry internals: {b}");
@@ -329,9 +333,8 @@ async fn a_store_that_cannot_commit_means_503_without_internals() {
 #[tokio::test]
 async fn fit_connect_metadata_is_routed_by_service_and_trust_level() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = Arc::new(
-        Config::parse(
-            r#"
+    let config = Config::parse(
+        r#"
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:1"
 data_dir = "unused"
@@ -355,18 +358,10 @@ service = "urn:de:fim:leika:leistung:99001004*"
 min_trust_level = "substantial"
 endpoints = ["gewerbeamt"]
 "#,
-        )
-        .expect("config"),
-    );
+    )
+    .expect("config");
     let store: Arc<dyn crate::store::Store> = Arc::new(EmbeddedStore::open(dir.path()).expect("store"));
-    let state = Arc::new(AppState {
-        config: config.clone(),
-        pipeline: crate::intake::Pipeline::new(config, store, None),
-        partners: Default::default(),
-        metrics: None,
-        paused: Default::default(),
-    });
-    let router = partner::router(state);
+    let router = partner_router(config, store);
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../adapters/tests/fixtures/fitconnect");
     let send = |file: &str| {
         let body = std::fs::read(fixtures.join(file)).expect("fixture");
@@ -384,9 +379,8 @@ endpoints = ["gewerbeamt"]
 #[tokio::test]
 async fn fit_connect_metadata_reaches_its_route_and_keeps_its_bytes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = Arc::new(
-        Config::parse(
-            r#"
+    let config = Config::parse(
+        r#"
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:1"
 data_dir = "unused"
@@ -400,18 +394,10 @@ service = "urn:de:fim:leika:leistung:99001004*"
 min_trust_level = "substantial"
 endpoints = ["gewerbeamt"]
 "#,
-        )
-        .expect("config"),
-    );
+    )
+    .expect("config");
     let store: Arc<dyn crate::store::Store> = Arc::new(EmbeddedStore::open(dir.path()).expect("store"));
-    let state = Arc::new(AppState {
-        config: config.clone(),
-        pipeline: crate::intake::Pipeline::new(config, store.clone(), None),
-        partners: Default::default(),
-        metrics: None,
-        paused: Default::default(),
-    });
-    let router = partner::router(state);
+    let router = partner_router(config, store.clone());
     let body = std::fs::read(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../adapters/tests/fixtures/fitconnect/full.json"),
     )
@@ -500,16 +486,9 @@ url = "http://127.0.0.1:9/a"
 name = "r"
 endpoints = ["a"]
 "#;
-    let config = Arc::new(Config::parse(text).expect("config"));
+    let config = Config::parse(text).expect("config");
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let state = Arc::new(AppState {
-        config: config.clone(),
-        pipeline: crate::intake::Pipeline::new(config, Arc::new(GatedStore(gate.clone())), None),
-        partners: Default::default(),
-        metrics: None,
-        paused: Default::default(),
-    });
-    let router = partner::router(state);
+    let router = partner_router(config, Arc::new(GatedStore(gate.clone())));
     let first = tokio::spawn({
         let router = router.clone();
         async move { call(&router, submit(&message("0f0e0d0c-0000-4000-8000-000000000060", "bab:1"), &[])).await }
