@@ -3,45 +3,15 @@
 //! Prints files and pass rate per standard (`cargo test -p adapters --test json_corpus -- --nocapture`).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+
+mod common;
+use common::{corpus, files as all_files, xml_files};
 
 use adapters::json::{ConvertError, canonical_form, json_to_xml, write_json, xml_to_json};
 use adapters::{Limits, ReadError};
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
-}
-
-fn corpus() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus");
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "corpus missing at {} (required with CI=true)",
-        dir.display()
-    );
-    eprintln!("skipped: corpus not found at {}", dir.display());
-    None
-}
-
-fn xml_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "xml") {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// Instance messages per standard (issue 3), by corpus folder.
@@ -122,42 +92,33 @@ fn every_other_corpus_xml_file_round_trips_too() {
     let mut files = 0;
     let mut refused = 0;
     let mut failures = Vec::new();
-    let mut stack = vec![dir.clone()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
+    for p in all_files(&dir) {
+        let ext = p.extension().and_then(|x| x.to_str()).unwrap_or_default();
+        let schema_like = matches!(ext, "xsd" | "wsdl" | "sch");
+        let code_list = ext == "xml" && p.to_string_lossy().contains("code");
+        if !schema_like && !code_list {
+            continue;
+        }
+        let bytes = std::fs::read(&p).expect("readable");
+        files += 1;
+        let limits = Limits { max_elements: 10_000_000, ..Limits::default() };
+        let value = match xml_to_json(&bytes, &limits) {
+            Ok(v) => v,
+            Err(ConvertError::Read(ReadError::Forbidden(_))) if contains(&bytes, b"<!DOCTYPE") => {
+                // xmldsig-core-schema.xsd carries a DOCTYPE: refused by design
+                refused += 1;
                 continue;
             }
-            let ext = p.extension().and_then(|x| x.to_str()).unwrap_or_default();
-            let schema_like = matches!(ext, "xsd" | "wsdl" | "sch");
-            let code_list = ext == "xml" && p.to_string_lossy().contains("code");
-            if !schema_like && !code_list {
+            Err(e) => {
+                failures.push(format!("{}: {e}", p.display()));
                 continue;
             }
-            let bytes = std::fs::read(&p).expect("readable");
-            files += 1;
-            let limits = Limits { max_elements: 10_000_000, ..Limits::default() };
-            let value = match xml_to_json(&bytes, &limits) {
-                Ok(v) => v,
-                Err(ConvertError::Read(ReadError::Forbidden(_))) if contains(&bytes, b"<!DOCTYPE") => {
-                    // xmldsig-core-schema.xsd carries a DOCTYPE: refused by design
-                    refused += 1;
-                    continue;
-                }
-                Err(e) => {
-                    failures.push(format!("{}: {e}", p.display()));
-                    continue;
-                }
-            };
-            let back = json_to_xml(&value).expect("forward output converts back");
-            let a = canonical_form(&bytes, &limits).expect("canonical");
-            let b = canonical_form(&back, &limits).expect("canonical");
-            if a != b {
-                failures.push(format!("{}: canonical forms differ", p.display()));
-            }
+        };
+        let back = json_to_xml(&value).expect("forward output converts back");
+        let a = canonical_form(&bytes, &limits).expect("canonical");
+        let b = canonical_form(&back, &limits).expect("canonical");
+        if a != b {
+            failures.push(format!("{}: canonical forms differ", p.display()));
         }
     }
     eprintln!(

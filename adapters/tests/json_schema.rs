@@ -4,31 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
+mod common;
+use common::{corpus, xml_files_in};
+
 use adapters::Limits;
 use adapters::json::{Hints, canonical_form, json_to_xml, write_json_typed, xml_to_json_typed};
 use serde_json::{Value, json};
-
-fn corpus() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus");
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "corpus missing at {} (required with CI=true)",
-        dir.display()
-    );
-    eprintln!("skipped: corpus not found at {}", dir.display());
-    None
-}
-
-fn xml_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "xml")).collect())
-        .unwrap_or_default();
-    out.sort();
-    out
-}
 
 /// XWasser imports the XÖV library by URL; the corpus keeps cached copies (MANIFEST §4).
 fn xwasser_remote(dir: &Path) -> impl Fn(&Path, &str) -> Option<PathBuf> + '_ {
@@ -87,7 +68,7 @@ fn xbau_messages_typed() {
     let hints = hints(&entries, &no_remote);
     let messages = dir.join("xbau-testfiles-arecklies/Input/XBau-Testdateien/2.6");
     let mut seen = 0;
-    for path in xml_files(&messages) {
+    for path in xml_files_in(&messages) {
         let v = assert_typed_round_trip(&path, &hints);
         seen += 1;
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
@@ -138,8 +119,8 @@ fn other_standards_typed_round_trip() {
             vec![dir.join("xbeteiligung-demosplan/Resources/xsd/xbeteiligung.xsd")],
             &no_remote,
             [
-                xml_files(&dir.join("xbeteiligung-demosplan/tests/res")),
-                xml_files(&dir.join("xbeteiligung-demosplan/tests/res/xmlv14")),
+                xml_files_in(&dir.join("xbeteiligung-demosplan/tests/res")),
+                xml_files_in(&dir.join("xbeteiligung-demosplan/tests/res/xmlv14")),
             ]
             .concat(),
         ),
@@ -147,27 +128,27 @@ fn other_standards_typed_round_trip() {
             "XWasser",
             vec![dir.join("xwasser-hd-gmbh/schemas/V1_0_0/xwasser.xsd")],
             &remote,
-            xml_files(&dir.join("xwasser-hd-gmbh/tests")),
+            xml_files_in(&dir.join("xwasser-hd-gmbh/tests")),
         ),
         (
             "xdomea 2.3",
             vec![xdomea("2.3.0")],
             &no_remote,
-            xml_files(&dir.join("xdomea-landesarchiv-thueringen/message_generation/pattern/xdomea_2.3.0")),
+            xml_files_in(&dir.join("xdomea-landesarchiv-thueringen/message_generation/pattern/xdomea_2.3.0")),
         ),
         (
             "xdomea 2.4",
             vec![xdomea("2.4.0")],
             &no_remote,
-            xml_files(&dir.join("xdomea-landesarchiv-thueringen/message_generation/pattern/xdomea_2.4.0")),
+            xml_files_in(&dir.join("xdomea-landesarchiv-thueringen/message_generation/pattern/xdomea_2.4.0")),
         ),
         (
             "xdomea 3.0",
             vec![xdomea("3.0.0")],
             &no_remote,
             [
-                xml_files(&dir.join("xdomea-landesarchiv-thueringen/message_generation/pattern/xdomea_3.0.0")),
-                xml_files(&dir.join("xdomea-examples-lavnrw/v3.0.0")),
+                xml_files_in(&dir.join("xdomea-landesarchiv-thueringen/message_generation/pattern/xdomea_3.0.0")),
+                xml_files_in(&dir.join("xdomea-examples-lavnrw/v3.0.0")),
             ]
             .concat(),
         ),
@@ -175,13 +156,13 @@ fn other_standards_typed_round_trip() {
             "XJustiz 3.4.1",
             vec![dir.join("xjustiz-tools-digidigital/assets/eEB_3_5_1/xsd/341/xjustiz_0005_nachrichten_3_0.xsd")],
             &no_remote,
-            xml_files(&dir.join("fit-connect-adapter-zechmeister/src/test/resources/test")),
+            xml_files_in(&dir.join("fit-connect-adapter-zechmeister/src/test/resources/test")),
         ),
         (
             "XRechnung CII",
             vec![cii],
             &no_remote,
-            xml_files(&dir.join("kosit-xrechnung-testsuite/src/test/business-cases/standard"))
+            xml_files_in(&dir.join("kosit-xrechnung-testsuite/src/test/business-cases/standard"))
                 .into_iter()
                 .filter(|p| p.to_string_lossy().ends_with("_uncefact.xml"))
                 .collect(),
@@ -190,7 +171,7 @@ fn other_standards_typed_round_trip() {
             "XRechnung UBL",
             vec![ubl.join("UBL-Invoice-2.1.xsd"), ubl.join("UBL-CreditNote-2.1.xsd")],
             &no_remote,
-            xml_files(&dir.join("kosit-xrechnung-testsuite/src/test/business-cases/standard"))
+            xml_files_in(&dir.join("kosit-xrechnung-testsuite/src/test/business-cases/standard"))
                 .into_iter()
                 .filter(|p| p.to_string_lossy().ends_with("_ubl.xml"))
                 .collect(),

@@ -3,7 +3,7 @@
 //! by local names, when this table was written) and checked by eye against the files.
 //! Both `read_meta` (whole document) and `read_header` (fast path) must give them.
 
-use std::path::PathBuf;
+mod common;
 
 use adapters::{Limits, read_header, read_meta};
 
@@ -715,16 +715,7 @@ const EXPECTED: &[Row] = &[
 
 #[test]
 fn every_xoev_sample_header() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus");
-    if !dir.is_dir() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "corpus missing at {} (required with CI=true)",
-            dir.display()
-        );
-        eprintln!("skipped: corpus not found at {}", dir.display());
-        return;
-    }
+    let Some(dir) = common::corpus() else { return };
     let mut failures = Vec::new();
     for (file, id, ty, reader, author) in EXPECTED {
         let bytes = std::fs::read(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));

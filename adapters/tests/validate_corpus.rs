@@ -10,33 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
+mod common;
+
 use adapters::catalog::Catalog;
 use adapters::validate::{ValidateError, Validator, ValidatorOptions, Verdict};
-
-fn corpus_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus");
-    if dir.join("MANIFEST.md").is_file() {
-        return Some(dir);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("CI=true but the corpus is missing at {}", dir.display());
-    }
-    println!("skipped: no corpus at {} (set CI=true to make this a failure)", dir.display());
-    None
-}
-
-fn xml_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    paths.sort();
-    for p in paths {
-        if p.is_dir() {
-            xml_files(&p, out);
-        } else if p.extension().is_some_and(|e| e == "xml") {
-            out.push(p);
-        }
-    }
-}
 
 /// Runs xmllint on many files against one schema; returns file -> valid?
 fn xmllint(schema: &Path, files: &[PathBuf]) -> BTreeMap<PathBuf, bool> {
@@ -74,11 +51,10 @@ struct Tally {
 
 #[test]
 fn verdicts_agree_with_xmllint_on_the_whole_corpus() {
-    let Some(corpus) = corpus_dir() else { return };
+    let Some(corpus) = common::corpus() else { return };
     let catalog = Arc::new(Catalog::load_with_builtin(&[]).expect("built-in catalog"));
     let validator = Validator::new(Arc::clone(&catalog), ValidatorOptions::default()).expect("validator");
-    let mut files = Vec::new();
-    xml_files(&corpus, &mut files);
+    let files = common::xml_files(&corpus);
 
     let mut by_schema: BTreeMap<String, Vec<(PathBuf, bool)>> = BTreeMap::new();
     let mut unknown_version: Vec<(PathBuf, String, String)> = Vec::new();
