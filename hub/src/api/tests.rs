@@ -329,11 +329,10 @@ async fn a_store_that_cannot_commit_means_503_without_internals() {
     assert!(!b.to_string().contains("/secret/path"), "5xx bodies must not carry internals: {b}");
 }
 
-/// FIT-Connect metadata is routed by its public service (LeiKa) and the trust level it states.
-#[tokio::test]
-async fn fit_connect_metadata_is_routed_by_service_and_trust_level() {
+/// A partner router over a real embedded store with one endpoint, `gewerbeamt`, and `routes`.
+fn fit_connect_router(routes: &str) -> (axum::Router, Arc<dyn crate::store::Store>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = Config::parse(
+    let config = Config::parse(&format!(
         r#"
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:1"
@@ -342,11 +341,18 @@ data_dir = "unused"
 name = "gewerbeamt"
 kind = "http"
 url = "http://127.0.0.1:9/g"
-[[endpoints]]
-name = "xml-only"
-kind = "http"
-url = "http://127.0.0.1:9/x"
-format = "xml"
+{routes}"#
+    ))
+    .expect("config");
+    let store: Arc<dyn crate::store::Store> = Arc::new(EmbeddedStore::open(dir.path()).expect("store"));
+    (partner_router(config, store.clone()), store, dir)
+}
+
+/// FIT-Connect metadata is routed by its public service (LeiKa) and the trust level it states.
+#[tokio::test]
+async fn fit_connect_metadata_is_routed_by_service_and_trust_level() {
+    let (router, _store, _dir) = fit_connect_router(
+        r#"
 [[routes]]
 name = "leika-hoch"
 service = "urn:de:fim:leika:leistung:99001004*"
@@ -358,10 +364,7 @@ service = "urn:de:fim:leika:leistung:99001004*"
 min_trust_level = "substantial"
 endpoints = ["gewerbeamt"]
 "#,
-    )
-    .expect("config");
-    let store: Arc<dyn crate::store::Store> = Arc::new(EmbeddedStore::open(dir.path()).expect("store"));
-    let router = partner_router(config, store);
+    );
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../adapters/tests/fixtures/fitconnect");
     let send = |file: &str| {
         let body = std::fs::read(fixtures.join(file)).expect("fixture");
@@ -378,26 +381,15 @@ endpoints = ["gewerbeamt"]
 
 #[tokio::test]
 async fn fit_connect_metadata_reaches_its_route_and_keeps_its_bytes() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = Config::parse(
+    let (router, store, _dir) = fit_connect_router(
         r#"
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:1"
-data_dir = "unused"
-[[endpoints]]
-name = "gewerbeamt"
-kind = "http"
-url = "http://127.0.0.1:9/g"
 [[routes]]
 name = "leika"
 service = "urn:de:fim:leika:leistung:99001004*"
 min_trust_level = "substantial"
 endpoints = ["gewerbeamt"]
 "#,
-    )
-    .expect("config");
-    let store: Arc<dyn crate::store::Store> = Arc::new(EmbeddedStore::open(dir.path()).expect("store"));
-    let router = partner_router(config, store.clone());
+    );
     let body = std::fs::read(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../adapters/tests/fixtures/fitconnect/full.json"),
     )
