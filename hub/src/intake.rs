@@ -13,7 +13,7 @@ use adapters::{Limits, Meta, ReadError};
 use bytes::Bytes;
 
 use crate::config::{Config, Format};
-use crate::store::{Intake, NewDelivery, NewSubmission, Rendition, Store, StoreError, SubmissionId, now_millis};
+use crate::store::{NewDelivery, NewSubmission, Rendition, Store, StoreError, SubmissionId, now_millis};
 
 /// The media types Lotse accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,14 +116,9 @@ impl Pipeline {
         &self.store
     }
 
-    /// Reads, routes and stores one submission.
-    pub async fn submit(&self, sub: Submission) -> Result<Intake, IntakeError> {
-        let Prepared { new, .. } = self.prepare(sub)?;
-        Ok(self.store.intake(new).await?)
-    }
-
-    /// Everything but the store write: CPU-only, so callers may run it on a blocking thread.
-    pub fn prepare(&self, sub: Submission) -> Result<Prepared, IntakeError> {
+    /// Everything but the store write: CPU-only, so callers may run it on a blocking thread. The
+    /// caller then hands the result to [`Store::intake`].
+    pub fn prepare(&self, sub: Submission) -> Result<NewSubmission, IntakeError> {
         // What the body is: XML, the JSON form of XML (converted first: the header lives in the
         // XML), or FIT-Connect metadata (JSON with its own meta; it has no XML form).
         let (xml, meta): (Option<Bytes>, Meta) = match sub.media {
@@ -289,7 +284,7 @@ impl Pipeline {
         if let Some(m) = &meta.message_id {
             dedup_keys.push(format!("msg:{}:{m}", sub.partner));
         }
-        let new = NewSubmission {
+        Ok(NewSubmission {
             id: SubmissionId::new(),
             partner: sub.partner,
             dedup_keys,
@@ -301,8 +296,7 @@ impl Pipeline {
             original: sub.body,
             deliveries,
             notes,
-        };
-        Ok(Prepared { new, meta })
+        })
     }
 }
 
@@ -322,9 +316,4 @@ impl Pipeline {
             }
         }
     }
-}
-
-pub struct Prepared {
-    pub new: NewSubmission,
-    pub meta: Meta,
 }

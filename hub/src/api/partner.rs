@@ -147,7 +147,7 @@ async fn post_submission(
             return Err(e.into());
         }
     };
-    let intake = state.pipeline.store().intake(prepared.new).await.map_err(IntakeError::from)?;
+    let intake = state.pipeline.store().intake(prepared).await.map_err(IntakeError::from)?;
     metrics::histogram!("lotse_intake_seconds").record(started.elapsed().as_secs_f64());
     let (receipt, duplicate) = match intake {
         Intake::Accepted(r) => (r, false),

@@ -403,7 +403,7 @@ impl Batch<'_> {
     }
 }
 
-pub fn counter_name(state: DeliveryState) -> &'static str {
+fn counter_name(state: DeliveryState) -> &'static str {
     match state {
         DeliveryState::Pending => "pending",
         DeliveryState::Delivered => "delivered",
