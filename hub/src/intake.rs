@@ -74,7 +74,7 @@ impl From<ReadError> for IntakeError {
     }
 }
 
-/// What the API hands to [`Pipeline::submit`].
+/// What the API hands to [`Pipeline::prepare`].
 pub struct Submission {
     pub partner: String,
     pub media: Media,
