@@ -81,11 +81,10 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
         return Err(too_large());
     }
     axum::body::to_bytes(body, limit).await.map_err(|e| {
-        // axum wraps http-body-util's `LengthLimitError`, which it does not re-export: find it
-        // in the source chain by its message.
+        // axum wraps http-body-util's `LengthLimitError` (it does not re-export the type).
         let mut source: Option<&dyn std::error::Error> = Some(&e);
         while let Some(s) = source {
-            if s.to_string().contains("length limit exceeded") {
+            if s.is::<http_body_util::LengthLimitError>() {
                 return too_large();
             }
             source = s.source();
