@@ -88,7 +88,7 @@ macro_rules! conformance_tests {
             use super::*;
             conformance_tests!(@cases $factory;
                 intake_then_lease, settle_delivered, settle_retry, settle_dead_and_replay,
-                duplicate_intake, survive_reopen, event_log, listings_and_counts);
+                duplicate_intake, survive_reopen, event_log, listings_and_counts, concurrent_replay);
         }
     };
     (@cases $factory:path; $($case:ident),*) => {
@@ -147,6 +147,57 @@ async fn two_processes(factory: &RabbitFactory) -> anyhow::Result<()> {
     let lease = leases.into_iter().next().ok_or_else(|| anyhow::anyhow!("b never got the delivery"))?;
     anyhow::ensure!(lease.delivery_id == receipt.deliveries[0].id, "b leased another delivery");
     b.settle(lease, Outcome::Delivered { status: 200 }).await?;
+    Ok(())
+}
+
+/// Two processes replay the same dead delivery at the same moment: exactly one replay wins
+/// (`Replayed`), the other answers `NotDead` (pending), and the delivery is attempted exactly
+/// once more. Before replays were claimed in the stream, both queued it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_concurrent_replays_on_two_processes_queue_once() -> anyhow::Result<()> {
+    let Some(factory) = rabbit().await? else { return Ok(()) };
+    let result = concurrent_replays(&factory).await;
+    factory.cleanup().await;
+    result
+}
+
+async fn concurrent_replays(factory: &RabbitFactory) -> anyhow::Result<()> {
+    let a = factory.open().await?;
+    let b = factory.open().await?;
+    for round in 0..3 {
+        let s = conformance::submission(&[], &ENDPOINTS[..1]);
+        let Intake::Accepted(receipt) = a.intake(s.clone()).await? else {
+            anyhow::bail!("a fresh submission was a duplicate");
+        };
+        let d = receipt.deliveries[0].id;
+        // Either process may hold the work message; settle it dead where it was leased.
+        let t = tokio::time::Instant::now();
+        loop {
+            anyhow::ensure!(t.elapsed() < conformance::DUE, "round {round}: the delivery was never leased");
+            let (holder, mut leases) = match a.lease(ENDPOINTS[0], 1, conformance::NOT_DUE).await? {
+                l if !l.is_empty() => (&a, l),
+                _ => (&b, b.lease(ENDPOINTS[0], 1, conformance::NOT_DUE).await?),
+            };
+            if let Some(lease) = leases.pop() {
+                anyhow::ensure!(lease.delivery_id == d, "round {round}: leased {}", lease.delivery_id);
+                holder.settle(lease, Outcome::Dead { error: "HTTP 400".into() }).await?;
+                break;
+            }
+        }
+        // Both must see it dead before they race, or one would answer NotDead without racing.
+        let t = tokio::time::Instant::now();
+        while b.delivery(d).await?.map(|v| v.state) != Some(hub::store::DeliveryState::Dead)
+            || a.delivery(d).await?.map(|v| v.state) != Some(hub::store::DeliveryState::Dead)
+        {
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(5), "round {round}: the dead state did not reach both");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (one, two) = tokio::join!(a.replay(d, "ops-a", "race"), b.replay(d, "ops-b", "race"));
+        conformance::check_one_replay(one?, two?).map_err(|e| e.context(format!("round {round}")))?;
+        conformance::check_attempted_once_more(&[&a, &b], d, s.id)
+            .await
+            .map_err(|e| e.context(format!("round {round}")))?;
+    }
     Ok(())
 }
 

@@ -23,6 +23,9 @@ pub const ENDPOINTS: [&str; 2] = ["alpha", "beta"];
 pub const DUE: Duration = Duration::from_secs(15);
 /// How long to wait to see that work does not come.
 pub const NOT_DUE: Duration = Duration::from_millis(400);
+/// How long a replay's work is watched for a second copy. Longer than [`NOT_DUE`]: a void copy
+/// of a backend that drops it at lease time has to be handed to a lease to be dropped.
+pub const REPLAY_WINDOW: Duration = Duration::from_secs(3);
 
 /// Opens the store under test.
 #[async_trait::async_trait]
@@ -187,6 +190,61 @@ pub async fn settle_dead_and_replay<F: StoreFactory>(f: &F) -> anyhow::Result<()
     let events = store.submission(s.id).await?.context("submission vanished")?.events;
     let replayed = events.iter().find(|e| e.kind == "replayed").context("no `replayed` event")?;
     ensure!(replayed.delivery_id == Some(d), "`replayed` event names {:?}", replayed.delivery_id);
+    Ok(())
+}
+
+/// Two replays of one dead delivery at once: exactly one is `Replayed`, the other finds the
+/// delivery no longer dead (`NotDead`, pending), and the delivery is attempted once more, not
+/// twice.
+pub async fn concurrent_replay<F: StoreFactory>(f: &F) -> anyhow::Result<()> {
+    let store = f.open().await?;
+    let s = submission(&[], &ENDPOINTS[..1]);
+    accept(&store, s.clone()).await?;
+    let lease = lease_one(&store, ENDPOINTS[0]).await?;
+    let d = lease.delivery_id;
+    store.settle(lease, Outcome::Dead { error: "HTTP 400".into() }).await?;
+    let (one, two) = futures::join!(store.replay(d, "one", "first"), store.replay(d, "two", "second"));
+    check_one_replay(one?, two?)?;
+    check_attempted_once_more(&[&store], d, s.id).await
+}
+
+/// Of two concurrent replays, exactly one is `Replayed` and the other `NotDead` (pending).
+pub fn check_one_replay(one: ReplayOutcome, two: ReplayOutcome) -> anyhow::Result<()> {
+    let pending = ReplayOutcome::NotDead { state: DeliveryState::Pending };
+    let ok = (one == ReplayOutcome::Replayed && two == pending) || (one == pending && two == ReplayOutcome::Replayed);
+    ensure!(ok, "two concurrent replays answered {one:?} and {two:?}; expected one Replayed, one NotDead(pending)");
+    Ok(())
+}
+
+/// After one replay of dead delivery `d` (attempted once before): leasing from every store for
+/// [`REPLAY_WINDOW`] gives it exactly once; settled delivered, it shows two attempts and one
+/// `replayed` event.
+pub async fn check_attempted_once_more<S: Store>(
+    stores: &[&S],
+    d: DeliveryId,
+    submission_id: SubmissionId,
+) -> anyhow::Result<()> {
+    let until = tokio::time::Instant::now() + REPLAY_WINDOW;
+    let mut leased = Vec::new();
+    while tokio::time::Instant::now() < until {
+        for store in stores {
+            for lease in store.lease(ENDPOINTS[0], 10, NOT_DUE / 4).await? {
+                leased.push(lease.delivery_id);
+                store.settle(lease, Outcome::Delivered { status: 200 }).await?;
+            }
+        }
+    }
+    ensure!(leased == [d], "after one replay of {d}, leased {leased:?} within {REPLAY_WINDOW:?}");
+    for store in stores {
+        let view = store.delivery(d).await?.context("delivery vanished")?;
+        ensure!(view.state == DeliveryState::Delivered, "replayed delivery is {:?}", view.state);
+        ensure!(view.attempts == 2, "replayed delivery shows {} attempts, expected 2", view.attempts);
+        let events = store.submission(submission_id).await?.context("submission vanished")?.events;
+        let replayed = events.iter().filter(|e| e.kind == "replayed").count();
+        ensure!(replayed == 1, "{replayed} `replayed` events for one replay");
+        let delivered = events.iter().filter(|e| e.kind == "delivered").count();
+        ensure!(delivered == 1, "{delivered} `delivered` events for one replay");
+    }
     Ok(())
 }
 

@@ -9,7 +9,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use super::record::{Envelope, OutcomeRecord, Record, RecordedOutcome, ReplayedRecord, SubmittedRecord};
+use uuid::Uuid;
+
+use super::record::{
+    Envelope, OutcomeRecord, Record, RecordedOutcome, ReplayVoidRecord, ReplayedRecord, SubmittedRecord,
+};
 use crate::store::{
     Counts, DeliveryFilter, DeliveryId, DeliveryState, DeliveryView, EventView, Millis, Receipt, ReceiptDelivery,
     SubmissionId, SubmissionState, SubmissionView,
@@ -22,6 +26,11 @@ pub enum Applied {
     Accepted,
     /// The claim lost: an earlier submission holds one of its dedup keys.
     Duplicate(Receipt),
+    /// A replay claim won its generation: the delivery is pending, its work is real.
+    ReplayWon,
+    /// A replay claim lost (another claim of the generation came first, the delivery was no
+    /// longer dead, or its work was voided); the delivery's state now, `None` if unknown.
+    ReplayLost(Option<DeliveryState>),
     /// Any other record.
     Done,
 }
@@ -67,10 +76,12 @@ struct Delivery {
     attempts: u32,
     /// Highest replay generation seen for this delivery.
     generation: u32,
-    /// Generation of the last outcome that set the state; a replay of generation `g` makes the
-    /// delivery pending only if no outcome of generation `g` arrived before it (records of a
-    /// replay's attempts can overtake the replay record itself).
+    /// Generation of the last outcome that set the state; an unclaimed replay record (written
+    /// by earlier versions) of generation `g` makes the delivery pending only if no outcome of
+    /// generation `g` arrived before it (its attempts could overtake the record itself).
     outcome_generation: Option<u32>,
+    /// The winning replay claim of each generation (generation, replay id).
+    replays: Vec<(u32, Uuid)>,
     next_attempt_at: Option<Millis>,
     last_error: Option<String>,
     updated_at: Millis,
@@ -85,6 +96,9 @@ pub struct Index {
     dedup: HashMap<String, SubmissionId>,
     /// Claims that lost: their work messages (published with the claim) are dropped at lease.
     losers: HashSet<SubmissionId>,
+    /// Replay claims that lost, and replays voided by a tombstone before their claim: their
+    /// work messages are dropped at lease, and a claim folded later loses.
+    void_replays: HashSet<Uuid>,
 }
 
 impl Index {
@@ -104,8 +118,9 @@ impl Index {
                 self.apply_outcome(at, record, payload);
                 Applied::Done
             }
-            Record::Replayed(record) => {
-                self.apply_replayed(at, record);
+            Record::Replayed(record) => self.apply_replayed(at, record),
+            Record::ReplayVoid(record) => {
+                self.apply_replay_void(record);
                 Applied::Done
             }
             Record::Mark => Applied::Done,
@@ -136,6 +151,7 @@ impl Index {
                     attempts: 0,
                     generation: 0,
                     outcome_generation: None,
+                    replays: Vec::new(),
                     next_attempt_at: None,
                     last_error: None,
                     updated_at: record.received_at,
@@ -205,19 +221,71 @@ impl Index {
         }
     }
 
-    fn apply_replayed(&mut self, at: Millis, r: ReplayedRecord) {
+    /// A replay claim wins only if it is the first claim of the delivery's next generation while
+    /// the delivery is dead, and its replay was not voided. Every node folds the same records in
+    /// the same order, so every node names the same winner.
+    fn apply_replayed(&mut self, at: Millis, r: ReplayedRecord) -> Applied {
         let Some(d) = self.deliveries.get_mut(&r.delivery_id) else {
-            return;
+            return Applied::ReplayLost(None);
         };
-        d.generation = d.generation.max(r.generation);
-        if d.outcome_generation.is_none_or(|g| g < r.generation) {
-            d.state = DeliveryState::Pending;
-            d.next_attempt_at = None;
+        match r.replay_id {
+            Some(id) => {
+                let wins = d.state == DeliveryState::Dead
+                    && r.generation == d.generation + 1
+                    && !self.void_replays.contains(&id);
+                if !wins {
+                    self.void_replays.insert(id);
+                    return Applied::ReplayLost(Some(d.state));
+                }
+                d.replays.push((r.generation, id));
+                d.generation = r.generation;
+                d.state = DeliveryState::Pending;
+                d.next_attempt_at = None;
+            }
+            // Unclaimed (earlier versions): every record counts.
+            None => {
+                d.generation = d.generation.max(r.generation);
+                if d.outcome_generation.is_none_or(|g| g < r.generation) {
+                    d.state = DeliveryState::Pending;
+                    d.next_attempt_at = None;
+                }
+            }
         }
         d.updated_at = at;
         if let Some(s) = self.submissions.get_mut(&r.submission_id) {
             let detail = format!("by {}: {}", r.actor, r.reason);
             push_event(&mut s.events, at, "replayed", Some(r.delivery_id), None, detail);
+        }
+        match r.replay_id {
+            Some(_) => Applied::ReplayWon,
+            None => Applied::Done,
+        }
+    }
+
+    /// A tombstone: the replay's claim, if it comes later, loses. One that came earlier stays.
+    fn apply_replay_void(&mut self, r: ReplayVoidRecord) {
+        let won = self
+            .deliveries
+            .get(&r.delivery_id)
+            .is_some_and(|d| d.replays.iter().any(|(g, id)| *g == r.generation && *id == r.replay_id));
+        if !won {
+            self.void_replays.insert(r.replay_id);
+        }
+    }
+
+    /// What the fold knows of the replay claim a work message of generation `generation` was
+    /// published for.
+    pub fn replay_claim(&self, delivery_id: DeliveryId, generation: u32, replay_id: Uuid) -> Claim {
+        let Some(d) = self.deliveries.get(&delivery_id) else {
+            return Claim::Unknown;
+        };
+        if d.replays.iter().any(|(g, id)| *g == generation && *id == replay_id) {
+            Claim::Won
+        } else if self.void_replays.contains(&replay_id) || d.generation >= generation {
+            // Lost, voided, or its generation went to another claim.
+            Claim::Lost
+        } else {
+            Claim::Unknown
         }
     }
 

@@ -44,6 +44,18 @@
 //! comes back early from the wait ladder is parked again; nothing is handed out before its
 //! `not_before`.
 //!
+//! Replay: claimed through the stream, like intake. The replaying node publishes a work message
+//! of the next generation `g+1` with a fresh replay id in its headers (confirmed), then a
+//! `Replayed` claim naming that id, and waits for its own fold. The fold accepts only the first
+//! claim of generation `g+1` while the delivery is dead (every node the same verdict); that
+//! replay answers `Replayed`, a later one `NotDead` (the delivery is pending by then), and the
+//! losers' work messages are void and dropped at lease. Work first, claim second: a claim in
+//! the stream always has its work message. A crash in between leaves work without a claim (and
+//! the operator an error): lease holds it back like intake work for [`CLAIM_WAIT`], then writes
+//! a `ReplayVoid` tombstone and asks its fold again; a claim folded before the tombstone stands
+//! (the work is delivered), a claim folded after it loses, so the delivery is never left pending
+//! without work, nor queued without an audited `replayed` event.
+//!
 //! Status: any process answers for any submission from its index; the lag is the time a stream
 //! record takes to reach a consumer (milliseconds; see `docs/rabbitmq.md`). The node that wrote
 //! a record waits until its own fold has it, so it reads its own writes.
@@ -80,7 +92,9 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use self::index::{Applied, Claim, Index, ReplaySource};
-use self::record::{Envelope, OutcomeRecord, Record, RecordedOutcome, ReplayedRecord, SubmittedRecord};
+use self::record::{
+    Envelope, OutcomeRecord, Record, RecordedOutcome, ReplayVoidRecord, ReplayedRecord, SubmittedRecord,
+};
 use self::shared::{await_fold, unavailable};
 use self::tasks::{append_batches, flush_queued, supervise};
 use self::topology::{Names, short};

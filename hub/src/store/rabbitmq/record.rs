@@ -26,8 +26,13 @@ pub enum Record {
     Queued { submission_ids: Vec<SubmissionId> },
     /// The outcome of one attempt.
     Outcome(OutcomeRecord),
-    /// An operator put a dead delivery back to work.
+    /// An operator put a dead delivery back to work: the claim of one replay generation. The
+    /// first claim of a delivery's next generation in stream order wins; later ones lose, and
+    /// their work messages are void.
     Replayed(ReplayedRecord),
+    /// A replay's work message whose claim was not in the stream after `CLAIM_WAIT` is dropped:
+    /// this tombstone makes a claim of that replay folded after it lose, on every node.
+    ReplayVoid(ReplayVoidRecord),
     /// No state: written at start so a node knows when it has read the stream up to "now".
     Mark,
 }
@@ -85,6 +90,18 @@ pub struct ReplayedRecord {
     pub generation: u32,
     pub actor: String,
     pub reason: String,
+    /// Names this replay's work message (its `lotse-replay-id` header). Absent in records of
+    /// earlier versions, whose replays were not claimed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_id: Option<Uuid>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplayVoidRecord {
+    pub submission_id: SubmissionId,
+    pub delivery_id: DeliveryId,
+    pub generation: u32,
+    pub replay_id: Uuid,
 }
 
 /// Body of a stream message: the envelope as JSON, then, for a dead outcome, a NUL byte and the

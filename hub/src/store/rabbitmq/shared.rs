@@ -121,6 +121,7 @@ impl Shared {
                 generation: 0,
                 not_before: 0,
                 queued_at: now_millis(),
+                replay_id: None,
             };
             let props = message.properties().map_err(unavailable)?;
             let queue = self.names.work(&d.endpoint);
@@ -145,17 +146,37 @@ impl Shared {
         Ok(Intake::Duplicate(receipt))
     }
 
-    /// The claim of a submission, waiting up to [`CLAIM_WAIT_INLINE`] for the fold to learn it.
-    pub(super) async fn claim_of(&self, id: SubmissionId) -> Result<Claim, StoreError> {
+    /// The claim of a work message: its submission's, and for replayed work its replay's,
+    /// waiting up to [`CLAIM_WAIT_INLINE`] for the fold to learn it.
+    pub(super) async fn claim_of(&self, message: &WorkMessage) -> Result<Claim, StoreError> {
         let deadline = Instant::now() + CLAIM_WAIT_INLINE;
         loop {
             let folded = self.folded.notified();
-            let claim = self.index(|i| i.claim(id))?;
+            let claim = self.index(|i| match (i.claim(message.submission_id), message.replay_id) {
+                (Claim::Won, Some(replay)) => i.replay_claim(message.delivery_id, message.generation, replay),
+                (claim, _) => claim,
+            })?;
             if claim != Claim::Unknown || Instant::now() >= deadline {
                 return Ok(claim);
             }
             let _ = tokio::time::timeout_at(deadline, folded).await;
         }
+    }
+
+    /// Writes a tombstone for a replay's work whose claim the fold does not know, and returns
+    /// the verdict once it is folded: `Won` if the claim came first after all, else `Lost`.
+    pub(super) async fn void_replay(&self, message: &WorkMessage) -> Result<Claim, StoreError> {
+        let Some(replay_id) = message.replay_id else {
+            return Ok(Claim::Won);
+        };
+        let record = Record::ReplayVoid(ReplayVoidRecord {
+            submission_id: message.submission_id,
+            delivery_id: message.delivery_id,
+            generation: message.generation,
+            replay_id,
+        });
+        self.append_and_fold(record, None).await?;
+        self.index(|i| i.replay_claim(message.delivery_id, message.generation, replay_id))
     }
 
     /// Sends a not-yet-due message to the wait ladder, then acks the copy in hand.

@@ -101,10 +101,10 @@ impl Store for RabbitStore {
                 }
                 continue;
             }
-            match shared.claim_of(message.submission_id).await? {
+            match shared.claim_of(&message).await? {
                 Claim::Won => {}
                 Claim::Lost => {
-                    // Published alongside a claim that lost to a duplicate: void.
+                    // Published alongside a claim that lost (a duplicate, a concurrent replay): void.
                     let _ = delivery.acker.ack(BasicAckOptions::default()).await;
                     continue;
                 }
@@ -120,6 +120,23 @@ impl Store for RabbitStore {
                     }
                     continue;
                 }
+                // A replay whose claim did not reach the stream (that replay answered an error):
+                // a tombstone decides it the same way on every node. A claim folded before the
+                // tombstone stands and the work is delivered; otherwise the work is dropped and a
+                // later claim loses, so the delivery stays dead, never pending without work.
+                Claim::Unknown if message.replay_id.is_some() => match shared.void_replay(&message).await {
+                    Ok(Claim::Won) => {}
+                    Ok(_) => {
+                        tracing::warn!(delivery_id = %message.delivery_id, "replay without a claim dropped");
+                        let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(delivery_id = %message.delivery_id, error = %e, "cannot void a replay");
+                        let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                        continue;
+                    }
+                },
                 // Its claim never reached the stream (that intake answered 503): deliver anyway.
                 Claim::Unknown => {}
             }
@@ -223,6 +240,12 @@ impl Store for RabbitStore {
             ReplaySource::NotFound => Ok(ReplayOutcome::NotFound),
             ReplaySource::NotDead(state) => Ok(ReplayOutcome::NotDead { state }),
             ReplaySource::Dead { submission_id, endpoint, attempts, generation, copy } => {
+                // Work first, claim second: a claim in the stream always has its work message
+                // (a crash in between leaves work without a claim, which lease voids; never a
+                // pending delivery without work). Concurrent replays all publish work, but only
+                // the first claim of the generation in stream order wins; the others' work is
+                // dropped at lease.
+                let replay_id = Uuid::now_v7();
                 let message = WorkMessage {
                     delivery_id: id,
                     submission_id,
@@ -233,6 +256,7 @@ impl Store for RabbitStore {
                     generation: generation + 1,
                     not_before: 0,
                     queued_at: now_millis(),
+                    replay_id: Some(replay_id),
                 };
                 let props = message.properties().map_err(unavailable)?;
                 shared.publish(&shared.names.work(&endpoint), &copy.payload, props).await?;
@@ -242,9 +266,21 @@ impl Store for RabbitStore {
                     generation: generation + 1,
                     actor: actor.to_owned(),
                     reason: reason.to_owned(),
+                    replay_id: Some(replay_id),
                 });
-                shared.append_and_fold(record, None).await?;
-                Ok(ReplayOutcome::Replayed)
+                match shared.append_and_fold(record, None).await? {
+                    Applied::ReplayWon => Ok(ReplayOutcome::Replayed),
+                    Applied::ReplayLost(None) => Ok(ReplayOutcome::NotFound),
+                    // Another replay came first and made it pending (or delivered it already).
+                    Applied::ReplayLost(Some(state)) if state != DeliveryState::Dead => {
+                        Ok(ReplayOutcome::NotDead { state })
+                    }
+                    // Another replay of this generation came first, and it is dead again since.
+                    Applied::ReplayLost(Some(_)) => Err(unavailable(format!(
+                        "a concurrent replay of delivery {id} came first and it is dead again; replay it again"
+                    ))),
+                    other => Err(StoreError::Corrupt(format!("a replay record was folded as {other:?}"))),
+                }
             }
         }
     }

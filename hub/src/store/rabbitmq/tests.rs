@@ -5,7 +5,9 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 use super::index::{Applied, Claim, Index, ReplaySource};
-use super::record::{self, Envelope, OutcomeRecord, Record, RecordedOutcome, ReplayedRecord, SubmittedRecord};
+use super::record::{
+    self, Envelope, OutcomeRecord, Record, RecordedOutcome, ReplayVoidRecord, ReplayedRecord, SubmittedRecord,
+};
 use super::work::{LADDER_MS, WorkMessage, rung_for};
 use crate::store::{DeliveryId, DeliveryState, ReceiptDelivery, SubmissionId, SubmissionState};
 
@@ -50,7 +52,18 @@ fn replayed(s: &SubmittedRecord, generation: u32) -> Record {
         generation,
         actor: "op".into(),
         reason: "fixed".into(),
+        replay_id: None,
     })
+}
+
+/// A replay claim (the current form), with its replay id.
+fn claimed(s: &SubmittedRecord, generation: u32, replay_id: Uuid) -> Record {
+    let Record::Replayed(r) = replayed(s, generation) else { unreachable!("replayed() builds a Replayed") };
+    Record::Replayed(ReplayedRecord { replay_id: Some(replay_id), ..r })
+}
+
+fn replayed_events(index: &Index, s: &SubmittedRecord) -> usize {
+    index.submission(s.id).expect("known").events.iter().filter(|e| e.kind == "replayed").count()
 }
 
 fn state(index: &Index, s: &SubmittedRecord) -> Option<DeliveryState> {
@@ -115,7 +128,73 @@ fn dead_keeps_the_bytes_for_replay_and_delivered_drops_them() {
     assert_eq!(index.submission(s.id).map(|v| v.state), Some(SubmissionState::Delivered));
 }
 
-// A replay's attempt can reach the stream before the replay record (the work message is
+#[test]
+fn the_first_replay_claim_of_a_generation_wins_and_the_others_work_is_void() {
+    let mut index = Index::default();
+    let s = claimed_dead(&mut index);
+    let d = s.deliveries[0].id;
+    let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
+    assert_eq!(index.replay_claim(d, 1, first), Claim::Unknown, "a claim not yet folded is known");
+    assert_eq!(index.apply(env(3, claimed(&s, 1, first)), Bytes::new()), Applied::ReplayWon);
+    assert_eq!(
+        index.apply(env(4, claimed(&s, 1, second)), Bytes::new()),
+        Applied::ReplayLost(Some(DeliveryState::Pending))
+    );
+    assert_eq!(index.replay_claim(d, 1, first), Claim::Won);
+    assert_eq!(index.replay_claim(d, 1, second), Claim::Lost);
+    assert_eq!(state(&index, &s), Some(DeliveryState::Pending));
+    assert_eq!(replayed_events(&index, &s), 1, "the losing claim was logged as a replay");
+    // Dead again in generation 1: a stale claim of generation 1 loses, one of generation 2 wins.
+    index.apply(env(5, outcome(&s, 2, 1, dead("HTTP 400 again"))), Bytes::from_static(b"x"));
+    let (stale, next) = (Uuid::now_v7(), Uuid::now_v7());
+    assert_eq!(
+        index.apply(env(6, claimed(&s, 1, stale)), Bytes::new()),
+        Applied::ReplayLost(Some(DeliveryState::Dead))
+    );
+    assert_eq!(index.apply(env(7, claimed(&s, 2, next)), Bytes::new()), Applied::ReplayWon);
+    assert_eq!((index.replay_claim(d, 1, stale), index.replay_claim(d, 2, next)), (Claim::Lost, Claim::Won));
+    assert_eq!(replayed_events(&index, &s), 2);
+}
+
+#[test]
+fn a_replay_tombstone_voids_a_later_claim_and_spares_an_earlier_one() {
+    let void = |s: &SubmittedRecord, generation, replay_id| {
+        Record::ReplayVoid(ReplayVoidRecord {
+            submission_id: s.id,
+            delivery_id: s.deliveries[0].id,
+            generation,
+            replay_id,
+        })
+    };
+    // Tombstone first: the claim that comes later loses, the delivery stays dead.
+    let mut index = Index::default();
+    let s = claimed_dead(&mut index);
+    let late = Uuid::now_v7();
+    index.apply(env(3, void(&s, 1, late)), Bytes::new());
+    assert_eq!(index.replay_claim(s.deliveries[0].id, 1, late), Claim::Lost);
+    assert_eq!(index.apply(env(4, claimed(&s, 1, late)), Bytes::new()), Applied::ReplayLost(Some(DeliveryState::Dead)));
+    assert_eq!(state(&index, &s), Some(DeliveryState::Dead));
+    assert!(matches!(index.replay_source(s.deliveries[0].id), ReplaySource::Dead { generation: 0, .. }));
+    // Claim first: the tombstone changes nothing, the work is real.
+    let mut index = Index::default();
+    let s = claimed_dead(&mut index);
+    let early = Uuid::now_v7();
+    index.apply(env(3, claimed(&s, 1, early)), Bytes::new());
+    index.apply(env(4, void(&s, 1, early)), Bytes::new());
+    assert_eq!(index.replay_claim(s.deliveries[0].id, 1, early), Claim::Won);
+    assert_eq!(state(&index, &s), Some(DeliveryState::Pending));
+}
+
+/// A submission whose only delivery went dead in generation 0.
+fn claimed_dead(index: &mut Index) -> SubmittedRecord {
+    let s = claim(&[]);
+    index.apply(env(1, Record::Submitted(s.clone())), Bytes::new());
+    index.apply(env(2, outcome(&s, 1, 0, dead("HTTP 400"))), Bytes::from_static(b"x"));
+    s
+}
+
+// Records of earlier versions (replays without a claim id): a replay's attempt can reach the
+// stream before the replay record (the work message is
 // published first): the replay record must not undo that outcome.
 #[test]
 fn a_replay_record_after_its_own_outcome_does_not_reopen_the_delivery() {
@@ -213,6 +292,7 @@ fn work_headers_round_trip() {
         generation: 1,
         not_before: 1_700_000_000_123,
         queued_at: 1_700_000_000_000,
+        replay_id: Some(Uuid::now_v7()),
     };
     let (back, redelivered) = WorkMessage::from_properties(&m.properties().expect("properties")).expect("read");
     assert_eq!((back, redelivered), (m, 0));

@@ -4,6 +4,8 @@
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
+use uuid::Uuid;
+
 use crate::store::{DeliveryId, Millis, SubmissionId};
 
 /// Fixed delays of the wait ladder, in milliseconds. Every message in one wait queue has the
@@ -34,6 +36,9 @@ pub struct WorkMessage {
     pub not_before: Millis,
     /// When intake first queued it (kept through retries and replays).
     pub queued_at: Millis,
+    /// The replay claim this work belongs to (generation > 0): the work is real only if that
+    /// claim won its generation in the stream (see `Index::replay_claim`).
+    pub replay_id: Option<Uuid>,
 }
 
 const SUBMISSION: &str = "lotse-submission-id";
@@ -43,6 +48,7 @@ const BUDGET_BASE: &str = "lotse-budget-base";
 const GENERATION: &str = "lotse-generation";
 const NOT_BEFORE: &str = "lotse-not-before";
 const QUEUED_AT: &str = "lotse-queued-at";
+const REPLAY: &str = "lotse-replay-id";
 /// Set by quorum queues on redelivery: how often the message went back to the queue
 /// (a consumer died or nacked it). Each such return follows a lease, so it counts as an attempt.
 const DELIVERY_COUNT: &str = "x-delivery-count";
@@ -59,6 +65,9 @@ impl WorkMessage {
         h.insert(GENERATION.into(), AMQPValue::LongLongInt(i64::from(self.generation)));
         h.insert(NOT_BEFORE.into(), AMQPValue::LongLongInt(self.not_before as i64));
         h.insert(QUEUED_AT.into(), AMQPValue::LongLongInt(self.queued_at as i64));
+        if let Some(r) = &self.replay_id {
+            h.insert(REPLAY.into(), text(&r.to_string()));
+        }
         let content_type = ShortString::try_new(self.content_type.as_str())
             .map_err(|_| format!("content type `{}` is longer than 255 bytes", self.content_type))?;
         Ok(BasicProperties::default()
@@ -92,6 +101,7 @@ impl WorkMessage {
             generation: h.get(GENERATION).and_then(as_u64).unwrap_or(0) as u32,
             not_before: h.get(NOT_BEFORE).and_then(as_u64).unwrap_or(0),
             queued_at: h.get(QUEUED_AT).and_then(as_u64).unwrap_or(0),
+            replay_id: h.get(REPLAY).and_then(as_text).and_then(|s| s.parse().ok()),
         };
         let redelivered = h.get(DELIVERY_COUNT).and_then(as_u64).unwrap_or(0) as u32;
         Ok((message, redelivered))
