@@ -4,6 +4,9 @@
 //! - Every write goes through the group-commit writer thread ([`writer`]): a submission, its
 //!   deliveries, its first events and its dedup keys are one transaction, fsync'd before
 //!   `intake` returns.
+//! - Payloads and renditions live in append-only segment files ([`blobs`]), written by the
+//!   request's task and fsync'd by the writer before the commit that references them; redb keeps
+//!   a 21-byte reference.
 //! - Work is the `READY` table, ordered by (endpoint, not-before, delivery id). A worker leases
 //!   due entries; leases live in memory only. A crash forgets them, and since the ready entry
 //!   is removed only when an attempt is settled, everything in flight is leased again after a
@@ -11,6 +14,7 @@
 //! - Waiting for work: per-endpoint `Notify`, woken after a commit that made work due, plus a
 //!   timer for the earliest future not-before.
 
+mod blobs;
 mod prepare;
 mod tables;
 mod writer;
@@ -34,6 +38,7 @@ const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    blobs: Arc<blobs::BlobLog>,
     /// `None` only while dropping.
     tx: Option<mpsc::UnboundedSender<Op>>,
     writer: Option<std::thread::JoinHandle<()>>,
@@ -70,7 +75,7 @@ impl Shared {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the store file `lotse.redb` in `dir`.
+    /// Opens (or creates) the store file `lotse.redb` and the blob folder `blobs/` in `dir`.
     pub fn open(dir: &Path) -> anyhow::Result<EmbeddedStore> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create data dir `{}`", dir.display()))?;
         let path = dir.join("lotse.redb");
@@ -94,14 +99,15 @@ impl EmbeddedStore {
             txn.commit()?;
         }
         let db = Arc::new(db);
+        let blobs = Arc::new(blobs::BlobLog::open(&dir.join("blobs"))?);
         let shared = Arc::new(Shared::default());
         let (tx, rx) = mpsc::unbounded_channel();
-        let (wdb, wshared) = (db.clone(), shared.clone());
+        let (wdb, wblobs, wshared) = (db.clone(), blobs.clone(), shared.clone());
         let writer = std::thread::Builder::new()
             .name("lotse-store-writer".into())
-            .spawn(move || writer::run(wdb, rx, |endpoint| wshared.notify(endpoint).notify_waiters()))
+            .spawn(move || writer::run(wdb, wblobs, rx, |endpoint| wshared.notify(endpoint).notify_waiters()))
             .context("cannot start the store writer thread")?;
-        Ok(EmbeddedStore { db, tx: Some(tx), writer: Some(writer), shared })
+        Ok(EmbeddedStore { db, blobs, tx: Some(tx), writer: Some(writer), shared })
     }
 
     async fn write<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Op) -> Result<T, StoreError> {
@@ -165,13 +171,15 @@ impl EmbeddedStore {
             let (content_type, payload) = if d.has_rendition {
                 let v = renditions.get(id.0.as_bytes().as_slice()).map_err(unavailable)?;
                 let v = v.ok_or_else(|| StoreError::Corrupt(format!("rendition of {id} missing")))?;
-                let (ct, body) = decode_rendition(v.value())
-                    .ok_or_else(|| StoreError::Corrupt(format!("rendition of {id} unreadable")))?;
+                let v = self.load(v.value(), || format!("rendition of {id}"))?;
+                let (ct, body) =
+                    decode_rendition(&v).ok_or_else(|| StoreError::Corrupt(format!("rendition of {id} unreadable")))?;
                 (ct, Bytes::copy_from_slice(body))
             } else {
                 let v = payloads.get(sub_key.as_slice()).map_err(unavailable)?;
                 let v = v.ok_or_else(|| StoreError::Corrupt(format!("payload of {} missing", d.submission_id)))?;
-                (rec.content_type.clone(), Bytes::copy_from_slice(v.value()))
+                let v = self.load(v.value(), || format!("payload of {}", d.submission_id))?;
+                (rec.content_type.clone(), Bytes::from(v))
             };
             leases.push(Lease {
                 delivery_id: id,
@@ -186,6 +194,18 @@ impl EmbeddedStore {
             });
         }
         Ok((leases, None))
+    }
+
+    /// The bytes a PAYLOADS or RENDITIONS value refers to, read from the blob log.
+    fn load(&self, stored: &[u8], what: impl Fn() -> String) -> Result<Vec<u8>, StoreError> {
+        let r =
+            blobs::decode(stored).ok_or_else(|| StoreError::Corrupt(format!("{}: unreadable reference", what())))?;
+        self.blobs.read(&r).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::NotFound | std::io::ErrorKind::UnexpectedEof => {
+                StoreError::Corrupt(format!("{}: {e}", what()))
+            }
+            _ => StoreError::Unavailable(format!("{}: {e}", what())),
+        })
     }
 
     fn delivery_view(&self, id: DeliveryId, d: &DeliveryRecord) -> DeliveryView {
@@ -209,7 +229,7 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 #[async_trait::async_trait]
 impl Store for EmbeddedStore {
     async fn intake(&self, submission: NewSubmission) -> Result<Intake, StoreError> {
-        let prepared = prepare::prepare(submission, now_millis())?;
+        let prepared = prepare::prepare(submission, now_millis(), &self.blobs)?;
         self.write(|reply| Op::Intake(Box::new(prepared), reply)).await
     }
 

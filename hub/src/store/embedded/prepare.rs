@@ -2,10 +2,10 @@
 //!
 //! This runs on the caller's task, not on the writer thread: the writer is the one serial point
 //! of the embedded store, so everything that can be done beforehand (serializing records,
-//! building and hashing the first events) is done here, in parallel across requests.
+//! building and hashing the first events, appending the payload and renditions to the blob
+//! segment) is done here, in parallel across requests.
 
-use bytes::Bytes;
-
+use super::blobs::{self, BlobLog};
 use super::tables::*;
 use crate::store::{
     DeliveryId, DeliveryState, Millis, NewSubmission, Receipt, ReceiptDelivery, StoreError, SubmissionId,
@@ -17,7 +17,8 @@ pub struct PreparedIntake {
     pub receipt: Receipt,
     /// [`SubmissionRecord`] as JSON.
     pub record: Vec<u8>,
-    pub payload: Bytes,
+    /// The payload's [`blobs::BlobRef`], encoded; the bytes are in the blob log, not synced yet.
+    pub payload: [u8; 21],
     pub deliveries: Vec<PreparedDelivery>,
     /// Events 0..n, serialized, already chained.
     pub events: Vec<Vec<u8>>,
@@ -30,14 +31,22 @@ pub struct PreparedDelivery {
     pub endpoint: String,
     /// [`DeliveryRecord`] as JSON.
     pub record: Vec<u8>,
-    pub rendition: Option<Vec<u8>>,
+    /// The rendition's [`blobs::BlobRef`] (content type and body, see [`encode_rendition`]).
+    pub rendition: Option<[u8; 21]>,
 }
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("cannot serialize: {e}"))
 }
 
-pub fn prepare(sub: NewSubmission, now: Millis) -> Result<PreparedIntake, StoreError> {
+fn store_blob(log: &BlobLog, bytes: &[u8]) -> Result<[u8; 21], StoreError> {
+    let r = log
+        .append(bytes, blobs::checksum(bytes))
+        .map_err(|e| StoreError::Unavailable(format!("cannot write the blob log: {e}")))?;
+    Ok(r.encode())
+}
+
+pub fn prepare(sub: NewSubmission, now: Millis, log: &BlobLog) -> Result<PreparedIntake, StoreError> {
     let receipt = Receipt {
         submission_id: sub.id,
         deliveries: sub.deliveries.iter().map(|d| ReceiptDelivery { id: d.id, endpoint: d.endpoint.clone() }).collect(),
@@ -81,7 +90,10 @@ pub fn prepare(sub: NewSubmission, now: Millis) -> Result<PreparedIntake, StoreE
             id: d.id,
             endpoint: d.endpoint,
             record: serde_json::to_vec(&record).map_err(corrupt)?,
-            rendition: d.rendition.map(|r| encode_rendition(&r.content_type, &r.body)),
+            rendition: match d.rendition {
+                Some(r) => Some(store_blob(log, &encode_rendition(&r.content_type, &r.body))?),
+                None => None,
+            },
         });
     }
     let record = SubmissionRecord {
@@ -98,7 +110,7 @@ pub fn prepare(sub: NewSubmission, now: Millis) -> Result<PreparedIntake, StoreE
         dedup_keys: sub.dedup_keys,
         receipt,
         record: serde_json::to_vec(&record).map_err(corrupt)?,
-        payload: sub.original,
+        payload: store_blob(log, &sub.original)?,
         deliveries,
         events: serialized,
         last_hash,

@@ -7,9 +7,10 @@ use crate::store::{DeliveryId, DeliveryState, Millis, Receipt, SubmissionId};
 
 /// submission id (16 bytes) -> [`SubmissionRecord`] (JSON).
 pub const SUBMISSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("submissions");
-/// submission id -> the original bytes.
+/// submission id -> the original bytes' reference in the blob log ([`super::blobs::BlobRef`]).
 pub const PAYLOADS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("payloads");
-/// delivery id -> rendition: u16 BE content-type length, content type, body.
+/// delivery id -> reference in the blob log of the rendition: u16 BE content-type length, content
+/// type, body.
 pub const RENDITIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("renditions");
 /// delivery id -> [`DeliveryRecord`] (JSON).
 pub const DELIVERIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("deliveries");

@@ -1,0 +1,276 @@
+//! Append-only segment files for the bytes of the embedded store: payloads and renditions.
+//!
+//! Why not in redb: redb is a copy-on-write B-tree; a 7.5 KB value written into it costs about
+//! twice its size in page writes, all on the one writer thread, so with whole messages in redb
+//! the writer was the ceiling of intake (see `docs/architecture.md`). Here the bytes are appended
+//! by the request's own task, in parallel with other requests, to the current segment file
+//! (`data_dir/blobs/NNNNNNNN.seg`) with a plain `write`; redb keeps only a 21-byte reference
+//! (segment, offset, length, CRC-32 of the bytes).
+//!
+//! Durability: before the writer thread commits a batch that holds references, it calls
+//! [`BlobLog::sync`], which `fdatasync`s every segment written since the last sync. So a
+//! reference is never committed before its bytes are on disk, and a 202 (which waits for the
+//! commit) still means durable. Bytes written but never referenced (the process died before the
+//! commit, or the submission was a duplicate) are dead space, never read.
+//!
+//! A process always starts a new segment, so a torn write at the end of an old segment (kill -9
+//! in the middle of a `write`) is never appended to; it lies past every committed reference.
+//!
+//! Hand-written because no crate does this small job with the same fsync contract; the reads are
+//! plain `pread`s and every read is checked against the CRC in its reference.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anyhow::Context;
+
+/// A segment that has grown past this size is closed, and the next write starts a new one.
+pub const SEGMENT_BYTES: u64 = 128 * 1024 * 1024;
+
+/// Tag of a stored reference value (the first byte), so another kind of value can follow.
+const TAG_REF: u8 = b'R';
+
+/// Where a blob lies: 21 bytes in redb.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobRef {
+    pub segment: u32,
+    pub offset: u64,
+    pub len: u32,
+    pub crc: u32,
+}
+
+impl BlobRef {
+    pub fn encode(&self) -> [u8; 21] {
+        let mut v = [0u8; 21];
+        v[0] = TAG_REF;
+        v[1..5].copy_from_slice(&self.segment.to_be_bytes());
+        v[5..13].copy_from_slice(&self.offset.to_be_bytes());
+        v[13..17].copy_from_slice(&self.len.to_be_bytes());
+        v[17..21].copy_from_slice(&self.crc.to_be_bytes());
+        v
+    }
+}
+
+/// Reads a value written by [`BlobRef::encode`]; `None` when it is not one.
+pub fn decode(v: &[u8]) -> Option<BlobRef> {
+    match v.split_first()? {
+        (&TAG_REF, rest) if rest.len() == 20 => Some(BlobRef {
+            segment: u32::from_be_bytes(rest[0..4].try_into().ok()?),
+            offset: u64::from_be_bytes(rest[4..12].try_into().ok()?),
+            len: u32::from_be_bytes(rest[12..16].try_into().ok()?),
+            crc: u32::from_be_bytes(rest[16..20].try_into().ok()?),
+        }),
+        _ => None,
+    }
+}
+
+/// The CRC a reference carries; computed by the caller, off the writer thread.
+pub fn checksum(bytes: &[u8]) -> u32 {
+    crc32fast::hash(bytes)
+}
+
+struct Appender {
+    segment: u32,
+    file: Arc<File>,
+    len: u64,
+    /// Segments written since the last [`BlobLog::sync`].
+    dirty: Vec<(u32, Arc<File>)>,
+    /// A new segment whose directory entry is not synced yet.
+    dir_dirty: bool,
+}
+
+pub struct BlobLog {
+    dir: PathBuf,
+    appender: Mutex<Appender>,
+    /// Read handles of older segments (the current one is in the appender).
+    readers: Mutex<HashMap<u32, Arc<File>>>,
+}
+
+/// Read handles kept open at most; beyond this the cache is emptied and refilled on demand.
+const MAX_READERS: usize = 64;
+
+fn segment_path(dir: &Path, segment: u32) -> PathBuf {
+    dir.join(format!("{segment:08}.seg"))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock means a panic elsewhere while holding it; the data is still consistent
+    // (every field is updated only after the operation it describes succeeded).
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl BlobLog {
+    /// Opens `dir` (creating it) and starts a new segment after the highest one found.
+    pub fn open(dir: &Path) -> anyhow::Result<BlobLog> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
+        let mut highest = 0u32;
+        for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list `{}`", dir.display()))? {
+            let name = entry?.file_name();
+            if let Some(n) = name.to_str().and_then(|n| n.strip_suffix(".seg")).and_then(|n| n.parse::<u32>().ok()) {
+                highest = highest.max(n);
+            }
+        }
+        let segment = highest.checked_add(1).context("blob segment numbers exhausted")?;
+        let file = create_segment(dir, segment)?;
+        sync_dir(dir)?;
+        Ok(BlobLog {
+            dir: dir.to_owned(),
+            appender: Mutex::new(Appender { segment, file, len: 0, dirty: Vec::new(), dir_dirty: false }),
+            readers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Appends `bytes` (whose CRC is `crc`) to the current segment, without syncing.
+    pub fn append(&self, bytes: &[u8], crc: u32) -> std::io::Result<BlobRef> {
+        let len = u32::try_from(bytes.len()).map_err(|_| std::io::Error::other("blob larger than 4 GiB"))?;
+        let mut a = lock(&self.appender);
+        if a.len >= SEGMENT_BYTES {
+            let next = a.segment + 1;
+            let file = create_segment(&self.dir, next).map_err(std::io::Error::other)?;
+            let old = std::mem::replace(&mut a.file, file);
+            // The closed segment is still in `dirty` if it was written since the last sync.
+            lock(&self.readers).insert(a.segment, old);
+            a.segment = next;
+            a.len = 0;
+            a.dir_dirty = true;
+        }
+        let offset = a.len;
+        // Positional writes at our own offset: a failed or short write leaves `len` where it was,
+        // so the next blob overwrites the torn bytes.
+        a.file.write_all_at(bytes, offset)?;
+        a.len += u64::from(len);
+        let (segment, file) = (a.segment, a.file.clone());
+        if a.dirty.last().is_none_or(|(s, _)| *s != segment) {
+            a.dirty.push((segment, file));
+        }
+        Ok(BlobRef { segment, offset, len, crc })
+    }
+
+    /// Makes every byte appended before this call durable (`fdatasync` of each segment written
+    /// since the last sync, and of the directory after a new segment).
+    pub fn sync(&self) -> std::io::Result<()> {
+        let (dirty, dir_dirty) = {
+            let mut a = lock(&self.appender);
+            (std::mem::take(&mut a.dirty), std::mem::replace(&mut a.dir_dirty, false))
+        };
+        for (i, (_, file)) in dirty.iter().enumerate() {
+            if let Err(e) = file.sync_data() {
+                // Put back what is not synced, so the next sync tries again.
+                let mut a = lock(&self.appender);
+                for d in dirty.into_iter().skip(i) {
+                    if !a.dirty.iter().any(|(s, _)| *s == d.0) {
+                        a.dirty.push(d);
+                    }
+                }
+                a.dir_dirty |= dir_dirty;
+                return Err(e);
+            }
+        }
+        if dir_dirty && let Err(e) = sync_dir(&self.dir) {
+            lock(&self.appender).dir_dirty = true;
+            return Err(std::io::Error::other(e));
+        }
+        Ok(())
+    }
+
+    /// Reads a blob and checks its CRC.
+    pub fn read(&self, r: &BlobRef) -> std::io::Result<Vec<u8>> {
+        let file = self.file(r.segment)?;
+        let mut buf = vec![0u8; r.len as usize];
+        file.read_exact_at(&mut buf, r.offset)?;
+        if checksum(&buf) != r.crc {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("blob at {}:{} fails its checksum", r.segment, r.offset),
+            ));
+        }
+        Ok(buf)
+    }
+
+    fn file(&self, segment: u32) -> std::io::Result<Arc<File>> {
+        {
+            let a = lock(&self.appender);
+            if a.segment == segment {
+                return Ok(a.file.clone());
+            }
+        }
+        let mut readers = lock(&self.readers);
+        if let Some(f) = readers.get(&segment) {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(File::open(segment_path(&self.dir, segment))?);
+        if readers.len() >= MAX_READERS {
+            readers.clear();
+        }
+        readers.insert(segment, f.clone());
+        Ok(f)
+    }
+}
+
+fn create_segment(dir: &Path, segment: u32) -> anyhow::Result<Arc<File>> {
+    let path = segment_path(dir, segment);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .with_context(|| format!("cannot create blob segment `{}`", path.display()))?;
+    Ok(Arc::new(file))
+}
+
+/// A new file's directory entry is durable only once the directory itself is synced.
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("cannot sync directory `{}`", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appended_blobs_read_back_across_segments_and_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = BlobLog::open(dir.path()).expect("open");
+        let a = b"first blob".to_vec();
+        let ra = log.append(&a, checksum(&a)).expect("append");
+        let b = vec![7u8; 10_000];
+        let rb = log.append(&b, checksum(&b)).expect("append");
+        assert_eq!((ra.offset, rb.offset), (0, a.len() as u64));
+        log.sync().expect("sync");
+        assert_eq!(log.read(&ra).expect("read"), a);
+        assert_eq!(log.read(&rb).expect("read"), b);
+        drop(log);
+        // A reopened log starts a new segment and still reads the old one.
+        let log = BlobLog::open(dir.path()).expect("open");
+        let c = b"after reopen".to_vec();
+        let rc = log.append(&c, checksum(&c)).expect("append");
+        assert_eq!(rc.segment, ra.segment + 1);
+        assert_eq!(log.read(&rb).expect("read"), b);
+        assert_eq!(log.read(&rc).expect("read"), c);
+    }
+
+    #[test]
+    fn a_corrupted_blob_is_an_error_not_wrong_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = BlobLog::open(dir.path()).expect("open");
+        let a = b"precious payload".to_vec();
+        let r = log.append(&a, checksum(&a)).expect("append");
+        log.sync().expect("sync");
+        let f = OpenOptions::new().write(true).open(segment_path(dir.path(), r.segment)).expect("open segment");
+        f.write_all_at(b"X", r.offset + 3).expect("corrupt");
+        let err = log.read(&r).expect_err("corrupted blob read back");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn references_round_trip_and_garbage_is_refused() {
+        let r = BlobRef { segment: 3, offset: 1 << 40, len: 7523, crc: 0xdead_beef };
+        assert_eq!(decode(&r.encode()), Some(r));
+        assert!(decode(b"").is_none());
+        assert!(decode(b"R123").is_none());
+        assert!(decode(b"Zabc").is_none());
+    }
+}
