@@ -62,6 +62,45 @@ struct Run {
     rate: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// CPU time per message during the timed part, in µs: this process, and the local broker
+    /// (`beam.smp`, when one runs on this machine; NaN otherwise).
+    cpu_us: (f64, f64),
+}
+
+/// CPU seconds used so far by this process and by the local broker, from `/proc` (Linux).
+#[derive(Clone, Copy)]
+struct Cpu {
+    own: f64,
+    broker: Option<f64>,
+}
+
+fn cpu_now() -> Cpu {
+    Cpu { own: cpu_of("self").unwrap_or(f64::NAN), broker: broker_pid().and_then(|p| cpu_of(&p)) }
+}
+
+/// utime + stime of `/proc/<pid>/stat`, in seconds (fields 14 and 15, after the `(comm)`).
+fn cpu_of(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+fn broker_pid() -> Option<String> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        (comm.trim() == "beam.smp").then(|| e.file_name().to_string_lossy().into_owned())
+    })
+}
+
+/// µs of CPU per message between two readings: (this process, broker).
+fn per_message(before: Cpu, after: Cpu, n: usize) -> (f64, f64) {
+    let us = |a: f64, b: f64| (b - a) * 1e6 / n as f64;
+    let broker = match (before.broker, after.broker) {
+        (Some(a), Some(b)) => us(a, b),
+        _ => f64::NAN,
+    };
+    (us(before.own, after.own), broker)
 }
 
 fn submission(i: usize) -> NewSubmission {
@@ -100,18 +139,18 @@ async fn lag(args: &Args, prefix: &str) -> anyhow::Result<Run> {
         }
         lags.push(t.elapsed());
     }
-    let run = summarize(n, started.elapsed(), lags);
+    let run = summarize(n, started.elapsed(), lags, (f64::NAN, f64::NAN));
     a.close().await;
     b.close().await;
     RabbitStore::delete_topology(&args.url, prefix, &endpoints).await?;
     Ok(run)
 }
 
-fn summarize(n: usize, elapsed: Duration, mut latencies: Vec<Duration>) -> Run {
+fn summarize(n: usize, elapsed: Duration, mut latencies: Vec<Duration>, cpu_us: (f64, f64)) -> Run {
     latencies.sort_unstable();
     let at = |q: f64| latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)));
     let ms = |d: Option<&Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0);
-    Run { rate: n as f64 / elapsed.as_secs_f64(), p50_ms: ms(at(0.50)), p99_ms: ms(at(0.99)) }
+    Run { rate: n as f64 / elapsed.as_secs_f64(), p50_ms: ms(at(0.50)), p99_ms: ms(at(0.99)), cpu_us }
 }
 
 /// A 4 KiB XML-ish body, different per message.
@@ -133,13 +172,16 @@ async fn raw(args: &Args, queue: &str) -> anyhow::Result<Run> {
     let mut q = FieldTable::default();
     q.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from(b"quorum".to_vec())));
     channels[0].queue_declare(queue.into(), QueueDeclareOptions { durable: true, ..Default::default() }, q).await?;
+    // Inputs are built before the clock starts, on both sides: the comparison is publishing.
+    let bodies: Vec<Bytes> = (0..args.n).map(body).collect();
     let gate = Arc::new(Semaphore::new(args.in_flight));
+    let cpu = cpu_now();
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(args.n);
-    for i in 0..args.n {
+    for (i, payload) in bodies.into_iter().enumerate() {
         let permit = gate.clone().acquire_owned().await?;
         let ch = channels[i % CHANNELS].clone();
-        let (queue, payload) = (queue.to_owned(), body(i));
+        let queue = queue.to_owned();
         tasks.push(tokio::spawn(async move {
             let t = Instant::now();
             let props = BasicProperties::default().with_delivery_mode(2).with_message_id(i.to_string().into());
@@ -154,7 +196,8 @@ async fn raw(args: &Args, queue: &str) -> anyhow::Result<Run> {
     for t in tasks {
         latencies.push(t.await??);
     }
-    let run = summarize(args.n, started.elapsed(), latencies);
+    let elapsed = started.elapsed();
+    let run = summarize(args.n, elapsed, latencies, per_message(cpu, cpu_now(), args.n));
     channels[0].queue_delete(queue.into(), QueueDeleteOptions::default()).await?;
     let _ = conn.close(200, "bench".into()).await;
     Ok(run)
@@ -163,13 +206,15 @@ async fn raw(args: &Args, queue: &str) -> anyhow::Result<Run> {
 async fn store(args: &Args, prefix: &str) -> anyhow::Result<Run> {
     let endpoints = vec!["bench".to_owned()];
     let store = Arc::new(RabbitStore::open(&args.url, prefix, &endpoints).await?);
+    let submissions: Vec<NewSubmission> = (0..args.n).map(submission).collect();
     let gate = Arc::new(Semaphore::new(args.in_flight));
+    let cpu = cpu_now();
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(args.n);
-    for i in 0..args.n {
+    for submission in submissions {
         let permit = gate.clone().acquire_owned().await?;
         let store = store.clone();
-        let submission = submission(i);
+
         tasks.push(tokio::spawn(async move {
             let t = Instant::now();
             let answer = store.intake(submission).await;
@@ -182,7 +227,8 @@ async fn store(args: &Args, prefix: &str) -> anyhow::Result<Run> {
     for t in tasks {
         latencies.push(t.await??);
     }
-    let run = summarize(args.n, started.elapsed(), latencies);
+    let elapsed = started.elapsed();
+    let run = summarize(args.n, elapsed, latencies, per_message(cpu, cpu_now(), args.n));
     store.close().await;
     // A process that starts later reads the whole stream before it answers.
     let t = Instant::now();
@@ -208,7 +254,10 @@ async fn main() -> anyhow::Result<()> {
             "store" => store(&args, &format!("lotse-bench-{tag}")).await?,
             other => anyhow::bail!("--only takes `raw` or `store`, not `{other}`"),
         };
-        println!("{only}: {:.0}/s p50 {:.1} ms p99 {:.1} ms", r.rate, r.p50_ms, r.p99_ms);
+        println!(
+            "{only}: {:.0}/s p50 {:.1} ms p99 {:.1} ms, CPU per message: client {:.0} µs, broker {:.0} µs",
+            r.rate, r.p50_ms, r.p99_ms, r.cpu_us.0, r.cpu_us.1
+        );
         return Ok(());
     }
     let mut ratios = Vec::new();
@@ -232,6 +281,10 @@ async fn main() -> anyhow::Result<()> {
             s.p50_ms,
             s.p99_ms,
             s.rate / r.rate
+        );
+        println!(
+            "         CPU µs per message (client + broker): raw {:.0} + {:.0} | store {:.0} + {:.0}",
+            r.cpu_us.0, r.cpu_us.1, s.cpu_us.0, s.cpu_us.1
         );
         ratios.push(s.rate / r.rate);
     }

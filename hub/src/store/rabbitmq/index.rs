@@ -66,7 +66,26 @@ pub enum ReplaySource {
 struct Submission {
     record: SubmittedRecord,
     queued: bool,
-    events: Vec<EventView>,
+    events: Vec<Event>,
+}
+
+/// One entry of a submission's event log as folded: the facts only. Its `seq`, time text and
+/// hash chain are computed when the log is read ([`Index::submission`]): the fold runs for every
+/// record on every node, a log is read far less often.
+struct Event {
+    at: Millis,
+    kind: &'static str,
+    delivery_id: Option<DeliveryId>,
+    attempt: Option<u32>,
+    detail: Detail,
+}
+
+/// An event's detail text, or where to find it in the submission's record.
+enum Detail {
+    Received,
+    Routed,
+    Note(usize),
+    Text(String),
 }
 
 struct Delivery {
@@ -160,17 +179,13 @@ impl Index {
             );
         }
         let at = record.received_at;
-        let mut s = Submission { record, queued: false, events: Vec::new() };
-        let received =
-            format!("{} bytes of {} from partner `{}`", s.record.size, s.record.content_type, s.record.partner);
-        push_event(&mut s.events, at, "received", None, None, received);
-        let endpoints: Vec<&str> = s.record.deliveries.iter().map(|d| d.endpoint.as_str()).collect();
-        let routed = format!("route `{}` to {}", s.record.route, endpoints.join(", "));
-        push_event(&mut s.events, at, "routed", None, None, routed);
-        for note in s.record.notes.clone() {
-            push_event(&mut s.events, at, "note", None, None, note);
+        let mut events = Vec::with_capacity(4 + record.notes.len());
+        push_event(&mut events, at, "received", None, None, Detail::Received);
+        push_event(&mut events, at, "routed", None, None, Detail::Routed);
+        for i in 0..record.notes.len() {
+            push_event(&mut events, at, "note", None, None, Detail::Note(i));
         }
-        self.submissions.insert(s.record.id, s);
+        self.submissions.insert(record.id, Submission { record, queued: false, events });
         Applied::Accepted
     }
 
@@ -216,8 +231,15 @@ impl Index {
             d.outcome_generation = Some(o.generation);
         }
         if let Some(s) = self.submissions.get_mut(&o.submission_id) {
-            push_event(&mut s.events, at, "attempt", Some(o.delivery_id), Some(o.attempt), attempt_detail);
-            push_event(&mut s.events, at, kind, Some(o.delivery_id), Some(o.attempt), detail);
+            push_event(
+                &mut s.events,
+                at,
+                "attempt",
+                Some(o.delivery_id),
+                Some(o.attempt),
+                Detail::Text(attempt_detail),
+            );
+            push_event(&mut s.events, at, kind, Some(o.delivery_id), Some(o.attempt), Detail::Text(detail));
         }
     }
 
@@ -254,7 +276,7 @@ impl Index {
         d.updated_at = at;
         if let Some(s) = self.submissions.get_mut(&r.submission_id) {
             let detail = format!("by {}: {}", r.actor, r.reason);
-            push_event(&mut s.events, at, "replayed", Some(r.delivery_id), None, detail);
+            push_event(&mut s.events, at, "replayed", Some(r.delivery_id), None, Detail::Text(detail));
         }
         match r.replay_id {
             Some(_) => Applied::ReplayWon,
@@ -334,7 +356,7 @@ impl Index {
             route: s.record.route.clone(),
             meta: s.record.meta.clone(),
             deliveries,
-            events: s.events.clone(),
+            events: event_views(s),
         })
     }
 
@@ -414,32 +436,60 @@ fn receipt_of(record: &SubmittedRecord) -> Receipt {
     }
 }
 
-/// Appends an event whose hash covers the previous event's hash and this event's content.
 fn push_event(
-    events: &mut Vec<EventView>,
+    events: &mut Vec<Event>,
     at: Millis,
-    kind: &str,
+    kind: &'static str,
     delivery_id: Option<DeliveryId>,
     attempt: Option<u32>,
-    detail: String,
+    detail: Detail,
 ) {
-    let seq = events.len() as u32 + 1;
-    let at = rfc3339(at);
-    let mut h = Sha256::new();
-    h.update(events.last().map(|e| e.hash.as_str()).unwrap_or("").as_bytes());
-    for part in [
-        seq.to_string(),
-        at.clone(),
-        kind.to_owned(),
-        delivery_id.map(|d| d.to_string()).unwrap_or_default(),
-        attempt.map(|a| a.to_string()).unwrap_or_default(),
-        detail.clone(),
-    ] {
-        h.update(b"\n");
-        h.update(part.as_bytes());
+    events.push(Event { at, kind, delivery_id, attempt, detail });
+}
+
+/// A submission's event log as read: numbered, with each event's hash covering the previous
+/// event's hash and this event's content (the same on every node: only folded facts go in).
+fn event_views(s: &Submission) -> Vec<EventView> {
+    let mut views: Vec<EventView> = Vec::with_capacity(s.events.len());
+    for (i, e) in s.events.iter().enumerate() {
+        let detail = match &e.detail {
+            Detail::Received => {
+                format!("{} bytes of {} from partner `{}`", s.record.size, s.record.content_type, s.record.partner)
+            }
+            Detail::Routed => {
+                let endpoints: Vec<&str> = s.record.deliveries.iter().map(|d| d.endpoint.as_str()).collect();
+                format!("route `{}` to {}", s.record.route, endpoints.join(", "))
+            }
+            Detail::Note(n) => s.record.notes.get(*n).cloned().unwrap_or_default(),
+            Detail::Text(t) => t.clone(),
+        };
+        let seq = i as u32 + 1;
+        let at = rfc3339(e.at);
+        let mut h = Sha256::new();
+        h.update(views.last().map(|v| v.hash.as_str()).unwrap_or("").as_bytes());
+        for part in [
+            seq.to_string(),
+            at.clone(),
+            e.kind.to_owned(),
+            e.delivery_id.map(|d| d.to_string()).unwrap_or_default(),
+            e.attempt.map(|a| a.to_string()).unwrap_or_default(),
+            detail.clone(),
+        ] {
+            h.update(b"\n");
+            h.update(part.as_bytes());
+        }
+        let hash = hex::encode(h.finalize());
+        views.push(EventView {
+            seq,
+            at,
+            kind: e.kind.to_owned(),
+            delivery_id: e.delivery_id,
+            attempt: e.attempt,
+            detail,
+            hash,
+        });
     }
-    let hash = hex::encode(h.finalize());
-    events.push(EventView { seq, at, kind: kind.to_owned(), delivery_id, attempt, detail, hash });
+    views
 }
 
 /// RFC 3339 in UTC with milliseconds.

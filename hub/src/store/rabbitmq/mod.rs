@@ -142,7 +142,7 @@ struct Shared {
     endpoints: Vec<String>,
     session: RwLock<Option<Arc<Session>>>,
     index: Mutex<Index>,
-    waiters: Mutex<HashMap<Uuid, oneshot::Sender<Applied>>>,
+    waiters: Mutex<HashMap<Uuid, Waiter>>,
     /// Stream offset to resume from after a reconnect.
     next_offset: AtomicU64,
     leases: Mutex<HashMap<u64, Held>>,
@@ -157,10 +157,20 @@ struct Shared {
     shutdown: watch::Sender<bool>,
 }
 
-/// One record waiting for the next stream message, and who waits for its confirm.
+/// One record waiting for the next stream message.
 struct Append {
+    rid: Uuid,
     encoded: Vec<u8>,
-    confirmed: oneshot::Sender<Result<(), String>>,
+}
+
+/// What the writer of a record gets: the fold's verdict, or why the record was not written.
+type Appended = Result<Applied, String>;
+
+/// A writer waiting for its record: answered when both the confirm and the fold came.
+struct Waiter {
+    tx: oneshot::Sender<Appended>,
+    confirmed: bool,
+    applied: Option<Applied>,
 }
 
 struct Session {
@@ -242,7 +252,7 @@ impl RabbitStore {
         }
         // Read the stream up to now: a mark written now is folded after everything before it.
         let caught_up = async {
-            let rx = store.shared.append(Record::Mark, None).await?;
+            let rx = store.shared.append(Record::Mark, None)?;
             await_fold(rx, Duration::from_secs(120)).await
         };
         if let Err(e) = caught_up.await {

@@ -15,7 +15,10 @@ pub struct Envelope {
     pub record: Record,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Encoded as JSON with its `type` tag first (serde's internally tagged form); decoded by the
+/// hand-written [`Deserialize`] below, which reads the fields straight into the variant instead
+/// of buffering the whole record first as serde's derive for internally tagged enums does.
+#[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Record {
     /// A claim for a new submission. The first claim of a dedup key in stream order wins; a
@@ -35,6 +38,54 @@ pub enum Record {
     ReplayVoid(ReplayVoidRecord),
     /// No state: written at start so a node knows when it has read the stream up to "now".
     Mark,
+}
+
+const VARIANTS: &[&str] = &["submitted", "queued", "outcome", "replayed", "replay_void", "mark"];
+
+impl<'de> Deserialize<'de> for Record {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(RecordVisitor)
+    }
+}
+
+struct RecordVisitor;
+
+impl<'de> serde::de::Visitor<'de> for RecordVisitor {
+    type Value = Record;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an event record with its `type` first")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Record, A::Error> {
+        use serde::de::Error;
+        use serde::de::value::MapAccessDeserializer;
+        // `encode` always writes the tag first (serde serializes an internally tagged enum so).
+        match map.next_key::<String>()? {
+            Some(key) if key == "type" => {}
+            _ => return Err(A::Error::custom("event record without `type` as its first field")),
+        }
+        let tag: String = map.next_value()?;
+        let rest = MapAccessDeserializer::new(map);
+        match tag.as_str() {
+            "submitted" => SubmittedRecord::deserialize(rest).map(Record::Submitted),
+            "queued" => {
+                #[derive(Deserialize)]
+                struct Queued {
+                    submission_ids: Vec<SubmissionId>,
+                }
+                Queued::deserialize(rest).map(|q| Record::Queued { submission_ids: q.submission_ids })
+            }
+            "outcome" => OutcomeRecord::deserialize(rest).map(Record::Outcome),
+            "replayed" => ReplayedRecord::deserialize(rest).map(Record::Replayed),
+            "replay_void" => ReplayVoidRecord::deserialize(rest).map(Record::ReplayVoid),
+            "mark" => {
+                serde::de::IgnoredAny::deserialize(rest)?;
+                Ok(Record::Mark)
+            }
+            other => Err(A::Error::unknown_variant(other, VARIANTS)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

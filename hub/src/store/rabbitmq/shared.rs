@@ -2,12 +2,24 @@
 
 use super::*;
 
-pub(super) async fn await_fold(rx: oneshot::Receiver<Applied>, bound: Duration) -> Result<Applied, StoreError> {
+/// Waits for a record [`Shared::append`] wrote: confirmed by the broker and applied by this
+/// node's fold.
+pub(super) async fn await_fold(rx: oneshot::Receiver<Appended>, bound: Duration) -> Result<Applied, StoreError> {
     match tokio::time::timeout(bound, rx).await {
-        Ok(Ok(applied)) => Ok(applied),
+        Ok(Ok(Ok(applied))) => Ok(applied),
+        Ok(Ok(Err(e))) => Err(StoreError::Unavailable(e)),
         Ok(Err(_)) => Err(StoreError::Unavailable("the connection to the event stream was lost".into())),
         Err(_) => Err(StoreError::Unavailable(format!("the event stream did not come back within {bound:?}"))),
     }
+}
+
+/// A record id unique across processes: 64 random bits drawn once per process, then a counter.
+/// (`Uuid::now_v7` asks the kernel for randomness on every call: a syscall per record.)
+fn next_rid() -> Uuid {
+    static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let base = *BASE.get_or_init(|| Uuid::new_v4().as_u64_pair().0);
+    Uuid::from_u64_pair(base, NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 pub(super) fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -60,35 +72,70 @@ impl Shared {
         }
     }
 
-    /// Appends a record to the stream (confirmed); the receiver fires when this node folded it.
-    pub(super) async fn append(
+    /// Queues a record for the next stream message. The receiver answers once the broker
+    /// confirmed that message and this node's fold applied the record (in either order: one
+    /// wake-up for the writer, not one per event), or with the error if it was not confirmed.
+    pub(super) fn append(
         &self,
         record: Record,
         payload: Option<&[u8]>,
-    ) -> Result<oneshot::Receiver<Applied>, StoreError> {
-        let envelope = Envelope { rid: Uuid::now_v7(), at: now_millis(), record };
+    ) -> Result<oneshot::Receiver<Appended>, StoreError> {
+        let envelope = Envelope { rid: next_rid(), at: now_millis(), record };
         let encoded = record::encode(&envelope, payload).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let (tx, rx) = oneshot::channel();
         if let Ok(mut w) = self.waiters.lock() {
-            w.insert(envelope.rid, tx);
+            w.insert(envelope.rid, Waiter { tx, confirmed: false, applied: None });
         }
-        let (confirmed, done) = oneshot::channel();
-        let result = match self.appends.send(Append { encoded, confirmed }) {
-            Ok(()) => done.await.unwrap_or_else(|_| Err("the stream writer stopped".into())),
-            Err(_) => Err("the stream writer stopped".into()),
-        };
-        if result.is_err()
-            && let Ok(mut w) = self.waiters.lock()
-        {
-            w.remove(&envelope.rid);
+        if self.appends.send(Append { rid: envelope.rid, encoded }).is_err() {
+            if let Ok(mut w) = self.waiters.lock() {
+                w.remove(&envelope.rid);
+            }
+            return Err(StoreError::Unavailable("the stream writer stopped".into()));
         }
-        result.map(|()| rx).map_err(StoreError::Unavailable)
+        Ok(rx)
     }
 
-    /// Appends a record and waits until this node's fold has applied it.
+    /// Appends a record and waits until the broker confirmed it and this node's fold applied it.
     pub(super) async fn append_and_fold(&self, record: Record, payload: Option<&[u8]>) -> Result<Applied, StoreError> {
-        let rx = self.append(record, payload).await?;
+        let rx = self.append(record, payload)?;
         await_fold(rx, FOLD_TIMEOUT).await
+    }
+
+    /// The broker's verdict on the stream message that carried `rids`.
+    pub(super) fn confirmed(&self, rids: &[Uuid], result: &Result<(), String>) {
+        let Ok(mut waiters) = self.waiters.lock() else { return };
+        for rid in rids {
+            match result {
+                Ok(()) => {
+                    let Some(w) = waiters.get_mut(rid) else { continue };
+                    match w.applied.take() {
+                        Some(applied) => {
+                            if let Some(w) = waiters.remove(rid) {
+                                let _ = w.tx.send(Ok(applied));
+                            }
+                        }
+                        None => w.confirmed = true,
+                    }
+                }
+                Err(e) => {
+                    if let Some(w) = waiters.remove(rid) {
+                        let _ = w.tx.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// This node's fold applied `rid`.
+    pub(super) fn applied(waiters: &mut HashMap<Uuid, Waiter>, rid: Uuid, applied: Applied) {
+        let Some(w) = waiters.get_mut(&rid) else { return };
+        if w.confirmed {
+            if let Some(w) = waiters.remove(&rid) {
+                let _ = w.tx.send(Ok(applied));
+            }
+        } else {
+            w.applied = Some(applied);
+        }
     }
 
     pub(super) fn index<T>(&self, f: impl FnOnce(&Index) -> T) -> Result<T, StoreError> {

@@ -208,17 +208,15 @@ impl Store for RabbitStore {
             generation: held.message.generation,
             outcome: recorded,
         });
-        let rx = match shared.append(record, payload).await {
-            Ok(rx) => rx,
-            Err(e) => return Err(give_back(held, e).await),
-        };
+        // Confirmed and folded (read-your-writes on this node), then acked.
+        if let Err(e) = shared.append_and_fold(record, payload).await {
+            return Err(give_back(held, e).await);
+        }
         if held.acker.ack(BasicAckOptions::default()).await.is_err() {
             // The session that held it is gone; the broker gives the message out again, and a
             // copy of a delivered delivery is dropped at lease time.
             tracing::debug!(delivery_id = %lease.delivery_id, session = held.session, "ack after reconnect failed");
         }
-        // Read-your-writes on this node; the outcome is durable either way.
-        let _ = await_fold(rx, FOLD_TIMEOUT).await;
         Ok(())
     }
 

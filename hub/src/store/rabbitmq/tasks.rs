@@ -146,9 +146,7 @@ pub(super) async fn fold(shared: Arc<Shared>, session: u64, _ch: Channel, mut co
                     }
                     if let Ok(mut waiters) = shared.waiters.lock() {
                         for (rid, a) in applied {
-                            if let Some(w) = waiters.remove(&rid) {
-                                let _ = w.send(a);
-                            }
+                            Shared::applied(&mut waiters, rid, a);
                         }
                     }
                     shared.folded.notify_waiters();
@@ -215,16 +213,13 @@ pub(super) async fn append_batches(shared: Arc<Shared>, mut rx: mpsc::UnboundedR
         }
         let shared = shared.clone();
         tokio::spawn(async move {
-            let (encoded, waiting): (Vec<Vec<u8>>, Vec<_>) =
-                batch.into_iter().map(|a| (a.encoded, a.confirmed)).unzip();
+            let (encoded, rids): (Vec<Vec<u8>>, Vec<Uuid>) = batch.into_iter().map(|a| (a.encoded, a.rid)).unzip();
             let body = record::frame(&encoded);
             let props = BasicProperties::default().with_delivery_mode(2);
             let result = shared.publish(&shared.names.events(), &body, props).await.map_err(|e| match e {
                 StoreError::Unavailable(m) | StoreError::Corrupt(m) => m,
             });
-            for w in waiting {
-                let _ = w.send(result.clone());
-            }
+            shared.confirmed(&rids, &result);
             drop(slot);
         });
     }
@@ -242,7 +237,7 @@ pub(super) async fn flush_queued(shared: Arc<Shared>) {
         if ids.is_empty() {
             continue;
         }
-        if let Err(e) = shared.append(Record::Queued { submission_ids: ids.clone() }, None).await {
+        if let Err(e) = shared.append_and_fold(Record::Queued { submission_ids: ids.clone() }, None).await {
             tracing::debug!(error = %e, "queued marks not written; kept for the next flush");
             if let Ok(mut q) = shared.queued.lock() {
                 q.extend(ids);
