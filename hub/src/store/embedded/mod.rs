@@ -168,18 +168,25 @@ impl EmbeddedStore {
                 Some(v) => serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?,
                 None => continue,
             };
-            let (content_type, payload) = if d.has_rendition {
-                let v = renditions.get(id.0.as_bytes().as_slice()).map_err(unavailable)?;
-                let v = v.ok_or_else(|| StoreError::Corrupt(format!("rendition of {id} missing")))?;
-                let v = self.load(v.value(), || format!("rendition of {id}"))?;
-                let (ct, body) =
-                    decode_rendition(&v).ok_or_else(|| StoreError::Corrupt(format!("rendition of {id} unreadable")))?;
-                (ct, Bytes::copy_from_slice(body))
+            let loaded = if d.has_rendition {
+                self.rendition(&renditions, id)
             } else {
-                let v = payloads.get(sub_key.as_slice()).map_err(unavailable)?;
-                let v = v.ok_or_else(|| StoreError::Corrupt(format!("payload of {} missing", d.submission_id)))?;
-                let v = self.load(v.value(), || format!("payload of {}", d.submission_id))?;
-                (rec.content_type.clone(), Bytes::from(v))
+                self.payload(&payloads, d.submission_id).map(|p| (rec.content_type.clone(), p))
+            };
+            let (content_type, payload) = match loaded {
+                Ok(l) => l,
+                Err(StoreError::Corrupt(error)) => {
+                    // Bytes that fail their checksum (or are gone) will not get better: the
+                    // delivery goes dead with the reason, so it neither blocks its endpoint nor
+                    // vanishes. It stays in `leased` until the dead state is committed.
+                    tracing::error!(delivery_id = %id, %error, "payload unreadable; the delivery goes dead");
+                    self.send_dead(id, d.attempts + 1, format!("the stored payload is unreadable: {error}"));
+                    continue;
+                }
+                Err(e) => {
+                    leased.remove(&id);
+                    return Err(e);
+                }
             };
             leases.push(Lease {
                 delivery_id: id,
@@ -194,6 +201,37 @@ impl EmbeddedStore {
             });
         }
         Ok((leases, None))
+    }
+
+    fn rendition(
+        &self,
+        renditions: &impl redb::ReadableTable<&'static [u8], &'static [u8]>,
+        id: DeliveryId,
+    ) -> Result<(String, Bytes), StoreError> {
+        let v = renditions.get(id.0.as_bytes().as_slice()).map_err(unavailable)?;
+        let v = v.ok_or_else(|| StoreError::Corrupt(format!("rendition of {id} missing")))?;
+        let v = self.load(v.value(), || format!("rendition of {id}"))?;
+        let (ct, body) =
+            decode_rendition(&v).ok_or_else(|| StoreError::Corrupt(format!("rendition of {id} unreadable")))?;
+        Ok((ct, Bytes::copy_from_slice(body)))
+    }
+
+    fn payload(
+        &self,
+        payloads: &impl redb::ReadableTable<&'static [u8], &'static [u8]>,
+        id: SubmissionId,
+    ) -> Result<Bytes, StoreError> {
+        let v = payloads.get(id.0.as_bytes().as_slice()).map_err(unavailable)?;
+        let v = v.ok_or_else(|| StoreError::Corrupt(format!("payload of {id} missing")))?;
+        Ok(Bytes::from(self.load(v.value(), || format!("payload of {id}"))?))
+    }
+
+    /// Settles `id` as dead without waiting for the commit (from the read path).
+    fn send_dead(&self, id: DeliveryId, attempt: u32, error: String) {
+        let (reply, _) = oneshot::channel();
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Op::Settle { delivery: id, attempt, outcome: Outcome::Dead { error }, reply });
+        }
     }
 
     /// The bytes a PAYLOADS or RENDITIONS value refers to, read from the blob log.

@@ -93,3 +93,40 @@ async fn a_lease_is_exclusive_until_settled_and_returns_after_reopen() {
     assert_eq!(back.len(), 1, "an unsettled lease comes back after a restart");
     assert_eq!(back[0].attempt, 1);
 }
+
+#[tokio::test]
+async fn payloads_live_in_the_blob_log_and_a_corrupted_one_goes_dead_without_blocking_the_endpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(dir.path()).expect("open");
+    let mut bad = new_sub(&["a"], &[]);
+    bad.original = Bytes::from_static(b"<r>payload that will rot on disk</r>");
+    let Intake::Accepted(bad) = store.intake(bad).await.expect("intake") else { panic!("accepted") };
+    let mut good = new_sub(&["a"], &[]);
+    good.original = Bytes::from_static(b"<r>intact</r>");
+    store.intake(good).await.expect("intake");
+    // The bytes are in a segment file, not in redb.
+    let segments: Vec<_> = std::fs::read_dir(dir.path().join("blobs")).expect("blobs dir").collect();
+    assert_eq!(segments.len(), 1);
+    let segment = segments.into_iter().next().expect("one").expect("entry").path();
+    let content = std::fs::read(&segment).expect("read segment");
+    let at = content.windows(4).position(|w| w == b"rot ").expect("payload bytes in the segment");
+    // Flip one byte of the first payload.
+    let mut rotten = content.clone();
+    rotten[at] = b'R';
+    std::fs::write(&segment, &rotten).expect("corrupt");
+
+    let leases = store.lease("a", 10, Duration::from_millis(200)).await.expect("lease");
+    assert_eq!(leases.len(), 1, "the intact payload is still handed out");
+    assert_eq!(&leases[0].payload[..], b"<r>intact</r>");
+    // The rotten one is settled dead (asynchronously) with the reason.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let d = loop {
+        let v = store.submission(bad.submission_id).await.expect("read").expect("exists");
+        if v.deliveries[0].state == DeliveryState::Dead || tokio::time::Instant::now() > deadline {
+            break v.deliveries[0].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(d.state, DeliveryState::Dead);
+    assert!(d.last_error.as_deref().unwrap_or("").contains("unreadable"), "{:?}", d.last_error);
+}
