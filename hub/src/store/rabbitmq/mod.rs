@@ -171,6 +171,9 @@ struct Waiter {
     tx: oneshot::Sender<Appended>,
     confirmed: bool,
     applied: Option<Applied>,
+    /// The record as written (records without a payload), for the fold to apply instead of
+    /// decoding it again.
+    envelope: Option<Envelope>,
 }
 
 struct Session {

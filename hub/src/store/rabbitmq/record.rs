@@ -190,7 +190,13 @@ pub fn frame(records: &[Vec<u8>]) -> Vec<u8> {
 }
 
 /// The reverse of [`frame`] and [`encode`], in order.
-pub fn unframe(mut body: &[u8]) -> Result<Vec<(Envelope, Bytes)>, String> {
+#[cfg(test)]
+pub fn unframe(body: &[u8]) -> Result<Vec<(Envelope, Bytes)>, String> {
+    split(body)?.into_iter().map(|r| decode(r).map_err(|e| e.to_string())).collect()
+}
+
+/// The reverse of [`frame`]: the encoded records, in order.
+pub fn split(mut body: &[u8]) -> Result<Vec<&[u8]>, String> {
     let mut out = Vec::new();
     while !body.is_empty() {
         let (len, rest) = body.split_first_chunk::<4>().ok_or("truncated record frame")?;
@@ -198,8 +204,19 @@ pub fn unframe(mut body: &[u8]) -> Result<Vec<(Envelope, Bytes)>, String> {
         if rest.len() < len {
             return Err(format!("record frame of {len} bytes, {} left", rest.len()));
         }
-        out.push(decode(&rest[..len]).map_err(|e| e.to_string())?);
+        out.push(&rest[..len]);
         body = &rest[len..];
     }
     Ok(out)
+}
+
+/// The `rid` of an encoded record without decoding it: [`encode`] writes it first, as
+/// `{"rid":"<36 characters>"`. `None` for anything else (then decode it).
+pub fn peek_rid(encoded: &[u8]) -> Option<Uuid> {
+    const START: &[u8] = br#"{"rid":""#;
+    let id = encoded.strip_prefix(START)?.get(..37)?;
+    if id[36] != b'"' {
+        return None;
+    }
+    Uuid::try_parse_ascii(&id[..36]).ok()
 }

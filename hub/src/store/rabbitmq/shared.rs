@@ -83,12 +83,14 @@ impl Shared {
         let envelope = Envelope { rid: next_rid(), at: now_millis(), record };
         let encoded = record::encode(&envelope, payload).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let (tx, rx) = oneshot::channel();
+        let rid = envelope.rid;
+        let envelope = payload.is_none().then_some(envelope);
         if let Ok(mut w) = self.waiters.lock() {
-            w.insert(envelope.rid, Waiter { tx, confirmed: false, applied: None });
+            w.insert(rid, Waiter { tx, confirmed: false, applied: None, envelope });
         }
-        if self.appends.send(Append { rid: envelope.rid, encoded }).is_err() {
+        if self.appends.send(Append { rid, encoded }).is_err() {
             if let Ok(mut w) = self.waiters.lock() {
-                w.remove(&envelope.rid);
+                w.remove(&rid);
             }
             return Err(StoreError::Unavailable("the stream writer stopped".into()));
         }
@@ -173,6 +175,11 @@ impl Shared {
             let props = message.properties().map_err(unavailable)?;
             let queue = self.names.work(&d.endpoint);
             publishes.push(async move { self.publish(&queue, &body, props).await });
+        }
+        if publishes.len() == 1
+            && let Some(only) = publishes.pop()
+        {
+            return only.await;
         }
         futures::future::try_join_all(publishes).await?;
         Ok(())

@@ -135,7 +135,7 @@ pub(super) async fn fold(shared: Arc<Shared>, session: u64, _ch: Channel, mut co
         // A stream consumer may start before the requested offset (chunk boundaries): skip those.
         let fresh = offset.is_none_or(|o| o >= shared.next_offset.load(Ordering::SeqCst));
         if fresh {
-            match record::unframe(&delivery.data) {
+            match own_or_decoded(&shared, &delivery.data) {
                 Ok(records) => {
                     let mut applied = Vec::with_capacity(records.len());
                     if let Ok(mut index) = shared.index.lock() {
@@ -162,6 +162,29 @@ pub(super) async fn fold(shared: Arc<Shared>, session: u64, _ch: Channel, mut co
         }
     }
     let _ = shared.broken.send(session);
+}
+
+/// The records of one stream message. Records this node wrote come from its waiters, as they
+/// were before encoding (the same values the decoder would give back): a node skips decoding
+/// its own writes, which on one node is every intake's claim.
+fn own_or_decoded(shared: &Shared, body: &[u8]) -> Result<Vec<(Envelope, Bytes)>, String> {
+    let encoded = record::split(body)?;
+    let mut own: Vec<Option<Envelope>> = Vec::with_capacity(encoded.len());
+    if let Ok(mut waiters) = shared.waiters.lock() {
+        for e in &encoded {
+            let written = record::peek_rid(e).and_then(|rid| waiters.get_mut(&rid)).and_then(|w| w.envelope.take());
+            own.push(written);
+        }
+    }
+    own.resize_with(encoded.len(), || None);
+    let mut out = Vec::with_capacity(encoded.len());
+    for (e, written) in encoded.into_iter().zip(own) {
+        match written {
+            Some(envelope) => out.push((envelope, Bytes::new())),
+            None => out.push(record::decode(e).map_err(|e| e.to_string())?),
+        }
+    }
+    Ok(out)
 }
 
 /// Moves an endpoint's work messages from the broker into the local hand-out queue.

@@ -367,6 +367,11 @@ fn every_record_variant_round_trips_through_the_decoder() {
         // Same JSON again: nothing lost or changed on the way.
         assert_eq!(record::encode(&back, None).expect("encode"), encoded);
     }
+    // The fold's shortcut for its own records reads the rid without decoding.
+    let e = env(4, Record::Mark);
+    assert_eq!(record::peek_rid(&record::encode(&e, None).expect("encode")), Some(e.rid));
+    assert_eq!(record::peek_rid(br#"{"at":1,"rid":"0190a3c2-1234-7abc-9def-0123456789ab"}"#), None);
+    assert_eq!(record::peek_rid(br#"{"rid":"0190a3c2-1234-7abc-9def-0123456789a"}"#), None);
     let untagged_first =
         br#"{"rid":"0190a3c2-1234-7abc-9def-0123456789ab","at":1,"record":{"submission_ids":[],"type":"queued"}}"#;
     assert!(record::decode(untagged_first).is_err());
