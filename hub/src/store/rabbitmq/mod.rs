@@ -73,6 +73,8 @@ mod topology;
 mod work;
 
 #[cfg(test)]
+mod broker_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
