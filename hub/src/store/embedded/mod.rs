@@ -93,7 +93,7 @@ impl EmbeddedStore {
             txn.open_table(READY)?;
             txn.open_table(BY_STATE)?;
             txn.open_table(EVENTS)?;
-            txn.open_table(DEDUP)?;
+            txn.open_table(DEDUP_LOG)?;
             txn.open_table(COUNTERS)?;
             txn.open_table(CHAIN)?;
             txn.commit()?;
@@ -102,10 +102,11 @@ impl EmbeddedStore {
         let blobs = Arc::new(blobs::BlobLog::open(&dir.join("blobs"))?);
         let shared = Arc::new(Shared::default());
         let (tx, rx) = mpsc::unbounded_channel();
+        let index = writer::load_dedup_index(&db).context("cannot read the dedup log")?;
         let (wdb, wblobs, wshared) = (db.clone(), blobs.clone(), shared.clone());
         let writer = std::thread::Builder::new()
             .name("lotse-store-writer".into())
-            .spawn(move || writer::run(wdb, wblobs, rx, |endpoint| wshared.notify(endpoint).notify_waiters()))
+            .spawn(move || writer::run(wdb, wblobs, index, rx, |endpoint| wshared.notify(endpoint).notify_waiters()))
             .context("cannot start the store writer thread")?;
         Ok(EmbeddedStore { db, blobs, tx: Some(tx), writer: Some(writer), shared })
     }

@@ -13,7 +13,8 @@ use crate::store::{
 
 pub struct PreparedIntake {
     pub id: SubmissionId,
-    pub dedup_keys: Vec<String>,
+    /// [`dedup_digest`] of each dedup key.
+    pub dedup: Vec<[u8; 16]>,
     pub receipt: Receipt,
     /// [`SubmissionRecord`] as JSON.
     pub record: Vec<u8>,
@@ -107,7 +108,7 @@ pub fn prepare(sub: NewSubmission, now: Millis, log: &BlobLog) -> Result<Prepare
     };
     Ok(PreparedIntake {
         id: sub.id,
-        dedup_keys: sub.dedup_keys,
+        dedup: sub.dedup_keys.iter().map(|k| dedup_digest(k)).collect(),
         receipt,
         record: serde_json::to_vec(&record).map_err(corrupt)?,
         payload: store_blob(log, &sub.original)?,

@@ -20,8 +20,13 @@ pub const READY: TableDefinition<&[u8], ()> = TableDefinition::new("ready");
 pub const BY_STATE: TableDefinition<&[u8], ()> = TableDefinition::new("by_state");
 /// submission id, seq (u32 BE) -> [`EventRecord`] (JSON).
 pub const EVENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("events");
-/// dedup key -> submission id.
-pub const DEDUP: TableDefinition<&str, &[u8]> = TableDefinition::new("dedup");
+/// submission id -> the digests of its dedup keys (16 bytes each, see [`dedup_digest`]).
+///
+/// Keyed by the (time-ordered) submission id, so a batch appends to the end of the tree. A table
+/// keyed by the dedup key itself put every submission on a random leaf page, and those page
+/// writes were half of what a commit wrote. Lookups go to the in-memory index the writer builds
+/// from this table at start ([`super::writer::DedupIndex`]).
+pub const DEDUP_LOG: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dedup_log");
 /// counter name -> value.
 pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 /// submission id -> head of its event chain: number of events (u32 BE), then the last event's
@@ -64,6 +69,16 @@ pub struct EventRecord {
     pub attempt: Option<u32>,
     pub detail: String,
     pub hash: String,
+}
+
+/// The first 16 bytes of SHA-256 of a dedup key: what the dedup index holds. 128 bits make a
+/// collision (which would fold two different messages) practically impossible.
+pub fn dedup_digest(key: &str) -> [u8; 16] {
+    use sha2::{Digest, Sha256};
+    let full = Sha256::digest(key.as_bytes());
+    let mut d = [0u8; 16];
+    d.copy_from_slice(&full[..16]);
+    d
 }
 
 pub fn ready_key(endpoint: &str, not_before: Millis, id: DeliveryId) -> Vec<u8> {

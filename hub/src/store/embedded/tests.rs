@@ -130,3 +130,36 @@ async fn payloads_live_in_the_blob_log_and_a_corrupted_one_goes_dead_without_blo
     assert_eq!(d.state, DeliveryState::Dead);
     assert!(d.last_error.as_deref().unwrap_or("").contains("unreadable"), "{:?}", d.last_error);
 }
+
+#[tokio::test]
+async fn dedup_holds_within_a_batch_and_across_a_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = {
+        let store = Arc::new(EmbeddedStore::open(dir.path()).expect("open"));
+        // Concurrent intakes of one key land in the same batch: exactly one is accepted.
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..20 {
+            let s = store.clone();
+            tasks.spawn(async move { s.intake(new_sub(&["a"], &["msg:p:same"])).await });
+        }
+        let mut accepted = Vec::new();
+        let mut duplicates = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            match r.expect("task").expect("intake") {
+                Intake::Accepted(rec) => accepted.push(rec),
+                Intake::Duplicate(rec) => duplicates.push(rec),
+            }
+        }
+        assert_eq!(accepted.len(), 1, "one key, one submission");
+        assert!(duplicates.iter().all(|d| d.submission_id == accepted[0].submission_id));
+        assert_eq!(store.counts().await.expect("counts").submissions, 1);
+        accepted.remove(0)
+    };
+    let store = EmbeddedStore::open(dir.path()).expect("reopen");
+    match store.intake(new_sub(&["a"], &["idem:p:other", "msg:p:same"])).await.expect("intake") {
+        Intake::Duplicate(r) => assert_eq!(r.submission_id, first.submission_id),
+        Intake::Accepted(_) => panic!("the dedup index was not rebuilt at open"),
+    }
+    // A new key is still accepted, and only committed keys count.
+    assert!(matches!(store.intake(new_sub(&["a"], &["msg:p:new"])).await.expect("intake"), Intake::Accepted(_)));
+}

@@ -27,6 +27,29 @@ use crate::store::{DeliveryId, DeliveryState, Intake, Millis, Outcome, ReplayOut
 /// Most requests in one transaction; bounds the latency a batch adds to its first member.
 pub const MAX_BATCH: usize = 512;
 
+/// Dedup key digest -> submission id, of every submission in the store. Owned by the writer
+/// thread (every intake passes through it), built at open from `DEDUP_LOG`. About 40 bytes of
+/// memory per submission ever accepted (1 million: ~40 MB).
+pub type DedupIndex = HashMap<[u8; 16], SubmissionId>;
+
+/// Reads `DEDUP_LOG` into a fresh index.
+pub fn load_dedup_index(db: &Database) -> Result<DedupIndex, redb::Error> {
+    use redb::{ReadableDatabase, ReadableTableMetadata};
+    let txn = db.begin_read()?;
+    let log = txn.open_table(DEDUP_LOG)?;
+    let mut index = DedupIndex::with_capacity(log.len()? as usize);
+    for entry in log.iter()? {
+        let (k, v) = entry?;
+        let Ok(id) = uuid::Uuid::from_slice(k.value()) else { continue };
+        for digest in v.value().chunks_exact(16) {
+            let digest: [u8; 16] = digest.try_into().unwrap_or_default();
+            // The first claim of a key wins; the log is in submission-id (time) order.
+            index.entry(digest).or_insert(SubmissionId(id));
+        }
+    }
+    Ok(index)
+}
+
 pub enum Op {
     Intake(Box<PreparedIntake>, oneshot::Sender<Result<Intake, StoreError>>),
     Settle {
@@ -72,7 +95,13 @@ impl Reply {
 }
 
 /// Runs the writer loop until every sender is dropped.
-pub fn run(db: Arc<Database>, blobs: Arc<BlobLog>, mut rx: mpsc::UnboundedReceiver<Op>, wake: impl Fn(&str)) {
+pub fn run(
+    db: Arc<Database>,
+    blobs: Arc<BlobLog>,
+    mut index: DedupIndex,
+    mut rx: mpsc::UnboundedReceiver<Op>,
+    wake: impl Fn(&str),
+) {
     let mut batch: Vec<Op> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -85,7 +114,7 @@ pub fn run(db: Arc<Database>, blobs: Arc<BlobLog>, mut rx: mpsc::UnboundedReceiv
         metrics::histogram!("lotse_store_batch_size").record(batch.len() as f64);
         let ops = std::mem::take(&mut batch);
         let started = std::time::Instant::now();
-        let committed = commit_batch(&db, &blobs, ops);
+        let committed = commit_batch(&db, &blobs, &mut index, ops);
         metrics::histogram!("lotse_store_commit_seconds").record(started.elapsed().as_secs_f64());
         match committed {
             Ok((replies, wakeups)) => {
@@ -99,7 +128,7 @@ pub fn run(db: Arc<Database>, blobs: Arc<BlobLog>, mut rx: mpsc::UnboundedReceiv
             Err((ops, e)) => {
                 tracing::warn!(error = %e, size = ops.len(), "batch commit failed, retrying its requests one by one");
                 for op in ops {
-                    match commit_batch(&db, &blobs, vec![op]) {
+                    match commit_batch(&db, &blobs, &mut index, vec![op]) {
                         Ok((replies, wakeups)) => {
                             replies.into_iter().for_each(Reply::send);
                             wakeups.iter().for_each(|e| wake(e));
@@ -137,7 +166,12 @@ fn failed<T>(e: &str) -> Result<T, StoreError> {
 /// it. (Syncing first and then applying made the fsync's latency part of every commit; a
 /// separate pipeline stage syncing the next batch gave smaller batches on two cores.)
 #[allow(clippy::type_complexity)]
-fn commit_batch(db: &Database, blobs: &BlobLog, ops: Vec<Op>) -> Result<(Vec<Reply>, Wakeups), (Vec<Op>, String)> {
+fn commit_batch(
+    db: &Database,
+    blobs: &BlobLog,
+    index: &mut DedupIndex,
+    ops: Vec<Op>,
+) -> Result<(Vec<Reply>, Wakeups), (Vec<Op>, String)> {
     let needs_sync = ops.iter().any(|op| matches!(op, Op::Intake(..)));
     std::thread::scope(|scope| {
         let sync = needs_sync.then(|| {
@@ -148,7 +182,7 @@ fn commit_batch(db: &Database, blobs: &BlobLog, ops: Vec<Op>) -> Result<(Vec<Rep
                 r
             })
         });
-        apply_and_commit(db, ops, || match sync.map(|h| h.join()) {
+        apply_and_commit(db, index, ops, || match sync.map(|h| h.join()) {
             None | Some(Ok(Ok(()))) => Ok(()),
             Some(Ok(Err(e))) => Err(format!("cannot sync the blob log: {e}")),
             Some(Err(_)) => Err("the blob log sync panicked".to_owned()),
@@ -159,6 +193,7 @@ fn commit_batch(db: &Database, blobs: &BlobLog, ops: Vec<Op>) -> Result<(Vec<Rep
 #[allow(clippy::type_complexity)]
 fn apply_and_commit(
     db: &Database,
+    index: &mut DedupIndex,
     ops: Vec<Op>,
     before_commit: impl FnOnce() -> Result<(), String>,
 ) -> Result<(Vec<Reply>, Wakeups), (Vec<Op>, String)> {
@@ -170,7 +205,14 @@ fn apply_and_commit(
         Ok(t) => t,
         Err(e) => return Err((ops, e.to_string())),
     };
-    let mut w = Batch { t: tables, counters: HashMap::new(), wakeups: Vec::new(), now: crate::store::now_millis() };
+    let mut w = Batch {
+        t: tables,
+        index,
+        new_keys: HashMap::new(),
+        counters: HashMap::new(),
+        wakeups: Vec::new(),
+        now: crate::store::now_millis(),
+    };
     // Apply everything first; if any step fails, abort and hand the ops back.
     let mut results: Vec<Result<Applied, StoreError>> = Vec::with_capacity(ops.len());
     let mut failed: Option<String> = None;
@@ -194,6 +236,7 @@ fn apply_and_commit(
         failed = Some(e.to_string());
     }
     let wakeups = std::mem::take(&mut w.wakeups);
+    let new_keys = std::mem::take(&mut w.new_keys);
     drop(w);
     // Always wait for the blob sync, also when the batch failed: the scope joins it anyway.
     let synced = before_commit();
@@ -210,6 +253,8 @@ fn apply_and_commit(
     if let Err(e) = txn.commit() {
         return Err((ops, e.to_string()));
     }
+    // Only what is committed may answer later lookups.
+    index.extend(new_keys);
     let mut replies = Vec::with_capacity(ops.len());
     for (op, r) in ops.into_iter().zip(results) {
         replies.push(match (op, r) {
@@ -256,7 +301,7 @@ struct Tables<'t> {
     ready: Table<'t, &'static [u8], ()>,
     by_state: Table<'t, &'static [u8], ()>,
     events: Table<'t, &'static [u8], &'static [u8]>,
-    dedup: Table<'t, &'static str, &'static [u8]>,
+    dedup_log: Table<'t, &'static [u8], &'static [u8]>,
     counters: Table<'t, &'static str, u64>,
     chain: Table<'t, &'static [u8], &'static [u8]>,
 }
@@ -271,21 +316,25 @@ impl<'t> Tables<'t> {
             ready: txn.open_table(READY)?,
             by_state: txn.open_table(BY_STATE)?,
             events: txn.open_table(EVENTS)?,
-            dedup: txn.open_table(DEDUP)?,
+            dedup_log: txn.open_table(DEDUP_LOG)?,
             counters: txn.open_table(COUNTERS)?,
             chain: txn.open_table(CHAIN)?,
         })
     }
 }
 
-struct Batch<'t> {
+struct Batch<'t, 'i> {
     t: Tables<'t>,
+    /// Committed dedup keys.
+    index: &'i DedupIndex,
+    /// Dedup keys of this batch, not committed yet.
+    new_keys: DedupIndex,
     counters: HashMap<&'static str, i64>,
     wakeups: Vec<String>,
     now: Millis,
 }
 
-impl Batch<'_> {
+impl Batch<'_, '_> {
     fn count(&mut self, name: &'static str, delta: i64) {
         *self.counters.entry(name).or_default() += delta;
     }
@@ -302,10 +351,9 @@ impl Batch<'_> {
     }
 
     fn intake(&mut self, p: &PreparedIntake) -> Result<Intake, StoreError> {
-        for key in &p.dedup_keys {
-            let existing = self.t.dedup.get(key.as_str()).map_err(unavailable)?.map(|v| v.value().to_vec());
-            if let Some(id) = existing {
-                let rec = self.t.submissions.get(id.as_slice()).map_err(unavailable)?;
+        for digest in &p.dedup {
+            if let Some(id) = self.index.get(digest).or_else(|| self.new_keys.get(digest)) {
+                let rec = self.t.submissions.get(id.0.as_bytes().as_slice()).map_err(unavailable)?;
                 let rec = rec.ok_or_else(|| corrupt("dedup", "dangling key"))?;
                 let rec: SubmissionRecord =
                     serde_json::from_slice(rec.value()).map_err(|e| corrupt("submission", e))?;
@@ -313,8 +361,11 @@ impl Batch<'_> {
             }
         }
         let sid = p.id.0.as_bytes().as_slice();
-        for key in &p.dedup_keys {
-            self.t.dedup.insert(key.as_str(), sid).map_err(unavailable)?;
+        if !p.dedup.is_empty() {
+            self.t.dedup_log.insert(sid, p.dedup.concat().as_slice()).map_err(unavailable)?;
+            for digest in &p.dedup {
+                self.new_keys.entry(*digest).or_insert(p.id);
+            }
         }
         self.t.payloads.insert(sid, p.payload.as_slice()).map_err(unavailable)?;
         self.t.submissions.insert(sid, p.record.as_slice()).map_err(unavailable)?;
