@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -130,6 +131,12 @@ async fn serve_http(listener: TcpListener, app: axum::Router, mut shutdown: watc
             }
         }
     };
+    // Answers are small and complete: send them at once rather than wait to coalesce segments.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
+        }
+    });
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(signal).await {
         tracing::error!(listener = name, error = %e, "http server failed");
     }
