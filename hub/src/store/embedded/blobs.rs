@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -105,7 +105,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl BlobLog {
     /// Opens `dir` (creating it) and starts a new segment after the highest one found.
     pub fn open(dir: &Path) -> anyhow::Result<BlobLog> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create `{}`", dir.display()))?;
         let mut highest = 0u32;
         for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list `{}`", dir.display()))? {
             let name = entry?.file_name();
@@ -216,6 +220,7 @@ fn create_segment(dir: &Path, segment: u32) -> anyhow::Result<Arc<File>> {
         .read(true)
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(&path)
         .with_context(|| format!("cannot create blob segment `{}`", path.display()))?;
     Ok(Arc::new(file))

@@ -20,6 +20,7 @@ mod tables;
 mod writer;
 
 use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -77,8 +78,22 @@ impl Shared {
 impl EmbeddedStore {
     /// Opens (or creates) the store file `lotse.redb` and the blob folder `blobs/` in `dir`.
     pub fn open(dir: &Path) -> anyhow::Result<EmbeddedStore> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create data dir `{}`", dir.display()))?;
+        // Messages carry personal data: a data dir Lotse creates, and every file in it, is for
+        // the process owner only (an existing dir keeps the permissions its operator gave it).
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create data dir `{}`", dir.display()))?;
         let path = dir.join("lotse.redb");
+        // redb would create the file with the umask's permissions; an empty file is fine for it.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot create store `{}`", path.display()))?;
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(&path)

@@ -163,3 +163,19 @@ async fn dedup_holds_within_a_batch_and_across_a_reopen() {
     // A new key is still accepted, and only committed keys count.
     assert!(matches!(store.intake(new_sub(&["a"], &["msg:p:new"])).await.expect("intake"), Intake::Accepted(_)));
 }
+
+#[tokio::test]
+async fn a_new_data_dir_and_its_files_are_for_the_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().expect("tempdir");
+    let dir = parent.path().join("data");
+    let store = EmbeddedStore::open(&dir).expect("open");
+    store.intake(new_sub(&["a"], &[])).await.expect("intake");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join("blobs")), 0o700);
+    assert_eq!(mode(&dir.join("lotse.redb")), 0o600);
+    for segment in std::fs::read_dir(dir.join("blobs")).expect("blobs") {
+        assert_eq!(mode(&segment.expect("entry").path()), 0o600);
+    }
+}
