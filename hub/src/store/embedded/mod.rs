@@ -40,6 +40,7 @@ const CACHE_BYTES: usize = 64 * 1024 * 1024;
 pub struct EmbeddedStore {
     db: Arc<Database>,
     blobs: Arc<blobs::BlobLog>,
+    dedup: Arc<std::sync::RwLock<writer::DedupIndex>>,
     /// `None` only while dropping.
     tx: Option<mpsc::UnboundedSender<Op>>,
     writer: Option<std::thread::JoinHandle<()>>,
@@ -117,13 +118,14 @@ impl EmbeddedStore {
         let blobs = Arc::new(blobs::BlobLog::open(&dir.join("blobs"))?);
         let shared = Arc::new(Shared::default());
         let (tx, rx) = mpsc::unbounded_channel();
-        let index = writer::load_dedup_index(&db).context("cannot read the dedup log")?;
-        let (wdb, wblobs, wshared) = (db.clone(), blobs.clone(), shared.clone());
+        let dedup =
+            Arc::new(std::sync::RwLock::new(writer::load_dedup_index(&db).context("cannot read the dedup log")?));
+        let (wdb, wblobs, wdedup, wshared) = (db.clone(), blobs.clone(), dedup.clone(), shared.clone());
         let writer = std::thread::Builder::new()
             .name("lotse-store-writer".into())
-            .spawn(move || writer::run(wdb, wblobs, index, rx, |endpoint| wshared.notify(endpoint).notify_waiters()))
+            .spawn(move || writer::run(wdb, wblobs, wdedup, rx, |endpoint| wshared.notify(endpoint).notify_waiters()))
             .context("cannot start the store writer thread")?;
-        Ok(EmbeddedStore { db, blobs, tx: Some(tx), writer: Some(writer), shared })
+        Ok(EmbeddedStore { db, blobs, dedup, tx: Some(tx), writer: Some(writer), shared })
     }
 
     async fn write<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Op) -> Result<T, StoreError> {
@@ -250,6 +252,22 @@ impl EmbeddedStore {
         }
     }
 
+    /// The first receipt of a committed submission holding one of `digests`.
+    fn known_duplicate(&self, digests: &[[u8; 16]]) -> Result<Option<Receipt>, StoreError> {
+        let first = {
+            let index = self.dedup.read().unwrap_or_else(|e| e.into_inner());
+            digests.iter().find_map(|d| index.get(d).copied())
+        };
+        let Some(id) = first else { return Ok(None) };
+        let txn = self.read()?;
+        let subs = txn.open_table(SUBMISSIONS).map_err(unavailable)?;
+        let v = subs.get(id.0.as_bytes().as_slice()).map_err(unavailable)?;
+        let v = v.ok_or_else(|| StoreError::Corrupt(format!("dedup names the missing submission {id}")))?;
+        let rec: SubmissionRecord =
+            serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(Some(rec.receipt))
+    }
+
     /// The bytes a PAYLOADS or RENDITIONS value refers to, read from the blob log.
     fn load(&self, stored: &[u8], what: impl Fn() -> String) -> Result<Vec<u8>, StoreError> {
         let r =
@@ -283,7 +301,14 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 #[async_trait::async_trait]
 impl Store for EmbeddedStore {
     async fn intake(&self, submission: NewSubmission) -> Result<Intake, StoreError> {
-        let prepared = prepare::prepare(submission, now_millis(), &self.blobs)?;
+        let digests: Vec<[u8; 16]> = submission.dedup_keys.iter().map(|k| dedup_digest(k)).collect();
+        // A known duplicate is answered from the committed index and record, before its bytes
+        // are written anywhere (a partner's resend storm must not fill the disk). Duplicates
+        // within one batch are still found by the writer.
+        if let Some(receipt) = self.known_duplicate(&digests)? {
+            return Ok(Intake::Duplicate(receipt));
+        }
+        let prepared = prepare::prepare(submission, digests, now_millis(), &self.blobs)?;
         self.write(|reply| Op::Intake(Box::new(prepared), reply)).await
     }
 

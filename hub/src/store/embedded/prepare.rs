@@ -47,7 +47,13 @@ fn store_blob(log: &BlobLog, bytes: &[u8]) -> Result<[u8; 21], StoreError> {
     Ok(r.encode())
 }
 
-pub fn prepare(sub: NewSubmission, now: Millis, log: &BlobLog) -> Result<PreparedIntake, StoreError> {
+/// `dedup`: the [`dedup_digest`] of each of `sub.dedup_keys`.
+pub fn prepare(
+    sub: NewSubmission,
+    dedup: Vec<[u8; 16]>,
+    now: Millis,
+    log: &BlobLog,
+) -> Result<PreparedIntake, StoreError> {
     let receipt = Receipt {
         submission_id: sub.id,
         deliveries: sub.deliveries.iter().map(|d| ReceiptDelivery { id: d.id, endpoint: d.endpoint.clone() }).collect(),
@@ -108,7 +114,7 @@ pub fn prepare(sub: NewSubmission, now: Millis, log: &BlobLog) -> Result<Prepare
     };
     Ok(PreparedIntake {
         id: sub.id,
-        dedup: sub.dedup_keys.iter().map(|k| dedup_digest(k)).collect(),
+        dedup,
         receipt,
         record: serde_json::to_vec(&record).map_err(corrupt)?,
         payload: store_blob(log, &sub.original)?,

@@ -179,3 +179,28 @@ async fn a_new_data_dir_and_its_files_are_for_the_owner_only() {
         assert_eq!(mode(&segment.expect("entry").path()), 0o600);
     }
 }
+
+#[tokio::test]
+async fn a_resend_of_a_committed_message_writes_no_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(dir.path()).expect("open");
+    let Intake::Accepted(first) = store.intake(new_sub(&["a"], &["msg:p:once"])).await.expect("intake") else {
+        panic!("accepted")
+    };
+    let blob_bytes = || -> u64 {
+        std::fs::read_dir(dir.path().join("blobs"))
+            .expect("blobs")
+            .map(|e| e.expect("entry").metadata().expect("metadata").len())
+            .sum()
+    };
+    let before = blob_bytes();
+    assert!(before > 0, "the first payload is in the blob log");
+    for _ in 0..3 {
+        match store.intake(new_sub(&["a"], &["msg:p:once"])).await.expect("intake") {
+            Intake::Duplicate(r) => assert_eq!(r, first),
+            Intake::Accepted(_) => panic!("a resend was taken as new"),
+        }
+    }
+    assert_eq!(blob_bytes(), before, "a known duplicate wrote payload bytes");
+    assert_eq!(store.counts().await.expect("counts").submissions, 1);
+}

@@ -14,7 +14,7 @@
 //! one bad request cannot fail its neighbours.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use redb::{Database, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
@@ -27,9 +27,10 @@ use crate::store::{DeliveryId, DeliveryState, Intake, Millis, Outcome, ReplayOut
 /// Most requests in one transaction; bounds the latency a batch adds to its first member.
 pub const MAX_BATCH: usize = 512;
 
-/// Dedup key digest -> submission id, of every submission in the store. Owned by the writer
-/// thread (every intake passes through it), built at open from `DEDUP_LOG`. About 40 bytes of
-/// memory per submission ever accepted (1 million: ~40 MB).
+/// Dedup key digest -> submission id, of every committed submission. Built at open from
+/// `DEDUP_LOG`; only the writer thread adds to it (after each commit), and requests read it to
+/// answer a known duplicate before they write anything. About 40 bytes of memory per submission
+/// ever accepted (1 million: ~40 MB).
 pub type DedupIndex = HashMap<[u8; 16], SubmissionId>;
 
 /// Reads `DEDUP_LOG` into a fresh index.
@@ -98,7 +99,7 @@ impl Reply {
 pub fn run(
     db: Arc<Database>,
     blobs: Arc<BlobLog>,
-    mut index: DedupIndex,
+    index: Arc<RwLock<DedupIndex>>,
     mut rx: mpsc::UnboundedReceiver<Op>,
     wake: impl Fn(&str),
 ) {
@@ -114,7 +115,7 @@ pub fn run(
         metrics::histogram!("lotse_store_batch_size").record(batch.len() as f64);
         let ops = std::mem::take(&mut batch);
         let started = std::time::Instant::now();
-        let committed = commit_batch(&db, &blobs, &mut index, ops);
+        let committed = commit_batch(&db, &blobs, &index, ops);
         metrics::histogram!("lotse_store_commit_seconds").record(started.elapsed().as_secs_f64());
         match committed {
             Ok((replies, wakeups)) => {
@@ -128,7 +129,7 @@ pub fn run(
             Err((ops, e)) => {
                 tracing::warn!(error = %e, size = ops.len(), "batch commit failed, retrying its requests one by one");
                 for op in ops {
-                    match commit_batch(&db, &blobs, &mut index, vec![op]) {
+                    match commit_batch(&db, &blobs, &index, vec![op]) {
                         Ok((replies, wakeups)) => {
                             replies.into_iter().for_each(Reply::send);
                             wakeups.iter().for_each(|e| wake(e));
@@ -169,7 +170,7 @@ fn failed<T>(e: &str) -> Result<T, StoreError> {
 fn commit_batch(
     db: &Database,
     blobs: &BlobLog,
-    index: &mut DedupIndex,
+    index: &RwLock<DedupIndex>,
     ops: Vec<Op>,
 ) -> Result<(Vec<Reply>, Wakeups), (Vec<Op>, String)> {
     let needs_sync = ops.iter().any(|op| matches!(op, Op::Intake(..)));
@@ -193,7 +194,7 @@ fn commit_batch(
 #[allow(clippy::type_complexity)]
 fn apply_and_commit(
     db: &Database,
-    index: &mut DedupIndex,
+    index: &RwLock<DedupIndex>,
     ops: Vec<Op>,
     before_commit: impl FnOnce() -> Result<(), String>,
 ) -> Result<(Vec<Reply>, Wakeups), (Vec<Op>, String)> {
@@ -205,9 +206,10 @@ fn apply_and_commit(
         Ok(t) => t,
         Err(e) => return Err((ops, e.to_string())),
     };
+    let committed = index.read().unwrap_or_else(|e| e.into_inner());
     let mut w = Batch {
         t: tables,
-        index,
+        index: &committed,
         new_keys: HashMap::new(),
         counters: HashMap::new(),
         wakeups: Vec::new(),
@@ -238,6 +240,7 @@ fn apply_and_commit(
     let wakeups = std::mem::take(&mut w.wakeups);
     let new_keys = std::mem::take(&mut w.new_keys);
     drop(w);
+    drop(committed);
     // Always wait for the blob sync, also when the batch failed: the scope joins it anyway.
     let synced = before_commit();
     if failed.is_none()
@@ -254,7 +257,7 @@ fn apply_and_commit(
         return Err((ops, e.to_string()));
     }
     // Only what is committed may answer later lookups.
-    index.extend(new_keys);
+    index.write().unwrap_or_else(|e| e.into_inner()).extend(new_keys);
     let mut replies = Vec::with_capacity(ops.len());
     for (op, r) in ops.into_iter().zip(results) {
         replies.push(match (op, r) {
