@@ -146,6 +146,21 @@ async fn lag(args: &Args, prefix: &str) -> anyhow::Result<Run> {
     Ok(run)
 }
 
+/// Waits for every publish task and sums up the timed part (which ends when the last one has).
+async fn finish(
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Duration>>>,
+    n: usize,
+    started: Instant,
+    cpu: Cpu,
+) -> anyhow::Result<Run> {
+    let mut latencies = Vec::with_capacity(n);
+    for t in tasks {
+        latencies.push(t.await??);
+    }
+    let elapsed = started.elapsed();
+    Ok(summarize(n, elapsed, latencies, per_message(cpu, cpu_now(), n)))
+}
+
 fn summarize(n: usize, elapsed: Duration, mut latencies: Vec<Duration>, cpu_us: (f64, f64)) -> Run {
     latencies.sort_unstable();
     let at = |q: f64| latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)));
@@ -192,12 +207,7 @@ async fn raw(args: &Args, queue: &str) -> anyhow::Result<Run> {
             Ok::<_, anyhow::Error>(t.elapsed())
         }));
     }
-    let mut latencies = Vec::with_capacity(args.n);
-    for t in tasks {
-        latencies.push(t.await??);
-    }
-    let elapsed = started.elapsed();
-    let run = summarize(args.n, elapsed, latencies, per_message(cpu, cpu_now(), args.n));
+    let run = finish(tasks, args.n, started, cpu).await?;
     channels[0].queue_delete(queue.into(), QueueDeleteOptions::default()).await?;
     let _ = conn.close(200, "bench".into()).await;
     Ok(run)
@@ -223,12 +233,7 @@ async fn store(args: &Args, prefix: &str) -> anyhow::Result<Run> {
             Ok::<_, anyhow::Error>(t.elapsed())
         }));
     }
-    let mut latencies = Vec::with_capacity(args.n);
-    for t in tasks {
-        latencies.push(t.await??);
-    }
-    let elapsed = started.elapsed();
-    let run = summarize(args.n, elapsed, latencies, per_message(cpu, cpu_now(), args.n));
+    let run = finish(tasks, args.n, started, cpu).await?;
     store.close().await;
     // A process that starts later reads the whole stream before it answers.
     let t = Instant::now();

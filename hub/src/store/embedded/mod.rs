@@ -32,7 +32,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::*;
 use tables::*;
-use writer::{Op, get_delivery, rfc3339};
+use writer::{Op, get_delivery, receipt_of, rfc3339};
 
 /// redb's page cache; the default (1 GiB) is far more than a queue needs.
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
@@ -261,11 +261,7 @@ impl EmbeddedStore {
         let Some(id) = first else { return Ok(None) };
         let txn = self.read()?;
         let subs = txn.open_table(SUBMISSIONS).map_err(unavailable)?;
-        let v = subs.get(id.0.as_bytes().as_slice()).map_err(unavailable)?;
-        let v = v.ok_or_else(|| StoreError::Corrupt(format!("dedup names the missing submission {id}")))?;
-        let rec: SubmissionRecord =
-            serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        Ok(Some(rec.receipt))
+        receipt_of(&subs, id).map(Some)
     }
 
     /// The bytes a PAYLOADS or RENDITIONS value refers to, read from the blob log.

@@ -136,7 +136,8 @@ async fn dedup_holds_within_a_batch_and_across_a_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
     let first = {
         let store = Arc::new(EmbeddedStore::open(dir.path()).expect("open"));
-        // Concurrent intakes of one key land in the same batch: exactly one is accepted.
+        // Concurrent intakes of one key (found by the writer within a batch, or by the index
+        // after the first commit): exactly one is accepted.
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..20 {
             let s = store.clone();

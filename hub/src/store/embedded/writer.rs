@@ -22,7 +22,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::blobs::BlobLog;
 use super::prepare::PreparedIntake;
 use super::tables::*;
-use crate::store::{DeliveryId, DeliveryState, Intake, Millis, Outcome, ReplayOutcome, StoreError, SubmissionId};
+use crate::store::{
+    DeliveryId, DeliveryState, Intake, Millis, Outcome, Receipt, ReplayOutcome, StoreError, SubmissionId,
+};
 
 /// Most requests in one transaction; bounds the latency a batch adds to its first member.
 pub const MAX_BATCH: usize = 512;
@@ -356,11 +358,7 @@ impl Batch<'_, '_> {
     fn intake(&mut self, p: &PreparedIntake) -> Result<Intake, StoreError> {
         for digest in &p.dedup {
             if let Some(id) = self.index.get(digest).or_else(|| self.new_keys.get(digest)) {
-                let rec = self.t.submissions.get(id.0.as_bytes().as_slice()).map_err(unavailable)?;
-                let rec = rec.ok_or_else(|| corrupt("dedup", "dangling key"))?;
-                let rec: SubmissionRecord =
-                    serde_json::from_slice(rec.value()).map_err(|e| corrupt("submission", e))?;
-                return Ok(Intake::Duplicate(rec.receipt));
+                return Ok(Intake::Duplicate(receipt_of(&self.t.submissions, *id)?));
             }
         }
         let sid = p.id.0.as_bytes().as_slice();
@@ -517,6 +515,17 @@ pub fn rfc3339(ms: Millis) -> String {
         .ok()
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_else(|| ms.to_string())
+}
+
+/// The receipt of submission `id`, which a dedup key names (so it must exist).
+pub fn receipt_of(
+    t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    id: SubmissionId,
+) -> Result<Receipt, StoreError> {
+    let v = t.get(id.0.as_bytes().as_slice()).map_err(unavailable)?;
+    let v = v.ok_or_else(|| corrupt("dedup", format!("names the missing submission {id}")))?;
+    let rec: SubmissionRecord = serde_json::from_slice(v.value()).map_err(|e| corrupt("submission", e))?;
+    Ok(rec.receipt)
 }
 
 pub fn get_delivery(
