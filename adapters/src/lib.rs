@@ -17,5 +17,8 @@ pub mod meta;
 pub mod reader;
 pub mod validate;
 
+#[cfg(test)]
+mod test_corpus;
+
 pub use meta::{Limits, Meta};
 pub use reader::{ReadError, read_header, read_meta};

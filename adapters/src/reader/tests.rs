@@ -2,22 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::test_corpus::corpus;
 use crate::{Limits, Meta, ReadError, read_header, read_meta};
-
-/// `../shared/corpus` next to the repository, or `None` (skip) when absent outside CI.
-pub(crate) fn corpus() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus");
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "corpus missing at {} (required with CI=true)",
-        dir.display()
-    );
-    eprintln!("skipped: corpus not found at {}", dir.display());
-    None
-}
 
 fn meta_of(rel: &str) -> Option<Meta> {
     let bytes = std::fs::read(corpus()?.join(rel)).expect("corpus file readable");

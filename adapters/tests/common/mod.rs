@@ -4,21 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-/// `../shared/corpus` next to the repository; `None` (skip, with the reason printed) when it is
-/// absent, a failure when `CI=true`.
-pub fn corpus() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus");
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "corpus missing at {} (required with CI=true)",
-        dir.display()
-    );
-    eprintln!("skipped: corpus not found at {}", dir.display());
-    None
-}
+#[path = "../../src/test_corpus.rs"]
+mod test_corpus;
+pub use test_corpus::corpus;
 
 /// Every file below `dir`, sorted.
 pub fn files(dir: &Path) -> Vec<PathBuf> {
