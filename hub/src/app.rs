@@ -142,15 +142,29 @@ async fn serve_http(listener: TcpListener, app: axum::Router, mut shutdown: watc
     }
 }
 
+/// Accept backlog of every listener Lotse opens (the kernel caps it at `net.core.somaxconn`).
+///
+/// tokio's `TcpListener::bind` listens with a backlog of 128. A burst of more new connections
+/// than that (a partner's pool connecting at once, a load test's clients) overflowed the queue;
+/// the kernel dropped the extra SYNs and those clients waited a full second for their retry.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a TCP listener with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as `TcpListener::bind` sets
+/// it on Unix, so a restart can bind at once while old connections linger in `TIME_WAIT`).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// `lotse serve`: bind, print the bound addresses as the first stdout line, run until SIGINT or
 /// SIGTERM.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let partner = TcpListener::bind(config.raw.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.raw.listen))?;
-    let admin = TcpListener::bind(config.raw.admin_listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.raw.admin_listen))?;
+    let partner = bind(config.raw.listen).with_context(|| format!("cannot listen on {}", config.raw.listen))?;
+    let admin =
+        bind(config.raw.admin_listen).with_context(|| format!("cannot listen on {}", config.raw.admin_listen))?;
     let store = open_store(&config).await?;
     let running = start(config, store, partner, admin).await?;
     // Tests and scripts read this line to learn the ports (the config may say port 0).
@@ -179,5 +193,27 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    /// More clients than tokio's default backlog (128) connect at once while nobody accepts:
+    /// every connect must complete from the queue at once. With a backlog of 128 the kernel drops
+    /// the extra SYNs and those connects take a full second (the SYN retry); this test then sees
+    /// hundreds of them late.
+    #[tokio::test]
+    async fn a_burst_of_connects_fits_the_accept_queue() {
+        let listener = super::bind("127.0.0.1:0".parse().unwrap()).expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let connects =
+            (0..600).map(|_| tokio::time::timeout(Duration::from_millis(700), tokio::net::TcpStream::connect(addr)));
+        let results = futures::future::join_all(connects).await;
+        let late = results.iter().filter(|r| r.is_err()).count();
+        let failed = results.iter().filter(|r| matches!(r, Ok(Err(_)))).count();
+        assert_eq!((late, failed), (0, 0), "connects that waited for a SYN retry, connects that failed");
+        drop(listener);
     }
 }

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::Value;
-use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::receiver::{ReceiverOptions, spawn};
@@ -78,8 +77,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .replace("{data_dir}", &data_dir.display().to_string().replace('\\', "/"))
         .replace("{receiver}", &receiver.url(""));
     let config = Config::parse(&text).context("the built-in demo config is invalid")?;
-    let partner = TcpListener::bind(config.raw.listen).await?;
-    let admin = TcpListener::bind(config.raw.admin_listen).await?;
+    let partner = crate::app::bind(config.raw.listen)?;
+    let admin = crate::app::bind(config.raw.admin_listen)?;
     let store = crate::app::open_store(&config).await?;
     let hub = crate::app::start(config, store, partner, admin).await?;
     let base = format!("http://{}", hub.partner_addr);

@@ -168,9 +168,7 @@ async fn spawn_receiver(opts: ReceiverOptions, keep_arrivals: bool) -> anyhow::R
         }
         None => None,
     };
-    let listener = tokio::net::TcpListener::bind(opts.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", opts.listen))?;
+    let listener = crate::app::bind(opts.listen).with_context(|| format!("cannot listen on {}", opts.listen))?;
     let addr = listener.local_addr().context("cannot read the bound address")?;
     let (counts, _) = watch::channel(ReceiverCounts::default());
     let shared = Arc::new(Shared { opts, keep_arrivals, log: Mutex::new(Log::default()), counts, journal });
