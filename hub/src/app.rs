@@ -206,8 +206,8 @@ mod tests {
     /// hundreds of them late.
     #[tokio::test]
     async fn a_burst_of_connects_fits_the_accept_queue() {
-        let listener = super::bind("127.0.0.1:0".parse().unwrap()).expect("bind");
-        let addr = listener.local_addr().unwrap();
+        let listener = super::bind(([127, 0, 0, 1], 0).into()).expect("bind");
+        let addr = listener.local_addr().expect("the bound address");
         let connects =
             (0..600).map(|_| tokio::time::timeout(Duration::from_millis(700), tokio::net::TcpStream::connect(addr)));
         let results = futures::future::join_all(connects).await;

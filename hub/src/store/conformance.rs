@@ -48,7 +48,7 @@ pub fn submission(keys: &[&str], endpoints: &[&str]) -> NewSubmission {
         dedup_keys: keys.iter().map(|k| (*k).to_owned()).collect(),
         received_at: now_millis(),
         content_type: "application/xml".into(),
-        meta: serde_json::json!({ "message_type": "0200" }),
+        meta: serde_json::json!({ "message_type": "0200", "reader": "05315000-bauaufsicht", "standard": "XBau", "warnings": ["Grüße \"quoted\""] }),
         message_id: Some(id.to_string()),
         route: "all".into(),
         original: Bytes::from(body),
@@ -99,6 +99,7 @@ pub async fn intake_then_lease<F: StoreFactory>(f: &F) -> anyhow::Result<()> {
     let view = store.submission(s.id).await?.context("submission is unknown right after intake")?;
     ensure!(view.state == SubmissionState::InProgress, "new submission is {:?}", view.state);
     ensure!(view.partner == "conformance" && view.route == "all", "partner/route not kept: {view:?}");
+    ensure!(view.meta == s.meta, "meta not kept: {} instead of {}", view.meta, s.meta);
     for d in &receipt.deliveries {
         let lease = lease_one(&store, &d.endpoint).await?;
         ensure!(lease.delivery_id == d.id, "leased {} instead of {}", lease.delivery_id, d.id);
@@ -294,6 +295,7 @@ pub async fn survive_reopen<F: StoreFactory>(f: &F) -> anyhow::Result<()> {
     let store = f.open().await?;
     let view = store.submission(s.id).await?.context("submission lost in the reopen")?;
     ensure!(view.events.len() >= 3, "event log lost in the reopen: {} events", view.events.len());
+    ensure!(view.meta == s.meta, "meta lost in the reopen: {}", view.meta);
     let d = store.submission(delivered.id).await?.context("delivered submission lost")?;
     ensure!(d.state == SubmissionState::Delivered, "delivered submission is {:?} after reopen", d.state);
     let back = lease_one(&store, ENDPOINTS[0]).await.context("the un-settled lease did not come back")?;

@@ -358,7 +358,8 @@ impl Index {
             partner: s.record.partner.clone(),
             received_at: rfc3339(s.record.received_at),
             route: s.record.route.clone(),
-            meta: s.record.meta.clone(),
+            // Written by `to_raw_value` (or read as valid JSON from the stream): parses.
+            meta: serde_json::from_str(s.record.meta.get()).unwrap_or_default(),
             deliveries,
             events: event_views(s),
         })

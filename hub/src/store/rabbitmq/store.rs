@@ -28,7 +28,8 @@ impl Store for RabbitStore {
             dedup_keys: submission.dedup_keys.clone(),
             received_at: submission.received_at,
             content_type: submission.content_type.clone(),
-            meta: submission.meta.clone(),
+            meta: serde_json::value::to_raw_value(&submission.meta)
+                .map_err(|e| StoreError::Corrupt(format!("cannot serialize the meta: {e}")))?,
             message_id: submission.message_id.clone(),
             route: submission.route.clone(),
             deliveries: receipt.deliveries.clone(),

@@ -18,7 +18,7 @@ fn claim(keys: &[&str]) -> SubmittedRecord {
         dedup_keys: keys.iter().map(|k| (*k).to_owned()).collect(),
         received_at: 1_000,
         content_type: "application/xml".into(),
-        meta: serde_json::json!({}),
+        meta: serde_json::value::to_raw_value(&serde_json::json!({})).expect("JSON"),
         message_id: None,
         route: "r".into(),
         deliveries: vec![ReceiptDelivery { id: DeliveryId::new(), endpoint: "a".into() }],
