@@ -4,9 +4,9 @@
 //! - Every write goes through the group-commit writer thread ([`writer`]): a submission, its
 //!   deliveries, its first events and its dedup keys are one transaction, fsync'd before
 //!   `intake` returns.
-//! - Payloads and renditions live in append-only segment files ([`blobs`]), written by the
-//!   request's task and fsync'd by the writer before the commit that references them; redb keeps
-//!   a 21-byte reference.
+//! - Payloads and renditions live in append-only segment files ([`blobs`]): the request's task
+//!   appends them in memory, and the writer's blob sync writes and fsyncs them before the commit
+//!   that references them; redb keeps a 21-byte reference.
 //! - Work is the `READY` table, ordered by (endpoint, not-before, delivery id). A worker leases
 //!   due entries; leases live in memory only. A crash forgets them, and since the ready entry
 //!   is removed only when an attempt is settled, everything in flight is leased again after a

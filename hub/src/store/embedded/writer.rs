@@ -6,9 +6,9 @@
 //! pile up and form the next batch, so under load many submissions share each fsync, and at low
 //! load a lone request is committed at once without waiting for company.
 //!
-//! Payloads and renditions are not written here: the requests' own tasks appended them to the
-//! blob log ([`super::blobs`]) before they queued; the writer makes them durable with one
-//! [`BlobLog::sync`] per batch before it commits the references.
+//! Payloads and renditions are not copied here: the requests' own tasks appended them to the
+//! blob log ([`super::blobs`]) before they queued; the writer writes them and makes them durable
+//! with one [`BlobLog::sync`] per batch before it commits the references.
 //!
 //! If a batch fails as a whole, each of its requests is retried in a transaction of its own, so
 //! one bad request cannot fail its neighbours.
