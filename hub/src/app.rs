@@ -82,9 +82,31 @@ pub fn build_schemas(config: &Config) -> anyhow::Result<Option<Arc<Schemas>>> {
     Ok(Some(Arc::new(Schemas { validator, hints })))
 }
 
+/// How often recorded histogram samples are folded into their summaries.
+const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn metrics_handle() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
     static HANDLE: OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> = OnceLock::new();
-    HANDLE.get_or_init(|| metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok()).clone()
+    HANDLE
+        .get_or_init(|| {
+            let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok()?;
+            // `install_recorder` leaves upkeep to the caller: without it every histogram sample
+            // (several per submission) stays in memory until `/metrics` is scraped, which a
+            // deployment without Prometheus never does. One thread for the process, like the
+            // recorder itself.
+            let upkeep = handle.clone();
+            let started = std::thread::Builder::new().name("lotse-metrics".into()).spawn(move || {
+                loop {
+                    std::thread::sleep(METRICS_UPKEEP);
+                    upkeep.run_upkeep();
+                }
+            });
+            if let Err(e) = started {
+                tracing::warn!(error = %e, "cannot start the metrics upkeep thread; histograms are folded only when scraped");
+            }
+            Some(handle)
+        })
+        .clone()
 }
 
 /// Starts the hub on already-bound listeners (tests and the demo bind port 0).
@@ -199,6 +221,19 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    /// The recorder comes with a thread that folds histogram samples (otherwise they pile up in
+    /// memory until `/metrics` is scraped).
+    #[test]
+    fn the_metrics_recorder_has_its_upkeep_thread() {
+        assert!(super::metrics_handle().is_some(), "no recorder installed");
+        let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+            .expect("/proc/self/task")
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|n| n.trim().to_owned())
+            .collect();
+        assert!(names.iter().any(|n| n == "lotse-metrics"), "threads: {names:?}");
+    }
 
     /// More clients than tokio's default backlog (128) connect at once while nobody accepts:
     /// every connect must complete from the queue at once. With a backlog of 128 the kernel drops
