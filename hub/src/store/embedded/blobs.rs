@@ -26,7 +26,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -129,11 +129,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl BlobLog {
     /// Opens `dir` (creating it) and starts a new segment after the highest one found.
     pub fn open(dir: &Path) -> anyhow::Result<BlobLog> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("cannot create `{}`", dir.display()))?;
+        super::create_private_dir(dir, "blob folder")?;
         let mut highest = 0u32;
         for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list `{}`", dir.display()))? {
             let name = entry?.file_name();
@@ -240,10 +236,9 @@ impl BlobLog {
 
     /// Reads a blob and checks its CRC.
     pub fn read(&self, r: &BlobRef) -> std::io::Result<Vec<u8>> {
-        let buf = match self.pending_copy(r) {
-            Some(buf) => buf,
-            None => {
-                let file = self.file(r.segment)?;
+        let buf = match self.source(r)? {
+            Source::Pending(buf) => buf,
+            Source::File(file) => {
                 let mut buf = vec![0u8; r.len as usize];
                 file.read_exact_at(&mut buf, r.offset)?;
                 buf
@@ -258,35 +253,41 @@ impl BlobLog {
         Ok(buf)
     }
 
-    /// The bytes of `r` while they are still pending (only until the next sync: a committed
-    /// reference has been synced, so this is for completeness, not a path the store takes).
-    fn pending_copy(&self, r: &BlobRef) -> Option<Vec<u8>> {
-        let a = lock(&self.appender);
-        let end = r.offset.checked_add(u64::from(r.len))?;
-        a.pending.iter().find_map(|c| {
-            let within = c.segment == r.segment && r.offset >= c.base && end <= c.base + c.bytes.len() as u64;
-            within.then(|| c.bytes[(r.offset - c.base) as usize..(end - c.base) as usize].to_vec())
-        })
-    }
-
-    fn file(&self, segment: u32) -> std::io::Result<Arc<File>> {
+    /// Where the bytes of `r` are: still pending (only until the next sync; a committed reference
+    /// has been synced, so the store never reads this way), or in their segment file. One look at
+    /// the appender for both.
+    fn source(&self, r: &BlobRef) -> std::io::Result<Source> {
         {
             let a = lock(&self.appender);
-            if a.segment == segment {
-                return Ok(a.file.clone());
+            let end = r.offset.saturating_add(u64::from(r.len));
+            let pending = a.pending.iter().find_map(|c| {
+                let within = c.segment == r.segment && r.offset >= c.base && end <= c.base + c.bytes.len() as u64;
+                within.then(|| c.bytes[(r.offset - c.base) as usize..(end - c.base) as usize].to_vec())
+            });
+            if let Some(buf) = pending {
+                return Ok(Source::Pending(buf));
+            }
+            if a.segment == r.segment {
+                return Ok(Source::File(a.file.clone()));
             }
         }
         let mut readers = lock(&self.readers);
-        if let Some(f) = readers.get(&segment) {
-            return Ok(f.clone());
+        if let Some(f) = readers.get(&r.segment) {
+            return Ok(Source::File(f.clone()));
         }
-        let f = Arc::new(File::open(segment_path(&self.dir, segment))?);
+        let f = Arc::new(File::open(segment_path(&self.dir, r.segment))?);
         if readers.len() >= MAX_READERS {
             readers.clear();
         }
-        readers.insert(segment, f.clone());
-        Ok(f)
+        readers.insert(r.segment, f.clone());
+        Ok(Source::File(f))
     }
+}
+
+/// See [`BlobLog::source`].
+enum Source {
+    Pending(Vec<u8>),
+    File(Arc<File>),
 }
 
 fn create_segment(dir: &Path, segment: u32) -> anyhow::Result<Arc<File>> {

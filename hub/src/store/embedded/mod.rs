@@ -76,16 +76,21 @@ impl Shared {
     }
 }
 
+/// Creates `dir` (and its parents) for the process owner only: messages carry personal data, so a
+/// folder Lotse creates, and every file in it, is `0700`/`0600`. An existing folder keeps the
+/// permissions its operator gave it. `what` names it in the error.
+fn create_private_dir(dir: &Path, what: &str) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {what} `{}`", dir.display()))
+}
+
 impl EmbeddedStore {
     /// Opens (or creates) the store file `lotse.redb` and the blob folder `blobs/` in `dir`.
     pub fn open(dir: &Path) -> anyhow::Result<EmbeddedStore> {
-        // Messages carry personal data: a data dir Lotse creates, and every file in it, is for
-        // the process owner only (an existing dir keeps the permissions its operator gave it).
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("cannot create data dir `{}`", dir.display()))?;
+        create_private_dir(dir, "data dir")?;
         let path = dir.join("lotse.redb");
         // redb would create the file with the umask's permissions; an empty file is fine for it.
         std::fs::OpenOptions::new()
