@@ -76,6 +76,9 @@ struct Sample {
     start: Instant,
     /// Time to the answer, in microseconds.
     micros: u64,
+    /// Time from `start` until the request began to be sent (open loop: waiting for a free slot,
+    /// or the load tool itself behind schedule), in microseconds; part of `micros`.
+    late_micros: u64,
     /// HTTP status, or 0 for a transport error.
     status: u16,
     submission_id: Option<String>,
@@ -96,6 +99,9 @@ pub struct Report {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// Open loop: how late accepted requests were sent (part of the time to 202): p99 and max.
+    pub late_p99_ms: Option<f64>,
+    pub late_max_ms: Option<f64>,
     /// Non-2xx answers by status; `0` = transport error.
     pub failures: Vec<(u16, u64)>,
     pub delivered: Option<u64>,
@@ -168,13 +174,14 @@ impl Sender {
     }
 
     async fn send(&self, start: Instant) -> Sample {
+        let late_micros = start.elapsed().as_micros() as u64;
         let uuid = uuid::Uuid::new_v4().hyphenated().to_string();
         // A request that takes longer than this counts as a transport error (status 0).
         let (status, submission_id) = match tokio::time::timeout(Duration::from_secs(30), self.request(&uuid)).await {
             Ok(Ok(answer)) => answer,
             _ => (0, None),
         };
-        Sample { start, micros: start.elapsed().as_micros() as u64, status, submission_id }
+        Sample { start, micros: start.elapsed().as_micros() as u64, late_micros, status, submission_id }
     }
 
     async fn request(&self, uuid: &str) -> anyhow::Result<(u16, Option<String>)> {
@@ -378,6 +385,7 @@ fn summarize(args: &BenchArgs, bytes: usize, samples: &[Sample], send_seconds: f
     let mut failures: Vec<(u16, u64)> = failures.into_iter().collect();
     failures.sort_unstable();
     let accepted = micros.len() as u64;
+    let late = args.rate.map(|_| lateness_ms(samples));
     Report {
         file: args.file.display().to_string(),
         bytes,
@@ -391,9 +399,18 @@ fn summarize(args: &BenchArgs, bytes: usize, samples: &[Sample], send_seconds: f
         p50_ms: percentile_ms(&micros, 50.0),
         p99_ms: percentile_ms(&micros, 99.0),
         max_ms: micros.last().map_or(0.0, |m| *m as f64 / 1000.0),
+        late_p99_ms: late.map(|l| l.0),
+        late_max_ms: late.map(|l| l.1),
         failures,
         ..Report::default()
     }
+}
+
+/// p99 and max of how late accepted requests were sent, in ms.
+fn lateness_ms(samples: &[Sample]) -> (f64, f64) {
+    let mut late: Vec<u64> = samples.iter().filter(|s| (200..300).contains(&s.status)).map(|s| s.late_micros).collect();
+    late.sort_unstable();
+    (percentile_ms(&late, 99.0), late.last().map_or(0.0, |m| *m as f64 / 1000.0))
 }
 
 fn print_report(r: &Report) {
@@ -406,6 +423,11 @@ fn print_report(r: &Report) {
         "sent {} in {:.2} s: accepted {} = {:.0}/s; time to 202 p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         r.sent, r.send_seconds, r.accepted, r.accepted_per_s, r.p50_ms, r.p99_ms, r.max_ms
     );
+    if let (Some(p99), Some(max)) = (r.late_p99_ms, r.late_max_ms) {
+        println!(
+            "sent behind schedule (part of the above: no free slot, or this tool itself late): p99 {p99:.2} ms, max {max:.2} ms"
+        );
+    }
     if r.failures.is_empty() {
         println!("non-2xx: none");
     } else {
@@ -458,6 +480,23 @@ mod tests {
         );
         assert!(target("https://hub.example").expect_err("https refused").to_string().contains("plain http://"));
         assert!(target("not a url").is_err());
+    }
+
+    #[test]
+    fn lateness_counts_accepted_requests_only() {
+        let sample = |late_ms: u64, status: u16| Sample {
+            start: Instant::now(),
+            micros: late_ms * 1000 + 500,
+            late_micros: late_ms * 1000,
+            status,
+            submission_id: None,
+        };
+        let mut samples: Vec<Sample> = (1..=100).map(|i| sample(i, 202)).collect();
+        // A refused or failed request says nothing about when accepted ones were sent.
+        samples.push(sample(5_000, 503));
+        samples.push(sample(9_000, 0));
+        assert_eq!(lateness_ms(&samples), (99.0, 100.0));
+        assert_eq!(lateness_ms(&[]), (0.0, 0.0));
     }
 
     #[test]
