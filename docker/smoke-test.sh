@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Smoke test of docker/compose.yaml (needs a Docker engine; not part of `.ci/run`, whose machine
-# has none): builds the image, starts RabbitMQ, two `lotse` processes and the sample receiver,
+# Smoke test of docker/compose.yaml (needs a Docker engine; not part of `.ci/run`, which does not
+# assume one): builds the image, starts RabbitMQ, two `lotse` processes and the sample receiver,
 # sends two of the project's sample messages to lotse-1, and checks that each is delivered, that
-# lotse-2 reads its status as `delivered`, that the receiver wrote it, and that a broken body is
-# refused with problem+json. Removes its containers and volumes at the end (also on failure).
+# lotse-2 reads it as `delivered` (partner and admin API), that the receiver wrote it, that the
+# partner port serves no admin endpoint, and that a broken body is refused with problem+json.
+# Removes its containers and volumes at the end (also on failure).
 #
 #   docker/smoke-test.sh                 # uses `docker compose` (v2) or `docker-compose` (v1)
 #
@@ -68,6 +69,16 @@ for id in "${ids[@]}"; do
     done
     echo "smoke-test: $id delivered, as lotse-2 reports"
 done
+
+# Operators: lotse-2's admin API (host loopback only) lists what lotse-1 accepted; the partner
+# port serves no admin endpoint.
+for id in "${ids[@]}"; do
+    curl -fsS "http://127.0.0.1:8083/v1/admin/submissions/$id" | grep -q '"state": *"delivered"' ||
+        fail "lotse-2's admin API does not show $id delivered"
+done
+code=$(curl -sS -o /dev/null -w '%{http_code}' "${auth[@]}" http://127.0.0.1:8080/v1/admin/overview)
+[[ $code == 404 ]] || fail "the partner port answered $code for an admin path (expected 404)"
+echo "smoke-test: lotse-2's admin API shows both; the partner port has no admin endpoints"
 
 received=$(dc exec -T receiver sh -c 'find /var/lib/lotse/received -type f | wc -l')
 ((received >= ${#ids[@]})) || fail "the receiver wrote $received files, expected at least ${#ids[@]}"
