@@ -84,6 +84,13 @@ struct Sample {
     submission_id: Option<String>,
 }
 
+impl Sample {
+    /// Answered with a 2xx.
+    fn accepted(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
 /// The figures of one run.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
@@ -376,10 +383,10 @@ fn percentile_ms(sorted_micros: &[u64], p: f64) -> f64 {
 }
 
 fn summarize(args: &BenchArgs, bytes: usize, samples: &[Sample], send_seconds: f64) -> Report {
-    let mut micros: Vec<u64> = samples.iter().filter(|s| (200..300).contains(&s.status)).map(|s| s.micros).collect();
+    let mut micros: Vec<u64> = samples.iter().filter(|s| s.accepted()).map(|s| s.micros).collect();
     micros.sort_unstable();
     let mut failures: HashMap<u16, u64> = HashMap::new();
-    for s in samples.iter().filter(|s| !(200..300).contains(&s.status)) {
+    for s in samples.iter().filter(|s| !s.accepted()) {
         *failures.entry(s.status).or_default() += 1;
     }
     let mut failures: Vec<(u16, u64)> = failures.into_iter().collect();
@@ -408,7 +415,7 @@ fn summarize(args: &BenchArgs, bytes: usize, samples: &[Sample], send_seconds: f
 
 /// p99 and max of how late accepted requests were sent, in ms.
 fn lateness_ms(samples: &[Sample]) -> (f64, f64) {
-    let mut late: Vec<u64> = samples.iter().filter(|s| (200..300).contains(&s.status)).map(|s| s.late_micros).collect();
+    let mut late: Vec<u64> = samples.iter().filter(|s| s.accepted()).map(|s| s.late_micros).collect();
     late.sort_unstable();
     (percentile_ms(&late, 99.0), late.last().map_or(0.0, |m| *m as f64 / 1000.0))
 }
