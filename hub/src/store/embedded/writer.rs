@@ -4,7 +4,8 @@
 //! waiting (up to [`MAX_BATCH`]), applies them all in ONE redb write transaction and commits it
 //! (one fsync), and only then answers every waiter. While one commit is on the disk, new requests
 //! pile up and form the next batch, so under load many submissions share each fsync, and at low
-//! load a lone request is committed at once without waiting for company.
+//! load a lone request is committed at once without waiting for company. Under load a small
+//! batch waits [`LINGER`] for more (see there).
 //!
 //! Payloads and renditions are not copied here: the requests' own tasks appended them to the
 //! blob log ([`super::blobs`]) before they queued; the writer writes them and makes them durable
@@ -97,6 +98,29 @@ impl Reply {
     }
 }
 
+/// Under load, how long a small batch waits for company before it commits (PostgreSQL's
+/// `commit_delay`, for the same reason). A commit costs the writer about 0.4 ms of CPU and
+/// ~40 redb page writes whatever its size, so at 8,000 submissions/s, where a batch would hold
+/// about 10-15, waiting 1 ms makes batches of 25-30: in 12 alternated open-loop runs the hub's
+/// CPU per submission fell by about 9 % (128-153 µs against 145-162) for a p50 about 0.8 ms
+/// later, and in 7 alternated closed-loop runs at 256 clients the rate rose by 6 % (6 of 7 won).
+/// It applies only while the previous batch held at least [`LINGER_AFTER`] requests (a lone
+/// request at low load commits at once) and the batch in hand holds fewer than [`LINGER_BELOW`]
+/// (large batches already share their commit well).
+const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
+const LINGER_AFTER: usize = 4;
+const LINGER_BELOW: usize = 32;
+
+/// Moves what is already queued into `batch`, up to [`MAX_BATCH`].
+fn drain(rx: &mut mpsc::UnboundedReceiver<Op>, batch: &mut Vec<Op>) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(op) => batch.push(op),
+            Err(_) => break,
+        }
+    }
+}
+
 /// Runs the writer loop until every sender is dropped.
 pub fn run(
     db: Arc<Database>,
@@ -106,14 +130,15 @@ pub fn run(
     wake: impl Fn(&str),
 ) {
     let mut batch: Vec<Op> = Vec::with_capacity(MAX_BATCH);
+    let mut previous = 0;
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
+        drain(&mut rx, &mut batch);
+        if previous >= LINGER_AFTER && batch.len() < LINGER_BELOW {
+            std::thread::sleep(LINGER);
+            drain(&mut rx, &mut batch);
         }
+        previous = batch.len();
         metrics::histogram!("lotse_store_batch_size").record(batch.len() as f64);
         let ops = std::mem::take(&mut batch);
         let started = std::time::Instant::now();
