@@ -85,7 +85,14 @@ fn scan(xml: &[u8], limits: &Limits, stop_early: bool) -> Result<Meta, ReadError
             Tok::End => {
                 if let Some(sink) = sink.as_mut() {
                     sink.end(guard.depth() + 1);
-                    if stop_early && sink.is_done() {
+                    if sink.is_done() {
+                        if stop_early {
+                            break;
+                        }
+                        // The header is read; the rest of the document is only checked. The
+                        // guard checks every token all the same; this loop merely skips the
+                        // dispatch above, whose branches only the sink needed.
+                        while !matches!(guard.next()?, Tok::Eof) {}
                         break;
                     }
                 }

@@ -188,36 +188,39 @@ impl<'a> Guard<'a> {
         }
         loop {
             self.token_pos = self.reader.buffer_position();
-            let event = match self.reader.read_event() {
-                Ok(event) => event,
-                Err(e) => {
-                    let pos = self.reader.error_position();
-                    return Err(self.malformed_at(pos, e.to_string()));
-                }
-            };
             let first = self.phase == Phase::Start;
             if first {
                 self.phase = Phase::Prolog;
             }
-            match event {
-                Event::Start(e) | Event::Empty(e) if self.phase == Phase::Epilog => {
+            // One match on the result, with the event matched in place: unwrapping the `Ok` first
+            // made the compiler copy the whole event with wide loads that cannot be forwarded
+            // from quick-xml's narrower stores (a stall on every token).
+            match self.reader.read_event() {
+                Err(e) => {
+                    if first {
+                        self.phase = Phase::Start;
+                    }
+                    let pos = self.reader.error_position();
+                    return Err(self.malformed_at(pos, e.to_string()));
+                }
+                Ok(Event::Start(e) | Event::Empty(e)) if self.phase == Phase::Epilog => {
                     let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
                     return Err(self.malformed(format!("second root element `{name}` after the document element")));
                 }
-                Event::Start(e) => {
+                Ok(Event::Start(e)) => {
                     let name = self.open(&e)?;
                     return Ok(Tok::Start { name });
                 }
-                Event::Empty(e) => {
+                Ok(Event::Empty(e)) => {
                     let name = self.open(&e)?;
                     self.pending_end = true;
                     return Ok(Tok::Start { name });
                 }
-                Event::End(_) => {
+                Ok(Event::End(_)) => {
                     // quick-xml checked that the name matches the open element.
                     return Ok(self.close());
                 }
-                Event::Text(t) => {
+                Ok(Event::Text(t)) => {
                     let (text, blank) = self.text(t.into_inner())?;
                     if self.last_flags & BRACKET != 0 && text.contains("]]>") {
                         return Err(self.malformed("`]]>` is not allowed in text"));
@@ -230,14 +233,14 @@ impl<'a> Guard<'a> {
                         return Err(self.malformed(format!("text {where_} the document element")));
                     }
                 }
-                Event::CData(c) => {
+                Ok(Event::CData(c)) => {
                     if self.phase != Phase::Body {
                         return Err(self.malformed("CDATA section outside the document element"));
                     }
                     let (text, blank) = self.text(c.into_inner())?;
                     return Ok(Tok::Text { text, blank });
                 }
-                Event::GeneralRef(r) => {
+                Ok(Event::GeneralRef(r)) => {
                     if self.phase != Phase::Body {
                         return Err(self.malformed("reference outside the document element"));
                     }
@@ -246,10 +249,10 @@ impl<'a> Guard<'a> {
                     let blank = text.bytes().all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
                     return Ok(Tok::Text { text, blank });
                 }
-                Event::Comment(c) => {
+                Ok(Event::Comment(c)) => {
                     self.text(c.into_inner())?;
                 }
-                Event::PI(pi) => {
+                Ok(Event::PI(pi)) => {
                     let target = pi.target();
                     if target.eq_ignore_ascii_case(b"xml") {
                         return Err(self.malformed("xml declaration not at the start of the document"));
@@ -257,7 +260,7 @@ impl<'a> Guard<'a> {
                     check_name(target).map_err(|m| self.malformed(format!("processing instruction: {m}")))?;
                     self.text(pi.into_inner())?;
                 }
-                Event::Decl(d) => {
+                Ok(Event::Decl(d)) => {
                     if !first {
                         return Err(self.malformed("xml declaration not at the start of the document"));
                     }
@@ -278,13 +281,13 @@ impl<'a> Guard<'a> {
                         }
                     }
                 }
-                Event::DocType(_) => {
+                Ok(Event::DocType(_)) => {
                     return Err(ReadError::Forbidden(format!(
                         "DOCTYPE (DTD) at byte {} is not allowed",
                         self.token_pos
                     )));
                 }
-                Event::Eof => {
+                Ok(Event::Eof) => {
                     return match self.phase {
                         Phase::Epilog => Ok(Tok::Eof),
                         Phase::Body => {

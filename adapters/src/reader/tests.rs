@@ -409,3 +409,28 @@ fn default_namespace_is_not_inherited_by_xmlns_empty() {
     assert_eq!(m.namespace, s("urn:a"));
     assert_eq!(m.reader, s("bab:1"));
 }
+
+#[test]
+fn full_path_checks_every_token_after_the_header() {
+    // once the header is read, `scan` only drives the guard: every kind of error still comes
+    let head = r#"<x:m.0001 xmlns:x="urn:t"><nachrichtenkopf.g2g><identifikation.nachricht>
+        <nachrichtenUUID>u-1</nachrichtenUUID></identifikation.nachricht></nachrichtenkopf.g2g>"#;
+    let doc = |body: &str| format!("{head}{body}");
+    assert_eq!(read(&doc("<x:b a='1'>t</x:b></x:m.0001>")).map(|m| m.message_id), Ok(s("u-1")));
+    for body in [
+        "<x:b></x:c></x:m.0001>",
+        "<y:b/></x:m.0001>",
+        "<b a='1' a='2'/></x:m.0001>",
+        "<b>]]></b></x:m.0001>",
+        "<b>\u{1}</b></x:m.0001>",
+        "</x:m.0001><second/>",
+        "</x:m.0001>text",
+        "<b>",
+    ] {
+        assert!(matches!(read(&doc(body)), Err(ReadError::Malformed { .. })), "{body:?} accepted");
+    }
+    assert!(matches!(read(&doc("<b>&lt;&ent;</b></x:m.0001>")), Err(ReadError::Forbidden(_))));
+    let limits = Limits { max_elements: 8, ..Limits::default() };
+    let many = doc(&format!("{}</x:m.0001>", "<b/>".repeat(8)));
+    assert!(matches!(read_meta(many.as_bytes(), &limits), Err(ReadError::LimitExceeded(_))));
+}
