@@ -103,8 +103,9 @@ impl Reply {
 /// ~40 redb page writes whatever its size, so at 8,000 submissions/s, where a batch would hold
 /// about 10-15, waiting 1 ms makes batches of 25-30: in 12 alternated open-loop runs the hub's
 /// CPU per submission fell by about 9 % (128-153 µs against 145-162) and the bytes written by
-/// 22 %, for a p50 about 0.8 ms later; at 256 clients (closed loop) 6 of 7 alternated runs
-/// accepted more (+6 %). It applies only when at least [`LINGER_AFTER`] requests queued up
+/// 22 %, for a p50 about 0.8 ms later (no better p99 on this noisy machine); at 256 clients
+/// (closed loop) 6 of 7 alternated runs accepted more (+6 %), a later set of 4 showed no
+/// difference. It applies only when at least [`LINGER_AFTER`] requests queued up
 /// while the previous batch was being committed (a lone request at low load commits at once)
 /// and fewer than [`LINGER_BELOW`] (large batches already share their commit well).
 ///
