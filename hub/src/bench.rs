@@ -295,7 +295,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         report.delivered_per_s = Some(if span > 0.0 { delivered as f64 / span } else { 0.0 });
         report.delivered_p50_ms = Some(percentile_ms(&latencies, 50.0));
         report.delivered_p99_ms = Some(percentile_ms(&latencies, 99.0));
-        report.delivered_max_ms = Some(latencies.last().map_or(0.0, |m| *m as f64 / 1000.0));
+        report.delivered_max_ms = Some(percentile_ms(&latencies, 100.0));
     }
     print_report(&report);
     if args.json {
@@ -405,7 +405,7 @@ fn summarize(args: &BenchArgs, bytes: usize, samples: &[Sample], send_seconds: f
         accepted_per_s: if send_seconds > 0.0 { accepted as f64 / send_seconds } else { 0.0 },
         p50_ms: percentile_ms(&micros, 50.0),
         p99_ms: percentile_ms(&micros, 99.0),
-        max_ms: micros.last().map_or(0.0, |m| *m as f64 / 1000.0),
+        max_ms: percentile_ms(&micros, 100.0),
         late_p99_ms: late.map(|l| l.0),
         late_max_ms: late.map(|l| l.1),
         failures,
@@ -417,7 +417,7 @@ fn summarize(args: &BenchArgs, bytes: usize, samples: &[Sample], send_seconds: f
 fn lateness_ms(samples: &[Sample]) -> (f64, f64) {
     let mut late: Vec<u64> = samples.iter().filter(|s| s.accepted()).map(|s| s.late_micros).collect();
     late.sort_unstable();
-    (percentile_ms(&late, 99.0), late.last().map_or(0.0, |m| *m as f64 / 1000.0))
+    (percentile_ms(&late, 99.0), percentile_ms(&late, 100.0))
 }
 
 fn print_report(r: &Report) {
