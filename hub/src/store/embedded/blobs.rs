@@ -12,11 +12,19 @@
 //! [`BlobLog::sync`], which writes the pending chunks to their segments (one `pwrite` per
 //! segment for the whole batch, instead of one per request: on this virtual machine a system call
 //! costs microseconds) and `fdatasync`s them. So a reference is never committed before its bytes
-//! are on disk, and a 202 (which waits for the commit) still means durable. A failed write or
-//! sync puts the chunks back, so the next sync writes the same bytes again before it syncs
-//! (after a failed `fdatasync`, Linux may have dropped the dirty pages: syncing again alone could
-//! report success for bytes that are gone). Bytes appended but never referenced (the process
-//! died before the commit, or the submission was a duplicate) are dead space, never read.
+//! are on disk, and a 202 (which waits for the commit) still means durable.
+//!
+//! A failed write or sync (a full disk, an I/O error) loses every byte that was pending: after a
+//! failed `fdatasync` Linux may have dropped the dirty pages, so neither syncing again nor
+//! trusting the segment's tail is safe. The log notes from which offset that segment is lost
+//! ([`BlobLog::is_lost`]), continues in a new segment, and the writer refuses (503) every intake
+//! whose bytes lie in a lost part, so nothing that references them is ever committed. Requests
+//! that append after the failure start clean: once the disk has room again, intake works again
+//! without a restart. (Putting the bytes back to write them again, as an earlier version did, kept
+//! every refused request's bytes too: after a full disk the pending bytes only grew, and the
+//! store answered 503 until a restart even with the disk emptied.) Bytes appended but never
+//! referenced (a lost tail, the process died before the commit, or the submission was a
+//! duplicate) are dead space, never read.
 //!
 //! A process always starts a new segment, so a torn write at the end of an old segment (kill -9
 //! in the middle of a `write`) is never appended to; it lies past every committed reference.
@@ -109,6 +117,9 @@ struct Chunk {
 pub struct BlobLog {
     dir: PathBuf,
     appender: Mutex<Appender>,
+    /// Segments whose tail a failed write or sync lost: bytes from this offset on are not durable
+    /// and never will be.
+    lost: Mutex<HashMap<u32, u64>>,
     /// Read handles of older segments (the current one is in the appender).
     readers: Mutex<HashMap<u32, Arc<File>>>,
 }
@@ -151,6 +162,7 @@ impl BlobLog {
                 spare: Vec::new(),
                 dir_dirty: false,
             }),
+            lost: Mutex::new(HashMap::new()),
             readers: Mutex::new(HashMap::new()),
         })
     }
@@ -192,8 +204,8 @@ impl BlobLog {
     }
 
     /// Makes every byte appended before this call durable: writes the pending chunks, then
-    /// `fdatasync`s their segments (and the directory after a new segment). On failure the
-    /// chunks stay pending, so the next sync writes them again.
+    /// `fdatasync`s their segments (and the directory after a new segment). On failure every
+    /// pending byte is lost (see [`BlobLog::is_lost`]).
     pub fn sync(&self) -> std::io::Result<()> {
         let (chunks, dir_dirty) = {
             let mut a = lock(&self.appender);
@@ -212,11 +224,21 @@ impl BlobLog {
             Ok(())
         });
         if let Err(e) = synced {
+            // Lost: the bytes taken for this sync, and those appended to the same segments since
+            // (they lie behind the failed part). The next bytes go to a new segment.
             let mut a = lock(&self.appender);
-            a.pending_bytes += chunks.iter().map(|c| c.bytes.len()).sum::<usize>();
-            // Older bytes first: the newest chunk stays last, where `append` extends it.
-            let newer = std::mem::replace(&mut a.pending, chunks);
-            a.pending.extend(newer);
+            let mut lost = lock(&self.lost);
+            for c in chunks.iter().chain(a.pending.iter()) {
+                let from = lost.entry(c.segment).or_insert(c.base);
+                *from = (*from).min(c.base);
+            }
+            a.pending.clear();
+            a.pending_bytes = 0;
+            if lost.contains_key(&a.segment) {
+                // `append` starts the next segment (retrying its creation on each append until
+                // it succeeds; until then appends fail and intakes answer 503).
+                a.len = SEGMENT_BYTES;
+            }
             a.dir_dirty |= dir_dirty;
             return Err(e);
         }
@@ -232,6 +254,12 @@ impl BlobLog {
             }
         }
         Ok(())
+    }
+
+    /// Whether a failed write or sync lost the bytes of `r` (then a reference to them must not be
+    /// committed). A reference appended before a sync that succeeded is never lost.
+    pub fn is_lost(&self, r: &BlobRef) -> bool {
+        lock(&self.lost).get(&r.segment).is_some_and(|from| r.offset.saturating_add(u64::from(r.len)) > *from)
     }
 
     /// Reads a blob and checks its CRC.
@@ -308,7 +336,7 @@ fn sync_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]
@@ -368,6 +396,41 @@ mod tests {
         f.write_all_at(b"X", r.offset + 3).expect("corrupt");
         let err = log.read(&r).expect_err("corrupted blob read back");
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    }
+
+    /// Makes the next writes to the current segment fail (EBADF), as a full disk would: the
+    /// appender's handle becomes a read-only one of the same file.
+    pub(in crate::store::embedded) fn break_current_segment(log: &BlobLog) {
+        let mut a = lock(&log.appender);
+        let path = segment_path(&log.dir, a.segment);
+        a.file = Arc::new(File::open(path).expect("read-only handle"));
+    }
+
+    #[test]
+    fn a_failed_sync_loses_only_unsynced_bytes_and_the_log_goes_on_in_a_new_segment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = BlobLog::open(dir.path()).expect("open");
+        let kept = b"synced before the failure".to_vec();
+        let rk = log.append(&kept, checksum(&kept)).expect("append");
+        log.sync().expect("sync");
+        break_current_segment(&log);
+        let (a, b) = (vec![1u8; 5_000], vec![2u8; 300]);
+        let ra = log.append(&a, checksum(&a)).expect("append");
+        let rb = log.append(&b, checksum(&b)).expect("append");
+        assert!(log.sync().is_err(), "a write to a read-only handle succeeded");
+        assert!(log.is_lost(&ra) && log.is_lost(&rb), "bytes of the failed sync are not marked lost");
+        assert!(!log.is_lost(&rk), "bytes synced before the failure are marked lost");
+        assert_eq!(log.read(&rk).expect("read"), kept);
+        // Nothing of the failure is written again: the next sync has nothing left to write and
+        // succeeds, and new bytes go to a new segment that works.
+        log.sync().expect("the sync after a failure");
+        let c = b"after the failure".to_vec();
+        let rc = log.append(&c, checksum(&c)).expect("append");
+        assert_eq!(rc.segment, ra.segment + 1);
+        log.sync().expect("sync in the new segment");
+        assert!(!log.is_lost(&rc));
+        assert_eq!(log.read(&rc).expect("read"), c);
+        assert_eq!(std::fs::metadata(segment_path(dir.path(), ra.segment)).expect("old").len(), kept.len() as u64);
     }
 
     #[test]

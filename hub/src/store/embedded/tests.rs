@@ -205,3 +205,28 @@ async fn a_resend_of_a_committed_message_writes_no_bytes() {
     assert_eq!(blob_bytes(), before, "a known duplicate wrote payload bytes");
     assert_eq!(store.counts().await.expect("counts").submissions, 1);
 }
+
+// A full disk (here: the blob segment's writes fail) answers 503 for the intakes whose bytes
+// could not be written, never commits a reference to them, and intake works again right after,
+// in a new segment, without a restart.
+#[tokio::test]
+async fn a_failed_blob_write_refuses_its_intakes_and_the_store_recovers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(dir.path()).expect("open");
+    blobs::tests::break_current_segment(&store.blobs);
+    let lost = new_sub(&["a"], &["msg:p:lost"]);
+    let lost_id = lost.id;
+    let answer = store.intake(lost).await;
+    assert!(matches!(answer, Err(StoreError::Unavailable(_))), "intake with unwritable bytes: {answer:?}");
+    assert!(store.submission(lost_id).await.expect("read").is_none(), "a submission without its bytes was committed");
+
+    // The same message again (same dedup key): accepted now, its bytes readable at lease.
+    let mut again = new_sub(&["a"], &["msg:p:lost"]);
+    again.original = Bytes::from_static(b"<r>sent again</r>");
+    let Intake::Accepted(r) = store.intake(again).await.expect("intake after the failure") else {
+        panic!("the refused first attempt took the dedup key")
+    };
+    let lease = store.lease("a", 1, Duration::from_millis(200)).await.expect("lease").pop().expect("one lease");
+    assert_eq!((lease.submission_id, &lease.payload[..]), (r.submission_id, &b"<r>sent again</r>"[..]));
+    assert_eq!(store.counts().await.expect("counts").submissions, 1);
+}

@@ -154,7 +154,7 @@ pub fn run(
             drain(&mut rx, &mut batch);
         }
         metrics::histogram!("lotse_store_batch_size").record(batch.len() as f64);
-        let ops = std::mem::take(&mut batch);
+        let ops = refuse_lost(&blobs, std::mem::take(&mut batch));
         let started = std::time::Instant::now();
         let committed = commit_batch(&db, &blobs, &index, ops);
         metrics::histogram!("lotse_store_commit_seconds").record(started.elapsed().as_secs_f64());
@@ -169,7 +169,8 @@ pub fn run(
             }
             Err((ops, e)) => {
                 tracing::warn!(error = %e, size = ops.len(), "batch commit failed, retrying its requests one by one");
-                for op in ops {
+                // A failed blob sync lost the bytes of these intakes: they must not be retried.
+                for op in refuse_lost(&blobs, ops) {
                     match commit_batch(&db, &blobs, &index, vec![op]) {
                         Ok((replies, wakeups)) => {
                             replies.into_iter().for_each(Reply::send);
@@ -186,6 +187,24 @@ pub fn run(
             }
         }
     }
+}
+
+/// Answers 503 to every intake whose payload or rendition bytes a failed blob sync lost (see
+/// [`BlobLog::is_lost`]), and returns the other ops.
+fn refuse_lost(blobs: &BlobLog, ops: Vec<Op>) -> Vec<Op> {
+    let lost = |r: &[u8; 21]| super::blobs::decode(r).is_some_and(|r| blobs.is_lost(&r));
+    let mut kept = Vec::with_capacity(ops.len());
+    for op in ops {
+        match op {
+            Op::Intake(p, reply)
+                if lost(&p.payload) || p.deliveries.iter().filter_map(|d| d.rendition.as_ref()).any(lost) =>
+            {
+                let _ = reply.send(failed("its bytes were lost when the blob log could not be written"));
+            }
+            op => kept.push(op),
+        }
+    }
+    kept
 }
 
 fn placeholder_reply(op: Op) -> Reply {
