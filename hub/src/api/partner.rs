@@ -27,15 +27,14 @@ pub fn router(state: Arc<AppState>) -> Router {
     let shed = tower::ServiceBuilder::new()
         .layer(axum::error_handling::HandleErrorLayer::new(|_: tower::BoxError| async {
             metrics::counter!("lotse_submissions_refused_total", "reason" => "overloaded").increment(1);
-            let mut resp = Problem::new(
+            Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "overloaded",
                 "Hub overloaded",
                 "too many submissions are being taken in right now; nothing was accepted, send it again shortly",
             )
-            .into_response();
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            resp
+            .retry_after(1)
+            .into_response()
         }))
         .load_shed()
         .concurrency_limit(in_flight);

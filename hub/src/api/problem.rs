@@ -17,11 +17,18 @@ pub struct Problem {
     pub detail: String,
     /// Extension members (boxed: most problems have none, and handlers return `Result<_, Problem>`).
     pub extra: Option<Box<Map<String, Value>>>,
+    /// `Retry-After` in seconds, for a condition that passes (503).
+    pub retry_after: Option<u32>,
 }
 
 impl Problem {
     pub fn new(status: StatusCode, slug: &'static str, title: &'static str, detail: impl Into<String>) -> Problem {
-        Problem { status, slug, title, detail: detail.into(), extra: None }
+        Problem { status, slug, title, detail: detail.into(), extra: None, retry_after: None }
+    }
+
+    pub fn retry_after(mut self, seconds: u32) -> Problem {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub fn with(mut self, key: &str, value: Value) -> Problem {
@@ -46,6 +53,9 @@ impl IntoResponse for Problem {
         }
         let mut resp = (self.status, Value::Object(body).to_string()).into_response();
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if let Some(seconds) = self.retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         resp
     }
 }
@@ -60,6 +70,8 @@ impl From<StoreError> for Problem {
             "Store unavailable",
             "the submission could not be stored; nothing was accepted, send it again later",
         )
+        // A full disk, a broker restart: seconds, usually. Clients that honour it spread out.
+        .retry_after(5)
     }
 }
 

@@ -326,6 +326,7 @@ async fn a_store_that_cannot_commit_means_503_without_internals() {
     let router = partner_router(config(""), Arc::new(BrokenStore));
     let (s, hd, b) = call(&router, submit(&message("0f0e0d0c-0000-4000-8000-000000000050", "bab:09162000"), &[])).await;
     assert_problem(s, &hd, &b, StatusCode::SERVICE_UNAVAILABLE, "store-unavailable");
+    assert_eq!(hd.get("retry-after").and_then(|v| v.to_str().ok()), Some("5"), "503 without Retry-After");
     assert!(!b.to_string().contains("/secret/path"), "5xx bodies must not carry internals: {b}");
 }
 

@@ -268,7 +268,11 @@ impl BlobLog {
             Source::Pending(buf) => buf,
             Source::File(file) => {
                 let mut buf = vec![0u8; r.len as usize];
-                file.read_exact_at(&mut buf, r.offset)?;
+                if let Err(e) = file.read_exact_at(&mut buf, r.offset) {
+                    // The next read opens the segment again rather than reuse a handle that failed.
+                    lock(&self.readers).remove(&r.segment);
+                    return Err(e);
+                }
                 buf
             }
         };

@@ -15,6 +15,7 @@
 //!   timer for the earliest future not-before.
 
 mod blobs;
+mod db;
 mod prepare;
 mod tables;
 mod writer;
@@ -27,18 +28,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use redb::{Database, ReadableDatabase};
+use redb::ReadableDatabase;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::*;
 use tables::*;
 use writer::{Op, get_delivery, receipt_of, rfc3339};
 
-/// redb's page cache; the default (1 GiB) is far more than a queue needs.
-const CACHE_BYTES: usize = 64 * 1024 * 1024;
-
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    db: Arc<db::Db>,
     blobs: Arc<blobs::BlobLog>,
     dedup: Arc<std::sync::RwLock<writer::DedupIndex>>,
     /// `None` only while dropping.
@@ -100,13 +98,16 @@ impl EmbeddedStore {
             .mode(0o600)
             .open(&path)
             .with_context(|| format!("cannot create store `{}`", path.display()))?;
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(&path)
-            .with_context(|| format!("cannot open store `{}`", path.display()))?;
+        let db = db::Db::open(&path).with_context(|| format!("cannot open store `{}`", path.display()))?;
+        EmbeddedStore::start(dir, Arc::new(db))
+    }
+
+    /// The store on an opened database: tables, blob log, dedup index, writer thread.
+    fn start(dir: &Path, db: Arc<db::Db>) -> anyhow::Result<EmbeddedStore> {
+        let database = db.get()?;
         {
             // Create every table up front so readers never meet a missing one.
-            let txn = db.begin_write()?;
+            let txn = database.begin_write()?;
             txn.open_table(SUBMISSIONS)?;
             txn.open_table(PAYLOADS)?;
             txn.open_table(RENDITIONS)?;
@@ -119,12 +120,12 @@ impl EmbeddedStore {
             txn.open_table(CHAIN)?;
             txn.commit()?;
         }
-        let db = Arc::new(db);
         let blobs = Arc::new(blobs::BlobLog::open(&dir.join("blobs"))?);
         let shared = Arc::new(Shared::default());
         let (tx, rx) = mpsc::unbounded_channel();
         let dedup =
-            Arc::new(std::sync::RwLock::new(writer::load_dedup_index(&db).context("cannot read the dedup log")?));
+            Arc::new(std::sync::RwLock::new(writer::load_dedup_index(&database).context("cannot read the dedup log")?));
+        drop(database);
         let (wdb, wblobs, wdedup, wshared) = (db.clone(), blobs.clone(), dedup.clone(), shared.clone());
         let writer = std::thread::Builder::new()
             .name("lotse-store-writer".into())
@@ -141,7 +142,7 @@ impl EmbeddedStore {
     }
 
     fn read(&self) -> Result<redb::ReadTransaction, StoreError> {
-        self.db.begin_read().map_err(|e| StoreError::Unavailable(e.to_string()))
+        self.db.get()?.begin_read().map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 
     /// Due deliveries of `endpoint` not leased yet (up to `max`), and the earliest future
@@ -185,45 +186,68 @@ impl EmbeddedStore {
             if !leased.insert(id) {
                 continue;
             }
-            let Some(d) = get_delivery(&deliveries, id)? else { continue };
-            let sub_key = d.submission_id.0.as_bytes();
-            let rec: SubmissionRecord = match subs.get(sub_key.as_slice()).map_err(unavailable)? {
-                Some(v) => serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                None => continue,
-            };
-            let loaded = if d.has_rendition {
-                self.rendition(&renditions, id)
-            } else {
-                self.payload(&payloads, d.submission_id).map(|p| (rec.content_type.clone(), p))
-            };
-            let (content_type, payload) = match loaded {
-                Ok(l) => l,
-                Err(StoreError::Corrupt(error)) => {
-                    // Bytes that fail their checksum (or are gone) will not get better: the
-                    // delivery goes dead with the reason, so it neither blocks its endpoint nor
-                    // vanishes. It stays in `leased` until the dead state is committed.
-                    tracing::error!(delivery_id = %id, %error, "payload unreadable; the delivery goes dead");
-                    self.send_dead(id, d.attempts + 1, format!("the stored payload is unreadable: {error}"));
-                    continue;
-                }
+            match self.lease_one(&deliveries, &subs, &payloads, &renditions, id) {
+                Ok(Some(lease)) => leases.push(lease),
+                // Gone, or sent dead (then it stays in `leased` until the dead state is committed).
+                Ok(None) => {}
                 Err(e) => {
+                    // Nothing of this call is handed out, so every delivery it took is free again:
+                    // one left in `leased` would never be leased again (until a restart).
                     leased.remove(&id);
+                    for l in &leases {
+                        leased.remove(&l.delivery_id);
+                    }
                     return Err(e);
                 }
-            };
-            leases.push(Lease {
-                delivery_id: id,
-                submission_id: d.submission_id,
-                endpoint: d.endpoint.clone(),
-                attempt: d.attempts + 1,
-                budget_attempt: d.attempts + 1 - d.budget_base,
-                message_id: rec.message_id.clone(),
-                content_type,
-                payload,
-                token: 0,
-            });
+            }
         }
         Ok((leases, None))
+    }
+
+    /// The lease of one due delivery, `None` if it is gone or its bytes are unreadable (then it
+    /// is sent dead).
+    fn lease_one(
+        &self,
+        deliveries: &impl redb::ReadableTable<&'static [u8], &'static [u8]>,
+        subs: &impl redb::ReadableTable<&'static [u8], &'static [u8]>,
+        payloads: &impl redb::ReadableTable<&'static [u8], &'static [u8]>,
+        renditions: &impl redb::ReadableTable<&'static [u8], &'static [u8]>,
+        id: DeliveryId,
+    ) -> Result<Option<Lease>, StoreError> {
+        let Some(d) = get_delivery(deliveries, id)? else { return Ok(None) };
+        let sub_key = d.submission_id.0.as_bytes();
+        let rec: SubmissionRecord = match subs.get(sub_key.as_slice()).map_err(unavailable)? {
+            Some(v) => serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            None => return Ok(None),
+        };
+        let loaded = if d.has_rendition {
+            self.rendition(renditions, id)
+        } else {
+            self.payload(payloads, d.submission_id).map(|p| (rec.content_type.clone(), p))
+        };
+        let (content_type, payload) = match loaded {
+            Ok(l) => l,
+            Err(StoreError::Corrupt(error)) => {
+                // Bytes that fail their checksum (or are gone) will not get better: the
+                // delivery goes dead with the reason, so it neither blocks its endpoint nor
+                // vanishes.
+                tracing::error!(delivery_id = %id, %error, "payload unreadable; the delivery goes dead");
+                self.send_dead(id, d.attempts + 1, format!("the stored payload is unreadable: {error}"));
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Some(Lease {
+            delivery_id: id,
+            submission_id: d.submission_id,
+            endpoint: d.endpoint.clone(),
+            attempt: d.attempts + 1,
+            budget_attempt: d.attempts + 1 - d.budget_base,
+            message_id: rec.message_id.clone(),
+            content_type,
+            payload,
+            token: 0,
+        }))
     }
 
     fn rendition(

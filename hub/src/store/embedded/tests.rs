@@ -230,3 +230,125 @@ async fn a_failed_blob_write_refuses_its_intakes_and_the_store_recovers() {
     assert_eq!((lease.submission_id, &lease.payload[..]), (r.submission_id, &b"<r>sent again</r>"[..]));
     assert_eq!(store.counts().await.expect("counts").submissions, 1);
 }
+
+// A lease that fails half-way (here its payload's segment cannot be read) hands out nothing and
+// keeps nothing: once the payload is readable again, the delivery is leased. (Before, the
+// deliveries it had taken stayed marked as leased until a restart: never sent.)
+#[tokio::test]
+async fn a_failed_lease_releases_every_delivery_it_took() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id = {
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        let Intake::Accepted(r) = store.intake(new_sub(&["a"], &[])).await.expect("intake") else { panic!("accepted") };
+        r.deliveries[0].id
+    };
+    // Reopened, the store writes a new segment and reads the first one from its file.
+    let store = EmbeddedStore::open(dir.path()).expect("reopen");
+    let segment = dir.path().join("blobs").join("00000001.seg");
+    let aside = dir.path().join("aside.seg");
+    std::fs::rename(&segment, &aside).expect("move the segment aside");
+    std::fs::create_dir(&segment).expect("a directory in its place");
+    let failed = store.lease("a", 10, Duration::from_millis(50)).await;
+    assert!(matches!(failed, Err(StoreError::Unavailable(_))), "lease of an unreadable payload: {failed:?}");
+    std::fs::remove_dir(&segment).expect("remove the directory");
+    std::fs::rename(&aside, &segment).expect("put the segment back");
+    let leases = store.lease("a", 10, Duration::from_millis(200)).await.expect("lease");
+    assert_eq!(leases.iter().map(|l| l.delivery_id).collect::<Vec<_>>(), [id], "the delivery stayed taken");
+}
+
+/// A redb backend on a file whose writes fail while `full` is set, as on a full disk.
+#[derive(Debug)]
+struct FullDisk {
+    file: redb::backends::FileBackend,
+    full: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FullDisk {
+    fn check(&self) -> std::io::Result<()> {
+        if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "No space left on device (test)"));
+        }
+        Ok(())
+    }
+}
+
+impl redb::StorageBackend for FullDisk {
+    fn len(&self) -> std::io::Result<u64> {
+        self.file.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.file.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.check()?;
+        self.file.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.check()?;
+        self.file.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.check()?;
+        self.file.write(offset, data)
+    }
+    fn close(&self) -> std::io::Result<()> {
+        self.file.close()
+    }
+}
+
+// After an I/O error redb refuses everything (`PreviousIo`) until it is opened again: the store
+// answers 503 meanwhile, reopens the database by itself once writes work again, and keeps what
+// was committed before. (Before, it answered 503 until the process was restarted.)
+#[tokio::test]
+async fn the_database_is_reopened_after_an_io_error_and_keeps_what_was_committed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("lotse.redb");
+    let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (p, f) = (path.clone(), full.clone());
+    let opener: db::Opener = Box::new(move || {
+        // Opening after an I/O error runs recovery, which writes: it fails too while the disk is full.
+        if f.load(std::sync::atomic::Ordering::SeqCst) {
+            let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "No space left on device (test)");
+            return Err(redb::DatabaseError::Storage(redb::StorageError::Io(full)));
+        }
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&p)?;
+        let file = redb::backends::FileBackend::new(file)?;
+        redb::Database::builder().create_with_backend(FullDisk { file, full: f.clone() })
+    });
+    let db = db::Db::with_opener(&path, opener).expect("open");
+    let store = EmbeddedStore::start(dir.path(), Arc::new(db)).expect("start");
+    let Intake::Accepted(before) = store.intake(new_sub(&["a"], &["msg:p:before"])).await.expect("intake") else {
+        panic!("accepted")
+    };
+
+    full.store(true, std::sync::atomic::Ordering::SeqCst);
+    let refused = store.intake(new_sub(&["a"], &["msg:p:during"])).await;
+    assert!(matches!(refused, Err(StoreError::Unavailable(_))), "intake on a full disk: {refused:?}");
+    // The reopen right after the error failed too: no database until a later one succeeds.
+    let refused = store.intake(new_sub(&["a"], &["msg:p:during"])).await;
+    assert!(matches!(&refused, Err(StoreError::Unavailable(m)) if m.contains("reopen")), "{refused:?}");
+    assert!(matches!(store.submission(before.submission_id).await, Err(StoreError::Unavailable(_))));
+
+    full.store(false, std::sync::atomic::Ordering::SeqCst);
+    // Reopens come at most once a second: within a few seconds intake works again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        match store.intake(new_sub(&["a"], &["msg:p:during"])).await {
+            Ok(Intake::Accepted(r)) => break r,
+            other => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "intake still fails 10 s after the disk had room: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    for id in [before.submission_id, after.submission_id] {
+        assert!(store.submission(id).await.expect("read").is_some(), "{id} is not readable after the reopen");
+    }
+    // The dedup index came back with the database: the first message is still known.
+    let again = store.intake(new_sub(&["a"], &["msg:p:before"])).await.expect("intake");
+    assert!(matches!(&again, Intake::Duplicate(r) if r.submission_id == before.submission_id), "{again:?}");
+    assert_eq!(store.counts().await.expect("counts").submissions, 2);
+}

@@ -21,6 +21,7 @@ use redb::{Database, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::blobs::BlobLog;
+use super::db::Db;
 use super::prepare::PreparedIntake;
 use super::tables::*;
 use crate::store::{
@@ -129,15 +130,52 @@ fn drain(rx: &mut mpsc::UnboundedReceiver<Op>, batch: &mut Vec<Op>) {
     }
 }
 
+/// When the database must be opened again after an I/O error (see [`super::db`]): at most
+/// once per `backoff`, which doubles (up to a minute) while reopens keep coming within a minute
+/// of each other, as they do while the disk stays full: recovery reads the whole file.
+struct Reopens {
+    last: Option<std::time::Instant>,
+    backoff: std::time::Duration,
+}
+
+impl Reopens {
+    const FIRST: std::time::Duration = std::time::Duration::from_secs(1);
+    const MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// Reopens `db` unless the last attempt was too recent; also reloads the dedup index (a
+    /// commit that answered with an error may still have reached the disk).
+    fn attempt(&mut self, db: &Db, index: &RwLock<DedupIndex>) -> Result<Arc<Database>, String> {
+        let now = std::time::Instant::now();
+        if let Some(last) = self.last {
+            let since = now.duration_since(last);
+            if since < self.backoff {
+                return Err(format!(
+                    "the store is unavailable after an I/O error (is the disk full?); next attempt to reopen it in {:.0?}",
+                    self.backoff - since
+                ));
+            }
+            self.backoff = if since < Self::MAX { (self.backoff * 2).min(Self::MAX) } else { Self::FIRST };
+        }
+        self.last = Some(now);
+        tracing::warn!("reopening the store after an I/O error");
+        let database = db.reopen()?;
+        let fresh = load_dedup_index(&database).map_err(|e| format!("cannot read the dedup log again: {e}"))?;
+        *index.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        tracing::info!("store reopened");
+        Ok(database)
+    }
+}
+
 /// Runs the writer loop until every sender is dropped.
 pub fn run(
-    db: Arc<Database>,
+    db: Arc<Db>,
     blobs: Arc<BlobLog>,
     index: Arc<RwLock<DedupIndex>>,
     mut rx: mpsc::UnboundedReceiver<Op>,
     wake: impl Fn(&str),
 ) {
     let mut batch: Vec<Op> = Vec::with_capacity(MAX_BATCH);
+    let mut reopens = Reopens { last: None, backoff: Reopens::FIRST };
     loop {
         // What queued up while the last batch was being committed; if that is a few, a short
         // wait gathers more (see `LINGER`).
@@ -155,8 +193,21 @@ pub fn run(
         }
         metrics::histogram!("lotse_store_batch_size").record(batch.len() as f64);
         let ops = refuse_lost(&blobs, std::mem::take(&mut batch));
+        let database = match db.get() {
+            Ok(d) => d,
+            Err(_) => match reopens.attempt(&db, &index) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(error = %e, "store write failed");
+                    for op in ops {
+                        placeholder_reply(op).fail(&e).send();
+                    }
+                    continue;
+                }
+            },
+        };
         let started = std::time::Instant::now();
-        let committed = commit_batch(&db, &blobs, &index, ops);
+        let committed = commit_batch(&database, &blobs, &index, ops);
         metrics::histogram!("lotse_store_commit_seconds").record(started.elapsed().as_secs_f64());
         match committed {
             Ok((replies, wakeups)) => {
@@ -171,7 +222,7 @@ pub fn run(
                 tracing::warn!(error = %e, size = ops.len(), "batch commit failed, retrying its requests one by one");
                 // A failed blob sync lost the bytes of these intakes: they must not be retried.
                 for op in refuse_lost(&blobs, ops) {
-                    match commit_batch(&db, &blobs, &index, vec![op]) {
+                    match commit_batch(&database, &blobs, &index, vec![op]) {
                         Ok((replies, wakeups)) => {
                             replies.into_iter().for_each(Reply::send);
                             wakeups.iter().for_each(|e| wake(e));
@@ -182,6 +233,13 @@ pub fn run(
                                 placeholder_reply(op).fail(&e).send();
                             }
                         }
+                    }
+                }
+                // After an I/O error redb refuses everything until it is opened again.
+                if Db::is_broken(&database) {
+                    drop(database);
+                    if let Err(e) = reopens.attempt(&db, &index) {
+                        tracing::error!(error = %e, "cannot reopen the store");
                     }
                 }
             }
