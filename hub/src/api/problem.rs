@@ -63,7 +63,10 @@ impl IntoResponse for Problem {
 impl From<StoreError> for Problem {
     fn from(e: StoreError) -> Problem {
         // 5xx bodies never carry internals; the log has them.
-        tracing::error!(error = %e, "store error");
+        static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
+        if let Some(left_out) = LOG.allow() {
+            tracing::error!(error = %e, left_out, "store error");
+        }
         Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "store-unavailable",

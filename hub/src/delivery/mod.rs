@@ -195,7 +195,10 @@ impl Worker {
         let id = lease.delivery_id;
         if let Err(e) = self.store.settle(lease, outcome).await {
             // The delivery stays due in the store and will be sent again: at-least-once.
-            tracing::error!(delivery_id = %id, error = %e, "cannot record the attempt; it will be repeated");
+            static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
+            if let Some(left_out) = LOG.allow() {
+                tracing::error!(delivery_id = %id, error = %e, left_out, "cannot record the attempt; it will be repeated");
+            }
         }
     }
 }

@@ -158,6 +158,7 @@ impl Reopens {
         }
         self.last = Some(now);
         tracing::warn!("reopening the store after an I/O error");
+        metrics::counter!("lotse_store_reopens_total").increment(1);
         let database = db.reopen()?;
         let fresh = load_dedup_index(&database).map_err(|e| format!("cannot read the dedup log again: {e}"))?;
         *index.write().unwrap_or_else(|e| e.into_inner()) = fresh;
@@ -165,6 +166,12 @@ impl Reopens {
         Ok(database)
     }
 }
+
+/// Errors that repeat for every request while a condition lasts (a full disk): logged at most
+/// once a second each (see [`crate::telemetry::Throttle`]).
+static WRITE_FAILED: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
+static BATCH_FAILED: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
+static REOPEN_FAILED: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
 
 /// Runs the writer loop until every sender is dropped.
 pub fn run(
@@ -198,7 +205,9 @@ pub fn run(
             Err(_) => match reopens.attempt(&db, &index) {
                 Ok(d) => d,
                 Err(e) => {
-                    tracing::error!(error = %e, "store write failed");
+                    if let Some(left_out) = WRITE_FAILED.allow() {
+                        tracing::error!(error = %e, left_out, "store write failed");
+                    }
                     for op in ops {
                         placeholder_reply(op).fail(&e).send();
                     }
@@ -219,7 +228,9 @@ pub fn run(
                 }
             }
             Err((ops, e)) => {
-                tracing::warn!(error = %e, size = ops.len(), "batch commit failed, retrying its requests one by one");
+                if let Some(left_out) = BATCH_FAILED.allow() {
+                    tracing::warn!(error = %e, size = ops.len(), left_out, "batch commit failed, retrying its requests one by one");
+                }
                 // A failed blob sync lost the bytes of these intakes: they must not be retried.
                 for op in refuse_lost(&blobs, ops) {
                     match commit_batch(&database, &blobs, &index, vec![op]) {
@@ -228,7 +239,9 @@ pub fn run(
                             wakeups.iter().for_each(|e| wake(e));
                         }
                         Err((ops, e)) => {
-                            tracing::error!(error = %e, "store write failed");
+                            if let Some(left_out) = WRITE_FAILED.allow() {
+                                tracing::error!(error = %e, left_out, "store write failed");
+                            }
                             for op in ops {
                                 placeholder_reply(op).fail(&e).send();
                             }
@@ -238,8 +251,10 @@ pub fn run(
                 // After an I/O error redb refuses everything until it is opened again.
                 if Db::is_broken(&database) {
                     drop(database);
-                    if let Err(e) = reopens.attempt(&db, &index) {
-                        tracing::error!(error = %e, "cannot reopen the store");
+                    if let Err(e) = reopens.attempt(&db, &index)
+                        && let Some(left_out) = REOPEN_FAILED.allow()
+                    {
+                        tracing::error!(error = %e, left_out, "cannot reopen the store");
                     }
                 }
             }
@@ -364,7 +379,10 @@ fn apply_and_commit(
     if failed.is_none()
         && let Err(e) = synced
     {
-        tracing::error!(error = %e, "blob log not durable; the batch is not committed");
+        static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
+        if let Some(left_out) = LOG.allow() {
+            tracing::error!(error = %e, left_out, "blob log not durable; the batch is not committed");
+        }
         failed = Some(e);
     }
     if let Some(e) = failed {
