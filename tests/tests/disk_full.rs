@@ -142,8 +142,15 @@ async fn a_full_disk_answers_503_loses_nothing_and_intake_resumes_when_there_is_
     let log = std::fs::read_to_string(&hub.log).unwrap_or_default();
     assert!(log.contains("No space left on device"), "the 503s were not the full disk; log:\n{}", hub.log_tail());
 
+    // The free-space gauge an operator alerts on shows it.
+    let metrics_url = hub.admin_url("/metrics");
+    let free = free_bytes(&client, &metrics_url).await;
+    assert!(free < 1_048_576.0, "lotse_data_dir_free_bytes {free} on a full disk");
+
     // Phase 2: room again; the same process accepts within a bounded wait.
     std::fs::remove_file(&filler).expect("remove filler");
+    let free = free_bytes(&client, &metrics_url).await;
+    assert!(free > 10_485_760.0, "lotse_data_dir_free_bytes {free} after the filler was removed");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         send(with_uuid(&template, &new_uuid()).expect("uuid")).await;
@@ -210,6 +217,15 @@ async fn a_full_disk_answers_503_loses_nothing_and_intake_resumes_when_there_is_
         "after the disk had room: {} accepted in all, all delivered and readable; the database was reopened {reopened} times",
         accepted.len()
     );
+}
+
+/// `lotse_data_dir_free_bytes` from the admin port's `/metrics`.
+async fn free_bytes(client: &reqwest::Client, url: &str) -> f64 {
+    let text = client.get(url).send().await.expect("metrics").text().await.expect("metrics body");
+    text.lines()
+        .find_map(|l| l.strip_prefix("lotse_data_dir_free_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no lotse_data_dir_free_bytes in /metrics:\n{text}"))
 }
 
 /// Runs the futures concurrently and waits for all (a tiny `join_all`, to keep the crate's

@@ -205,6 +205,16 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         metrics::gauge!("lotse_deliveries", "state" => "delivered").set(c.delivered as f64);
         metrics::gauge!("lotse_deliveries", "state" => "dead").set(c.dead as f64);
     }
+    if state.config.raw.queue.kind == crate::config::QueueKind::Embedded {
+        // For an alert before the disk is full (then intake answers 503 until there is room).
+        match rustix::fs::statvfs(&state.config.raw.data_dir) {
+            Ok(fs) => {
+                metrics::gauge!("lotse_data_dir_free_bytes").set(fs.f_bavail.saturating_mul(fs.f_frsize) as f64);
+                metrics::gauge!("lotse_data_dir_size_bytes").set(fs.f_blocks.saturating_mul(fs.f_frsize) as f64);
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot stat the data dir's filesystem"),
+        }
+    }
     match &state.metrics {
         Some(h) => ([("content-type", "text/plain; version=0.0.4")], h.render()).into_response(),
         None => (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response(),
