@@ -35,14 +35,6 @@ pub async fn can_restart_broker() -> bool {
     rabbitmqctl(&["status"]).await.is_ok()
 }
 
-/// Stops the broker's application for `outage`, then starts it again and waits until it runs.
-pub async fn restart_broker(outage: Duration) -> anyhow::Result<()> {
-    rabbitmqctl(&["stop_app"]).await?;
-    tokio::time::sleep(outage).await;
-    rabbitmqctl(&["start_app"]).await?;
-    rabbitmqctl(&["await_startup"]).await
-}
-
 /// Deletes every queue of `prefix` for these endpoints.
 pub async fn delete_queues(url: &str, prefix: &str, endpoints: &[&str]) {
     let endpoints: Vec<String> = endpoints.iter().map(|e| (*e).to_owned()).collect();

@@ -146,6 +146,9 @@ async fn a_full_disk_answers_503_loses_nothing_and_intake_resumes_when_there_is_
     let metrics_url = hub.admin_url("/metrics");
     let free = free_bytes(&client, &metrics_url).await;
     assert!(free < 1_048_576.0, "lotse_data_dir_free_bytes {free} on a full disk");
+    // Readiness on the partner port says so too (the last writes failed).
+    let health = client.get(hub.partner_url("/healthz")).send().await.expect("healthz");
+    assert_eq!(health.status().as_u16(), 503, "/healthz on a full disk");
 
     // Phase 2: room again; the same process accepts within a bounded wait.
     std::fs::remove_file(&filler).expect("remove filler");
@@ -167,6 +170,8 @@ async fn a_full_disk_answers_503_loses_nothing_and_intake_resumes_when_there_is_
     for _ in 0..20 {
         send(with_uuid(&template, &new_uuid()).expect("uuid")).await;
     }
+    let health = client.get(hub.partner_url("/healthz")).send().await.expect("healthz");
+    assert_eq!(health.status().as_u16(), 200, "/healthz once intake works again");
     let bad = bad.lock().unwrap_or_else(|p| p.into_inner()).clone();
     assert!(bad.is_empty(), "answers other than 202 or a 503 problem: {:?}", &bad[..bad.len().min(5)]);
 

@@ -124,8 +124,32 @@ async fn run(url: &str, prefix: &str, restart: bool) -> anyhow::Result<()> {
         ensure!(at_restart >= RESTART_AT, "only {at_restart} accepted before the broker restart");
         unavailable_before_restart = tally.unavailable.load(Ordering::SeqCst);
         eprintln!("cluster: restarting the broker after {at_restart} accepted ({:?})", started.elapsed());
-        rabbit::restart_broker(Duration::from_secs(5)).await?;
+        // While the broker is down, a surviving process's readiness says so (a load balancer
+        // would take it out of rotation), and says so no longer once the broker is back.
+        let health = hubs[0].partner_url("/healthz");
+        let status = |client: reqwest::Client, url: String| async move {
+            client.get(&url).send().await.map(|r| r.status().as_u16()).unwrap_or(0)
+        };
+        rabbit::rabbitmqctl(&["stop_app"]).await?;
+        let down = Instant::now();
+        let mut seen_503 = false;
+        while !seen_503 && down.elapsed() < Duration::from_secs(5) {
+            seen_503 = status(client.clone(), health.clone()).await == 503;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(5).saturating_sub(down.elapsed())).await;
+        rabbit::rabbitmqctl(&["start_app"]).await?;
+        rabbit::rabbitmqctl(&["await_startup"]).await?;
         eprintln!("cluster: broker back ({:?})", started.elapsed());
+        ensure!(seen_503, "/healthz of a process never answered 503 while the broker was down");
+        let back = Instant::now();
+        while status(client.clone(), health.clone()).await != 200 {
+            ensure!(
+                back.elapsed() < Duration::from_secs(60),
+                "/healthz not 200 within 60 s after the broker came back"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
     for task in tasks {
         task.await?;

@@ -41,7 +41,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/submissions", post(post_submission).layer(shed))
         .route("/v1/submissions/{id}", get(get_submission))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", "no such resource") })
         .with_state(state)
 }
@@ -188,5 +188,15 @@ async fn get_submission(
         // A partner sees only its own submissions; others' look like missing ones.
         Some(v) if state.partners.is_empty() || v.partner == partner => Ok(axum::Json(v).into_response()),
         _ => Err(Problem::not_found("submission")),
+    }
+}
+
+/// Readiness, for a load balancer in front of several processes: `200 ok` while the store takes
+/// writes, `503` (problem+json, `Retry-After`) while it is known not to. (The admin port's
+/// `/healthz` only says the process is up.)
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    match state.pipeline.store().health() {
+        Ok(()) => "ok".into_response(),
+        Err(e) => Problem::from(e).into_response(),
     }
 }

@@ -54,4 +54,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Counts per state, for metrics and the admin overview.
     async fn counts(&self) -> Result<Counts, StoreError>;
+
+    /// Whether the store takes writes now, as far as it knows without trying (the partner port's
+    /// `/healthz`, for a load balancer): `Err` while it is known not to (a full disk, no broker).
+    fn health(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

@@ -60,6 +60,9 @@ impl Drop for EmbeddedStore {
 struct Shared {
     leased: Mutex<HashSet<DeliveryId>>,
     notify: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Set by the writer when a round of writes committed none of its intakes (a full disk, an
+    /// I/O error), cleared when one commits an intake.
+    failing: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -129,7 +132,10 @@ impl EmbeddedStore {
         let (wdb, wblobs, wdedup, wshared) = (db.clone(), blobs.clone(), dedup.clone(), shared.clone());
         let writer = std::thread::Builder::new()
             .name("lotse-store-writer".into())
-            .spawn(move || writer::run(wdb, wblobs, wdedup, rx, |endpoint| wshared.notify(endpoint).notify_waiters()))
+            .spawn(move || {
+                let failing = |f: bool| wshared.failing.store(f, std::sync::atomic::Ordering::Relaxed);
+                writer::run(wdb, wblobs, wdedup, rx, |endpoint| wshared.notify(endpoint).notify_waiters(), failing)
+            })
             .context("cannot start the store writer thread")?;
         Ok(EmbeddedStore { db, blobs, dedup, tx: Some(tx), writer: Some(writer), shared })
     }
@@ -491,6 +497,14 @@ impl Store for EmbeddedStore {
             delivered: get("delivered")?,
             dead: get("dead")?,
         })
+    }
+
+    fn health(&self) -> Result<(), StoreError> {
+        self.db.get()?;
+        if self.shared.failing.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StoreError::Unavailable("the last intakes could not be stored (is the disk full?)".into()));
+        }
+        Ok(())
     }
 }
 

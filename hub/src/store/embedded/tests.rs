@@ -317,6 +317,7 @@ async fn the_database_is_reopened_after_an_io_error_and_keeps_what_was_committed
     });
     let db = db::Db::with_opener(&path, opener).expect("open");
     let store = EmbeddedStore::start(dir.path(), Arc::new(db)).expect("start");
+    assert!(store.health().is_ok());
     let Intake::Accepted(before) = store.intake(new_sub(&["a"], &["msg:p:before"])).await.expect("intake") else {
         panic!("accepted")
     };
@@ -328,6 +329,7 @@ async fn the_database_is_reopened_after_an_io_error_and_keeps_what_was_committed
     let refused = store.intake(new_sub(&["a"], &["msg:p:during"])).await;
     assert!(matches!(&refused, Err(StoreError::Unavailable(m)) if m.contains("reopen")), "{refused:?}");
     assert!(matches!(store.submission(before.submission_id).await, Err(StoreError::Unavailable(_))));
+    assert!(store.health().is_err(), "healthy without a database");
 
     full.store(false, std::sync::atomic::Ordering::SeqCst);
     // Reopens come at most once a second: within a few seconds intake works again.
@@ -344,6 +346,7 @@ async fn the_database_is_reopened_after_an_io_error_and_keeps_what_was_committed
             }
         }
     };
+    assert!(store.health().is_ok(), "not healthy after the reopen: {:?}", store.health());
     for id in [before.submission_id, after.submission_id] {
         assert!(store.submission(id).await.expect("read").is_some(), "{id} is not readable after the reopen");
     }

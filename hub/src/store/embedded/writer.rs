@@ -180,6 +180,7 @@ pub fn run(
     index: Arc<RwLock<DedupIndex>>,
     mut rx: mpsc::UnboundedReceiver<Op>,
     wake: impl Fn(&str),
+    failing: impl Fn(bool),
 ) {
     let mut batch: Vec<Op> = Vec::with_capacity(MAX_BATCH);
     let mut reopens = Reopens { last: None, backoff: Reopens::FIRST };
@@ -199,7 +200,10 @@ pub fn run(
             drain(&mut rx, &mut batch);
         }
         metrics::histogram!("lotse_store_batch_size").record(batch.len() as f64);
+        // Intakes decide the store's health (`Store::health`): failing while none commits.
+        let offered = batch.iter().filter(|op| matches!(op, Op::Intake(..))).count();
         let ops = refuse_lost(&blobs, std::mem::take(&mut batch));
+        let intakes = ops.iter().filter(|op| matches!(op, Op::Intake(..))).count();
         let database = match db.get() {
             Ok(d) => d,
             Err(_) => match reopens.attempt(&db, &index) {
@@ -207,6 +211,9 @@ pub fn run(
                 Err(e) => {
                     if let Some(left_out) = WRITE_FAILED.allow() {
                         tracing::error!(error = %e, left_out, "store write failed");
+                    }
+                    if offered > 0 {
+                        failing(true);
                     }
                     for op in ops {
                         placeholder_reply(op).fail(&e).send();
@@ -220,6 +227,9 @@ pub fn run(
         metrics::histogram!("lotse_store_commit_seconds").record(started.elapsed().as_secs_f64());
         match committed {
             Ok((replies, wakeups)) => {
+                if offered > 0 {
+                    failing(intakes == 0);
+                }
                 for r in replies {
                     r.send();
                 }
@@ -232,9 +242,12 @@ pub fn run(
                     tracing::warn!(error = %e, size = ops.len(), left_out, "batch commit failed, retrying its requests one by one");
                 }
                 // A failed blob sync lost the bytes of these intakes: they must not be retried.
+                let mut committed_intakes = 0;
                 for op in refuse_lost(&blobs, ops) {
+                    let intake = matches!(op, Op::Intake(..));
                     match commit_batch(&database, &blobs, &index, vec![op]) {
                         Ok((replies, wakeups)) => {
+                            committed_intakes += usize::from(intake);
                             replies.into_iter().for_each(Reply::send);
                             wakeups.iter().for_each(|e| wake(e));
                         }
@@ -247,6 +260,9 @@ pub fn run(
                             }
                         }
                     }
+                }
+                if offered > 0 {
+                    failing(committed_intakes == 0);
                 }
                 // After an I/O error redb refuses everything until it is opened again.
                 if Db::is_broken(&database) {

@@ -287,6 +287,10 @@ impl Store for RabbitStore {
     async fn counts(&self) -> Result<Counts, StoreError> {
         self.shared.index(|i| i.counts())
     }
+
+    fn health(&self) -> Result<(), StoreError> {
+        self.shared.current().map(|_| ())
+    }
 }
 
 /// A settle that could not be recorded: the message goes back to its queue for another attempt.
