@@ -16,9 +16,11 @@
 //!
 //! A failed write or sync (a full disk, an I/O error) loses every byte that was pending: after a
 //! failed `fdatasync` Linux may have dropped the dirty pages, so neither syncing again nor
-//! trusting the segment's tail is safe. The log notes from which offset that segment is lost
-//! ([`BlobLog::is_lost`]), continues in a new segment, and the writer refuses (503) every intake
-//! whose bytes lie in a lost part, so nothing that references them is ever committed. Requests
+//! trusting those bytes is safe. The log notes which byte ranges are lost ([`BlobLog::is_lost`])
+//! and goes on appending behind them (never over them), and the writer refuses (503) every
+//! intake whose bytes lie in a lost range, so nothing that references them is ever committed.
+//! (Starting a new segment after each failure, as first built, made one file per failed batch
+//! while a disk stayed full.) Requests
 //! that append after the failure start clean: once the disk has room again, intake works again
 //! without a restart. (Putting the bytes back to write them again, as an earlier version did, kept
 //! every refused request's bytes too: after a full disk the pending bytes only grew, and the
@@ -117,9 +119,9 @@ struct Chunk {
 pub struct BlobLog {
     dir: PathBuf,
     appender: Mutex<Appender>,
-    /// Segments whose tail a failed write or sync lost: bytes from this offset on are not durable
-    /// and never will be.
-    lost: Mutex<HashMap<u32, u64>>,
+    /// Byte ranges `[start, end)` per segment that a failed write or sync lost: not durable, and
+    /// never written again (appends go on behind them). Consecutive failures merge into one range.
+    lost: Mutex<HashMap<u32, Vec<(u64, u64)>>>,
     /// Read handles of older segments (the current one is in the appender).
     readers: Mutex<HashMap<u32, Arc<File>>>,
 }
@@ -224,21 +226,20 @@ impl BlobLog {
             Ok(())
         });
         if let Err(e) = synced {
-            // Lost: the bytes taken for this sync, and those appended to the same segments since
-            // (they lie behind the failed part). The next bytes go to a new segment.
+            // Lost: the bytes taken for this sync, and those appended since (a request may have
+            // appended while the sync was on the disk). New appends go on behind them.
             let mut a = lock(&self.appender);
             let mut lost = lock(&self.lost);
             for c in chunks.iter().chain(a.pending.iter()) {
-                let from = lost.entry(c.segment).or_insert(c.base);
-                *from = (*from).min(c.base);
+                let range = (c.base, c.base + c.bytes.len() as u64);
+                let ranges = lost.entry(c.segment).or_default();
+                match ranges.last_mut() {
+                    Some(last) if last.1 == range.0 => last.1 = range.1,
+                    _ => ranges.push(range),
+                }
             }
             a.pending.clear();
             a.pending_bytes = 0;
-            if lost.contains_key(&a.segment) {
-                // `append` starts the next segment (retrying its creation on each append until
-                // it succeeds; until then appends fail and intakes answer 503).
-                a.len = SEGMENT_BYTES;
-            }
             a.dir_dirty |= dir_dirty;
             return Err(e);
         }
@@ -259,7 +260,8 @@ impl BlobLog {
     /// Whether a failed write or sync lost the bytes of `r` (then a reference to them must not be
     /// committed). A reference appended before a sync that succeeded is never lost.
     pub fn is_lost(&self, r: &BlobRef) -> bool {
-        lock(&self.lost).get(&r.segment).is_some_and(|from| r.offset.saturating_add(u64::from(r.len)) > *from)
+        let end = r.offset.saturating_add(u64::from(r.len));
+        lock(&self.lost).get(&r.segment).is_some_and(|ranges| ranges.iter().any(|(s, e)| r.offset < *e && end > *s))
     }
 
     /// Reads a blob and checks its CRC.
@@ -404,37 +406,49 @@ pub(super) mod tests {
 
     /// Makes the next writes to the current segment fail (EBADF), as a full disk would: the
     /// appender's handle becomes a read-only one of the same file.
-    pub(in crate::store::embedded) fn break_current_segment(log: &BlobLog) {
+    /// Returns the writable handle, for [`restore_current_segment`] (room on the disk again).
+    pub(in crate::store::embedded) fn break_current_segment(log: &BlobLog) -> Arc<File> {
         let mut a = lock(&log.appender);
         let path = segment_path(&log.dir, a.segment);
-        a.file = Arc::new(File::open(path).expect("read-only handle"));
+        std::mem::replace(&mut a.file, Arc::new(File::open(path).expect("read-only handle")))
+    }
+
+    pub(in crate::store::embedded) fn restore_current_segment(log: &BlobLog, writable: Arc<File>) {
+        lock(&log.appender).file = writable;
     }
 
     #[test]
-    fn a_failed_sync_loses_only_unsynced_bytes_and_the_log_goes_on_in_a_new_segment() {
+    fn a_failed_sync_loses_only_unsynced_bytes_and_the_log_goes_on_behind_them() {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = BlobLog::open(dir.path()).expect("open");
         let kept = b"synced before the failure".to_vec();
         let rk = log.append(&kept, checksum(&kept)).expect("append");
         log.sync().expect("sync");
-        break_current_segment(&log);
-        let (a, b) = (vec![1u8; 5_000], vec![2u8; 300]);
-        let ra = log.append(&a, checksum(&a)).expect("append");
-        let rb = log.append(&b, checksum(&b)).expect("append");
-        assert!(log.sync().is_err(), "a write to a read-only handle succeeded");
-        assert!(log.is_lost(&ra) && log.is_lost(&rb), "bytes of the failed sync are not marked lost");
+        let mut writable = None;
+        for round in 0..2 {
+            // Two failures in a row, as while a disk stays full: one lost range.
+            let w = break_current_segment(&log);
+            writable.get_or_insert(w);
+            let (a, b) = (vec![1u8; 5_000 + round], vec![2u8; 300]);
+            let ra = log.append(&a, checksum(&a)).expect("append");
+            let rb = log.append(&b, checksum(&b)).expect("append");
+            assert!(log.sync().is_err(), "a write to a read-only handle succeeded");
+            assert!(log.is_lost(&ra) && log.is_lost(&rb), "bytes of the failed sync are not marked lost");
+        }
         assert!(!log.is_lost(&rk), "bytes synced before the failure are marked lost");
+        assert_eq!(lock(&log.lost).get(&rk.segment).map(Vec::len), Some(1), "consecutive failures make one range");
         assert_eq!(log.read(&rk).expect("read"), kept);
-        // Nothing of the failure is written again: the next sync has nothing left to write and
-        // succeeds, and new bytes go to a new segment that works.
+        // Room again: nothing of the failures is written again, and new bytes go behind them.
+        restore_current_segment(&log, writable.expect("handle"));
         log.sync().expect("the sync after a failure");
         let c = b"after the failure".to_vec();
         let rc = log.append(&c, checksum(&c)).expect("append");
-        assert_eq!(rc.segment, ra.segment + 1);
-        log.sync().expect("sync in the new segment");
+        assert_eq!(rc.segment, rk.segment, "a failure must not start a new file");
+        assert_eq!(rc.offset, (kept.len() + 5_000 + 300 + 5_001 + 300) as u64, "appended over the lost bytes");
+        log.sync().expect("sync behind the lost range");
         assert!(!log.is_lost(&rc));
         assert_eq!(log.read(&rc).expect("read"), c);
-        assert_eq!(std::fs::metadata(segment_path(dir.path(), ra.segment)).expect("old").len(), kept.len() as u64);
+        assert_eq!(log.read(&rk).expect("read"), kept);
     }
 
     #[test]

@@ -207,18 +207,20 @@ async fn a_resend_of_a_committed_message_writes_no_bytes() {
 }
 
 // A full disk (here: the blob segment's writes fail) answers 503 for the intakes whose bytes
-// could not be written, never commits a reference to them, and intake works again right after,
-// in a new segment, without a restart.
+// could not be written, never commits a reference to them, and intake works again once writes
+// do, without a restart.
 #[tokio::test]
 async fn a_failed_blob_write_refuses_its_intakes_and_the_store_recovers() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = EmbeddedStore::open(dir.path()).expect("open");
-    blobs::tests::break_current_segment(&store.blobs);
+    let writable = blobs::tests::break_current_segment(&store.blobs);
     let lost = new_sub(&["a"], &["msg:p:lost"]);
     let lost_id = lost.id;
     let answer = store.intake(lost).await;
     assert!(matches!(answer, Err(StoreError::Unavailable(_))), "intake with unwritable bytes: {answer:?}");
     assert!(store.submission(lost_id).await.expect("read").is_none(), "a submission without its bytes was committed");
+    assert!(store.health().is_err(), "healthy while intakes fail");
+    blobs::tests::restore_current_segment(&store.blobs, writable);
 
     // The same message again (same dedup key): accepted now, its bytes readable at lease.
     let mut again = new_sub(&["a"], &["msg:p:lost"]);
@@ -229,6 +231,7 @@ async fn a_failed_blob_write_refuses_its_intakes_and_the_store_recovers() {
     let lease = store.lease("a", 1, Duration::from_millis(200)).await.expect("lease").pop().expect("one lease");
     assert_eq!((lease.submission_id, &lease.payload[..]), (r.submission_id, &b"<r>sent again</r>"[..]));
     assert_eq!(store.counts().await.expect("counts").submissions, 1);
+    assert!(store.health().is_ok(), "not healthy once intake works: {:?}", store.health());
 }
 
 // A lease that fails half-way (here its payload's segment cannot be read) hands out nothing and
