@@ -241,13 +241,19 @@ pub fn run(
                 if let Some(left_out) = BATCH_FAILED.allow() {
                     tracing::warn!(error = %e, size = ops.len(), left_out, "batch commit failed, retrying its requests one by one");
                 }
+                // Failing until an intake commits; set before any answer goes out, so a caller
+                // that got its 503 finds the store unhealthy.
+                if offered > 0 {
+                    failing(true);
+                }
                 // A failed blob sync lost the bytes of these intakes: they must not be retried.
-                let mut committed_intakes = 0;
                 for op in refuse_lost(&blobs, ops) {
                     let intake = matches!(op, Op::Intake(..));
                     match commit_batch(&database, &blobs, &index, vec![op]) {
                         Ok((replies, wakeups)) => {
-                            committed_intakes += usize::from(intake);
+                            if intake {
+                                failing(false);
+                            }
                             replies.into_iter().for_each(Reply::send);
                             wakeups.iter().for_each(|e| wake(e));
                         }
@@ -260,9 +266,6 @@ pub fn run(
                             }
                         }
                     }
-                }
-                if offered > 0 {
-                    failing(committed_intakes == 0);
                 }
                 // After an I/O error redb refuses everything until it is opened again.
                 if Db::is_broken(&database) {
