@@ -81,7 +81,7 @@ impl Db {
                 Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                Err(e) => return Err(format!("cannot open `{}` again: {e}", self.path.display())),
+                Err(e) => return Err(format!("cannot reopen `{}`: {e}", self.path.display())),
             }
         }
     }
