@@ -194,7 +194,7 @@ impl EmbeddedStore {
             }
             match self.lease_one(&deliveries, &subs, &payloads, &renditions, id) {
                 Ok(Some(lease)) => leases.push(lease),
-                // Gone, or sent dead (then it stays in `leased` until the dead state is committed).
+                // Gone, or being sent dead (it stays in `leased` until that is written).
                 Ok(None) => {}
                 Err(e) => {
                     // Nothing of this call is handed out, so every delivery it took is free again:
@@ -280,10 +280,25 @@ impl EmbeddedStore {
     }
 
     /// Settles `id` as dead without waiting for the commit (from the read path).
+    /// Settles `id` dead in the background; it stays in `leased` until that is written, and is
+    /// released then either way (written: it is no longer due; failed, a full disk: it is due
+    /// again and goes dead on its next lease).
     fn send_dead(&self, id: DeliveryId, attempt: u32, error: String) {
-        let (reply, _) = oneshot::channel();
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(Op::Settle { delivery: id, attempt, outcome: Outcome::Dead { error }, reply });
+        let (reply, answer) = oneshot::channel();
+        let shared = self.shared.clone();
+        let release = move || {
+            shared.leased().remove(&id);
+        };
+        match &self.tx {
+            Some(tx)
+                if tx.send(Op::Settle { delivery: id, attempt, outcome: Outcome::Dead { error }, reply }).is_ok() =>
+            {
+                tokio::spawn(async move {
+                    let _ = answer.await;
+                    release();
+                });
+            }
+            _ => release(),
         }
     }
 

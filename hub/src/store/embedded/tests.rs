@@ -129,6 +129,13 @@ async fn payloads_live_in_the_blob_log_and_a_corrupted_one_goes_dead_without_blo
     };
     assert_eq!(d.state, DeliveryState::Dead);
     assert!(d.last_error.as_deref().unwrap_or("").contains("unreadable"), "{:?}", d.last_error);
+    // Once its dead state is written, it is no longer held as leased (had that write failed, it
+    // would be due again, not held forever).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while store.shared.leased().contains(&d.id) {
+        assert!(tokio::time::Instant::now() < deadline, "the dead delivery stays marked as leased");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test]
