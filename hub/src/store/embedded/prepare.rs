@@ -29,6 +29,8 @@ pub struct PreparedIntake {
 
 pub struct PreparedDelivery {
     pub id: DeliveryId,
+    /// When it becomes due (its `READY` key): now.
+    pub not_before: Millis,
     pub endpoint: String,
     /// [`DeliveryRecord`] as JSON.
     pub record: Vec<u8>,
@@ -88,13 +90,16 @@ pub fn prepare(
             state: DeliveryState::Pending,
             attempts: 0,
             budget_base: 0,
-            not_before: 0,
+            // Due from now: the work queue is ordered by the time an attempt became due, so a
+            // retry that came due earlier goes before a delivery taken in later.
+            not_before: now,
             last_error: None,
             updated_at: now,
             has_rendition: d.rendition.is_some(),
         };
         deliveries.push(PreparedDelivery {
             id: d.id,
+            not_before: now,
             endpoint: d.endpoint,
             record: serde_json::to_vec(&record).map_err(corrupt)?,
             rendition: match d.rendition {

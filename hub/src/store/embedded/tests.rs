@@ -365,3 +365,21 @@ async fn the_database_is_reopened_after_an_io_error_and_keeps_what_was_committed
     assert!(matches!(&again, Intake::Duplicate(r) if r.submission_id == before.submission_id), "{again:?}");
     assert_eq!(store.counts().await.expect("counts").submissions, 2);
 }
+
+// The work queue is ordered by the time each attempt became due: a retry that came due goes
+// before a delivery taken in after it (before, new deliveries always went first, so under a
+// backlog a case that had failed once waited behind every newer one).
+#[tokio::test]
+async fn a_due_retry_goes_before_a_newer_delivery() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(dir.path()).expect("open");
+    let Intake::Accepted(first) = store.intake(new_sub(&["a"], &[])).await.expect("intake") else { panic!() };
+    let lease = store.lease("a", 1, Duration::from_millis(200)).await.expect("lease").pop().expect("one");
+    let retry = Outcome::Retry { not_before: now_millis() + 30, error: "HTTP 503".into() };
+    store.settle(lease, retry).await.expect("settle");
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let Intake::Accepted(newer) = store.intake(new_sub(&["a"], &[])).await.expect("intake") else { panic!() };
+    let order: Vec<DeliveryId> =
+        store.lease("a", 2, Duration::from_millis(200)).await.expect("lease").iter().map(|l| l.delivery_id).collect();
+    assert_eq!(order, [first.deliveries[0].id, newer.deliveries[0].id], "the due retry is not first");
+}

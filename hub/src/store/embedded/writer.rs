@@ -529,7 +529,7 @@ impl Batch<'_, '_> {
                 self.t.renditions.insert(did, r.as_slice()).map_err(unavailable)?;
             }
             self.t.deliveries.insert(did, d.record.as_slice()).map_err(unavailable)?;
-            self.t.ready.insert(ready_key(&d.endpoint, 0, d.id).as_slice(), ()).map_err(unavailable)?;
+            self.t.ready.insert(ready_key(&d.endpoint, d.not_before, d.id).as_slice(), ()).map_err(unavailable)?;
             self.t.by_state.insert(state_key(DeliveryState::Pending, d.id).as_slice(), ()).map_err(unavailable)?;
             self.wakeups.push(d.endpoint.clone());
         }
