@@ -57,9 +57,8 @@ fn fill(dir: &Path, leave: u64) -> std::io::Result<PathBuf> {
     let mut f = std::fs::File::create(&path)?;
     let chunk = vec![0u8; 1 << 20];
     loop {
-        let out = Command::new("df").arg("--output=avail").arg("-B1").arg(dir).output()?;
-        let avail: u64 =
-            String::from_utf8_lossy(&out.stdout).lines().nth(1).and_then(|l| l.trim().parse().ok()).unwrap_or(0);
+        let fs = rustix::fs::statvfs(dir)?;
+        let avail = fs.f_bavail.saturating_mul(fs.f_frsize);
         if avail <= leave + chunk.len() as u64 {
             break;
         }
@@ -130,7 +129,7 @@ async fn a_full_disk_answers_503_loses_nothing_and_intake_resumes_when_there_is_
     let mut sent = 0;
     while sent < MAX_REQUESTS && refused.load(std::sync::atomic::Ordering::SeqCst) < FULL_AFTER {
         let batch: Vec<_> = (0..8).map(|_| send(with_uuid(&template, &new_uuid()).expect("uuid"))).collect();
-        futures_join_all(batch).await;
+        futures::future::join_all(batch).await;
         sent += 8;
     }
     let before = accepted.lock().unwrap_or_else(|p| p.into_inner()).len();
@@ -234,13 +233,4 @@ async fn free_bytes(client: &reqwest::Client, url: &str) -> f64 {
         .find_map(|l| l.strip_prefix("lotse_data_dir_free_bytes "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no lotse_data_dir_free_bytes in /metrics:\n{text}"))
-}
-
-/// Runs the futures concurrently and waits for all (a tiny `join_all`, to keep the crate's
-/// dependencies as they are).
-async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(futures: Vec<F>) {
-    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
-    for h in handles {
-        let _ = h.await;
-    }
 }

@@ -25,12 +25,12 @@ pub struct PreparedIntake {
     pub events: Vec<Vec<u8>>,
     /// Hash of the last event.
     pub last_hash: String,
+    /// When its deliveries become due (their `READY` key and records' `not_before`): now.
+    pub due_at: Millis,
 }
 
 pub struct PreparedDelivery {
     pub id: DeliveryId,
-    /// When it becomes due (its `READY` key): now.
-    pub not_before: Millis,
     pub endpoint: String,
     /// [`DeliveryRecord`] as JSON.
     pub record: Vec<u8>,
@@ -99,7 +99,6 @@ pub fn prepare(
         };
         deliveries.push(PreparedDelivery {
             id: d.id,
-            not_before: now,
             endpoint: d.endpoint,
             record: serde_json::to_vec(&record).map_err(corrupt)?,
             rendition: match d.rendition {
@@ -126,6 +125,7 @@ pub fn prepare(
         deliveries,
         events: serialized,
         last_hash,
+        due_at: now,
     })
 }
 

@@ -209,15 +209,10 @@ pub fn run(
             Err(_) => match reopens.attempt(&db, &index) {
                 Ok(d) => d,
                 Err(e) => {
-                    if let Some(left_out) = WRITE_FAILED.allow() {
-                        tracing::error!(error = %e, left_out, "store write failed");
-                    }
                     if offered > 0 {
                         failing(true);
                     }
-                    for op in ops {
-                        placeholder_reply(op).fail(&e).send();
-                    }
+                    refuse_all(ops, &e);
                     continue;
                 }
             },
@@ -257,14 +252,7 @@ pub fn run(
                             replies.into_iter().for_each(Reply::send);
                             wakeups.iter().for_each(|e| wake(e));
                         }
-                        Err((ops, e)) => {
-                            if let Some(left_out) = WRITE_FAILED.allow() {
-                                tracing::error!(error = %e, left_out, "store write failed");
-                            }
-                            for op in ops {
-                                placeholder_reply(op).fail(&e).send();
-                            }
-                        }
+                        Err((ops, e)) => refuse_all(ops, &e),
                     }
                 }
                 // After an I/O error redb refuses everything until it is opened again.
@@ -278,6 +266,16 @@ pub fn run(
                 }
             }
         }
+    }
+}
+
+/// Answers every op with the store error `e` (503), logging it at most once a second.
+fn refuse_all(ops: Vec<Op>, e: &str) {
+    if let Some(left_out) = WRITE_FAILED.allow() {
+        tracing::error!(error = %e, left_out, "store write failed");
+    }
+    for op in ops {
+        placeholder_reply(op).fail(e).send();
     }
 }
 
@@ -529,7 +527,7 @@ impl Batch<'_, '_> {
                 self.t.renditions.insert(did, r.as_slice()).map_err(unavailable)?;
             }
             self.t.deliveries.insert(did, d.record.as_slice()).map_err(unavailable)?;
-            self.t.ready.insert(ready_key(&d.endpoint, d.not_before, d.id).as_slice(), ()).map_err(unavailable)?;
+            self.t.ready.insert(ready_key(&d.endpoint, p.due_at, d.id).as_slice(), ()).map_err(unavailable)?;
             self.t.by_state.insert(state_key(DeliveryState::Pending, d.id).as_slice(), ()).map_err(unavailable)?;
             self.wakeups.push(d.endpoint.clone());
         }
