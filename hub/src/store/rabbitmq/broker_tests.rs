@@ -1,6 +1,6 @@
 //! Tests against a real broker of what the conformance suite cannot reach from outside: a
 //! replay's work message whose claim never reached the stream (the replaying process died in
-//! between). Broker at `LOTSE_TEST_AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`),
+//! between), and a broker resource alarm (raised with the local `rabbitmqctl`). Broker at `LOTSE_TEST_AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`),
 //! a prefix of its own, queues deleted afterwards; skipped without a broker unless `CI=true`.
 
 use std::time::Duration;
@@ -12,7 +12,7 @@ use super::record::{Record, ReplayedRecord};
 use super::work::WorkMessage;
 use super::{CLAIM_WAIT, RabbitStore};
 use crate::store::conformance::submission;
-use crate::store::{DeliveryState, Outcome, ReplayOutcome, Store, now_millis};
+use crate::store::{DeliveryState, Intake, NewSubmission, Outcome, ReplayOutcome, Store, StoreError, now_millis};
 
 const ENDPOINT: &str = "alpha";
 
@@ -105,5 +105,151 @@ async fn orphan_replay(store: &RabbitStore) -> anyhow::Result<()> {
     let events = store.submission(s.id).await?.expect("known").events;
     let replayed = events.iter().filter(|e| e.kind == "replayed").count();
     anyhow::ensure!(replayed == 1, "{replayed} `replayed` events; only the second replay happened");
+    Ok(())
+}
+
+/// A memory alarm raised on the local broker for as long as this lives (`rabbitmqctl
+/// set_vm_memory_high_watermark` to a tiny fraction); dropping it sets the watermark back to
+/// what it was. The alarm blocks every publisher on the broker: nextest runs this test alone
+/// among the broker tests (the `heavy` group).
+struct MemoryAlarm {
+    watermark: String,
+}
+
+fn rabbitmqctl(args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new("rabbitmqctl").args(args).output()?;
+    anyhow::ensure!(out.status.success(), "rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+impl MemoryAlarm {
+    /// `None` (skip) without a local `rabbitmqctl`, unless CI is set.
+    fn raise() -> anyhow::Result<Option<MemoryAlarm>> {
+        let watermark = match rabbitmqctl(&["eval", "vm_memory_monitor:get_vm_memory_high_watermark()."]) {
+            Ok(w) => w,
+            Err(e) => {
+                anyhow::ensure!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "CI=true needs a local rabbitmqctl: {e:#}"
+                );
+                eprintln!("skipped: no local `rabbitmqctl` to raise a resource alarm ({e:#})");
+                return Ok(None);
+            }
+        };
+        // A relative watermark prints as a float (`0.4`); an absolute one as `{absolute,N}`,
+        // which `set_vm_memory_high_watermark absolute N` takes back.
+        let alarm = MemoryAlarm { watermark };
+        rabbitmqctl(&["set_vm_memory_high_watermark", "0.000001"])?;
+        Ok(Some(alarm))
+    }
+}
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        let restored = match self.watermark.strip_prefix("{absolute,").and_then(|w| w.strip_suffix('}')) {
+            Some(bytes) => rabbitmqctl(&["set_vm_memory_high_watermark", "absolute", bytes]),
+            None => rabbitmqctl(&["set_vm_memory_high_watermark", &self.watermark]),
+        };
+        if let Err(e) = restored {
+            eprintln!("could not set the broker's memory watermark back to {}: {e:#}", self.watermark);
+        }
+    }
+}
+
+/// Polls `cond` every 50 ms for at most `bound`.
+async fn eventually(bound: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + bound;
+    while tokio::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cond()
+}
+
+/// While the broker blocks publishers (a memory alarm here; a disk alarm is the same notice),
+/// the store says so: `/healthz` (health) is not ready, intake answers unavailable with the
+/// reason instead of waiting for a confirm that cannot come, and lease hands out nothing (an
+/// attempt's outcome could not be recorded, so the receiver would get the message again and
+/// again). Once the alarm clears, all of it works again in the same process and the work that
+/// waited is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_resource_alarm_refuses_intake_and_holds_work_until_it_clears() -> anyhow::Result<()> {
+    let Some((store, url, prefix)) = open().await? else { return Ok(()) };
+    let result = resource_alarm(&store).await;
+    store.close().await;
+    RabbitStore::delete_topology(&url, &prefix, &[ENDPOINT.to_owned()]).await?;
+    result
+}
+
+async fn resource_alarm(store: &RabbitStore) -> anyhow::Result<()> {
+    let first = submission(&[], &[ENDPOINT]);
+    anyhow::ensure!(matches!(store.intake(first.clone()).await?, Intake::Accepted(_)), "the first intake");
+    store.health()?;
+    let Some(alarm) = MemoryAlarm::raise()? else { return Ok(()) };
+    // RabbitMQ 3.10 tells a connection it is blocked when it next publishes: this intake's
+    // publishes wait, unconfirmed, until the alarm clears (well inside the confirm timeout here).
+    let caught = submission(&[], &[ENDPOINT]);
+    let second = submission(&[], &[ENDPOINT]);
+    let (caught_answer, during) = tokio::join!(store.intake(caught.clone()), during_alarm(store, alarm, &second));
+    during?;
+    // The intake that was caught in the alarm completes once it clears: stored, not lost.
+    anyhow::ensure!(
+        matches!(caught_answer, Ok(Intake::Accepted(_))),
+        "the intake caught in the alarm: {caught_answer:?}"
+    );
+    anyhow::ensure!(matches!(store.intake(second.clone()).await?, Intake::Accepted(_)), "intake after the alarm");
+
+    // Every accepted delivery is handed out now, and settles.
+    let mut expected = Vec::new();
+    for s in [&first, &caught, &second] {
+        let view = store.submission(s.id).await?.expect("an accepted submission is known");
+        expected.extend(view.deliveries.iter().map(|d| d.id));
+    }
+    let mut settled = Vec::new();
+    while settled.len() < expected.len() {
+        let leased = store.lease(ENDPOINT, 10, Duration::from_secs(15)).await?;
+        anyhow::ensure!(
+            !leased.is_empty(),
+            "only {} of {} deliveries were leased after the alarm",
+            settled.len(),
+            expected.len()
+        );
+        for lease in leased {
+            settled.push(lease.delivery_id);
+            store.settle(lease, Outcome::Delivered { status: 200 }).await?;
+        }
+    }
+    settled.sort();
+    expected.sort();
+    anyhow::ensure!(settled == expected, "leased {settled:?}, accepted {expected:?}");
+    for d in expected {
+        let state = store.delivery(d).await?.map(|v| v.state);
+        anyhow::ensure!(state == Some(DeliveryState::Delivered), "delivery {d} is {state:?}");
+    }
+    Ok(())
+}
+
+/// What the store says while `alarm` is on, then clears it and waits until the store is ready.
+async fn during_alarm(store: &RabbitStore, alarm: MemoryAlarm, second: &NewSubmission) -> anyhow::Result<()> {
+    let blocked = eventually(Duration::from_secs(20), || store.health().is_err()).await;
+    anyhow::ensure!(blocked, "health stayed ready for 20 s of a memory alarm with a publish waiting");
+    match store.health() {
+        Err(StoreError::Unavailable(m)) if m.contains("blocking publishers") => {}
+        other => anyhow::bail!("health during the alarm: {other:?}"),
+    }
+
+    match store.intake(second.clone()).await {
+        Err(StoreError::Unavailable(m)) if m.contains("blocking publishers") => {}
+        other => anyhow::bail!("intake during the alarm: {other:?}"),
+    }
+    anyhow::ensure!(store.submission(second.id).await?.is_none(), "a refused intake left a submission");
+    let leased = store.lease(ENDPOINT, 10, Duration::from_millis(1_500)).await?;
+    anyhow::ensure!(leased.is_empty(), "{} deliveries leased while publishes are blocked", leased.len());
+
+    drop(alarm);
+    let ready = eventually(Duration::from_secs(20), || store.health().is_ok()).await;
+    anyhow::ensure!(ready, "health not ready 20 s after the alarm cleared: {:?}", store.health());
     Ok(())
 }

@@ -110,6 +110,10 @@ use crate::store::{
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// Unacked messages per endpoint and process.
 pub const PREFETCH: u16 = 64;
+/// What intake, replay and the partner port's `/healthz` say while the broker blocks publishers.
+const BLOCKED: &str = "RabbitMQ is blocking publishers (a resource alarm: the broker is low on memory or disk)";
+/// How often a lease looks again whether the broker still blocks publishers.
+const BLOCKED_POLL: Duration = Duration::from_millis(100);
 /// Longest wait for this node's fold to apply a record it wrote.
 const FOLD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a work message whose claim the fold does not know yet is held back (parked on the

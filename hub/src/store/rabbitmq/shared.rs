@@ -35,6 +35,25 @@ impl Shared {
             .ok_or_else(|| StoreError::Unavailable("not connected to RabbitMQ".into()))
     }
 
+    /// The session, if the broker takes publishes now: connected, and not blocking this
+    /// connection. RabbitMQ blocks every publishing connection while a resource alarm is on (its
+    /// memory above `vm_memory_high_watermark`, its disk below `disk_free_limit`) and tells
+    /// clients so (`connection.blocked`); a publish then waits, unconfirmed, until the alarm
+    /// clears. Intake and replay ask here first and answer at once instead of after the confirm
+    /// timeout.
+    pub(super) fn writable(&self) -> Result<Arc<Session>, StoreError> {
+        let session = self.current()?;
+        if session.conn.status().blocked() {
+            return Err(StoreError::Unavailable(BLOCKED.into()));
+        }
+        Ok(session)
+    }
+
+    /// Whether the broker blocks this process's publishes now (a resource alarm).
+    pub(super) fn blocked(&self) -> bool {
+        self.current().is_ok_and(|s| s.conn.status().blocked())
+    }
+
     /// Publishes one persistent message to a queue and waits for the broker's confirm.
     pub(super) async fn publish(&self, queue: &str, body: &[u8], props: BasicProperties) -> Result<(), StoreError> {
         let session = self.current()?;

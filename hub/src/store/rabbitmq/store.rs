@@ -14,6 +14,7 @@ impl Store for RabbitStore {
         if let Some((receipt, _)) = shared.index(|i| i.holder_of(&submission.dedup_keys))? {
             return shared.duplicate(receipt, &submission).await;
         }
+        shared.writable()?;
         let receipt = Receipt {
             submission_id: submission.id,
             deliveries: submission
@@ -60,6 +61,17 @@ impl Store for RabbitStore {
         };
         let deadline = Instant::now() + wait;
         let mut out = Vec::new();
+        // While the broker blocks publishers, an attempt could not be settled (its outcome is a
+        // publish): the receiver would get the message, the settle would wait and fail, and the
+        // message would come again. So nothing is handed out until the alarm clears; what this
+        // process holds stays unacked meanwhile.
+        while shared.blocked() {
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(out);
+            }
+            tokio::time::sleep(BLOCKED_POLL.min(deadline - now)).await;
+        }
         let Ok(mut rx) = tokio::time::timeout_at(deadline, queue.rx.lock()).await else {
             return Ok(out);
         };
@@ -239,6 +251,7 @@ impl Store for RabbitStore {
             ReplaySource::NotFound => Ok(ReplayOutcome::NotFound),
             ReplaySource::NotDead(state) => Ok(ReplayOutcome::NotDead { state }),
             ReplaySource::Dead { submission_id, endpoint, attempts, generation, copy } => {
+                shared.writable()?;
                 // Work first, claim second: a claim in the stream always has its work message
                 // (a crash in between leaves work without a claim, which lease voids; never a
                 // pending delivery without work). Concurrent replays all publish work, but only
@@ -289,7 +302,7 @@ impl Store for RabbitStore {
     }
 
     fn health(&self) -> Result<(), StoreError> {
-        self.shared.current().map(|_| ())
+        self.shared.writable().map(|_| ())
     }
 }
 
