@@ -63,11 +63,7 @@ async fn classify(resp: reqwest::Response) -> AttemptResult {
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, SystemTime::now()));
-    // A little of the receiver's answer helps the operator; more would bloat the event log.
-    let snippet: String = match resp.text().await {
-        Ok(t) => t.chars().take(200).collect(),
-        Err(_) => String::new(),
-    };
+    let snippet = snippet(resp).await;
     let error = if snippet.trim().is_empty() {
         format!("HTTP {}", status.as_u16())
     } else {
@@ -80,6 +76,23 @@ async fn classify(resp: reqwest::Response) -> AttemptResult {
     }
 }
 
+/// How much of a refusing receiver's answer is read: its start helps the operator (200
+/// characters go into the event log); the rest is never read, so a receiver that answers an
+/// error with a huge or endless body cannot fill the hub's memory or hold the attempt until
+/// its timeout. The connection is dropped with the unread rest.
+const SNIPPET_READ_BYTES: usize = 4096;
+
+async fn snippet(mut resp: reqwest::Response) -> String {
+    let mut head = Vec::new();
+    while head.len() < SNIPPET_READ_BYTES {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => head.extend_from_slice(&chunk[..chunk.len().min(SNIPPET_READ_BYTES - head.len())]),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&head).chars().take(200).collect()
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
@@ -89,4 +102,72 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::time::Duration;
+
+    use axum::body::{Body, Bytes};
+    use axum::http::StatusCode;
+
+    use super::HttpTransport;
+    use crate::config::{EndpointConfig, EndpointKind, Format};
+    use crate::delivery::retry::AttemptResult;
+    use crate::store::{DeliveryId, Lease, SubmissionId};
+
+    /// A receiver answering every request with `status` and a body that never ends.
+    async fn endless_receiver(status: StatusCode) -> std::net::SocketAddr {
+        let app = axum::Router::new().fallback(move || async move {
+            let chunk = Bytes::from("Wartung: bitte spaeter erneut senden. ".repeat(100));
+            (status, Body::from_stream(futures::stream::repeat(Ok::<_, Infallible>(chunk))))
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    fn lease() -> Lease {
+        Lease {
+            delivery_id: DeliveryId::new(),
+            submission_id: SubmissionId::new(),
+            endpoint: "bauamt".into(),
+            attempt: 1,
+            budget_attempt: 1,
+            message_id: None,
+            content_type: "application/xml".into(),
+            payload: "<a/>".into(),
+            token: 0,
+        }
+    }
+
+    /// An error answer with an endless body: the attempt reads its start, reports it, and ends,
+    /// without reading on until the (here one-minute) timeout or buffering what it read.
+    #[tokio::test]
+    async fn an_endless_error_body_is_cut_after_its_start() {
+        for (status, transient) in [(StatusCode::SERVICE_UNAVAILABLE, true), (StatusCode::BAD_REQUEST, false)] {
+            let addr = endless_receiver(status).await;
+            let endpoint = EndpointConfig {
+                name: "bauamt".into(),
+                kind: EndpointKind::Http,
+                url: format!("http://{addr}/"),
+                format: Format::default(),
+                concurrency: 1,
+                timeout: Duration::from_secs(60),
+            };
+            let transport = HttpTransport::new(&endpoint).expect("transport");
+            let result = tokio::time::timeout(Duration::from_secs(20), transport.send(&lease()))
+                .await
+                .expect("the attempt ended long before its timeout");
+            let error = match (result, transient) {
+                (AttemptResult::Transient { error, .. }, true) | (AttemptResult::Permanent { error }, false) => error,
+                (other, _) => panic!("{status}: {other:?}"),
+            };
+            let want = format!("HTTP {}: Wartung: bitte spaeter erneut senden.", status.as_u16());
+            assert!(error.starts_with(&want), "{error}");
+            assert!(error.chars().count() <= 200 + want.len(), "{} characters kept", error.chars().count());
+        }
+    }
 }
