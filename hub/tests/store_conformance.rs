@@ -88,7 +88,7 @@ macro_rules! conformance_tests {
             use super::*;
             conformance_tests!(@cases $factory;
                 intake_then_lease, settle_delivered, settle_retry, settle_dead_and_replay,
-                duplicate_intake, survive_reopen, event_log, listings_and_counts, concurrent_replay);
+                duplicate_intake, survive_reopen, event_log, listings_and_counts, listing_limits, concurrent_replay);
         }
     };
     (@cases $factory:path; $($case:ident),*) => {

@@ -57,8 +57,23 @@ fn filter_from(q: ListQuery) -> Result<DeliveryFilter, Problem> {
         state,
         endpoint: q.endpoint.filter(|e| !e.is_empty()),
         submission_id,
-        limit: q.limit.unwrap_or(100),
+        limit: limit(q.limit, DeliveryFilter::DEFAULT_LIMIT)?,
     })
+}
+
+/// A `limit` from a request: `default` when absent; 1 to [`DeliveryFilter::MAX_LIMIT`], else 400
+/// (0 is not "everything": a listing or a bulk replay is always bounded).
+fn limit(given: Option<usize>, default: usize) -> Result<usize, Problem> {
+    match given {
+        None => Ok(default),
+        Some(n) if (1..=DeliveryFilter::MAX_LIMIT).contains(&n) => Ok(n),
+        Some(n) => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "bad-filter",
+            "Bad filter",
+            format!("limit {n} is out of range: give 1 to {}", DeliveryFilter::MAX_LIMIT),
+        )),
+    }
 }
 
 async fn overview(State(state): State<Arc<AppState>>) -> Result<Response, Problem> {
@@ -153,7 +168,7 @@ async fn replay_many(
         state: Some(DeliveryState::Dead),
         endpoint: b.endpoint.clone(),
         submission_id: None,
-        limit: b.limit.unwrap_or(1000).min(10_000),
+        limit: limit(b.limit, 1000)?,
     };
     let dead = state.pipeline.store().deliveries(&filter).await?;
     let ids: Vec<DeliveryId> = dead.iter().map(|d| d.id).collect();

@@ -253,6 +253,30 @@ async fn admin_routes_exist_only_on_the_admin_router() {
     assert_eq!(s, StatusCode::BAD_REQUEST);
 }
 
+/// A listing or a bulk replay is always bounded: `limit` 0 (which a store could read as "no
+/// limit") and anything over 10,000 are refused with a problem saying the range; 1 works.
+#[tokio::test]
+async fn admin_limits_out_of_range_are_refused() {
+    let h = harness("");
+    call(&h.partner, submit(&message("0f0e0d0c-0000-4000-8000-000000000031", "bab:09162000"), &[])).await;
+    for limit in ["0", "10001"] {
+        let req = Request::get(format!("/v1/admin/deliveries?limit={limit}")).body(Body::empty()).expect("request");
+        let (s, headers, b) = call(&h.admin, req).await;
+        assert_problem(s, &headers, &b, StatusCode::BAD_REQUEST, "bad-filter");
+        assert!(b["detail"].as_str().is_some_and(|d| d.contains("1 to 10000")), "{b}");
+        let bulk = Request::post("/v1/admin/replay")
+            .header("content-type", "application/json")
+            .body(Body::from(format!(r#"{{"reason": "r", "dry_run": false, "limit": {limit}}}"#)))
+            .expect("request");
+        let (s, headers, b) = call(&h.admin, bulk).await;
+        assert_problem(s, &headers, &b, StatusCode::BAD_REQUEST, "bad-filter");
+    }
+    let req = Request::get("/v1/admin/deliveries?limit=1").body(Body::empty()).expect("request");
+    let (s, _, b) = call(&h.admin, req).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["deliveries"].as_array().map(Vec::len), Some(1), "{b}");
+}
+
 #[tokio::test]
 async fn replay_needs_a_reason_and_only_takes_dead_deliveries() {
     let h = harness("");

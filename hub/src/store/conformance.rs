@@ -391,3 +391,17 @@ pub async fn listings_and_counts<F: StoreFactory>(f: &F) -> anyhow::Result<()> {
     ensure!(pending.is_empty(), "pending listing not empty after draining: {}", pending.len());
     Ok(())
 }
+
+/// A listing is bounded the same way on every backend: `limit` 0 gives the default (not
+/// everything), a limit is honoured up to the maximum.
+pub async fn listing_limits<F: StoreFactory>(f: &F) -> anyhow::Result<()> {
+    let store = f.open().await?;
+    let n = DeliveryFilter::DEFAULT_LIMIT + 1;
+    let intakes = (0..n).map(|_| accept(&store, submission(&[], &ENDPOINTS[..1])));
+    futures::future::try_join_all(intakes).await?;
+    let default = store.deliveries(&DeliveryFilter::default()).await?;
+    ensure!(default.len() == DeliveryFilter::DEFAULT_LIMIT, "limit 0 listed {} deliveries", default.len());
+    let all = store.deliveries(&DeliveryFilter { limit: n, ..Default::default() }).await?;
+    ensure!(all.len() == n, "limit {n} listed {}", all.len());
+    Ok(())
+}

@@ -217,6 +217,19 @@ pub struct DeliveryFilter {
     pub limit: usize,
 }
 
+impl DeliveryFilter {
+    /// The most deliveries one listing returns (and one bulk replay takes).
+    pub const MAX_LIMIT: usize = 10_000;
+    /// What a listing returns when no limit is given (`limit` 0).
+    pub const DEFAULT_LIMIT: usize = 100;
+
+    /// The limit every store applies: 0 means the default, and never more than the maximum, so
+    /// a listing (or a bulk replay) is bounded the same way on both backends.
+    pub fn effective_limit(&self) -> usize {
+        if self.limit == 0 { Self::DEFAULT_LIMIT } else { self.limit.min(Self::MAX_LIMIT) }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "result")]
 pub enum ReplayOutcome {

@@ -447,7 +447,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryView>, StoreError> {
-        let limit = if filter.limit == 0 { 100 } else { filter.limit.min(10_000) };
+        let limit = filter.effective_limit();
         let txn = self.read()?;
         let t = txn.open_table(DELIVERIES).map_err(unavailable)?;
         let mut out = Vec::new();

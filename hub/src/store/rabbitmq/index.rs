@@ -382,9 +382,9 @@ impl Index {
         })
     }
 
-    /// Newest first; `limit` 0 means no limit.
+    /// Newest first, at most [`DeliveryFilter::effective_limit`].
     pub fn deliveries(&self, filter: &DeliveryFilter) -> Vec<DeliveryView> {
-        let limit = if filter.limit == 0 { usize::MAX } else { filter.limit };
+        let limit = filter.effective_limit();
         let mut out = Vec::new();
         for (id, d) in self.deliveries.iter().rev() {
             if out.len() >= limit {
