@@ -24,8 +24,9 @@ pub enum DeliveriesCommand {
         state: Option<String>,
         #[arg(long)]
         endpoint: Option<String>,
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
+        /// At most this many (1 to 10,000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=10_000))]
+        limit: u16,
     },
     /// Show one delivery and its submission's event log.
     Show { id: String },
