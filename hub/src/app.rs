@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -140,29 +139,75 @@ pub async fn start(
     let mut tasks = delivery::spawn_workers(&config, store.clone(), paused, rx.clone())?;
     let partner_app = api::partner::router(state.clone());
     let admin_app = api::admin::router(state);
-    tasks.spawn(serve_http(partner, partner_app, rx.clone(), "partner"));
-    tasks.spawn(serve_http(admin, admin_app, rx, "admin"));
+    let read_timeout = config.raw.limits.read_timeout;
+    tasks.spawn(serve_http(partner, partner_app, rx.clone(), "partner", read_timeout));
+    tasks.spawn(serve_http(admin, admin_app, rx, "admin", read_timeout));
     tracing::info!(%partner_addr, %admin_addr, data_dir = %config.raw.data_dir.display(), "lotse started");
     Ok(Running { partner_addr, admin_addr, store, shutdown, tasks })
 }
 
-async fn serve_http(listener: TcpListener, app: axum::Router, mut shutdown: watch::Receiver<bool>, name: &'static str) {
-    let signal = async move {
+/// Serves `app` on `listener` until `shutdown`, then lets the open requests finish.
+///
+/// hyper's own connection builder rather than `axum::serve`, which sets no timer, so hyper's
+/// header read timeout never ran: a client could open connections and send nothing, or a
+/// header a byte at a time, and hold them for ever. Here a client that has not sent a
+/// request's headers within `read_timeout` is disconnected (the body's own bound is in the
+/// partner API's handler).
+async fn serve_http(
+    listener: TcpListener,
+    app: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+    name: &'static str,
+    read_timeout: std::time::Duration,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+    use hyper_util::service::TowerToHyperService;
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let stop = async move {
         while !*shutdown.borrow() {
             if shutdown.changed().await.is_err() {
                 break;
             }
         }
     };
-    // Answers are small and complete: send them at once rather than wait to coalesce segments.
-    let listener = listener.tap_io(|tcp| {
+    tokio::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut stop => break,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of file descriptors and the like: wait a little instead of spinning.
+                tracing::warn!(listener = name, error = %e, "cannot accept a connection");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Answers are small and complete: send them at once rather than wait to coalesce segments.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
         }
-    });
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(signal).await {
-        tracing::error!(listener = name, error = %e, "http server failed");
+        let (builder, app, watcher) = (builder.clone(), app.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            // The builder reads a first byte to tell HTTP/1 from HTTP/2, with no timeout of its
+            // own: a client that sends nothing at all is dropped here.
+            if tokio::time::timeout(read_timeout, tcp.peek(&mut [0u8; 1])).await.is_err() {
+                return;
+            }
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(app));
+            // A client that went away or timed out: nothing to report.
+            let _ = watcher.watch(conn.into_owned()).await;
+        });
     }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 /// Accept backlog of every listener Lotse opens (the kernel caps it at `net.core.somaxconn`).
@@ -242,6 +287,36 @@ mod tests {
         }
         let names = names();
         assert!(names.iter().any(|n| n == "lotse-metrics"), "threads: {names:?}");
+    }
+
+    /// A client that opens a connection and sends part of a request's headers (or nothing) is
+    /// disconnected once `read_timeout` has passed; a complete request on another connection
+    /// is answered meanwhile.
+    #[tokio::test]
+    async fn a_client_that_does_not_send_its_headers_is_disconnected() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = super::bind(([127, 0, 0, 1], 0).into()).expect("bind");
+        let addr = listener.local_addr().expect("the bound address");
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(super::serve_http(listener, app, rx, "test", Duration::from_millis(500)));
+
+        for partial in [&b"POST /v1/submissions HTTP/1.1\r\nHost: lotse\r\nContent-Ty"[..], b""] {
+            let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            slow.write_all(partial).await.expect("send part of the headers");
+            let mut fine = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            fine.write_all(b"GET / HTTP/1.1\r\nHost: lotse\r\nConnection: close\r\n\r\n").await.expect("send");
+            let mut answer = String::new();
+            fine.read_to_string(&mut answer).await.expect("read the answer");
+            assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok"), "{answer}");
+            // The server closes the slow connection (it may first answer 408): EOF, not a hang.
+            let mut rest = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest)).await;
+            assert!(read.is_ok(), "a connection with {} bytes of headers still open after 10 s", partial.len());
+        }
+        stop.send(true).expect("the server listens");
+        tokio::time::timeout(Duration::from_secs(10), server).await.expect("the server stops").expect("no panic");
     }
 
     /// More clients than tokio's default backlog (128) connect at once while nobody accepts:

@@ -86,11 +86,22 @@ pub struct LimitsConfig {
     /// load: `503` with `Retry-After`, so an overload costs latency for nobody and memory stays
     /// bounded.
     pub max_in_flight: usize,
+    /// How long a client may take to send a request's headers, and again its body (default
+    /// `30s`). A slower one gets its connection closed (headers) or `408` (body): a client that
+    /// trickles bytes cannot hold a connection, or a place among `max_in_flight`, for ever.
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        LimitsConfig { max_body_bytes: 16 * 1024 * 1024, max_depth: 128, max_attributes: 64, max_in_flight: 1024 }
+        LimitsConfig {
+            max_body_bytes: 16 * 1024 * 1024,
+            max_depth: 128,
+            max_attributes: 64,
+            max_in_flight: 1024,
+            read_timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -274,6 +285,7 @@ impl RawConfig {
             || self.limits.max_depth == 0
             || self.limits.max_attributes == 0
             || self.limits.max_in_flight == 0
+            || self.limits.read_timeout.is_zero()
         {
             problems.push("`limits` values must be greater than 0".into());
         }

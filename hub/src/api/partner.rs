@@ -1,7 +1,7 @@
 //! The partner API: `POST /v1/submissions`, `GET /v1/submissions/{id}`, `GET /healthz`.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -69,7 +69,7 @@ fn partner(state: &AppState, headers: &HeaderMap) -> Result<String, Problem> {
     }
 }
 
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Problem> {
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize, within: Duration) -> Result<Bytes, Problem> {
     let too_large = || {
         Problem::from(IntakeError::TooLarge(format!("the body exceeds the limit of {limit} bytes")))
             .with("limit", serde_json::json!(limit))
@@ -79,7 +79,16 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+    let Ok(read) = tokio::time::timeout(within, axum::body::to_bytes(body, limit)).await else {
+        metrics::counter!("lotse_submissions_refused_total", "reason" => "request-timeout").increment(1);
+        return Err(Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            "Request timeout",
+            format!("the body did not arrive within {}; nothing was accepted", humantime::format_duration(within)),
+        ));
+    };
+    read.map_err(|e| {
         // axum wraps http-body-util's `LengthLimitError` (it does not re-export the type).
         let mut source: Option<&dyn std::error::Error> = Some(&e);
         while let Some(s) = source {
@@ -125,7 +134,8 @@ async fn post_submission(
             }
         },
     };
-    let body = read_body(body, &headers, state.config.raw.limits.max_body_bytes).await?;
+    let limits = &state.config.raw.limits;
+    let body = read_body(body, &headers, limits.max_body_bytes, limits.read_timeout).await?;
     let sub = Submission { partner: partner.clone(), media, idempotency_key, body };
     // XSD validation blocks on a libxml2 worker; large bodies take long to read. Either way keep
     // the async workers free.

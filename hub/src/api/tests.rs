@@ -38,6 +38,7 @@ admin_listen = "127.0.0.1:1"
 data_dir = "unused"
 [limits]
 max_body_bytes = 4096
+read_timeout = "2s"
 {partners}
 [[endpoints]]
 name = "a"
@@ -251,6 +252,22 @@ async fn admin_routes_exist_only_on_the_admin_router() {
     let bad = Request::get("/v1/admin/deliveries?state=lost").body(Body::empty()).expect("request");
     let (s, _, _) = call(&h.admin, bad).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+/// A body that stops arriving: `408` problem+json once `limits.read_timeout` has passed,
+/// nothing stored, and the request no longer holds a place among `max_in_flight`.
+#[tokio::test]
+async fn a_body_that_stops_arriving_times_out_with_408() {
+    let h = harness("");
+    let start = futures::stream::once(async { Ok::<_, std::io::Error>(axum::body::Bytes::from("<nachricht>")) });
+    let stalled = Body::from_stream(futures::StreamExt::chain(start, futures::stream::pending()));
+    let req = post("application/xml").body(stalled).expect("request");
+    let (s, headers, b) = call(&h.partner, req).await;
+    assert_problem(s, &headers, &b, StatusCode::REQUEST_TIMEOUT, "request-timeout");
+    assert!(b["detail"].as_str().is_some_and(|d| d.contains("within 2s")), "{b}");
+    let listed = Request::get("/v1/admin/deliveries").body(Body::empty()).expect("request");
+    let (_, _, b) = call(&h.admin, listed).await;
+    assert_eq!(b["deliveries"].as_array().map(Vec::len), Some(0), "{b}");
 }
 
 /// A listing or a bulk replay is always bounded: `limit` 0 (which a store could read as "no
