@@ -192,9 +192,30 @@ async fn endpoints(State(state): State<Arc<AppState>>) -> Response {
         .raw
         .endpoints
         .iter()
-        .map(|e| json!({ "name": e.name, "url": e.url, "format": format!("{:?}", e.format).to_lowercase(), "paused": state.paused.is_paused(&e.name) }))
+        .map(|e| {
+            json!({
+                "name": e.name,
+                "url": redacted_url(&e.url),
+                "format": format!("{:?}", e.format).to_lowercase(),
+                "paused": state.paused.is_paused(&e.name),
+            })
+        })
         .collect();
     axum::Json(json!({ "endpoints": list })).into_response()
+}
+
+/// An endpoint URL as operators may see it: a password and query values (where receivers'
+/// tokens go) replaced by `***`, so the listing can be pasted into a ticket.
+pub(super) fn redacted_url(url: &str) -> String {
+    let Ok(mut parsed) = reqwest::Url::parse(url) else { return "(unparsable)".into() };
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
+    }
+    if parsed.query().is_some() {
+        let names: Vec<String> = parsed.query_pairs().map(|(k, _)| k.into_owned()).collect();
+        parsed.query_pairs_mut().clear().extend_pairs(names.iter().map(|k| (k.as_str(), "***")));
+    }
+    parsed.to_string()
 }
 
 async fn pause(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Result<Response, Problem> {

@@ -254,6 +254,16 @@ async fn admin_routes_exist_only_on_the_admin_router() {
     assert_eq!(s, StatusCode::BAD_REQUEST);
 }
 
+/// The endpoint listing shows where cases go, not the receivers' secrets.
+#[test]
+fn endpoint_urls_are_listed_without_secrets() {
+    assert_eq!(
+        admin::redacted_url("https://lotse:s3cret@bauamt.example/eingang?token=abc&mode=x"),
+        "https://lotse:***@bauamt.example/eingang?token=***&mode=***"
+    );
+    assert_eq!(admin::redacted_url("http://127.0.0.1:9/a"), "http://127.0.0.1:9/a");
+}
+
 /// A body that stops arriving: `408` problem+json once `limits.read_timeout` has passed,
 /// nothing stored, and the request no longer holds a place among `max_in_flight`.
 #[tokio::test]

@@ -40,6 +40,9 @@ impl HttpTransport {
         match req.send().await {
             Ok(resp) => classify(resp).await,
             Err(e) => {
+                // Without the URL: its query may hold the receiver's token, and the event log
+                // (which the partner reads) names the endpoint anyway.
+                let e = e.without_url();
                 let kind = if e.is_timeout() {
                     "timeout"
                 } else if e.is_connect() {
@@ -169,5 +172,27 @@ mod tests {
             assert!(error.starts_with(&want), "{error}");
             assert!(error.chars().count() <= 200 + want.len(), "{} characters kept", error.chars().count());
         }
+    }
+
+    /// An endpoint URL may carry the receiver's credentials (`https://user:password@host/`):
+    /// they reach the receiver as basic auth, and never the attempt's error text, which goes
+    /// into the event log that partners and operators read.
+    #[tokio::test]
+    async fn credentials_in_the_endpoint_url_stay_out_of_errors() {
+        let endpoint = EndpointConfig {
+            name: "bauamt".into(),
+            kind: EndpointKind::Http,
+            url: "http://lotse:s3cret-pw@127.0.0.1:1/eingang?token=q-s3cret".into(),
+            format: Format::default(),
+            concurrency: 1,
+            timeout: Duration::from_secs(5),
+        };
+        let transport = HttpTransport::new(&endpoint).expect("transport");
+        let error = match transport.send(&lease()).await {
+            AttemptResult::Transient { error, .. } => error,
+            other => panic!("nothing listens on port 1: {other:?}"),
+        };
+        assert!(!error.contains("s3cret"), "{error}");
+        assert!(error.contains("connect"), "{error}");
     }
 }
