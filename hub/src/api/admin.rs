@@ -133,6 +133,12 @@ async fn replay_one(
     let body = body.map(|b| b.0).unwrap_or_default();
     let (actor, reason) = actor_reason(&body)?;
     tracing::info!(delivery_id = %id, actor = %actor, reason = %reason, "replay requested");
+    let Some(delivery) = state.pipeline.store().delivery(id).await? else {
+        return Err(Problem::not_found("delivery"));
+    };
+    if !configured(&state, &delivery.endpoint) {
+        return Err(unknown_endpoint(id, &delivery.endpoint));
+    }
     match state.pipeline.store().replay(id, &actor, &reason).await? {
         ReplayOutcome::Replayed => {
             Ok((StatusCode::ACCEPTED, axum::Json(json!({ "result": "replayed", "id": id }))).into_response())
@@ -171,9 +177,13 @@ async fn replay_many(
         limit: limit(b.limit, 1000)?,
     };
     let dead = state.pipeline.store().deliveries(&filter).await?;
-    let ids: Vec<DeliveryId> = dead.iter().map(|d| d.id).collect();
+    // Deliveries of endpoints the config no longer has would wait for ever: left out, and named.
+    let (ids, skipped): (Vec<_>, Vec<_>) = dead.iter().partition(|d| configured(&state, &d.endpoint));
+    let ids: Vec<DeliveryId> = ids.iter().map(|d| d.id).collect();
+    let skipped: Vec<_> = skipped.iter().map(|d| json!({ "id": d.id, "endpoint": d.endpoint })).collect();
     if dry_run {
-        return Ok(axum::Json(json!({ "dry_run": true, "would_replay": ids })).into_response());
+        return Ok(axum::Json(json!({ "dry_run": true, "would_replay": ids, "skipped_unknown_endpoint": skipped }))
+            .into_response());
     }
     let (actor, reason) = actor_reason(&ReplayBody { actor: b.actor, reason: b.reason })?;
     let mut replayed = Vec::new();
@@ -183,7 +193,28 @@ async fn replay_many(
         }
     }
     tracing::info!(count = replayed.len(), actor = %actor, reason = %reason, "bulk replay");
-    Ok((StatusCode::ACCEPTED, axum::Json(json!({ "dry_run": false, "replayed": replayed }))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({ "dry_run": false, "replayed": replayed, "skipped_unknown_endpoint": skipped })),
+    )
+        .into_response())
+}
+
+/// Whether this hub's config has the endpoint (and so a worker that delivers to it).
+fn configured(state: &AppState, endpoint: &str) -> bool {
+    state.config.raw.endpoints.iter().any(|e| e.name == endpoint)
+}
+
+/// A replay that would queue a delivery nobody sends: its endpoint left the config.
+fn unknown_endpoint(id: DeliveryId, endpoint: &str) -> Problem {
+    Problem::new(
+        StatusCode::CONFLICT,
+        "endpoint-unknown",
+        "The delivery's endpoint is not configured",
+        format!(
+            "delivery {id} goes to endpoint `{endpoint}`, which this hub's config no longer has: a replay would wait for ever; add the endpoint back to replay it"
+        ),
+    )
 }
 
 async fn endpoints(State(state): State<Arc<AppState>>) -> Response {

@@ -77,8 +77,13 @@ struct Harness {
 
 fn harness(partners: &str) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = Arc::new(config(partners));
     let store: Arc<dyn crate::store::Store> = Arc::new(EmbeddedStore::open(dir.path()).expect("store"));
+    harness_on(store, dir, partners)
+}
+
+/// The routers over a store the test prepared (in `dir`).
+fn harness_on(store: Arc<dyn crate::store::Store>, dir: tempfile::TempDir, partners: &str) -> Harness {
+    let config = Arc::new(config(partners));
     let partners = config.partner_tokens.iter().map(|(t, n)| (token_digest(t), n.clone())).collect();
     let state = Arc::new(AppState {
         config: config.clone(),
@@ -252,6 +257,49 @@ async fn admin_routes_exist_only_on_the_admin_router() {
     let bad = Request::get("/v1/admin/deliveries?state=lost").body(Body::empty()).expect("request");
     let (s, _, _) = call(&h.admin, bad).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+/// A dead delivery whose endpoint has left the config: a replay would queue it for no worker,
+/// so the single replay is refused (409 `endpoint-unknown`) and the bulk replay leaves it out
+/// and names it; deliveries of configured endpoints are replayed as before.
+#[tokio::test]
+async fn replays_to_an_endpoint_no_longer_configured_are_refused() {
+    use crate::store::conformance::submission;
+    use crate::store::{DeliveryState, Outcome, Store};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(EmbeddedStore::open(dir.path()).expect("store"));
+    let mut dead = Vec::new();
+    for endpoint in ["gone", "a"] {
+        store.intake(submission(&[], &[endpoint])).await.expect("intake");
+        let lease =
+            store.lease(endpoint, 1, std::time::Duration::from_secs(5)).await.expect("lease").pop().expect("due");
+        dead.push(lease.delivery_id);
+        store.settle(lease, Outcome::Dead { error: "HTTP 400".into() }).await.expect("settle");
+    }
+    let (gone, kept) = (dead[0], dead[1]);
+    let h = harness_on(store.clone(), dir, "");
+    let replay = |path: String, body: &str| {
+        Request::post(path)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_owned()))
+            .expect("request")
+    };
+    let (s, headers, b) =
+        call(&h.admin, replay(format!("/v1/admin/deliveries/{gone}/replay"), r#"{"reason": "r"}"#)).await;
+    assert_problem(s, &headers, &b, StatusCode::CONFLICT, "endpoint-unknown");
+    assert!(b["detail"].as_str().is_some_and(|d| d.contains("`gone`")), "{b}");
+
+    let (s, _, b) = call(&h.admin, replay("/v1/admin/replay".into(), r#"{"reason": "r", "dry_run": false}"#)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+    assert_eq!(b["replayed"], serde_json::json!([kept.to_string()]), "{b}");
+    assert_eq!(b["skipped_unknown_endpoint"], serde_json::json!([{ "id": gone.to_string(), "endpoint": "gone" }]));
+    let state = |id| {
+        let store = store.clone();
+        async move { store.delivery(id).await.expect("read").expect("known").state }
+    };
+    assert_eq!(state(gone).await, DeliveryState::Dead);
+    assert_eq!(state(kept).await, DeliveryState::Pending);
 }
 
 /// The endpoint listing shows where cases go, not the receivers' secrets.
