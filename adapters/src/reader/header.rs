@@ -11,6 +11,10 @@ use crate::Meta;
 
 /// Longest path (below the root) any pattern needs.
 const MAX_PATH: usize = 5;
+/// The longest `nachrichtenUUID` used as the message id (a UUID has 36 characters). The id is a
+/// dedup key and travels to receivers as the `Lotse-Message-Id` header: a longer one, or one with
+/// a control character (which no HTTP header can carry), is left out with a warning.
+const MAX_MESSAGE_ID_CHARS: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Field {
@@ -265,6 +269,14 @@ impl<'a> HeaderSink<'a> {
         }
         if meta.version.is_none() {
             meta.version = version_from_namespace(&ns).map(str::to_owned);
+        }
+        if let Some(id) = &meta.message_id
+            && (id.chars().count() > MAX_MESSAGE_ID_CHARS || id.chars().any(char::is_control))
+        {
+            meta.warnings.push(format!(
+                "nachrichtenUUID is not usable as a message id (more than {MAX_MESSAGE_ID_CHARS} characters, or a control character such as a line break): it is ignored"
+            ));
+            meta.message_id = None;
         }
         let root_type = root_type_code(&meta.root);
         match (&meta.message_type, root_type) {

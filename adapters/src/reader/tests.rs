@@ -54,6 +54,26 @@ fn xbeteiligung_0401_qualified_g2g_header() {
     assert!(m.warnings.is_empty());
 }
 
+/// A `nachrichtenUUID` that could not travel as an HTTP header (a line break inside) or is
+/// absurdly long is not used as the message id; the reader says why.
+#[test]
+fn an_unusable_nachrichten_uuid_is_left_out_with_a_warning() {
+    let message = |id: &str| {
+        format!(
+            r#"<baugenehmigung.antrag.0200 xmlns="http://www.xleitstelle.de/xbau/2/6"><nachrichtenkopf.g2g><identifikation.nachricht><nachrichtenUUID>{id}</nachrichtenUUID></identifikation.nachricht></nachrichtenkopf.g2g></baugenehmigung.antrag.0200>"#
+        )
+    };
+    for id in ["8fa6a8ae-6a53\n-4980-bbd1", "8fa6a8ae-6a53&#10;4980", &"a".repeat(257)] {
+        let m = read_meta(message(id).as_bytes(), &Limits::default()).expect("well-formed");
+        assert_eq!(m.message_id, None, "{id}");
+        assert_eq!(m.warnings.len(), 1, "{id}: {:?}", m.warnings);
+        assert!(m.warnings[0].contains("nachrichtenUUID"), "{}", m.warnings[0]);
+    }
+    let m = read_meta(message(&"a".repeat(256)).as_bytes(), &Limits::default()).expect("well-formed");
+    assert_eq!(m.message_id, Some("a".repeat(256)));
+    assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+}
+
 #[test]
 fn root_and_header_type_disagree_gives_a_warning() {
     let Some(m) = meta_of("xbeteiligung-demosplan/tests/res/example402FromCockpit.xml") else {

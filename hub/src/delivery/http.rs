@@ -34,7 +34,9 @@ impl HttpTransport {
             .header("lotse-submission-id", lease.submission_id.to_string())
             .header("lotse-attempt", lease.attempt.to_string())
             .body(lease.payload.clone());
-        if let Some(m) = &lease.message_id {
+        // A message id no header can carry (the reader leaves those out; this guards the
+        // other sources) is not sent, rather than failing every attempt of the delivery.
+        if let Some(m) = lease.message_id.as_deref().and_then(|m| reqwest::header::HeaderValue::from_str(m).ok()) {
             req = req.header("lotse-message-id", m);
         }
         match req.send().await {
@@ -194,5 +196,36 @@ mod tests {
         };
         assert!(!error.contains("s3cret"), "{error}");
         assert!(error.contains("connect"), "{error}");
+    }
+
+    /// A message id that no HTTP header can carry does not fail the delivery: the payload goes
+    /// out without `Lotse-Message-Id`; a normal one is sent.
+    #[tokio::test]
+    async fn a_message_id_no_header_can_carry_is_left_out() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(headers.get("lotse-message-id").map(|v| v.as_bytes().to_vec()));
+                StatusCode::OK
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let endpoint = EndpointConfig {
+            name: "bauamt".into(),
+            kind: EndpointKind::Http,
+            url: format!("http://{addr}/"),
+            format: Format::default(),
+            concurrency: 1,
+            timeout: Duration::from_secs(10),
+        };
+        let transport = HttpTransport::new(&endpoint).expect("transport");
+        for (id, sent) in [("a\nb", None), ("8fa6a8ae-6a53", Some(b"8fa6a8ae-6a53".to_vec()))] {
+            let lease = Lease { message_id: Some(id.into()), ..lease() };
+            assert_eq!(transport.send(&lease).await, AttemptResult::Delivered { status: 200 }, "{id:?}");
+            assert_eq!(rx.recv().await.expect("the receiver saw it"), sent, "{id:?}");
+        }
     }
 }
