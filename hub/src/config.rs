@@ -183,6 +183,59 @@ pub struct EndpointConfig {
     /// Per-attempt timeout (default `30s`).
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// PEM file of the CA certificates the receiver's server certificate must chain to, instead
+    /// of the system's trust store (an administration's own PKI). `https` only.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM file of the client certificate (and its chain) Lotse shows the receiver: mutual TLS.
+    /// Needs `tls_client_key`. `https` only.
+    #[serde(default)]
+    pub tls_client_cert: Option<PathBuf>,
+    /// PEM file of the private key of `tls_client_cert` (PKCS#8, RSA or SEC1).
+    #[serde(default)]
+    pub tls_client_key: Option<PathBuf>,
+}
+
+/// What [`EndpointConfig::tls`] read from the endpoint's TLS files.
+#[derive(Default)]
+pub struct EndpointTls {
+    /// The only CAs to trust (`tls_ca`); `None`: the system's.
+    pub roots: Option<Vec<reqwest::Certificate>>,
+    /// The client certificate and key (`tls_client_cert`, `tls_client_key`).
+    pub identity: Option<reqwest::Identity>,
+}
+
+impl EndpointConfig {
+    /// Reads and parses the endpoint's TLS files (at start, so a wrong path or a broken PEM
+    /// stops the hub with the reason rather than failing every delivery).
+    pub fn tls(&self) -> anyhow::Result<EndpointTls> {
+        let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read `{}`", p.display()));
+        let roots = match &self.tls_ca {
+            None => None,
+            Some(path) => {
+                let certs = reqwest::Certificate::from_pem_bundle(&read(path)?)
+                    .with_context(|| format!("`tls_ca` `{}` is not PEM certificates", path.display()))?;
+                anyhow::ensure!(!certs.is_empty(), "`tls_ca` `{}` holds no certificate", path.display());
+                Some(certs)
+            }
+        };
+        let identity = match (&self.tls_client_cert, &self.tls_client_key) {
+            (Some(cert), Some(key)) => {
+                let mut pem = read(cert)?;
+                pem.push(b'\n');
+                pem.extend(read(key)?);
+                Some(reqwest::Identity::from_pem(&pem).with_context(|| {
+                    format!(
+                        "`tls_client_cert` `{}` with `tls_client_key` `{}`: not a PEM certificate and private key",
+                        cert.display(),
+                        key.display()
+                    )
+                })?)
+            }
+            _ => None,
+        };
+        Ok(EndpointTls { roots, identity })
+    }
 }
 
 fn default_concurrency() -> usize {
@@ -244,6 +297,24 @@ impl Config {
                 *dir = base.join(&*dir);
             }
         }
+        let mut problems = Vec::new();
+        for e in &mut config.raw.endpoints {
+            for file in [&mut e.tls_ca, &mut e.tls_client_cert, &mut e.tls_client_key].into_iter().flatten() {
+                if file.is_relative() {
+                    *file = base.join(&*file);
+                }
+            }
+            if let Err(err) = e.tls() {
+                problems.push(format!("- endpoint `{}`: {err:#}", e.name));
+            }
+        }
+        anyhow::ensure!(
+            problems.is_empty(),
+            "invalid config `{}`: {} problem(s):\n{}",
+            path.display(),
+            problems.len(),
+            problems.join("\n")
+        );
         Ok(config)
     }
 
@@ -318,6 +389,13 @@ impl RawConfig {
             }
             if e.timeout.is_zero() {
                 problems.push(format!("endpoint `{}`: timeout must be greater than 0", e.name));
+            }
+            if e.tls_client_cert.is_some() != e.tls_client_key.is_some() {
+                problems.push(format!("endpoint `{}`: `tls_client_cert` and `tls_client_key` go together", e.name));
+            }
+            let tls = e.tls_ca.is_some() || e.tls_client_cert.is_some() || e.tls_client_key.is_some();
+            if tls && !e.url.starts_with("https://") {
+                problems.push(format!("endpoint `{}`: `tls_*` settings need an https url", e.name));
             }
         }
         if self.routes.is_empty() {

@@ -79,3 +79,26 @@ fn the_reference_config_in_docker_loads() {
     assert_eq!(c.partner_tokens.len(), 1);
     assert!(!c.raw.routes.is_empty());
 }
+
+/// TLS files of an endpoint: a client certificate needs its key, `tls_*` needs https, and at
+/// load every file is read and parsed (relative to the config file), with every bad one named.
+#[test]
+fn endpoint_tls_files_are_checked_at_load() {
+    let https = MINIMAL.replace("http://127.0.0.1:9000/in", "https://bauamt.example/in");
+    let half = https.replace("url = ", "tls_client_cert = \"c.pem\"\nurl = ");
+    let err = format!("{:#}", Config::parse(&half).expect_err("cert without key"));
+    assert!(err.contains("`tls_client_cert` and `tls_client_key` go together"), "{err}");
+    let plain = MINIMAL.replace("url = ", "tls_ca = \"ca.pem\"\nurl = ");
+    let err = format!("{:#}", Config::parse(&plain).expect_err("tls over http"));
+    assert!(err.contains("need an https url"), "{err}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("ca.pem"), "not a certificate").expect("write");
+    let files =
+        https.replace("url = ", "tls_ca = \"ca.pem\"\ntls_client_cert = \"c.pem\"\ntls_client_key = \"c.key\"\nurl = ");
+    let path = dir.path().join("lotse.toml");
+    std::fs::write(&path, files).expect("write");
+    let err = format!("{:#}", Config::load_with_env(&path, &|_| None).expect_err("bad TLS files"));
+    assert!(err.contains("endpoint `bauamt`") && err.contains("ca.pem"), "{err}");
+    assert!(err.contains(&dir.path().join("ca.pem").display().to_string()), "not resolved against the file: {err}");
+}
