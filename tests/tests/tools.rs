@@ -1,12 +1,13 @@
-//! The `lotse receiver` and `lotse bench` commands as processes: the lines they print, what the
-//! receiver stores, and a small bounded bench run through a real hub.
+//! The `lotse receiver`, `lotse bench` and `lotse deliveries` commands as processes: the lines
+//! they print, what the receiver stores, a small bounded bench run through a real hub, and an
+//! operator finding and replaying a dead case.
 
 use std::process::Stdio;
 use std::time::Duration;
 
-use tests::fixtures::{ANTRAG, load};
+use tests::fixtures::{ANTRAG, load, new_uuid, with_uuid};
 use tests::{HubDir, config, lotse_bin};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,4 +94,102 @@ async fn bench_command_reports_accepted_and_delivered() {
         report["p99_ms"].as_f64().is_some_and(|p| p > 0.0) && report["max_ms"].as_f64() >= report["p50_ms"].as_f64()
     );
     assert!(stdout.contains("time to 202 p50"), "{stdout}");
+}
+
+/// A receiver that refuses every message with `400`, after reading the whole request.
+async fn refusing_receiver() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 16 * 1024];
+                // Headers, then as many body bytes as Content-Length says.
+                loop {
+                    let Ok(n) = tcp.read(&mut buf).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request);
+                    let Some(end) = text.find("\r\n\r\n") else { continue };
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                        })
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+                let answer =
+                    "HTTP/1.1 400 Bad Request\r\ncontent-length: 18\r\nconnection: close\r\n\r\nAktenzeichen fehlt";
+                let _ = tcp.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+async fn lotse(args: &[&str]) -> (bool, String) {
+    let output = Command::new(lotse_bin!()).args(args).output().await.expect("lotse runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+/// The operator's commands against a real hub: a case the receiver refused (dead at once) is
+/// found by the partner's `nachrichtenUUID`, listed among the dead, and replayed; an unknown id
+/// finds nothing and exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_commands_find_list_and_replay_a_dead_case() {
+    let port = refusing_receiver().await;
+    let routes = "[[routes]]\nname = \"all\"\nendpoints = [\"a\"]\n";
+    let mut dir = HubDir::new(lotse_bin!(), &config(&[("a", format!("http://127.0.0.1:{port}/a"))], routes, ""))
+        .expect("hub dir");
+    let hub = dir.start().await.expect("lotse serve starts");
+    let uuid = new_uuid();
+    let file = dir.path().join("antrag.xml");
+    std::fs::write(&file, with_uuid(&load(ANTRAG).expect("fixture"), &uuid).expect("uuid")).expect("write message");
+    let file = file.to_string_lossy().into_owned();
+    let (ok, out) = lotse(&["submit", &file, "--to", &hub.partner_url("")]).await;
+    assert!(ok, "submit: {out}");
+    let admin = hub.admin_url("");
+    let admin = admin.trim_end_matches('/');
+
+    // Dead at the first attempt (a 400); listed among the dead.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let delivery = loop {
+        let (ok, out) = lotse(&["deliveries", "list", "--state", "dead", "--admin", admin]).await;
+        assert!(ok, "list: {out}");
+        if let Some(line) = out.lines().find(|l| l.contains(" dead ")) {
+            break line.split_whitespace().next().expect("the delivery id").to_owned();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not dead within 30 s: {out}\n{}", hub.log_tail());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    let (ok, out) = lotse(&["deliveries", "find", "--message-id", &uuid, "--admin", admin]).await;
+    assert!(ok, "find: {out}");
+    assert!(out.contains("1 submissions") && out.contains(&delivery), "{out}");
+    assert!(out.contains("dead") && out.contains("HTTP 400: Aktenzeichen fehlt"), "{out}");
+    let (ok, out) = lotse(&["deliveries", "find", "--message-id", &new_uuid(), "--admin", admin]).await;
+    assert!(!ok && out.contains("0 submissions"), "an unknown id: {out}");
+
+    let (ok, out) =
+        lotse(&["deliveries", "replay", &delivery, "--reason", "Empfänger korrigiert", "--admin", admin]).await;
+    assert!(ok && out.contains("replayed"), "replay: {out}");
+    // Sent again (and refused again): a second attempt, after the audited replay.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, out) = lotse(&["deliveries", "show", &delivery, "--admin", admin]).await;
+        if out.contains("\"replayed\"") && out.contains("\"attempts\": 2") {
+            assert!(out.contains("Empfänger korrigiert"), "the reason is in the log: {out}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no second attempt within 30 s: {out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

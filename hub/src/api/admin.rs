@@ -22,6 +22,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/deliveries/{id}", get(get_delivery))
         .route("/v1/admin/deliveries/{id}/replay", post(replay_one))
         .route("/v1/admin/replay", post(replay_many))
+        .route("/v1/admin/submissions", get(find_submissions))
         .route("/v1/admin/submissions/{id}", get(get_submission))
         .route("/v1/admin/endpoints", get(endpoints))
         .route("/v1/admin/endpoints/{name}/pause", post(pause))
@@ -101,6 +102,40 @@ async fn get_submission(State(state): State<Arc<AppState>>, Path(id): Path<Strin
         Some(s) => Ok(axum::Json(s).into_response()),
         None => Err(Problem::not_found("submission")),
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FindQuery {
+    message_id: Option<String>,
+    idempotency_key: Option<String>,
+    partner: Option<String>,
+}
+
+/// Finds submissions by what the partner knows: the message id in its header (e.g.
+/// `nachrichtenUUID`) or the `Idempotency-Key` it sent, of one partner or of every partner the
+/// config names (and `anonymous`, the partner of an open hub). Each comes with its event log.
+async fn find_submissions(State(state): State<Arc<AppState>>, Query(q): Query<FindQuery>) -> Result<Response, Problem> {
+    let bad = |m: &str| Problem::new(StatusCode::BAD_REQUEST, "bad-filter", "Bad filter", m.to_owned());
+    let (kind, value) = match (q.message_id.as_deref(), q.idempotency_key.as_deref()) {
+        (Some(m), None) if !m.is_empty() => ("msg", m),
+        (None, Some(k)) if !k.is_empty() => ("idem", k),
+        _ => return Err(bad("give exactly one of `message_id` and `idempotency_key`")),
+    };
+    let partners: Vec<&str> = match q.partner.as_deref() {
+        Some(p) if !p.is_empty() => vec![p],
+        _ => state.config.raw.partners.iter().map(|p| p.name.as_str()).chain(["anonymous"]).collect(),
+    };
+    let store = state.pipeline.store();
+    let mut found = Vec::new();
+    for partner in partners {
+        if let Some(id) = store.submission_by_key(&format!("{kind}:{partner}:{value}")).await?
+            && let Some(view) = store.submission(id).await?
+        {
+            found.push(view);
+        }
+    }
+    Ok(axum::Json(json!({ "submissions": found })).into_response())
 }
 
 #[derive(Debug, Deserialize, Default)]

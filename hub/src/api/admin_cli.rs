@@ -1,4 +1,4 @@
-//! `lotse deliveries list | show | replay`: operator commands, talking to the admin API.
+//! `lotse deliveries list | show | find | replay`: operator commands, talking to the admin API.
 
 use std::process::ExitCode;
 
@@ -30,6 +30,17 @@ pub enum DeliveriesCommand {
     },
     /// Show one delivery and its submission's event log.
     Show { id: String },
+    /// Find the deliveries of a case by the id the partner knows: the message id in its header
+    /// (e.g. `nachrichtenUUID`) or the `Idempotency-Key` it sent.
+    Find {
+        #[arg(long, required_unless_present = "idempotency_key", conflicts_with = "idempotency_key")]
+        message_id: Option<String>,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Only this partner's (default: every partner the hub's config names).
+        #[arg(long)]
+        partner: Option<String>,
+    },
     /// Send dead deliveries again (same bytes, same delivery id). Without ids, replays every dead
     /// delivery (of `--endpoint`) and needs `--yes`; otherwise it only lists them (dry run).
     Replay {
@@ -81,6 +92,36 @@ pub async fn run(args: DeliveriesArgs) -> anyhow::Result<ExitCode> {
             let s = get(&client, &format!("{base}/v1/admin/submissions/{sid}")).await?;
             println!("{}", serde_json::to_string_pretty(&json!({ "delivery": d, "submission": s }))?);
             Ok(ExitCode::SUCCESS)
+        }
+        DeliveriesCommand::Find { message_id, idempotency_key, partner } => {
+            let q: Vec<String> =
+                [("message_id", message_id), ("idempotency_key", idempotency_key), ("partner", partner)]
+                    .into_iter()
+                    .filter_map(|(k, v)| Some(format!("{k}={}", urlencode(&v?))))
+                    .collect();
+            let v = get(&client, &format!("{base}/v1/admin/submissions?{}", q.join("&"))).await?;
+            let found = v["submissions"].as_array().cloned().unwrap_or_default();
+            for s in &found {
+                println!(
+                    "submission {}  partner {}  {}  received {}",
+                    s["id"].as_str().unwrap_or(""),
+                    s["partner"].as_str().unwrap_or(""),
+                    s["state"].as_str().unwrap_or(""),
+                    s["received_at"].as_str().unwrap_or("")
+                );
+                for d in s["deliveries"].as_array().into_iter().flatten() {
+                    println!(
+                        "  delivery {}  {:<9}  attempts {}  {}  {}",
+                        d["id"].as_str().unwrap_or(""),
+                        d["state"].as_str().unwrap_or(""),
+                        d["attempts"],
+                        d["endpoint"].as_str().unwrap_or(""),
+                        d["last_error"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            println!("{} submissions", found.len());
+            Ok(if found.is_empty() { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
         DeliveriesCommand::Replay { ids, endpoint, reason, yes } => {
             if ids.is_empty() {

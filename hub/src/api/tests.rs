@@ -302,6 +302,40 @@ async fn replays_to_an_endpoint_no_longer_configured_are_refused() {
     assert_eq!(state(kept).await, DeliveryState::Pending);
 }
 
+/// An operator finds a case by what the partner knows: its message id (`nachrichtenUUID`) or
+/// its `Idempotency-Key`, for one partner or all; the answer carries the event log.
+#[tokio::test]
+async fn admin_finds_submissions_by_message_id_or_idempotency_key() {
+    let h = harness("");
+    let uuid = "0f0e0d0c-0000-4000-8000-000000000050";
+    let (_, _, b) =
+        call(&h.partner, submit(&message(uuid, "bab:09162000"), &[("idempotency-key", "vorgang-4711")])).await;
+    let id = b["submission_id"].as_str().expect("accepted").to_owned();
+    let find =
+        |query: &str| Request::get(format!("/v1/admin/submissions?{query}")).body(Body::empty()).expect("request");
+    for query in [
+        format!("message_id={uuid}"),
+        "idempotency_key=vorgang-4711".into(),
+        format!("message_id={uuid}&partner=anonymous"),
+    ] {
+        let (s, _, b) = call(&h.admin, find(&query)).await;
+        assert_eq!(s, StatusCode::OK, "{query}: {b}");
+        assert_eq!(b["submissions"].as_array().map(Vec::len), Some(1), "{query}: {b}");
+        assert_eq!(b["submissions"][0]["id"], id, "{query}: {b}");
+        assert!(b["submissions"][0]["events"].as_array().is_some_and(|e| !e.is_empty()), "{query}: {b}");
+    }
+    for query in ["message_id=unknown", &format!("message_id={uuid}&partner=land-b")] {
+        let (s, _, b) = call(&h.admin, find(query)).await;
+        assert_eq!((s, b["submissions"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)), "{query}: {b}");
+    }
+    for query in ["", "message_id=a&idempotency_key=b"] {
+        let (s, headers, b) = call(&h.admin, find(query)).await;
+        assert_problem(s, &headers, &b, StatusCode::BAD_REQUEST, "bad-filter");
+    }
+    let (s, _, _) = call(&h.partner, find(&format!("message_id={uuid}"))).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "admin search on the partner port");
+}
+
 /// The endpoint listing shows where cases go, not the receivers' secrets.
 #[test]
 fn endpoint_urls_are_listed_without_secrets() {
@@ -375,6 +409,9 @@ struct BrokenStore;
 
 #[async_trait::async_trait]
 impl crate::store::Store for BrokenStore {
+    async fn submission_by_key(&self, _: &str) -> Result<Option<crate::store::SubmissionId>, crate::store::StoreError> {
+        Err(crate::store::StoreError::Unavailable("disk gone: /secret/path".into()))
+    }
     async fn intake(&self, _: crate::store::NewSubmission) -> Result<crate::store::Intake, crate::store::StoreError> {
         Err(crate::store::StoreError::Unavailable("disk gone: /secret/path".into()))
     }
@@ -516,6 +553,9 @@ struct GatedStore(Arc<tokio::sync::Semaphore>);
 
 #[async_trait::async_trait]
 impl crate::store::Store for GatedStore {
+    async fn submission_by_key(&self, _: &str) -> Result<Option<crate::store::SubmissionId>, crate::store::StoreError> {
+        Ok(None)
+    }
     async fn intake(&self, _: crate::store::NewSubmission) -> Result<crate::store::Intake, crate::store::StoreError> {
         let _permit = self.0.acquire().await;
         Err(crate::store::StoreError::Unavailable("released".into()))

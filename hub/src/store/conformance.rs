@@ -265,8 +265,14 @@ pub async fn duplicate_intake<F: StoreFactory>(f: &F) -> anyhow::Result<()> {
         }
         ensure!(store.submission(again_id).await?.is_none(), "the duplicate was stored as a submission");
     }
+    // A key names its holder; the refused duplicate's other key names nobody.
+    let holder = store.submission_by_key(&key).await?;
+    ensure!(holder == Some(receipt.submission_id), "key {key} held by {holder:?}, not {}", receipt.submission_id);
+    let nobody = store.submission_by_key(&other).await?;
+    ensure!(nobody.is_none(), "a refused duplicate's key is held by {nobody:?}");
     // The other key was not taken by the refused duplicate.
-    accept(&store, submission(&[&other], &ENDPOINTS[1..])).await?;
+    let second = accept(&store, submission(&[&other], &ENDPOINTS[1..])).await?;
+    ensure!(store.submission_by_key(&other).await? == Some(second.submission_id), "the new holder of {other}");
     let beta = lease_one(&store, ENDPOINTS[1]).await?;
     store.settle(beta, Outcome::Delivered { status: 200 }).await?;
     let lease = lease_one(&store, ENDPOINTS[0]).await?;

@@ -43,6 +43,11 @@ pub trait Store: Send + Sync + 'static {
     /// A submission with its deliveries and event log.
     async fn submission(&self, id: SubmissionId) -> Result<Option<SubmissionView>, StoreError>;
 
+    /// The submission that holds a dedup key (`idem:<partner>:<Idempotency-Key>` or
+    /// `msg:<partner>:<message id>`), if one does: how an operator finds a case by the id the
+    /// partner knows.
+    async fn submission_by_key(&self, key: &str) -> Result<Option<SubmissionId>, StoreError>;
+
     /// One delivery.
     async fn delivery(&self, id: DeliveryId) -> Result<Option<DeliveryView>, StoreError>;
 

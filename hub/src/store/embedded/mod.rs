@@ -440,6 +440,11 @@ impl Store for EmbeddedStore {
         }))
     }
 
+    async fn submission_by_key(&self, key: &str) -> Result<Option<SubmissionId>, StoreError> {
+        let index = self.dedup.read().unwrap_or_else(|e| e.into_inner());
+        Ok(index.get(&dedup_digest(key)).copied())
+    }
+
     async fn delivery(&self, id: DeliveryId) -> Result<Option<DeliveryView>, StoreError> {
         let txn = self.read()?;
         let t = txn.open_table(DELIVERIES).map_err(unavailable)?;

@@ -322,6 +322,11 @@ impl Index {
             .map(|s| (receipt_of(&s.record), s.queued))
     }
 
+    /// The submission holding one dedup key.
+    pub fn holder_of_key(&self, key: &str) -> Option<SubmissionId> {
+        self.dedup.get(key).copied()
+    }
+
     pub fn claim(&self, id: SubmissionId) -> Claim {
         if self.submissions.contains_key(&id) {
             Claim::Won

@@ -241,6 +241,10 @@ impl Store for RabbitStore {
         self.shared.index(|i| i.delivery_view(id))
     }
 
+    async fn submission_by_key(&self, key: &str) -> Result<Option<SubmissionId>, StoreError> {
+        self.shared.index(|i| i.holder_of_key(key))
+    }
+
     async fn deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryView>, StoreError> {
         self.shared.index(|i| i.deliveries(filter))
     }
