@@ -124,6 +124,7 @@ pub async fn start(
     if config.partner_tokens.is_empty() {
         tracing::warn!("no [[partners]] configured: the partner API accepts submissions from anyone, as `anonymous`");
     }
+    warn_orphaned(store.as_ref(), &config).await;
     let partners = config.partner_tokens.iter().map(|(t, n)| (api::token_digest(t), n.clone())).collect();
     let paused = Paused::default();
     let state = Arc::new(AppState {
@@ -225,6 +226,34 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+/// Pending deliveries for an endpoint the config no longer has: no worker sends them, so they
+/// wait until the endpoint is added back. Said once at start, per endpoint (counted among the
+/// newest 10,000 pending deliveries).
+async fn warn_orphaned(store: &dyn Store, config: &Config) {
+    use crate::store::{DeliveryFilter, DeliveryState};
+
+    let filter =
+        DeliveryFilter { state: Some(DeliveryState::Pending), limit: DeliveryFilter::MAX_LIMIT, ..Default::default() };
+    let pending = match store.deliveries(&filter).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list pending deliveries to check their endpoints");
+            return;
+        }
+    };
+    let mut orphaned = std::collections::BTreeMap::<&str, usize>::new();
+    for d in pending.iter().filter(|d| config.endpoint(&d.endpoint).is_none()) {
+        *orphaned.entry(d.endpoint.as_str()).or_default() += 1;
+    }
+    for (endpoint, count) in orphaned {
+        tracing::warn!(
+            endpoint,
+            pending = count,
+            "pending deliveries for an endpoint the config no longer has: nothing sends them until it is added back (`lotse deliveries list --endpoint {endpoint}`)"
+        );
+    }
 }
 
 /// `lotse serve`: bind, print the bound addresses as the first stdout line, run until SIGINT or

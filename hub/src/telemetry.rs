@@ -5,7 +5,9 @@ use tracing_subscriber::EnvFilter;
 /// `default_level` applies when `RUST_LOG` is not set.
 pub fn init(json: bool, default_level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: a log file or journald would keep the escape codes.
+    let colours = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colours);
     // A second init (tests calling into the library) is harmless: keep the first subscriber.
     let _ = if json { builder.json().try_init() } else { builder.try_init() };
 }

@@ -193,3 +193,30 @@ async fn deliveries_commands_find_list_and_replay_a_dead_case() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Pending deliveries whose endpoint was taken out of the config are named when the hub starts
+/// again (nothing sends them until the endpoint is back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_names_pending_deliveries_of_an_endpoint_no_longer_configured() {
+    // Takes connections (the kernel's backlog) and never answers: the first attempt hangs.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/a", silent.local_addr().expect("addr"));
+    let routes = |e: &str| format!("[[routes]]\nname = \"all\"\nendpoints = [\"{e}\"]\n");
+    let mut dir =
+        HubDir::new(lotse_bin!(), &config(&[("bauamt-alt", url.clone())], &routes("bauamt-alt"), "")).expect("hub dir");
+    let mut hub = dir.start().await.expect("lotse serve starts");
+    let file = dir.path().join("antrag.xml");
+    std::fs::write(&file, load(ANTRAG).expect("fixture")).expect("write message");
+    let (ok, out) = lotse(&["submit", &file.to_string_lossy(), "--to", &hub.partner_url("")]).await;
+    assert!(ok, "submit: {out}");
+    hub.kill9().await.expect("stop the hub");
+
+    let renamed = config(&[("bauamt-neu", url)], &routes("bauamt-neu"), "").replace("{data_dir}", "data");
+    std::fs::write(dir.config_path(), renamed).expect("rewrite the config");
+    let hub = dir.start().await.expect("lotse serve starts again");
+    let log = hub.log_tail();
+    assert!(log.contains("endpoint the config no longer has") && log.contains("bauamt-alt"), "{log}");
+    assert!(log.contains("endpoint=\"bauamt-alt\" pending=1"), "plain text (no colour codes in a file): {log}");
+    assert!(!log.contains("\"bauamt-neu\" pending"), "{log}");
+    drop(silent);
+}
