@@ -143,15 +143,16 @@ async fn a_full_disk_answers_503_loses_nothing_and_intake_resumes_when_there_is_
 
     // The free-space gauge an operator alerts on shows it.
     let metrics_url = hub.admin_url("/metrics");
-    let free = free_bytes(&client, &metrics_url).await;
+    let free = gauge(&client, &metrics_url, "lotse_data_dir_free_bytes").await;
     assert!(free < 1_048_576.0, "lotse_data_dir_free_bytes {free} on a full disk");
     // Readiness on the partner port says so too (the last writes failed).
     let health = client.get(hub.partner_url("/healthz")).send().await.expect("healthz");
     assert_eq!(health.status().as_u16(), 503, "/healthz on a full disk");
+    assert_eq!(gauge(&client, &metrics_url, "lotse_store_ready").await, 0.0, "lotse_store_ready on a full disk");
 
     // Phase 2: room again; the same process accepts within a bounded wait.
     std::fs::remove_file(&filler).expect("remove filler");
-    let free = free_bytes(&client, &metrics_url).await;
+    let free = gauge(&client, &metrics_url, "lotse_data_dir_free_bytes").await;
     assert!(free > 10_485_760.0, "lotse_data_dir_free_bytes {free} after the filler was removed");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -171,6 +172,7 @@ async fn a_full_disk_answers_503_loses_nothing_and_intake_resumes_when_there_is_
     }
     let health = client.get(hub.partner_url("/healthz")).send().await.expect("healthz");
     assert_eq!(health.status().as_u16(), 200, "/healthz once intake works again");
+    assert_eq!(gauge(&client, &metrics_url, "lotse_store_ready").await, 1.0, "lotse_store_ready once intake works");
     let bad = bad.lock().unwrap_or_else(|p| p.into_inner()).clone();
     assert!(bad.is_empty(), "answers other than 202 or a 503 problem: {:?}", &bad[..bad.len().min(5)]);
 
@@ -226,11 +228,11 @@ async fn a_full_disk_answers_503_loses_nothing_and_intake_resumes_when_there_is_
     );
 }
 
-/// `lotse_data_dir_free_bytes` from the admin port's `/metrics`.
-async fn free_bytes(client: &reqwest::Client, url: &str) -> f64 {
+/// A gauge (without labels) from the admin port's `/metrics`.
+async fn gauge(client: &reqwest::Client, url: &str, name: &str) -> f64 {
     let text = client.get(url).send().await.expect("metrics").text().await.expect("metrics body");
     text.lines()
-        .find_map(|l| l.strip_prefix("lotse_data_dir_free_bytes "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no lotse_data_dir_free_bytes in /metrics:\n{text}"))
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
 }

@@ -307,6 +307,10 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         metrics::gauge!("lotse_deliveries", "state" => "delivered").set(c.delivered as f64);
         metrics::gauge!("lotse_deliveries", "state" => "dead").set(c.dead as f64);
     }
+    // What the partner port's `/healthz` answers, for an alert: 0 while the store is known not
+    // to take submissions (a full disk, no broker, a broker resource alarm).
+    let ready = state.pipeline.store().health().is_ok();
+    metrics::gauge!("lotse_store_ready").set(if ready { 1.0 } else { 0.0 });
     if state.config.raw.queue.kind == crate::config::QueueKind::Embedded {
         // For an alert before the disk is full (then intake answers 503 until there is room).
         match rustix::fs::statvfs(&state.config.raw.data_dir) {
