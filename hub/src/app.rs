@@ -133,6 +133,7 @@ pub async fn start(
         partners,
         metrics: metrics_handle(),
         paused: paused.clone(),
+        partner_slots: api::PartnerSlots::for_config(&config),
     });
     let (shutdown, rx) = watch::channel(false);
     let partner_addr = partner.local_addr()?;

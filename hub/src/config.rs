@@ -86,11 +86,23 @@ pub struct LimitsConfig {
     /// load: `503` with `Retry-After`, so an overload costs latency for nobody and memory stays
     /// bounded.
     pub max_in_flight: usize,
+    /// Most submissions one configured partner may have in flight at once (default: half of
+    /// `max_in_flight`). Beyond it that partner gets `429` with `Retry-After`, while the others
+    /// keep their share: one partner's flood cannot take every place. Not applied to
+    /// `anonymous` (a hub without `[[partners]]` has no one to be fair between).
+    pub max_in_flight_per_partner: Option<usize>,
     /// How long a client may take to send a request's headers, and again its body (default
     /// `30s`). A slower one gets its connection closed (headers) or `408` (body): a client that
     /// trickles bytes cannot hold a connection, or a place among `max_in_flight`, for ever.
     #[serde(with = "humantime_serde")]
     pub read_timeout: Duration,
+}
+
+impl LimitsConfig {
+    /// [`LimitsConfig::max_in_flight_per_partner`] with its default filled in.
+    pub fn per_partner(&self) -> usize {
+        self.max_in_flight_per_partner.unwrap_or((self.max_in_flight / 2).max(1))
+    }
 }
 
 impl Default for LimitsConfig {
@@ -100,6 +112,7 @@ impl Default for LimitsConfig {
             max_depth: 128,
             max_attributes: 64,
             max_in_flight: 1024,
+            max_in_flight_per_partner: None,
             read_timeout: Duration::from_secs(30),
         }
     }
@@ -357,8 +370,12 @@ impl RawConfig {
             || self.limits.max_attributes == 0
             || self.limits.max_in_flight == 0
             || self.limits.read_timeout.is_zero()
+            || self.limits.max_in_flight_per_partner == Some(0)
         {
             problems.push("`limits` values must be greater than 0".into());
+        }
+        if self.limits.max_in_flight_per_partner.is_some_and(|n| n > self.limits.max_in_flight) {
+            problems.push("`limits.max_in_flight_per_partner` must be at most `limits.max_in_flight`".into());
         }
         if self.retry.max_attempts == 0 {
             problems.push("`retry.max_attempts` must be at least 1".into());

@@ -108,6 +108,20 @@ async fn post_submission(
 ) -> Result<Response, Problem> {
     let started = Instant::now();
     let partner = partner(&state, &headers)?;
+    // This partner's share of the places in flight (the global cap is the layer above).
+    let Some(_place) = state.partner_slots.take(&partner) else {
+        metrics::counter!("lotse_submissions_refused_total", "reason" => "partner-overloaded").increment(1);
+        return Err(Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "partner-overloaded",
+            "Too many submissions in flight",
+            format!(
+                "partner `{partner}` has {} submissions being taken in already; nothing was accepted, send it again shortly",
+                state.config.raw.limits.per_partner()
+            ),
+        )
+        .retry_after(1));
+    };
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let Some(media) = Media::from_content_type(ct) else {
         metrics::counter!("lotse_submissions_refused_total", "reason" => "media-type").increment(1);

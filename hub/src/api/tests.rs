@@ -57,13 +57,14 @@ endpoints = ["a", "b"]
     .expect("valid test config")
 }
 
-/// The partner router over `store`, with no schemas and open access.
+/// The partner router over `store`, with no schemas; open access unless `config` has partners.
 fn partner_router(config: Config, store: Arc<dyn crate::store::Store>) -> axum::Router {
     let config = Arc::new(config);
     partner::router(Arc::new(AppState {
+        partner_slots: PartnerSlots::for_config(&config),
+        partners: config.partner_tokens.iter().map(|(t, n)| (token_digest(t), n.clone())).collect(),
         config: config.clone(),
         pipeline: crate::intake::Pipeline::new(config, store, None),
-        partners: Default::default(),
         metrics: None,
         paused: Default::default(),
     }))
@@ -86,6 +87,7 @@ fn harness_on(store: Arc<dyn crate::store::Store>, dir: tempfile::TempDir, partn
     let config = Arc::new(config(partners));
     let partners = config.partner_tokens.iter().map(|(t, n)| (token_digest(t), n.clone())).collect();
     let state = Arc::new(AppState {
+        partner_slots: PartnerSlots::for_config(&config),
         config: config.clone(),
         pipeline: crate::intake::Pipeline::new(config, store, None),
         partners,
@@ -638,4 +640,63 @@ endpoints = ["a"]
     gate.add_permits(1);
     let (_, _, b) = call(&router, submit(&message("0f0e0d0c-0000-4000-8000-000000000062", "bab:1"), &[])).await;
     assert_eq!(b["type"], "urn:lotse:problem:store-unavailable");
+}
+
+/// One partner's flood takes only its own share of the places in flight: beyond
+/// `max_in_flight_per_partner` it gets `429` with `Retry-After`, while another partner is still
+/// taken in.
+#[tokio::test]
+async fn one_partner_cannot_take_every_place_in_flight() {
+    let text = r#"
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:1"
+data_dir = "unused"
+[limits]
+max_in_flight = 4
+max_in_flight_per_partner = 1
+[[partners]]
+name = "land-a"
+token = "token-of-land-a-0123456789"
+[[partners]]
+name = "land-b"
+token = "token-of-land-b-0123456789"
+[[endpoints]]
+name = "a"
+kind = "http"
+url = "http://127.0.0.1:9/a"
+[[routes]]
+name = "r"
+endpoints = ["a"]
+"#;
+    let config = Config::parse(text).expect("config");
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let router = partner_router(config, Arc::new(GatedStore(gate.clone())));
+    let from = |land: &str, n: u32| {
+        let auth = format!("Bearer token-of-{land}-0123456789");
+        submit(&message(&format!("0f0e0d0c-0000-4000-8000-0000000007{n:02}"), "bab:1"), &[("authorization", &auth)])
+    };
+    let first = tokio::spawn({
+        let (router, req) = (router.clone(), from("land-a", 1));
+        async move { call(&router, req).await }
+    });
+    // Let land A's first submission reach the store and wait there.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let (s, hd, b) = call(&router, from("land-a", 2)).await;
+    assert_problem(s, &hd, &b, StatusCode::TOO_MANY_REQUESTS, "partner-overloaded");
+    assert_eq!(hd["retry-after"], "1");
+    assert!(b["detail"].as_str().is_some_and(|d| d.contains("land-a")), "{b}");
+    // Land B still gets in (to the gated store, which answers once released).
+    let other = tokio::spawn({
+        let (router, req) = (router.clone(), from("land-b", 3));
+        async move { call(&router, req).await }
+    });
+    gate.add_permits(2);
+    for (who, answer) in [("land-a", first), ("land-b", other)] {
+        let (_, _, b) = answer.await.expect("answered");
+        assert_eq!(b["type"], "urn:lotse:problem:store-unavailable", "{who} reached the store: {b}");
+    }
+    // Land A's place is free again.
+    gate.add_permits(1);
+    let (_, _, b) = call(&router, from("land-a", 4)).await;
+    assert_eq!(b["type"], "urn:lotse:problem:store-unavailable", "{b}");
 }
