@@ -186,7 +186,11 @@ pub struct EndpointConfig {
     pub name: String,
     pub kind: EndpointKind,
     /// Target URL (`kind = "http"`).
+    #[serde(default)]
     pub url: String,
+    /// The folder deliveries are written to (`kind = "file"`).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
     /// What the endpoint receives: the original bytes (default), the JSON form, or XML.
     #[serde(default)]
     pub format: Format,
@@ -264,6 +268,8 @@ fn default_timeout() -> Duration {
 pub enum EndpointKind {
     /// HTTP POST of the payload.
     Http,
+    /// The payload written as a file into a folder, with its metadata beside it.
+    File,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -312,7 +318,9 @@ impl Config {
         }
         let mut problems = Vec::new();
         for e in &mut config.raw.endpoints {
-            for file in [&mut e.tls_ca, &mut e.tls_client_cert, &mut e.tls_client_key].into_iter().flatten() {
+            for file in
+                [&mut e.tls_ca, &mut e.tls_client_cert, &mut e.tls_client_key, &mut e.path].into_iter().flatten()
+            {
                 if file.is_relative() {
                     *file = base.join(&*file);
                 }
@@ -394,12 +402,29 @@ impl RawConfig {
             if !names.insert(e.name.as_str()) {
                 problems.push(format!("endpoint name `{}` is used twice", e.name));
             }
-            match reqwest::Url::parse(&e.url) {
-                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-                Ok(u) => {
-                    problems.push(format!("endpoint `{}`: url scheme `{}` is not http or https", e.name, u.scheme()))
+            match e.kind {
+                EndpointKind::Http => {
+                    match reqwest::Url::parse(&e.url) {
+                        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+                        Ok(u) => problems.push(format!(
+                            "endpoint `{}`: url scheme `{}` is not http or https",
+                            e.name,
+                            u.scheme()
+                        )),
+                        Err(err) => problems.push(format!("endpoint `{}`: url `{}`: {err}", e.name, e.url)),
+                    }
+                    if e.path.is_some() {
+                        problems.push(format!("endpoint `{}`: `path` is for `kind = \"file\"`", e.name));
+                    }
                 }
-                Err(err) => problems.push(format!("endpoint `{}`: url `{}`: {err}", e.name, e.url)),
+                EndpointKind::File => {
+                    if e.path.as_ref().is_none_or(|p| p.as_os_str().is_empty()) {
+                        problems.push(format!("endpoint `{}`: `kind = \"file\"` needs a `path` (a folder)", e.name));
+                    }
+                    if !e.url.is_empty() {
+                        problems.push(format!("endpoint `{}`: `url` is for `kind = \"http\"`", e.name));
+                    }
+                }
             }
             if e.concurrency == 0 || e.concurrency > 1024 {
                 problems.push(format!("endpoint `{}`: concurrency must be 1 to 1024", e.name));

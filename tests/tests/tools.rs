@@ -220,3 +220,45 @@ async fn a_start_names_pending_deliveries_of_an_endpoint_no_longer_configured() 
     assert!(!log.contains("\"bauamt-neu\" pending"), "{log}");
     drop(silent);
 }
+
+/// A file-drop endpoint through a real hub: the partner's exact bytes land in the folder under
+/// the delivery id, its metadata beside it, and the status says delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_endpoint_drops_the_exact_bytes_into_its_folder() {
+    let routes = "[[routes]]\nname = \"all\"\nendpoints = [\"ablage\"]\n";
+    let text = config(&[], routes, "")
+        .replace("[[routes]]", "[[endpoints]]\nname = \"ablage\"\nkind = \"file\"\npath = \"ablage\"\n\n[[routes]]");
+    let mut dir = HubDir::new(lotse_bin!(), &text).expect("hub dir");
+    std::fs::create_dir(dir.path().join("ablage")).expect("the drop folder");
+    let hub = dir.start().await.expect("lotse serve starts");
+    let uuid = new_uuid();
+    let bytes = with_uuid(&load(ANTRAG).expect("fixture"), &uuid).expect("uuid");
+    let file = dir.path().join("antrag.xml");
+    std::fs::write(&file, &bytes).expect("write message");
+    let (ok, out) = lotse(&["submit", &file.to_string_lossy(), "--to", &hub.partner_url("")]).await;
+    assert!(ok, "submit: {out}");
+
+    let drop_dir = dir.path().join("ablage");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let payload = loop {
+        let names: Vec<String> = std::fs::read_dir(&drop_dir)
+            .expect("read the folder")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        if let Some(name) = names.iter().find(|n| n.ends_with(".xml")) {
+            assert!(names.iter().all(|n| !n.ends_with(".tmp")), "a temporary file left: {names:?}");
+            break name.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "nothing dropped in 30 s: {names:?}\n{}", hub.log_tail());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(std::fs::read(drop_dir.join(&payload)).expect("payload"), bytes, "the exact bytes");
+    let delivery = payload.trim_end_matches(".xml");
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(drop_dir.join(format!("{delivery}.meta.json"))).expect("meta"))
+            .expect("meta is JSON");
+    assert_eq!(meta["message_id"], uuid.as_str());
+    let admin = hub.admin_url("");
+    let (ok, out) = lotse(&["deliveries", "show", delivery, "--admin", admin.trim_end_matches('/')]).await;
+    assert!(ok && out.contains("\"delivered\""), "{out}");
+}

@@ -261,7 +261,9 @@ async fn endpoints(State(state): State<Arc<AppState>>) -> Response {
         .map(|e| {
             json!({
                 "name": e.name,
-                "url": redacted_url(&e.url),
+                "kind": format!("{:?}", e.kind).to_lowercase(),
+                "url": (!e.url.is_empty()).then(|| redacted_url(&e.url)),
+                "path": e.path,
                 "format": format!("{:?}", e.format).to_lowercase(),
                 "paused": state.paused.is_paused(&e.name),
             })

@@ -102,3 +102,25 @@ fn endpoint_tls_files_are_checked_at_load() {
     assert!(err.contains("endpoint `bauamt`") && err.contains("ca.pem"), "{err}");
     assert!(err.contains(&dir.path().join("ca.pem").display().to_string()), "not resolved against the file: {err}");
 }
+
+/// A file endpoint needs a folder and no url; an http endpoint needs a url and no folder; the
+/// folder is relative to the config file.
+#[test]
+fn file_endpoints_need_a_path_and_no_url() {
+    let file =
+        MINIMAL.replace("kind = \"http\"\nurl = \"http://127.0.0.1:9000/in\"", "kind = \"file\"\npath = \"ablage\"");
+    let c = Config::parse(&file).expect("a file endpoint");
+    assert_eq!(c.endpoint("bauamt").expect("endpoint").kind, EndpointKind::File);
+    let err = format!("{:#}", Config::parse(&file.replace("path = \"ablage\"", "")).expect_err("no path"));
+    assert!(err.contains("needs a `path`"), "{err}");
+    let err = format!("{:#}", Config::parse(&file.replace("path =", "url = \"http://x/\"\npath =")).expect_err("url"));
+    assert!(err.contains("`url` is for `kind = \"http\"`"), "{err}");
+    let err = format!("{:#}", Config::parse(&MINIMAL.replace("url = ", "path = \"x\"\nurl = ")).expect_err("path"));
+    assert!(err.contains("`path` is for `kind = \"file\"`"), "{err}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("lotse.toml");
+    std::fs::write(&path, &file).expect("write");
+    let c = Config::load_with_env(&path, &|_| None).expect("loads");
+    assert_eq!(c.endpoint("bauamt").and_then(|e| e.path.clone()), Some(dir.path().join("ablage")));
+}

@@ -149,6 +149,7 @@ mod tests {
             format: Format::default(),
             concurrency: 1,
             timeout,
+            path: None,
             tls_ca: None,
             tls_client_cert: None,
             tls_client_key: None,

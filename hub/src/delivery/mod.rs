@@ -11,6 +11,7 @@
 //! are not attempted, so a receiver that is down for an hour sees a trickle of probes instead of
 //! every queued delivery, and their retry budgets are not used up.
 
+pub mod file;
 pub mod http;
 pub mod retry;
 
@@ -23,7 +24,7 @@ use rand::Rng;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::config::{Config, EndpointConfig, RetryConfig};
+use crate::config::{Config, EndpointConfig, EndpointKind, RetryConfig};
 use crate::store::{Lease, Outcome, Store, now_millis};
 use retry::AttemptResult;
 
@@ -62,7 +63,7 @@ pub fn spawn_workers(
 ) -> anyhow::Result<JoinSet<()>> {
     let mut set = JoinSet::new();
     for endpoint in &config.raw.endpoints {
-        let transport = Arc::new(http::HttpTransport::new(endpoint)?);
+        let transport = Arc::new(Transport::new(endpoint)?);
         let worker = Worker {
             failures: AtomicU32::new(0),
             endpoint: endpoint.clone(),
@@ -85,8 +86,33 @@ struct Worker {
     endpoint: EndpointConfig,
     retry: RetryConfig,
     store: Arc<dyn Store>,
-    transport: Arc<http::HttpTransport>,
+    transport: Arc<Transport>,
     paused: Paused,
+}
+
+/// How an endpoint's deliveries leave (`kind` in its config).
+enum Transport {
+    Http(http::HttpTransport),
+    File(file::FileTransport),
+}
+
+impl Transport {
+    fn new(endpoint: &EndpointConfig) -> anyhow::Result<Transport> {
+        Ok(match (endpoint.kind, &endpoint.path) {
+            (EndpointKind::File, Some(dir)) => Transport::File(file::FileTransport::new(dir.clone())),
+            (EndpointKind::File, None) => {
+                anyhow::bail!("endpoint `{}`: `kind = \"file\"` needs a `path`", endpoint.name)
+            }
+            (EndpointKind::Http, _) => Transport::Http(http::HttpTransport::new(endpoint)?),
+        })
+    }
+
+    async fn send(&self, lease: &Lease) -> AttemptResult {
+        match self {
+            Transport::Http(t) => t.send(lease).await,
+            Transport::File(t) => t.send(lease).await,
+        }
+    }
 }
 
 impl Worker {
