@@ -185,9 +185,16 @@ impl std::fmt::Debug for PartnerConfig {
 pub struct EndpointConfig {
     pub name: String,
     pub kind: EndpointKind,
-    /// Target URL (`kind = "http"`).
+    /// Target URL (`kind = "http"`), or the agency's broker (`kind = "amqp"`).
     #[serde(default)]
     pub url: String,
+    /// The exchange to publish to (`kind = "amqp"`; default: the default exchange, where the
+    /// routing key is a queue name).
+    #[serde(default)]
+    pub exchange: Option<String>,
+    /// The routing key (`kind = "amqp"`): with the default exchange, the agency's queue.
+    #[serde(default)]
+    pub routing_key: Option<String>,
     /// The folder deliveries are written to (`kind = "file"`).
     #[serde(default)]
     pub path: Option<PathBuf>,
@@ -270,6 +277,8 @@ pub enum EndpointKind {
     Http,
     /// The payload written as a file into a folder, with its metadata beside it.
     File,
+    /// The payload published to the agency's AMQP broker, with publisher confirms.
+    Amqp,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -417,6 +426,18 @@ impl RawConfig {
                         problems.push(format!("endpoint `{}`: `path` is for `kind = \"file\"`", e.name));
                     }
                 }
+                EndpointKind::Amqp => {
+                    if !(e.url.starts_with("amqp://") || e.url.starts_with("amqps://")) {
+                        problems
+                            .push(format!("endpoint `{}`: `kind = \"amqp\"` needs an amqp:// or amqps:// url", e.name));
+                    }
+                    if e.routing_key.as_ref().is_none_or(String::is_empty) {
+                        problems.push(format!("endpoint `{}`: `kind = \"amqp\"` needs a `routing_key`", e.name));
+                    }
+                    if e.path.is_some() {
+                        problems.push(format!("endpoint `{}`: `path` is for `kind = \"file\"`", e.name));
+                    }
+                }
                 EndpointKind::File => {
                     if e.path.as_ref().is_none_or(|p| p.as_os_str().is_empty()) {
                         problems.push(format!("endpoint `{}`: `kind = \"file\"` needs a `path` (a folder)", e.name));
@@ -431,6 +452,9 @@ impl RawConfig {
             }
             if e.timeout.is_zero() {
                 problems.push(format!("endpoint `{}`: timeout must be greater than 0", e.name));
+            }
+            if e.kind != EndpointKind::Amqp && (e.exchange.is_some() || e.routing_key.is_some()) {
+                problems.push(format!("endpoint `{}`: `exchange` and `routing_key` are for `kind = \"amqp\"`", e.name));
             }
             if e.tls_client_cert.is_some() != e.tls_client_key.is_some() {
                 problems.push(format!("endpoint `{}`: `tls_client_cert` and `tls_client_key` go together", e.name));

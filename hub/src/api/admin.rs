@@ -264,6 +264,8 @@ async fn endpoints(State(state): State<Arc<AppState>>) -> Response {
                 "kind": format!("{:?}", e.kind).to_lowercase(),
                 "url": (!e.url.is_empty()).then(|| redacted_url(&e.url)),
                 "path": e.path,
+                "exchange": e.exchange,
+                "routing_key": e.routing_key,
                 "format": format!("{:?}", e.format).to_lowercase(),
                 "paused": state.paused.is_paused(&e.name),
             })

@@ -124,3 +124,21 @@ fn file_endpoints_need_a_path_and_no_url() {
     let c = Config::load_with_env(&path, &|_| None).expect("loads");
     assert_eq!(c.endpoint("bauamt").and_then(|e| e.path.clone()), Some(dir.path().join("ablage")));
 }
+
+/// An AMQP endpoint needs an amqp(s) url and a routing key; those keys belong to it alone.
+#[test]
+fn amqp_endpoints_need_a_broker_url_and_a_routing_key() {
+    let amqp = MINIMAL.replace(
+        "kind = \"http\"\nurl = \"http://127.0.0.1:9000/in\"",
+        "kind = \"amqp\"\nurl = \"amqps://lotse:pw@broker.gewerbeamt.example/%2f\"\nrouting_key = \"eingang\"",
+    );
+    let c = Config::parse(&amqp).expect("an amqp endpoint");
+    assert_eq!(c.endpoint("bauamt").and_then(|e| e.routing_key.clone()).as_deref(), Some("eingang"));
+    let err = format!("{:#}", Config::parse(&amqp.replace("routing_key = \"eingang\"", "")).expect_err("no key"));
+    assert!(err.contains("needs a `routing_key`"), "{err}");
+    let err = format!("{:#}", Config::parse(&amqp.replace("amqps://", "http://")).expect_err("http url"));
+    assert!(err.contains("needs an amqp:// or amqps:// url"), "{err}");
+    let err =
+        format!("{:#}", Config::parse(&MINIMAL.replace("url = ", "routing_key = \"x\"\nurl = ")).expect_err("key"));
+    assert!(err.contains("are for `kind = \"amqp\"`"), "{err}");
+}

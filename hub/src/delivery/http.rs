@@ -150,6 +150,8 @@ mod tests {
             concurrency: 1,
             timeout,
             path: None,
+            exchange: None,
+            routing_key: None,
             tls_ca: None,
             tls_client_cert: None,
             tls_client_key: None,

@@ -11,6 +11,7 @@
 //! are not attempted, so a receiver that is down for an hour sees a trickle of probes instead of
 //! every queued delivery, and their retry budgets are not used up.
 
+pub mod amqp;
 pub mod file;
 pub mod http;
 pub mod retry;
@@ -94,6 +95,7 @@ struct Worker {
 enum Transport {
     Http(http::HttpTransport),
     File(file::FileTransport),
+    Amqp(amqp::AmqpTransport),
 }
 
 impl Transport {
@@ -104,6 +106,7 @@ impl Transport {
                 anyhow::bail!("endpoint `{}`: `kind = \"file\"` needs a `path`", endpoint.name)
             }
             (EndpointKind::Http, _) => Transport::Http(http::HttpTransport::new(endpoint)?),
+            (EndpointKind::Amqp, _) => Transport::Amqp(amqp::AmqpTransport::new(endpoint)),
         })
     }
 
@@ -111,6 +114,7 @@ impl Transport {
         match self {
             Transport::Http(t) => t.send(lease).await,
             Transport::File(t) => t.send(lease).await,
+            Transport::Amqp(t) => t.send(lease).await,
         }
     }
 }
