@@ -95,7 +95,7 @@ struct Worker {
 enum Transport {
     Http(http::HttpTransport),
     File(file::FileTransport),
-    Amqp(amqp::AmqpTransport),
+    Amqp(Box<amqp::AmqpTransport>),
 }
 
 impl Transport {
@@ -106,7 +106,7 @@ impl Transport {
                 anyhow::bail!("endpoint `{}`: `kind = \"file\"` needs a `path`", endpoint.name)
             }
             (EndpointKind::Http, _) => Transport::Http(http::HttpTransport::new(endpoint)?),
-            (EndpointKind::Amqp, _) => Transport::Amqp(amqp::AmqpTransport::new(endpoint)),
+            (EndpointKind::Amqp, _) => Transport::Amqp(Box::new(amqp::AmqpTransport::new(endpoint))),
         })
     }
 
