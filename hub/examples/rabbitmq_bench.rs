@@ -138,27 +138,31 @@ fn submission(i: usize) -> NewSubmission {
 /// Status lag between two processes: 1,000 intakes on `a`, each polled on `b` until known.
 async fn lag(args: &Args, prefix: &str) -> anyhow::Result<Run> {
     let endpoints = vec!["bench".to_owned()];
-    let a = RabbitStore::open(&args.url, prefix, &endpoints).await?;
-    let b = RabbitStore::open(&args.url, prefix, &endpoints).await?;
-    let n = 1_000;
-    let mut lags = Vec::with_capacity(n);
-    let started = Instant::now();
-    for i in 0..n {
-        let s = submission(i);
-        let id = s.id;
-        a.intake(s).await?;
-        let t = Instant::now();
-        while b.submission(id).await?.is_none() {
-            anyhow::ensure!(t.elapsed() < Duration::from_secs(10), "b never saw {id}");
-            tokio::task::yield_now().await;
+    let measured = async {
+        let a = RabbitStore::open(&args.url, prefix, &endpoints).await?;
+        let b = RabbitStore::open(&args.url, prefix, &endpoints).await?;
+        let n = 1_000;
+        let mut lags = Vec::with_capacity(n);
+        let started = Instant::now();
+        for i in 0..n {
+            let s = submission(i);
+            let id = s.id;
+            a.intake(s).await?;
+            let t = Instant::now();
+            while b.submission(id).await?.is_none() {
+                anyhow::ensure!(t.elapsed() < Duration::from_secs(10), "b never saw {id}");
+                tokio::task::yield_now().await;
+            }
+            lags.push(t.elapsed());
         }
-        lags.push(t.elapsed());
+        a.close().await;
+        b.close().await;
+        Ok(summarize(n, started.elapsed(), lags, (f64::NAN, f64::NAN)))
     }
-    let run = summarize(n, started.elapsed(), lags, (f64::NAN, f64::NAN));
-    a.close().await;
-    b.close().await;
+    .await;
+    // Also after a failure: a benchmark leaves no queues on the broker.
     RabbitStore::delete_topology(&args.url, prefix, &endpoints).await?;
-    Ok(run)
+    measured
 }
 
 /// Every timed task's answer: its latency, or why it failed.
