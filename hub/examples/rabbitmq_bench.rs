@@ -249,7 +249,14 @@ async fn raw(args: &Args, queue: &str) -> anyhow::Result<Run> {
 
 async fn store(args: &Args, prefix: &str) -> anyhow::Result<Run> {
     let endpoints = vec!["bench".to_owned()];
-    let store = Arc::new(RabbitStore::open(&args.url, prefix, &endpoints).await?);
+    let measured = store_run(args, prefix, &endpoints).await;
+    // Also after a failure: a benchmark leaves no queues on the broker.
+    RabbitStore::delete_topology(&args.url, prefix, &endpoints).await?;
+    measured
+}
+
+async fn store_run(args: &Args, prefix: &str, endpoints: &[String]) -> anyhow::Result<Run> {
+    let store = Arc::new(RabbitStore::open(&args.url, prefix, endpoints).await?);
     let submissions: Vec<NewSubmission> = (0..args.n).map(submission).collect();
     let gate = Arc::new(Semaphore::new(args.in_flight));
     let cpu = cpu_now();
@@ -274,11 +281,10 @@ async fn store(args: &Args, prefix: &str) -> anyhow::Result<Run> {
     store.close().await;
     // A process that starts later reads the whole stream before it answers.
     let t = Instant::now();
-    let again = RabbitStore::open(&args.url, prefix, &endpoints).await?;
+    let again = RabbitStore::open(&args.url, prefix, endpoints).await?;
     let submissions = again.counts().await?.submissions;
     println!("  (a new process read the stream of {submissions} submissions in {:?})", t.elapsed());
     again.close().await;
-    RabbitStore::delete_topology(&args.url, prefix, &endpoints).await?;
     Ok(run)
 }
 
