@@ -262,3 +262,58 @@ async fn a_file_endpoint_drops_the_exact_bytes_into_its_folder() {
     let (ok, out) = lotse(&["deliveries", "show", delivery, "--admin", admin.trim_end_matches('/')]).await;
     assert!(ok && out.contains("\"delivered\""), "{out}");
 }
+
+/// An AMQP endpoint through a real hub: the partner's exact bytes arrive in the agency's queue
+/// on the broker, with the delivery id as message id, and the status says delivered. (Broker at
+/// `LOTSE_TEST_AMQP_URL`; a queue of its own, deleted after.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_amqp_endpoint_publishes_the_exact_bytes_to_the_agencys_queue() {
+    use futures::StreamExt;
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions, QueueDeleteOptions};
+    use lapin::types::FieldTable;
+
+    let Some(url) = tests::amqp::require_rabbitmq().await else { return };
+    let conn = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await.expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    let queue = format!("lotse-test-agency-{}", uuid::Uuid::new_v4().simple());
+    ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), FieldTable::default())
+        .await
+        .expect("the agency's queue");
+
+    let routes = "[[routes]]\nname = \"all\"\nendpoints = [\"gewerbeamt\"]\n";
+    let endpoint = format!(
+        "[[endpoints]]\nname = \"gewerbeamt\"\nkind = \"amqp\"\nurl = \"{url}\"\nrouting_key = \"{queue}\"\n\n[[routes]]"
+    );
+    let text = config(&[], routes, "").replace("[[routes]]", &endpoint);
+    let mut dir = HubDir::new(lotse_bin!(), &text).expect("hub dir");
+    let hub = dir.start().await.expect("lotse serve starts");
+    let bytes = with_uuid(&load(ANTRAG).expect("fixture"), &new_uuid()).expect("uuid");
+    let file = dir.path().join("antrag.xml");
+    std::fs::write(&file, &bytes).expect("write message");
+    let (ok, out) = lotse(&["submit", &file.to_string_lossy(), "--to", &hub.partner_url("")]).await;
+    assert!(ok, "submit: {out}");
+
+    let mut consumer = ch
+        .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .expect("consume");
+    let got = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+        .await
+        .unwrap_or_else(|_| panic!("nothing in the agency's queue within 30 s:\n{}", hub.log_tail()))
+        .expect("the stream goes on")
+        .expect("a delivery");
+    assert_eq!(got.data, bytes, "the exact bytes");
+    let delivery = got.properties.message_id().as_ref().map(|m| m.to_string()).expect("a message id");
+    got.acker.ack(BasicAckOptions::default()).await.expect("ack");
+    let admin = hub.admin_url("");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, out) = lotse(&["deliveries", "show", &delivery, "--admin", admin.trim_end_matches('/')]).await;
+        if out.contains("\"state\": \"delivered\"") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not delivered within 30 s: {out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+}
