@@ -69,7 +69,20 @@ fn partner(state: &AppState, headers: &HeaderMap) -> Result<String, Problem> {
     }
 }
 
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize, within: Duration) -> Result<Bytes, Problem> {
+/// The slowest a body may keep coming once `limits.read_timeout` has passed: 64 KiB/s (half a
+/// megabit). A large message over a slow line still gets in; a client that trickles bytes to
+/// hold a place among `max_in_flight` does not.
+pub(super) const MIN_BODY_RATE: f64 = 64.0 * 1024.0;
+
+/// Reads the body, at most `limit` bytes, within `grace` plus one second per 64 KiB received.
+pub(super) async fn read_body(
+    mut body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    grace: Duration,
+) -> Result<Bytes, Problem> {
+    use http_body_util::BodyExt;
+
     let too_large = || {
         Problem::from(IntakeError::TooLarge(format!("the body exceeds the limit of {limit} bytes")))
             .with("limit", serde_json::json!(limit))
@@ -79,25 +92,59 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize, within: Durati
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let Ok(read) = tokio::time::timeout(within, axum::body::to_bytes(body, limit)).await else {
-        metrics::counter!("lotse_submissions_refused_total", "reason" => "request-timeout").increment(1);
-        return Err(Problem::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request-timeout",
-            "Request timeout",
-            format!("the body did not arrive within {}; nothing was accepted", humantime::format_duration(within)),
-        ));
-    };
-    read.map_err(|e| {
-        // axum wraps http-body-util's `LengthLimitError` (it does not re-export the type).
-        let mut source: Option<&dyn std::error::Error> = Some(&e);
-        while let Some(s) = source {
-            if s.is::<http_body_util::LengthLimitError>() {
-                return too_large();
+    let started = tokio::time::Instant::now();
+    // The frames as they came: a body of one frame (the usual case) is returned without a copy.
+    let mut frames: Vec<Bytes> = Vec::new();
+    let mut received = 0usize;
+    // One timer for the whole body, moved on as bytes come; frames already there are taken
+    // first, so a body that is in (the usual case) never arms it.
+    let timer = tokio::time::sleep_until(started + grace);
+    tokio::pin!(timer);
+    loop {
+        timer.as_mut().reset(started + grace + Duration::from_secs_f64(received as f64 / MIN_BODY_RATE));
+        let next = tokio::select! {
+            biased;
+            frame = body.frame() => Ok(frame),
+            () = &mut timer => Err(()),
+        };
+        let frame = match next {
+            Ok(None) => break,
+            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Err(e))) => {
+                return Err(Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "malformed",
+                    "Malformed request",
+                    format!("cannot read the body: {e}"),
+                ));
             }
-            source = s.source();
+            Err(_) => {
+                metrics::counter!("lotse_submissions_refused_total", "reason" => "request-timeout").increment(1);
+                return Err(Problem::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request-timeout",
+                    "Request timeout",
+                    format!(
+                        "the body stopped arriving ({} bytes in {:.1} s): it must start within {} and then come at 64 KiB/s at least; nothing was accepted",
+                        received,
+                        started.elapsed().as_secs_f64(),
+                        humantime::format_duration(grace)
+                    ),
+                ));
+            }
+        };
+        if let Ok(data) = frame.into_data() {
+            received += data.len();
+            if received > limit {
+                return Err(too_large());
+            }
+            frames.push(data);
         }
-        Problem::new(StatusCode::BAD_REQUEST, "malformed", "Malformed request", format!("cannot read the body: {e}"))
+    }
+    Ok(match frames.len() {
+        0 => Bytes::new(),
+        1 => frames.swap_remove(0),
+        _ => Bytes::from(frames.concat()),
     })
 }
 

@@ -700,3 +700,32 @@ endpoints = ["a"]
     let (_, _, b) = call(&router, from("land-a", 4)).await;
     assert_eq!(b["type"], "urn:lotse:problem:store-unavailable", "{b}");
 }
+
+/// A body may take longer than `read_timeout` if it keeps coming at 64 KiB/s: a large message on
+/// a slow line gets in; a few bytes and then a pause beyond the grace do not.
+#[tokio::test]
+async fn a_large_body_may_take_longer_if_it_keeps_coming() {
+    use axum::body::Bytes;
+
+    let slow = |first: usize, pause: std::time::Duration| {
+        let chunks = futures::stream::iter([
+            (Bytes::from(vec![b'x'; first]), std::time::Duration::ZERO),
+            (Bytes::from("end"), pause),
+        ]);
+        Body::from_stream(futures::StreamExt::then(chunks, |(chunk, pause)| async move {
+            tokio::time::sleep(pause).await;
+            Ok::<_, std::io::Error>(chunk)
+        }))
+    };
+    let grace = std::time::Duration::from_millis(300);
+    let headers = axum::http::HeaderMap::new();
+    // 128 KiB earn two more seconds: the rest after 0.8 s is in time.
+    let body = partner::read_body(slow(128 * 1024, std::time::Duration::from_millis(800)), &headers, 1 << 20, grace)
+        .await
+        .expect("a large body that keeps coming");
+    assert_eq!(body.len(), 128 * 1024 + 3);
+    // 1 KiB earns 16 ms: the rest after 0.8 s is too late.
+    let late = partner::read_body(slow(1024, std::time::Duration::from_millis(800)), &headers, 1 << 20, grace).await;
+    let problem = late.expect_err("a trickle");
+    assert_eq!(problem.status, StatusCode::REQUEST_TIMEOUT);
+}
