@@ -39,7 +39,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .load_shed()
         .concurrency_limit(in_flight);
     Router::new()
-        .route("/v1/submissions", post(post_submission).layer(shed))
+        .route("/v1/submissions", post(post_submission).layer(shed).get(find_submission))
         .route("/v1/submissions/{id}", get(get_submission))
         .route("/healthz", get(healthz))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", "no such resource") })
@@ -259,6 +259,48 @@ async fn get_submission(
         // A partner sees only its own submissions; others' look like missing ones.
         Some(v) if state.partners.is_empty() || v.partner == partner => Ok(axum::Json(v).into_response()),
         _ => Err(Problem::not_found("submission")),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FindQuery {
+    message_id: Option<String>,
+    idempotency_key: Option<String>,
+}
+
+/// A partner's own submission by the id it knows: the message id of its header (e.g.
+/// `nachrichtenUUID`) or the `Idempotency-Key` it sent. Only the calling partner's submissions
+/// are found (the dedup keys are per partner).
+async fn find_submission(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<FindQuery>,
+) -> Result<Response, Problem> {
+    let partner = partner(&state, &headers)?;
+    let key = match (q.message_id.as_deref(), q.idempotency_key.as_deref()) {
+        (Some(m), None) if !m.is_empty() => format!("msg:{partner}:{m}"),
+        (None, Some(k)) if !k.is_empty() => format!("idem:{partner}:{k}"),
+        _ => {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "bad-filter",
+                "Bad filter",
+                "give exactly one of `message_id` and `idempotency_key`",
+            ));
+        }
+    };
+    let store = state.pipeline.store();
+    let Some(id) = store.submission_by_key(&key).await? else { return Err(Problem::not_found("submission")) };
+    match store.submission(id).await? {
+        Some(v) => {
+            let mut resp = axum::Json(v).into_response();
+            if let Ok(location) = HeaderValue::from_str(&format!("/v1/submissions/{id}")) {
+                resp.headers_mut().insert(header::CONTENT_LOCATION, location);
+            }
+            Ok(resp)
+        }
+        None => Err(Problem::not_found("submission")),
     }
 }
 

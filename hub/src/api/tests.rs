@@ -729,3 +729,37 @@ async fn a_large_body_may_take_longer_if_it_keeps_coming() {
     let problem = late.expect_err("a trickle");
     assert_eq!(problem.status, StatusCode::REQUEST_TIMEOUT);
 }
+
+/// A partner finds its own submission by its `nachrichtenUUID` or `Idempotency-Key`; another
+/// partner with the same id finds nothing.
+#[tokio::test]
+async fn a_partner_finds_its_own_submission_by_its_message_id() {
+    let partners = "[[partners]]\nname = \"land-a\"\ntoken = \"token-of-land-a-0123456789\"\n\
+                    [[partners]]\nname = \"land-b\"\ntoken = \"token-of-land-b-0123456789\"\n";
+    let h = harness(partners);
+    let uuid = "0f0e0d0c-0000-4000-8000-000000000080";
+    let auth_a = ("authorization", "Bearer token-of-land-a-0123456789");
+    let (s, _, b) =
+        call(&h.partner, submit(&message(uuid, "bab:09162000"), &[auth_a, ("idempotency-key", "akte-1")])).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+    let id = b["submission_id"].as_str().expect("id").to_owned();
+    let find = |query: &str, token: &str| {
+        Request::get(format!("/v1/submissions?{query}"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .expect("request")
+    };
+    for query in [format!("message_id={uuid}"), "idempotency_key=akte-1".into()] {
+        let (s, headers, b) = call(&h.partner, find(&query, "token-of-land-a-0123456789")).await;
+        assert_eq!(s, StatusCode::OK, "{query}: {b}");
+        assert_eq!(b["id"], id.as_str(), "{query}: {b}");
+        assert_eq!(headers["content-location"], format!("/v1/submissions/{id}"));
+    }
+    let (s, headers, b) = call(&h.partner, find(&format!("message_id={uuid}"), "token-of-land-b-0123456789")).await;
+    assert_problem(s, &headers, &b, StatusCode::NOT_FOUND, "not-found");
+    let (s, headers, b) = call(&h.partner, find("", "token-of-land-a-0123456789")).await;
+    assert_problem(s, &headers, &b, StatusCode::BAD_REQUEST, "bad-filter");
+    let anonymous = Request::get(format!("/v1/submissions?message_id={uuid}")).body(Body::empty()).expect("request");
+    let (s, _, _) = call(&h.partner, anonymous).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}
