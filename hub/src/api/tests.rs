@@ -550,6 +550,16 @@ endpoints = ["gewerbeamt"]
     );
 }
 
+/// One endpoint `a` and a route to it, with the given `[limits]` lines and partners.
+fn limits_config(limits: &str, partners: &str) -> Config {
+    Config::parse(&format!(
+        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:1\"\ndata_dir = \"unused\"\n[limits]\n{limits}\n{partners}\n\
+         [[endpoints]]\nname = \"a\"\nkind = \"http\"\nurl = \"http://127.0.0.1:9/a\"\n\
+         [[routes]]\nname = \"r\"\nendpoints = [\"a\"]\n"
+    ))
+    .expect("valid test config")
+}
+
 /// A store whose intake waits until released (to hold a submission in flight).
 struct GatedStore(Arc<tokio::sync::Semaphore>);
 
@@ -606,21 +616,7 @@ impl crate::store::Store for GatedStore {
 
 #[tokio::test]
 async fn beyond_max_in_flight_the_partner_api_sheds_load_with_503_and_retry_after() {
-    let text = r#"
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:1"
-data_dir = "unused"
-[limits]
-max_in_flight = 1
-[[endpoints]]
-name = "a"
-kind = "http"
-url = "http://127.0.0.1:9/a"
-[[routes]]
-name = "r"
-endpoints = ["a"]
-"#;
-    let config = Config::parse(text).expect("config");
+    let config = limits_config("max_in_flight = 1", "");
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let router = partner_router(config, Arc::new(GatedStore(gate.clone())));
     let first = tokio::spawn({
@@ -647,28 +643,9 @@ endpoints = ["a"]
 /// taken in.
 #[tokio::test]
 async fn one_partner_cannot_take_every_place_in_flight() {
-    let text = r#"
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:1"
-data_dir = "unused"
-[limits]
-max_in_flight = 4
-max_in_flight_per_partner = 1
-[[partners]]
-name = "land-a"
-token = "token-of-land-a-0123456789"
-[[partners]]
-name = "land-b"
-token = "token-of-land-b-0123456789"
-[[endpoints]]
-name = "a"
-kind = "http"
-url = "http://127.0.0.1:9/a"
-[[routes]]
-name = "r"
-endpoints = ["a"]
-"#;
-    let config = Config::parse(text).expect("config");
+    let partners = "[[partners]]\nname = \"land-a\"\ntoken = \"token-of-land-a-0123456789\"\n\
+                    [[partners]]\nname = \"land-b\"\ntoken = \"token-of-land-b-0123456789\"\n";
+    let config = limits_config("max_in_flight = 4\nmax_in_flight_per_partner = 1", partners);
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let router = partner_router(config, Arc::new(GatedStore(gate.clone())));
     let from = |land: &str, n: u32| {

@@ -133,7 +133,6 @@ mod tests {
 
     use super::*;
     use crate::config::{EndpointKind, Format};
-    use crate::store::{DeliveryId, SubmissionId};
 
     fn endpoint(url: &str, queue: &str) -> EndpointConfig {
         EndpointConfig {
@@ -183,15 +182,12 @@ mod tests {
 
         let transport = AmqpTransport::new(&endpoint(&url, &queue));
         let lease = Lease {
-            delivery_id: DeliveryId::new(),
-            submission_id: SubmissionId::new(),
-            endpoint: "gewerbeamt".into(),
             attempt: 2,
-            budget_attempt: 2,
-            message_id: Some("8fa6a8ae-6a53-4980-bbd1-58d3abe540e0".into()),
-            content_type: "application/xml".into(),
-            payload: "<gewerbeanzeige/>".into(),
-            token: 0,
+            ..crate::delivery::sample_lease(
+                "application/xml",
+                "<gewerbeanzeige/>",
+                Some("8fa6a8ae-6a53-4980-bbd1-58d3abe540e0"),
+            )
         };
         assert_eq!(transport.send(&lease).await, AttemptResult::Delivered { status: 200 });
 
@@ -231,17 +227,7 @@ mod tests {
     #[tokio::test]
     async fn no_broker_is_transient_without_the_password() {
         let transport = AmqpTransport::new(&endpoint("amqp://lotse:s3cret@127.0.0.1:1/%2f", "q"));
-        let lease = Lease {
-            delivery_id: DeliveryId::new(),
-            submission_id: SubmissionId::new(),
-            endpoint: "gewerbeamt".into(),
-            attempt: 1,
-            budget_attempt: 1,
-            message_id: None,
-            content_type: "application/xml".into(),
-            payload: "<a/>".into(),
-            token: 0,
-        };
+        let lease = crate::delivery::sample_lease("application/xml", "<a/>", None);
         match transport.send(&lease).await {
             AttemptResult::Transient { error, .. } => assert!(!error.contains("s3cret"), "{error}"),
             other => panic!("{other:?}"),

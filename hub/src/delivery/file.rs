@@ -78,20 +78,9 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{DeliveryId, SubmissionId};
 
     fn lease(content_type: &str, payload: &str) -> Lease {
-        Lease {
-            delivery_id: DeliveryId::new(),
-            submission_id: SubmissionId::new(),
-            endpoint: "bauamt-ablage".into(),
-            attempt: 1,
-            budget_attempt: 1,
-            message_id: Some("8fa6a8ae-6a53-4980-bbd1-58d3abe540e0".into()),
-            content_type: content_type.into(),
-            payload: payload.to_owned().into(),
-            token: 0,
-        }
+        crate::delivery::sample_lease(content_type, payload, Some("8fa6a8ae-6a53-4980-bbd1-58d3abe540e0"))
     }
 
     /// The payload lands under the delivery id with its metadata beside it, nothing temporary

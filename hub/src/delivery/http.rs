@@ -127,7 +127,7 @@ mod tests {
     use super::HttpTransport;
     use crate::config::{EndpointConfig, EndpointKind, Format};
     use crate::delivery::retry::AttemptResult;
-    use crate::store::{DeliveryId, Lease, SubmissionId};
+    use crate::store::Lease;
 
     /// A receiver answering every request with `status` and a body that never ends.
     async fn endless_receiver(status: StatusCode) -> std::net::SocketAddr {
@@ -159,17 +159,7 @@ mod tests {
     }
 
     fn lease() -> Lease {
-        Lease {
-            delivery_id: DeliveryId::new(),
-            submission_id: SubmissionId::new(),
-            endpoint: "bauamt".into(),
-            attempt: 1,
-            budget_attempt: 1,
-            message_id: None,
-            content_type: "application/xml".into(),
-            payload: "<a/>".into(),
-            token: 0,
-        }
+        crate::delivery::sample_lease("application/xml", "<a/>", None)
     }
 
     /// An error answer with an endless body: the attempt reads its start, reports it, and ends,

@@ -232,3 +232,19 @@ impl Worker {
         }
     }
 }
+
+/// A lease as a worker gets one, for the transports' tests: attempt 1 of a new delivery.
+#[cfg(test)]
+pub(crate) fn sample_lease(content_type: &str, payload: &str, message_id: Option<&str>) -> Lease {
+    Lease {
+        delivery_id: crate::store::DeliveryId::new(),
+        submission_id: crate::store::SubmissionId::new(),
+        endpoint: "bauamt".into(),
+        attempt: 1,
+        budget_attempt: 1,
+        message_id: message_id.map(str::to_owned),
+        content_type: content_type.into(),
+        payload: payload.to_owned().into(),
+        token: 0,
+    }
+}
