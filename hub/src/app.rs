@@ -185,6 +185,17 @@ async fn serve_http(
         };
         let tcp = match accepted {
             Ok((tcp, _)) => tcp,
+            // That one connection went away before it was accepted: take the next.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                continue;
+            }
             Err(e) => {
                 // Out of file descriptors and the like: wait a little instead of spinning.
                 tracing::warn!(listener = name, error = %e, "cannot accept a connection");
