@@ -1,4 +1,4 @@
-//! The partner API: `POST /v1/submissions`, `GET /v1/submissions/{id}`, `GET /healthz`.
+//! The partner API: `POST /v1/submissions`, `GET /v1/submissions/{id}`, `GET /v1/submissions?message_id=`, `GET /healthz`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,7 +72,7 @@ fn partner(state: &AppState, headers: &HeaderMap) -> Result<String, Problem> {
 /// The slowest a body may keep coming once `limits.read_timeout` has passed: 64 KiB/s (half a
 /// megabit). A large message over a slow line still gets in; a client that trickles bytes to
 /// hold a place among `max_in_flight` does not.
-pub(super) const MIN_BODY_RATE: f64 = 64.0 * 1024.0;
+const MIN_BODY_RATE: f64 = 64.0 * 1024.0;
 
 /// Reads the body, at most `limit` bytes, within `grace` plus one second per 64 KiB received.
 pub(super) async fn read_body(
