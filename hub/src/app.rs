@@ -240,6 +240,45 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// `lotse serve --check`: what a start would check before it opens the store and the ports
+/// (the config was loaded already), and a summary. Folders of file endpoints that are not there
+/// are warnings: a start would go on, and those deliveries would wait for the folder.
+pub async fn check(config: Config, path: &std::path::Path) -> anyhow::Result<std::process::ExitCode> {
+    use crate::config::EndpointKind;
+
+    let config = Arc::new(config);
+    let c = config.clone();
+    let schemas = tokio::task::spawn_blocking(move || build_schemas(&c)).await??;
+    let raw = &config.raw;
+    let store = match raw.queue.kind {
+        QueueKind::Embedded => format!("embedded store in `{}`", raw.data_dir.display()),
+        QueueKind::Rabbitmq => format!("RabbitMQ, prefix `{}`", raw.queue.prefix),
+    };
+    let validation = match &schemas {
+        Some(s) => format!("every schema compiled ({} with a schema-aware JSON form)", s.hints.len()),
+        None => "validation off".to_owned(),
+    };
+    println!(
+        "config `{}` ok: {} endpoints, {} routes, {} partners; {store}; {validation}",
+        path.display(),
+        raw.endpoints.len(),
+        raw.routes.len(),
+        raw.partners.len()
+    );
+    for e in &raw.endpoints {
+        if let (EndpointKind::File, Some(dir)) = (e.kind, &e.path)
+            && !dir.is_dir()
+        {
+            println!(
+                "warning: endpoint `{}`: folder `{}` is not there: its deliveries would wait (retried) until it is",
+                e.name,
+                dir.display()
+            );
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 /// Pending deliveries for an endpoint the config no longer has: no worker sends them, so they
 /// wait until the endpoint is added back. Said once at start, per endpoint (counted among the
 /// newest 10,000 pending deliveries).

@@ -48,12 +48,20 @@ pub struct ServeArgs {
     /// The config file (see docs/configuration.md).
     #[arg(long, short, default_value = "lotse.toml", env = "LOTSE_CONFIG")]
     pub config: PathBuf,
+    /// Only check: read the config (every key, the TLS files) and compile the schemas as a
+    /// start would, print a summary and exit (0: it would start), without opening the store or
+    /// the ports. For a deployment pipeline before it rolls out a changed config.
+    #[arg(long)]
+    pub check: bool,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
             let config = crate::config::Config::load(&args.config)?;
+            if args.check {
+                return crate::app::check(config, &args.config).await;
+            }
             crate::app::serve(config).await?;
             Ok(ExitCode::SUCCESS)
         }

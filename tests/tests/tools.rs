@@ -317,3 +317,26 @@ async fn an_amqp_endpoint_publishes_the_exact_bytes_to_the_agencys_queue() {
     }
     let _ = ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
 }
+
+/// `lotse serve --check` reads a config as a start would, says what it found and exits without
+/// opening the store or the ports: 0 for a good config (a missing drop folder is a warning), not
+/// 0 with the reason for a bad one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_check_reads_a_config_without_starting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\
+                [[endpoints]]\nname = \"ablage\"\nkind = \"file\"\npath = \"nicht-da\"\n\
+                [[routes]]\nname = \"all\"\nendpoints = [\"ablage\"]\n";
+    let path = dir.path().join("lotse.toml");
+    std::fs::write(&path, good).expect("write config");
+    let config = path.to_string_lossy().into_owned();
+    let (ok, out) = lotse(&["serve", "--check", "--config", &config]).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("ok: 1 endpoints, 1 routes") && out.contains("every schema compiled"), "{out}");
+    assert!(out.contains("warning: endpoint `ablage`") && out.contains("nicht-da"), "{out}");
+    assert!(!dir.path().join("data").exists(), "--check opened the store");
+
+    std::fs::write(&path, good.replace("path = ", "pfad = ")).expect("write config");
+    let (ok, out) = lotse(&["serve", "--check", "--config", &config]).await;
+    assert!(!ok && out.contains("unknown field `pfad`"), "{out}");
+}
