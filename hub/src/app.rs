@@ -125,16 +125,9 @@ pub async fn start(
         tracing::warn!("no [[partners]] configured: the partner API accepts submissions from anyone, as `anonymous`");
     }
     warn_orphaned(store.as_ref(), &config).await;
-    let partners = config.partner_tokens.iter().map(|(t, n)| (api::token_digest(t), n.clone())).collect();
     let paused = Paused::default();
-    let state = Arc::new(AppState {
-        config: config.clone(),
-        pipeline: Pipeline::new(config.clone(), store.clone(), schemas),
-        partners,
-        metrics: metrics_handle(),
-        paused: paused.clone(),
-        partner_slots: api::PartnerSlots::for_config(&config),
-    });
+    let pipeline = Pipeline::new(config.clone(), store.clone(), schemas);
+    let state = Arc::new(AppState::new(config.clone(), pipeline, metrics_handle(), paused.clone()));
     let (shutdown, rx) = watch::channel(false);
     let partner_addr = partner.local_addr()?;
     let admin_addr = admin.local_addr()?;

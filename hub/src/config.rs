@@ -220,6 +220,20 @@ pub struct EndpointConfig {
     pub tls_client_key: Option<PathBuf>,
 }
 
+/// A URL as logs and operators may see it: a password and query values (where receivers'
+/// tokens go) replaced by `***` (the admin endpoint listing, a broker that cannot be reached).
+pub fn redacted_url(url: &str) -> String {
+    let Ok(mut parsed) = reqwest::Url::parse(url) else { return "(unparsable)".into() };
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
+    }
+    if parsed.query().is_some() {
+        let names: Vec<String> = parsed.query_pairs().map(|(k, _)| k.into_owned()).collect();
+        parsed.query_pairs_mut().clear().extend_pairs(names.iter().map(|k| (k.as_str(), "***")));
+    }
+    parsed.to_string()
+}
+
 /// What [`EndpointConfig::tls`] read from the endpoint's TLS files.
 #[derive(Default)]
 pub struct EndpointTls {

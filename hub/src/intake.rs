@@ -279,10 +279,10 @@ impl Pipeline {
         }
         let mut dedup_keys = Vec::with_capacity(2);
         if let Some(k) = &sub.idempotency_key {
-            dedup_keys.push(format!("idem:{}:{k}", sub.partner));
+            dedup_keys.push(crate::store::PartnerRef::IdempotencyKey(k).dedup_key(&sub.partner));
         }
         if let Some(m) = &meta.message_id {
-            dedup_keys.push(format!("msg:{}:{m}", sub.partner));
+            dedup_keys.push(crate::store::PartnerRef::MessageId(m).dedup_key(&sub.partner));
         }
         Ok(NewSubmission {
             id: SubmissionId::new(),

@@ -42,7 +42,7 @@ struct ListQuery {
 }
 
 fn filter_from(q: ListQuery) -> Result<DeliveryFilter, Problem> {
-    let bad = |m: String| Problem::new(StatusCode::BAD_REQUEST, "bad-filter", "Bad filter", m);
+    let bad = Problem::bad_filter;
     let state = match q.state.as_deref() {
         None | Some("") => None,
         Some(s) => Some(
@@ -68,12 +68,9 @@ fn limit(given: Option<usize>, default: usize) -> Result<usize, Problem> {
     match given {
         None => Ok(default),
         Some(n) if (1..=DeliveryFilter::MAX_LIMIT).contains(&n) => Ok(n),
-        Some(n) => Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "bad-filter",
-            "Bad filter",
-            format!("limit {n} is out of range: give 1 to {}", DeliveryFilter::MAX_LIMIT),
-        )),
+        Some(n) => {
+            Err(Problem::bad_filter(format!("limit {n} is out of range: give 1 to {}", DeliveryFilter::MAX_LIMIT)))
+        }
     }
 }
 
@@ -104,24 +101,14 @@ async fn get_submission(State(state): State<Arc<AppState>>, Path(id): Path<Strin
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FindQuery {
-    message_id: Option<String>,
-    idempotency_key: Option<String>,
-    partner: Option<String>,
-}
-
 /// Finds submissions by what the partner knows: the message id in its header (e.g.
 /// `nachrichtenUUID`) or the `Idempotency-Key` it sent, of one partner or of every partner the
 /// config names (and `anonymous`, the partner of an open hub). Each comes with its event log.
-async fn find_submissions(State(state): State<Arc<AppState>>, Query(q): Query<FindQuery>) -> Result<Response, Problem> {
-    let bad = |m: &str| Problem::new(StatusCode::BAD_REQUEST, "bad-filter", "Bad filter", m.to_owned());
-    let (kind, value) = match (q.message_id.as_deref(), q.idempotency_key.as_deref()) {
-        (Some(m), None) if !m.is_empty() => ("msg", m),
-        (None, Some(k)) if !k.is_empty() => ("idem", k),
-        _ => return Err(bad("give exactly one of `message_id` and `idempotency_key`")),
-    };
+async fn find_submissions(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<super::FindQuery>,
+) -> Result<Response, Problem> {
+    let id_known = q.partner_ref()?;
     let partners: Vec<&str> = match q.partner.as_deref() {
         Some(p) if !p.is_empty() => vec![p],
         _ => state.config.raw.partners.iter().map(|p| p.name.as_str()).chain(["anonymous"]).collect(),
@@ -129,7 +116,7 @@ async fn find_submissions(State(state): State<Arc<AppState>>, Query(q): Query<Fi
     let store = state.pipeline.store();
     let mut found = Vec::new();
     for partner in partners {
-        if let Some(id) = store.submission_by_key(&format!("{kind}:{partner}:{value}")).await?
+        if let Some(id) = store.submission_by_key(&id_known.dedup_key(partner)).await?
             && let Some(view) = store.submission(id).await?
         {
             found.push(view);
@@ -262,7 +249,7 @@ async fn endpoints(State(state): State<Arc<AppState>>) -> Response {
             json!({
                 "name": e.name,
                 "kind": format!("{:?}", e.kind).to_lowercase(),
-                "url": (!e.url.is_empty()).then(|| redacted_url(&e.url)),
+                "url": (!e.url.is_empty()).then(|| crate::config::redacted_url(&e.url)),
                 "path": e.path,
                 "exchange": e.exchange,
                 "routing_key": e.routing_key,
@@ -272,20 +259,6 @@ async fn endpoints(State(state): State<Arc<AppState>>) -> Response {
         })
         .collect();
     axum::Json(json!({ "endpoints": list })).into_response()
-}
-
-/// An endpoint URL as operators may see it: a password and query values (where receivers'
-/// tokens go) replaced by `***`, so the listing can be pasted into a ticket.
-pub(super) fn redacted_url(url: &str) -> String {
-    let Ok(mut parsed) = reqwest::Url::parse(url) else { return "(unparsable)".into() };
-    if parsed.password().is_some() {
-        let _ = parsed.set_password(Some("***"));
-    }
-    if parsed.query().is_some() {
-        let names: Vec<String> = parsed.query_pairs().map(|(k, _)| k.into_owned()).collect();
-        parsed.query_pairs_mut().clear().extend_pairs(names.iter().map(|k| (k.as_str(), "***")));
-    }
-    parsed.to_string()
 }
 
 async fn pause(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Result<Response, Problem> {

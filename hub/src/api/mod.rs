@@ -49,6 +49,25 @@ impl PartnerSlots {
     }
 }
 
+impl AppState {
+    /// The handlers' state for `config`: partners by token digest, their places in flight.
+    pub fn new(
+        config: Arc<Config>,
+        pipeline: Pipeline,
+        metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+        paused: crate::delivery::Paused,
+    ) -> AppState {
+        AppState {
+            partners: config.partner_tokens.iter().map(|(t, n)| (token_digest(t), n.clone())).collect(),
+            partner_slots: PartnerSlots::for_config(&config),
+            config,
+            pipeline,
+            metrics,
+            paused,
+        }
+    }
+}
+
 pub fn token_digest(token: &str) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     Sha256::digest(token.as_bytes()).into()
@@ -56,3 +75,26 @@ pub fn token_digest(token: &str) -> [u8; 32] {
 
 #[cfg(test)]
 mod tests;
+
+/// `?message_id=` or `?idempotency_key=`: the id a partner knows its submission by (the partner
+/// API's and the admin API's lookup).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FindQuery {
+    message_id: Option<String>,
+    idempotency_key: Option<String>,
+    /// Admin API only: one partner's (the partner API always looks up the caller's own).
+    pub partner: Option<String>,
+}
+
+impl FindQuery {
+    /// The one id given, or `400 bad-filter`.
+    pub fn partner_ref(&self) -> Result<crate::store::PartnerRef<'_>, problem::Problem> {
+        use crate::store::PartnerRef;
+        match (self.message_id.as_deref(), self.idempotency_key.as_deref()) {
+            (Some(m), None) if !m.is_empty() => Ok(PartnerRef::MessageId(m)),
+            (None, Some(k)) if !k.is_empty() => Ok(PartnerRef::IdempotencyKey(k)),
+            _ => Err(problem::Problem::bad_filter("give exactly one of `message_id` and `idempotency_key`")),
+        }
+    }
+}

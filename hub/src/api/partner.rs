@@ -262,34 +262,19 @@ async fn get_submission(
     }
 }
 
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FindQuery {
-    message_id: Option<String>,
-    idempotency_key: Option<String>,
-}
-
 /// A partner's own submission by the id it knows: the message id of its header (e.g.
 /// `nachrichtenUUID`) or the `Idempotency-Key` it sent. Only the calling partner's submissions
 /// are found (the dedup keys are per partner).
 async fn find_submission(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    axum::extract::Query(q): axum::extract::Query<FindQuery>,
+    axum::extract::Query(q): axum::extract::Query<super::FindQuery>,
 ) -> Result<Response, Problem> {
     let partner = partner(&state, &headers)?;
-    let key = match (q.message_id.as_deref(), q.idempotency_key.as_deref()) {
-        (Some(m), None) if !m.is_empty() => format!("msg:{partner}:{m}"),
-        (None, Some(k)) if !k.is_empty() => format!("idem:{partner}:{k}"),
-        _ => {
-            return Err(Problem::new(
-                StatusCode::BAD_REQUEST,
-                "bad-filter",
-                "Bad filter",
-                "give exactly one of `message_id` and `idempotency_key`",
-            ));
-        }
-    };
+    if q.partner.is_some() {
+        return Err(Problem::bad_filter("`partner` is the caller here; leave it out"));
+    }
+    let key = q.partner_ref()?.dedup_key(&partner);
     let store = state.pipeline.store();
     let Some(id) = store.submission_by_key(&key).await? else { return Err(Problem::not_found("submission")) };
     match store.submission(id).await? {

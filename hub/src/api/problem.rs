@@ -39,6 +39,11 @@ impl Problem {
     pub fn not_found(what: &str) -> Problem {
         Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", format!("no {what} with this id"))
     }
+
+    /// A query parameter out of its range or a combination the handler does not take.
+    pub fn bad_filter(detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::BAD_REQUEST, "bad-filter", "Bad filter", detail)
+    }
 }
 
 impl IntoResponse for Problem {

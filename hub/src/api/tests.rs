@@ -59,15 +59,14 @@ endpoints = ["a", "b"]
 
 /// The partner router over `store`, with no schemas; open access unless `config` has partners.
 fn partner_router(config: Config, store: Arc<dyn crate::store::Store>) -> axum::Router {
+    partner::router(state(config, store))
+}
+
+/// The handlers' state over `store`, with no schemas and no metrics recorder.
+fn state(config: Config, store: Arc<dyn crate::store::Store>) -> Arc<AppState> {
     let config = Arc::new(config);
-    partner::router(Arc::new(AppState {
-        partner_slots: PartnerSlots::for_config(&config),
-        partners: config.partner_tokens.iter().map(|(t, n)| (token_digest(t), n.clone())).collect(),
-        config: config.clone(),
-        pipeline: crate::intake::Pipeline::new(config, store, None),
-        metrics: None,
-        paused: Default::default(),
-    }))
+    let pipeline = crate::intake::Pipeline::new(config.clone(), store, None);
+    Arc::new(AppState::new(config, pipeline, None, Default::default()))
 }
 
 struct Harness {
@@ -84,16 +83,7 @@ fn harness(partners: &str) -> Harness {
 
 /// The routers over a store the test prepared (in `dir`).
 fn harness_on(store: Arc<dyn crate::store::Store>, dir: tempfile::TempDir, partners: &str) -> Harness {
-    let config = Arc::new(config(partners));
-    let partners = config.partner_tokens.iter().map(|(t, n)| (token_digest(t), n.clone())).collect();
-    let state = Arc::new(AppState {
-        partner_slots: PartnerSlots::for_config(&config),
-        config: config.clone(),
-        pipeline: crate::intake::Pipeline::new(config, store, None),
-        partners,
-        metrics: None,
-        paused: Default::default(),
-    });
+    let state = state(config(partners), store);
     Harness { partner: partner::router(state.clone()), admin: admin::router(state), _dir: dir }
 }
 
@@ -342,10 +332,12 @@ async fn admin_finds_submissions_by_message_id_or_idempotency_key() {
 #[test]
 fn endpoint_urls_are_listed_without_secrets() {
     assert_eq!(
-        admin::redacted_url("https://lotse:s3cret@bauamt.example/eingang?token=abc&mode=x"),
+        crate::config::redacted_url("https://lotse:s3cret@bauamt.example/eingang?token=abc&mode=x"),
         "https://lotse:***@bauamt.example/eingang?token=***&mode=***"
     );
-    assert_eq!(admin::redacted_url("http://127.0.0.1:9/a"), "http://127.0.0.1:9/a");
+    assert_eq!(crate::config::redacted_url("http://127.0.0.1:9/a"), "http://127.0.0.1:9/a");
+    // The broker URL in the RabbitMQ store's connect error goes the same way.
+    assert_eq!(crate::config::redacted_url("amqp://lotse:s3cret@rabbit:5672/%2f"), "amqp://lotse:***@rabbit:5672/%2f");
 }
 
 /// A body that stops arriving: `408` problem+json once `limits.read_timeout` has passed,

@@ -37,7 +37,7 @@ impl FileTransport {
 }
 
 /// The payload's file name: the delivery id and an extension for its content type.
-pub fn payload_name(lease: &Lease) -> String {
+fn payload_name(lease: &Lease) -> String {
     let media = lease.content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     let ext = if media.ends_with("xml") {
         "xml"

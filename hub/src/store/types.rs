@@ -52,12 +52,29 @@ pub fn now_millis() -> Millis {
 }
 
 /// A submission the API has read, validated and routed, ready to be stored.
+/// An id a partner knows its submission by: the message id in its header (e.g.
+/// `nachrichtenUUID`) or the `Idempotency-Key` it sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartnerRef<'a> {
+    MessageId(&'a str),
+    IdempotencyKey(&'a str),
+}
+
+impl PartnerRef<'_> {
+    /// The dedup key this id is stored under for `partner` (dedup is per partner).
+    pub fn dedup_key(self, partner: &str) -> String {
+        match self {
+            PartnerRef::MessageId(m) => format!("msg:{partner}:{m}"),
+            PartnerRef::IdempotencyKey(k) => format!("idem:{partner}:{k}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NewSubmission {
     pub id: SubmissionId,
     pub partner: String,
-    /// Keys under which this submission counts as a duplicate, e.g. `msg:<partner>:<uuid>` and
-    /// `idem:<partner>:<Idempotency-Key>`.
+    /// Keys under which this submission counts as a duplicate ([`PartnerRef::dedup_key`]).
     pub dedup_keys: Vec<String>,
     pub received_at: Millis,
     /// Media type the partner sent (`application/xml` or `application/json`).

@@ -255,7 +255,7 @@ impl RabbitStore {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 store.close().await;
-                anyhow::bail!("cannot connect to RabbitMQ at {}: {e}", redact(url));
+                anyhow::bail!("cannot connect to RabbitMQ at {}: {e}", crate::config::redacted_url(url));
             }
             Err(_) => anyhow::bail!("the RabbitMQ supervisor stopped during start"),
         }
@@ -305,17 +305,5 @@ impl Drop for RabbitStore {
     fn drop(&mut self) {
         // The supervisor sees this and closes the connection; unacked leases go back to the queue.
         self.shared.shutdown.send_replace(true);
-    }
-}
-
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
     }
 }
