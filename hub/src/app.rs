@@ -136,9 +136,39 @@ pub async fn start(
     let admin_app = api::admin::router(state);
     let read_timeout = config.raw.limits.read_timeout;
     tasks.spawn(serve_http(partner, partner_app, rx.clone(), "partner", read_timeout));
+    if let Some(retention) = config.raw.retention {
+        tasks.spawn(sweep(store.clone(), retention, rx.clone()));
+    }
     tasks.spawn(serve_http(admin, admin_app, rx, "admin", read_timeout));
     tracing::info!(%partner_addr, %admin_addr, data_dir = %config.raw.data_dir.display(), "lotse started");
     Ok(Running { partner_addr, admin_addr, store, shutdown, tasks })
+}
+
+/// Retention: every `check_every` (the first time right after the start), deletes the
+/// submissions `[retention]` lets go, until `shutdown`.
+async fn sweep(store: Arc<dyn Store>, retention: crate::config::RetentionConfig, mut shutdown: watch::Receiver<bool>) {
+    use crate::store::{Cutoffs, now_millis};
+
+    tracing::info!(
+        delivered = ?retention.delivered.map(humantime::format_duration).map(|d| d.to_string()),
+        dead = ?retention.dead.map(humantime::format_duration).map(|d| d.to_string()),
+        "retention: finished submissions older than this are deleted"
+    );
+    loop {
+        let cutoffs = Cutoffs::before(now_millis(), retention.delivered, retention.dead);
+        match store.expire(cutoffs).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(submissions = n, "retention: deleted submissions past their retention period"),
+            Err(e) => tracing::warn!(error = %e, "retention: deleting old submissions failed; trying again later"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(retention.check_every) => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+    }
 }
 
 /// Serves `app` on `listener` until `shutdown`, then lets the open requests finish.
@@ -247,12 +277,26 @@ pub async fn check(config: Config, path: &std::path::Path) -> anyhow::Result<std
         QueueKind::Embedded => format!("embedded store in `{}`", raw.data_dir.display()),
         QueueKind::Rabbitmq => format!("RabbitMQ, prefix `{}`", raw.queue.prefix),
     };
+    let retention = match &raw.retention {
+        None => "nothing deleted (no [retention])".to_owned(),
+        Some(r) => {
+            let kept = |d: Option<std::time::Duration>, otherwise: &str| match d {
+                Some(d) => humantime::format_duration(d).to_string(),
+                None => otherwise.to_owned(),
+            };
+            format!(
+                "delivered submissions kept {}, dead ones {}",
+                kept(r.delivered, "for ever"),
+                kept(r.dead, "until replayed and delivered")
+            )
+        }
+    };
     let validation = match &schemas {
         Some(s) => format!("every schema compiled ({} with a schema-aware JSON form)", s.hints.len()),
         None => "validation off".to_owned(),
     };
     println!(
-        "config `{}` ok: {} endpoints, {} routes, {} partners; {store}; {validation}",
+        "config `{}` ok: {} endpoints, {} routes, {} partners; {store}; {retention}; {validation}",
         path.display(),
         raw.endpoints.len(),
         raw.routes.len(),

@@ -29,6 +29,9 @@ pub struct RawConfig {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub retry: RetryConfig,
+    /// `[retention]`; without it nothing is ever deleted.
+    #[serde(default)]
+    pub retention: Option<RetentionConfig>,
     #[serde(default)]
     pub schemas: SchemasConfig,
     #[serde(default)]
@@ -116,6 +119,28 @@ impl Default for LimitsConfig {
             read_timeout: Duration::from_secs(30),
         }
     }
+}
+
+/// `[retention]`: how long finished submissions are kept (embedded store). A submission is
+/// deleted (payload, renditions, deliveries, event log, dedup keys) once every one of its
+/// deliveries is final and was last changed longer ago than the limit of its state.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// How long after its last delivery a delivered submission is kept (e.g. `30d`).
+    #[serde(default, with = "humantime_serde")]
+    pub delivered: Option<Duration>,
+    /// How long after it went dead a submission with a dead delivery is kept; without it, until
+    /// an operator replays it (and it is delivered).
+    #[serde(default, with = "humantime_serde")]
+    pub dead: Option<Duration>,
+    /// How often the hub looks for what to delete (default `10m`).
+    #[serde(default = "default_check_every", with = "humantime_serde")]
+    pub check_every: Duration,
+}
+
+fn default_check_every() -> Duration {
+    Duration::from_secs(600)
 }
 
 /// `[retry]`: backoff for transient delivery failures.
@@ -413,6 +438,23 @@ impl RawConfig {
         }
         if self.retry.initial_backoff.is_zero() || self.retry.initial_backoff > self.retry.max_backoff {
             problems.push("`retry.initial_backoff` must be greater than 0 and at most `retry.max_backoff`".into());
+        }
+        if let Some(r) = &self.retention {
+            if r.delivered.is_none() && r.dead.is_none() {
+                problems.push("`[retention]` needs `delivered`, `dead` or both".into());
+            }
+            if r.delivered.is_some_and(|d| d.is_zero())
+                || r.dead.is_some_and(|d| d.is_zero())
+                || r.check_every.is_zero()
+            {
+                problems.push("`retention` durations must be greater than 0".into());
+            }
+            if self.queue.kind == QueueKind::Rabbitmq {
+                problems.push(
+                    "`[retention]` is for the embedded store; on RabbitMQ set a `max-age` policy on the events stream (docs/rabbitmq.md)"
+                        .into(),
+                );
+            }
         }
         let mut names = HashSet::new();
         for e in &self.endpoints {

@@ -340,3 +340,44 @@ async fn serve_check_reads_a_config_without_starting() {
     let (ok, out) = lotse(&["serve", "--check", "--config", &config]).await;
     assert!(!ok && out.contains("unknown field `pfad`"), "{out}");
 }
+
+/// Retention through a real hub: a delivered case is deleted once its retention period is over
+/// (status and lookup find nothing), the log says so, and the partner's resend of the same
+/// message is a new submission, not a duplicate of the deleted one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_a_delivered_case_after_its_period() {
+    let routes = "[[routes]]\nname = \"all\"\nendpoints = [\"ablage\"]\n";
+    let retention = "[retention]\ndelivered = \"1s\"\ncheck_every = \"500ms\"\n";
+    let text = config(&[], routes, retention)
+        .replace("[[routes]]", "[[endpoints]]\nname = \"ablage\"\nkind = \"file\"\npath = \"ablage\"\n\n[[routes]]");
+    let mut dir = HubDir::new(lotse_bin!(), &text).expect("hub dir");
+    std::fs::create_dir(dir.path().join("ablage")).expect("the drop folder");
+    let hub = dir.start().await.expect("lotse serve starts");
+    let uuid = new_uuid();
+    let file = dir.path().join("antrag.xml");
+    std::fs::write(&file, with_uuid(&load(ANTRAG).expect("fixture"), &uuid).expect("uuid")).expect("write message");
+    let file = file.to_string_lossy().into_owned();
+    let (ok, out) = lotse(&["submit", &file, "--to", &hub.partner_url("")]).await;
+    assert!(ok && !out.contains("duplicate"), "submit: {out}");
+    let admin = hub.admin_url("");
+    let admin = admin.trim_end_matches('/');
+
+    // Delivered first, then deleted: `find` by the partner's id finds nothing any more.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut seen_delivered = false;
+    loop {
+        let (found, out) = lotse(&["deliveries", "find", "--message-id", &uuid, "--admin", admin]).await;
+        seen_delivered |= found && out.contains("delivered");
+        if !found {
+            assert!(out.contains("0 submissions"), "{out}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not deleted within 30 s: {out}\n{}", hub.log_tail());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen_delivered, "deleted before it was seen delivered");
+    assert!(hub.log_tail().contains("retention: deleted submissions"), "{}", hub.log_tail());
+
+    let (ok, out) = lotse(&["submit", &file, "--to", &hub.partner_url("")]).await;
+    assert!(ok && !out.contains("duplicate"), "the resend after deletion: {out}");
+}

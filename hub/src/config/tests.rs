@@ -142,3 +142,26 @@ fn amqp_endpoints_need_a_broker_url_and_a_routing_key() {
         format!("{:#}", Config::parse(&MINIMAL.replace("url = ", "routing_key = \"x\"\nurl = ")).expect_err("key"));
     assert!(err.contains("are for `kind = \"amqp\"`"), "{err}");
 }
+
+#[test]
+fn retention_is_read_and_checked() {
+    let c = Config::parse(MINIMAL).expect("valid");
+    assert_eq!(c.raw.retention, None, "nothing is deleted unless configured");
+    let c = Config::parse(&format!("{MINIMAL}\n[retention]\ndelivered = \"30d\"\n")).expect("valid");
+    let r = c.raw.retention.expect("retention");
+    assert_eq!(
+        (r.delivered, r.dead, r.check_every),
+        (Some(Duration::from_secs(30 * 86_400)), None, Duration::from_secs(600))
+    );
+
+    let err =
+        format!("{:#}", Config::parse(&format!("{MINIMAL}\n[retention]\ncheck_every = \"1m\"\n")).expect_err("empty"));
+    assert!(err.contains("needs `delivered`, `dead` or both"), "{err}");
+    let err = format!("{:#}", Config::parse(&format!("{MINIMAL}\n[retention]\ndead = \"0s\"\n")).expect_err("zero"));
+    assert!(err.contains("greater than 0"), "{err}");
+    let rabbit = format!(
+        "{MINIMAL}\n[queue]\nkind = \"rabbitmq\"\nurl = \"amqp://127.0.0.1\"\n[retention]\ndelivered = \"30d\"\n"
+    );
+    let err = format!("{:#}", Config::parse(&rabbit).expect_err("rabbitmq"));
+    assert!(err.contains("max-age"), "{err}");
+}

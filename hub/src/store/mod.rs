@@ -60,6 +60,16 @@ pub trait Store: Send + Sync + 'static {
     /// Counts per state, for metrics and the admin overview.
     async fn counts(&self) -> Result<Counts, StoreError>;
 
+    /// Retention: deletes every submission `cutoffs` lets go (its payload, renditions,
+    /// deliveries, event log and dedup keys), and returns how many. A later resend of such a
+    /// message is a new submission. Backends without retention answer an error.
+    async fn expire(&self, cutoffs: Cutoffs) -> Result<u64, StoreError> {
+        let _ = cutoffs;
+        Err(StoreError::Unavailable(
+            "this store does not delete old submissions; see [retention] in docs/configuration.md".into(),
+        ))
+    }
+
     /// Whether the store takes writes now, as far as it knows without trying (the partner port's
     /// `/healthz`, for a load balancer): `Err` while it is known not to (a full disk, no broker).
     fn health(&self) -> Result<(), StoreError> {

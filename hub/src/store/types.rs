@@ -51,7 +51,33 @@ pub fn now_millis() -> Millis {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// A submission the API has read, validated and routed, ready to be stored.
+/// What retention may delete (see [`Store::expire`](super::Store::expire)): a submission whose
+/// every delivery is final (delivered or dead) and was last changed at or before the cutoff of
+/// its state. A state without a cutoff keeps its submissions (a pending delivery always does).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cutoffs {
+    pub delivered: Option<Millis>,
+    pub dead: Option<Millis>,
+}
+
+impl Cutoffs {
+    /// The cutoffs `now` minus each kept duration.
+    pub fn before(now: Millis, delivered: Option<std::time::Duration>, dead: Option<std::time::Duration>) -> Cutoffs {
+        let minus = |d: std::time::Duration| now.saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Cutoffs { delivered: delivered.map(minus), dead: dead.map(minus) }
+    }
+
+    /// Whether a delivery in `state`, last changed at `updated_at`, lets its submission go.
+    pub fn lets_go(&self, state: DeliveryState, updated_at: Millis) -> bool {
+        let cutoff = match state {
+            DeliveryState::Pending => None,
+            DeliveryState::Delivered => self.delivered,
+            DeliveryState::Dead => self.dead,
+        };
+        cutoff.is_some_and(|c| updated_at <= c)
+    }
+}
+
 /// An id a partner knows its submission by: the message id in its header (e.g.
 /// `nachrichtenUUID`) or the `Idempotency-Key` it sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -28,6 +28,15 @@
 //! referenced (a lost tail, the process died before the commit, or the submission was a
 //! duplicate) are dead space, never read.
 //!
+//! Reclaiming space: the log counts, per segment, the references that may point into it
+//! ([`BlobLog::adopt`] at start from the committed references; every [`BlobLog::append`] adds
+//! one). When retention deletes submissions, the writer hands their references to
+//! [`BlobLog::release`] after the commit; a segment whose count reaches zero, and that is not the
+//! one being appended to, is deleted. An append is counted before its reference can be
+//! committed, so a segment with a request in flight is never deleted. Bytes that are never
+//! committed (see above) keep their count until the next start, which counts only committed
+//! references: a segment holding nothing else is deleted then.
+//!
 //! A process always starts a new segment, so a torn write at the end of an old segment (kill -9
 //! in the middle of a `write`) is never appended to; it lies past every committed reference.
 //!
@@ -106,6 +115,8 @@ struct Appender {
     spare: Vec<Vec<u8>>,
     /// A new segment whose directory entry is not synced yet.
     dir_dirty: bool,
+    /// References per segment that may be committed (see the module documentation).
+    live: HashMap<u32, u64>,
 }
 
 /// Consecutive bytes of one segment, starting at `base`.
@@ -163,6 +174,7 @@ impl BlobLog {
                 pending_bytes: 0,
                 spare: Vec::new(),
                 dir_dirty: false,
+                live: HashMap::new(),
             }),
             lost: Mutex::new(HashMap::new()),
             readers: Mutex::new(HashMap::new()),
@@ -202,6 +214,7 @@ impl BlobLog {
         }
         a.len += u64::from(len);
         a.pending_bytes += bytes.len();
+        *a.live.entry(segment).or_default() += 1;
         Ok(BlobRef { segment, offset, len, crc })
     }
 
@@ -254,6 +267,79 @@ impl BlobLog {
                 a.spare.push(c.bytes);
             }
         }
+        Ok(())
+    }
+
+    /// Takes the committed references at start (before any append), and deletes every older
+    /// segment none of them points into: it holds only bytes that were never committed or whose
+    /// submissions were deleted. Returns the deleted segments.
+    pub fn adopt(&self, committed: impl IntoIterator<Item = BlobRef>) -> anyhow::Result<Vec<u32>> {
+        let current = {
+            let mut a = lock(&self.appender);
+            for r in committed {
+                *a.live.entry(r.segment).or_default() += 1;
+            }
+            a.segment
+        };
+        let mut unreferenced = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).with_context(|| format!("cannot list `{}`", self.dir.display()))? {
+            let name = entry?.file_name();
+            let Some(n) = name.to_str().and_then(|n| n.strip_suffix(".seg")).and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            if n < current && !lock(&self.appender).live.contains_key(&n) {
+                unreferenced.push(n);
+            }
+        }
+        unreferenced.sort_unstable();
+        self.delete(&unreferenced)?;
+        Ok(unreferenced)
+    }
+
+    /// Gives back references whose deletion is committed; deletes each segment that no
+    /// reference may point into any more (never the one being appended to). Returns the deleted
+    /// segments.
+    pub fn release(&self, refs: &[BlobRef]) -> anyhow::Result<Vec<u32>> {
+        let mut empty = Vec::new();
+        {
+            let mut a = lock(&self.appender);
+            for r in refs {
+                if let Some(n) = a.live.get_mut(&r.segment) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        a.live.remove(&r.segment);
+                        empty.push(r.segment);
+                    }
+                }
+            }
+            // The current segment stays: the next append goes there.
+            let current = a.segment;
+            empty.retain(|s| *s != current);
+        }
+        // No append can reach these any more (appends go to the current segment only).
+        self.delete(&empty)?;
+        Ok(empty)
+    }
+
+    /// Removes segment files (and their cached read handles, which would keep the space).
+    fn delete(&self, segments: &[u32]) -> anyhow::Result<()> {
+        if segments.is_empty() {
+            return Ok(());
+        }
+        let mut readers = lock(&self.readers);
+        for s in segments {
+            readers.remove(s);
+        }
+        drop(readers);
+        for s in segments {
+            let path = segment_path(&self.dir, *s);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("cannot delete blob segment `{}`", path.display())),
+            }
+        }
+        // Not synced on purpose: a deletion lost in a crash is found again at the next start.
         Ok(())
     }
 
@@ -449,6 +535,40 @@ pub(super) mod tests {
         assert!(!log.is_lost(&rc));
         assert_eq!(log.read(&rc).expect("read"), c);
         assert_eq!(log.read(&rk).expect("read"), kept);
+    }
+
+    #[test]
+    fn a_start_deletes_old_segments_no_committed_reference_points_into() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut refs = Vec::new();
+        for _ in 0..3 {
+            let log = BlobLog::open(dir.path()).expect("open");
+            let a = b"payload".to_vec();
+            refs.push(log.append(&a, checksum(&a)).expect("append"));
+            log.sync().expect("sync");
+        }
+        let names = |d: &Path| {
+            let mut n: Vec<u32> = std::fs::read_dir(d)
+                .expect("list")
+                .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".seg")?.parse().ok())
+                .collect();
+            n.sort_unstable();
+            n
+        };
+        assert_eq!(names(dir.path()), [1, 2, 3]);
+        // Only the second segment's blob was committed.
+        let log = BlobLog::open(dir.path()).expect("open");
+        assert_eq!(log.adopt([refs[1]]).expect("adopt"), [1, 3]);
+        assert_eq!(names(dir.path()), [2, 4]);
+        assert_eq!(log.read(&refs[1]).expect("read"), b"payload");
+        // Appends count too: the current segment is never deleted, an old one once released.
+        let b = b"new".to_vec();
+        let rb = log.append(&b, checksum(&b)).expect("append");
+        log.sync().expect("sync");
+        assert_eq!(log.release(&[rb]).expect("release"), Vec::<u32>::new(), "the current segment was deleted");
+        assert_eq!(log.release(&[refs[1]]).expect("release"), [2]);
+        assert_eq!(names(dir.path()), [4]);
+        assert_eq!(log.read(&rb).expect("read"), b);
     }
 
     #[test]

@@ -124,6 +124,16 @@ impl EmbeddedStore {
             txn.commit()?;
         }
         let blobs = Arc::new(blobs::BlobLog::open(&dir.join("blobs"))?);
+        match committed_blobs(&database) {
+            Ok(refs) => {
+                let deleted = blobs.adopt(refs).context("cannot reclaim unreferenced blob segments")?;
+                if !deleted.is_empty() {
+                    tracing::info!(segments = ?deleted, "blob segments deleted: nothing refers to them");
+                }
+            }
+            // Without a complete count nothing may be deleted: space is reclaimed at a later start.
+            Err(e) => tracing::warn!(error = %e, "blob references not counted; no blob segment will be deleted"),
+        }
         let shared = Arc::new(Shared::default());
         let (tx, rx) = mpsc::unbounded_channel();
         let dedup =
@@ -311,6 +321,11 @@ impl EmbeddedStore {
         let Some(id) = first else { return Ok(None) };
         let txn = self.read()?;
         let subs = txn.open_table(SUBMISSIONS).map_err(unavailable)?;
+        // Retention may have deleted it since the index was read: then the writer decides, with
+        // the index as it is after that deletion.
+        if subs.get(id.0.as_bytes().as_slice()).map_err(unavailable)?.is_none() {
+            return Ok(None);
+        }
         receipt_of(&subs, id).map(Some)
     }
 
@@ -342,6 +357,95 @@ impl EmbeddedStore {
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+/// Every blob reference the database holds (payloads and renditions); an error if one cannot
+/// be read, since a count that misses one could delete its segment.
+fn committed_blobs(db: &redb::Database) -> anyhow::Result<Vec<blobs::BlobRef>> {
+    use redb::ReadableTable;
+    let txn = db.begin_read()?;
+    let mut refs = Vec::new();
+    for table in [PAYLOADS, RENDITIONS] {
+        for entry in txn.open_table(table)?.iter()? {
+            let (k, v) = entry?;
+            let r = blobs::decode(v.value())
+                .with_context(|| format!("unreadable blob reference under {}", hex::encode(k.value())))?;
+            refs.push(r);
+        }
+    }
+    Ok(refs)
+}
+
+/// Most submissions one expiry transaction deletes: the writer's turn stays short.
+const EXPIRE_BATCH: usize = 256;
+/// Most state-index entries one expiry scan reads before it hands what it found to the writer.
+const EXPIRE_SCAN: usize = 4096;
+
+/// One step of the expiry scan over the deliveries in `state` (oldest first), after `from`:
+/// the submissions `cutoffs` lets go (at most [`EXPIRE_BATCH`]), and where to go on (`None`:
+/// the scan reached deliveries created after the cutoff, which cannot have ended before it).
+fn expiry_candidates(
+    db: &db::Db,
+    state: DeliveryState,
+    cutoffs: Cutoffs,
+    from: Option<[u8; 17]>,
+) -> Result<(Vec<SubmissionId>, Option<[u8; 17]>), StoreError> {
+    use std::ops::Bound;
+    let Some(cutoff) = (match state {
+        DeliveryState::Delivered => cutoffs.delivered,
+        DeliveryState::Dead => cutoffs.dead,
+        DeliveryState::Pending => None,
+    }) else {
+        return Ok((Vec::new(), None));
+    };
+    let txn = db.get()?.begin_read().map_err(unavailable)?;
+    let by_state = txn.open_table(BY_STATE).map_err(unavailable)?;
+    let deliveries = txn.open_table(DELIVERIES).map_err(unavailable)?;
+    let subs = txn.open_table(SUBMISSIONS).map_err(unavailable)?;
+    let lo = match from {
+        Some(k) => Bound::Excluded(k),
+        None => Bound::Included(state_key(state, DeliveryId(uuid::Uuid::nil()))),
+    };
+    let hi = Bound::Included(state_key(state, DeliveryId(uuid::Uuid::max())));
+    let range = (lo.as_ref().map(|k| k.as_slice()), hi.as_ref().map(|k| k.as_slice()));
+    let mut found: Vec<SubmissionId> = Vec::new();
+    let mut last = None;
+    for (scanned, entry) in by_state.range::<&[u8]>(range).map_err(unavailable)?.enumerate() {
+        if scanned >= EXPIRE_SCAN || found.len() >= EXPIRE_BATCH {
+            return Ok((found, last));
+        }
+        let (k, _) = entry.map_err(unavailable)?;
+        let key: [u8; 17] = match k.value().try_into() {
+            Ok(key) => key,
+            Err(_) => continue,
+        };
+        last = Some(key);
+        let Ok(u) = uuid::Uuid::from_slice(&key[1..]) else { continue };
+        // Ids are v7: created at their time stamp, so changed at or after it.
+        let created = u.get_timestamp().map(|t| t.to_unix()).map_or(0, |(s, n)| s * 1000 + u64::from(n) / 1_000_000);
+        if created > cutoff {
+            return Ok((found, None));
+        }
+        let Some(d) = get_delivery(&deliveries, DeliveryId(u))? else { continue };
+        if !cutoffs.lets_go(d.state, d.updated_at) || found.last() == Some(&d.submission_id) {
+            continue;
+        }
+        // The writer checks every delivery again; here only what saves it a wasted look.
+        let Some(v) = subs.get(d.submission_id.0.as_bytes().as_slice()).map_err(unavailable)? else { continue };
+        let rec: SubmissionRecord =
+            serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut all = true;
+        for other in &rec.receipt.deliveries {
+            if !get_delivery(&deliveries, other.id)?.is_some_and(|o| cutoffs.lets_go(o.state, o.updated_at)) {
+                all = false;
+                break;
+            }
+        }
+        if all && !found.contains(&d.submission_id) {
+            found.push(d.submission_id);
+        }
+    }
+    Ok((found, None))
 }
 
 #[async_trait::async_trait]
@@ -517,6 +621,27 @@ impl Store for EmbeddedStore {
             delivered: get("delivered")?,
             dead: get("dead")?,
         })
+    }
+
+    async fn expire(&self, cutoffs: Cutoffs) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        for state in [DeliveryState::Delivered, DeliveryState::Dead] {
+            let mut from = None;
+            loop {
+                let db = self.db.clone();
+                let (found, next) = tokio::task::spawn_blocking(move || expiry_candidates(&db, state, cutoffs, from))
+                    .await
+                    .map_err(|e| StoreError::Unavailable(format!("expiry scan failed: {e}")))??;
+                if !found.is_empty() {
+                    deleted += self.write(|reply| Op::Expire { submissions: found, cutoffs, reply }).await?;
+                }
+                match next {
+                    Some(k) => from = Some(k),
+                    None => break,
+                }
+            }
+        }
+        Ok(deleted)
     }
 
     fn health(&self) -> Result<(), StoreError> {

@@ -383,3 +383,146 @@ async fn a_due_retry_goes_before_a_newer_delivery() {
         store.lease("a", 2, Duration::from_millis(200)).await.expect("lease").iter().map(|l| l.delivery_id).collect();
     assert_eq!(order, [first.deliveries[0].id, newer.deliveries[0].id], "the due retry is not first");
 }
+
+/// Leases every due delivery of `endpoint` and settles each with `outcome`; returns how many.
+async fn settle_all(store: &EmbeddedStore, endpoint: &str, outcome: Outcome) -> usize {
+    let mut n = 0;
+    loop {
+        let leases = store.lease(endpoint, 64, Duration::from_millis(50)).await.expect("lease");
+        if leases.is_empty() {
+            return n;
+        }
+        for l in leases {
+            store.settle(l, outcome.clone()).await.expect("settle");
+            n += 1;
+        }
+    }
+}
+
+fn accepted(i: Intake) -> Receipt {
+    match i {
+        Intake::Accepted(r) => r,
+        Intake::Duplicate(r) => panic!("{} was taken for a duplicate", r.submission_id),
+    }
+}
+
+#[tokio::test]
+async fn retention_deletes_finished_submissions_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(dir.path()).expect("open");
+    let delivered = accepted(store.intake(new_sub(&["a"], &["msg:p:A"])).await.expect("intake"));
+    let dead = accepted(store.intake(new_sub(&["b"], &["msg:p:B"])).await.expect("intake"));
+    let pending = accepted(store.intake(new_sub(&["c"], &["msg:p:C"])).await.expect("intake"));
+    let mixed = accepted(store.intake(new_sub(&["a", "b"], &["msg:p:D"])).await.expect("intake"));
+    assert_eq!(settle_all(&store, "a", Outcome::Delivered { status: 200 }).await, 2);
+    assert_eq!(settle_all(&store, "b", Outcome::Dead { error: "HTTP 400".into() }).await, 2);
+    let later = now_millis() + 1_000;
+
+    // Cutoffs before every change delete nothing.
+    assert_eq!(store.expire(Cutoffs { delivered: Some(1), dead: Some(1) }).await.expect("expire"), 0);
+    // Delivered ones only: the dead and the pending stay, and so does the submission with one
+    // delivery delivered and one dead.
+    assert_eq!(store.expire(Cutoffs { delivered: Some(later), dead: None }).await.expect("expire"), 1);
+    assert!(store.submission(delivered.submission_id).await.expect("read").is_none(), "not deleted");
+    assert!(store.delivery(delivered.deliveries[0].id).await.expect("read").is_none(), "delivery left");
+    assert_eq!(store.submission_by_key("msg:p:A").await.expect("find"), None, "dedup key left");
+    for kept in [&dead, &pending, &mixed] {
+        assert!(store.submission(kept.submission_id).await.expect("read").is_some(), "{} deleted", kept.submission_id);
+    }
+    let c = store.counts().await.expect("counts");
+    assert_eq!((c.submissions, c.pending, c.delivered, c.dead), (3, 1, 1, 2));
+    // A submission that has become pending again since it was picked stays (the writer checks).
+    let again = store
+        .write(|reply| Op::Expire {
+            submissions: vec![pending.submission_id],
+            cutoffs: Cutoffs { delivered: Some(later), dead: Some(later) },
+            reply,
+        })
+        .await
+        .expect("expire");
+    assert_eq!(again, 0, "a pending submission was deleted");
+
+    // The deleted message's id is free again: a resend is a new submission.
+    let resent = accepted(store.intake(new_sub(&["a"], &["msg:p:A"])).await.expect("resend"));
+    assert_ne!(resent.submission_id, delivered.submission_id);
+
+    assert_eq!(store.expire(Cutoffs { delivered: Some(later), dead: Some(later) }).await.expect("expire"), 2);
+    for gone in [&dead, &mixed] {
+        assert!(store.submission(gone.submission_id).await.expect("read").is_none(), "{} kept", gone.submission_id);
+    }
+    let c = store.counts().await.expect("counts");
+    assert_eq!((c.submissions, c.pending, c.delivered, c.dead), (2, 2, 0, 0));
+    let listed = store.deliveries(&DeliveryFilter::default()).await.expect("list");
+    assert_eq!(listed.len(), 2, "deleted deliveries are still listed: {listed:?}");
+
+    // All of it survives a reopen: the dedup index is rebuilt without the deleted keys.
+    drop(store);
+    let store = EmbeddedStore::open(dir.path()).expect("reopen");
+    assert_eq!(store.submission_by_key("msg:p:D").await.expect("find"), None);
+    assert_eq!(store.submission_by_key("msg:p:A").await.expect("find"), Some(resent.submission_id));
+}
+
+#[tokio::test]
+async fn retention_goes_through_more_than_one_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(EmbeddedStore::open(dir.path()).expect("open"));
+    let n = EXPIRE_BATCH * 2 + 17;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let s = store.clone();
+        tasks.spawn(async move { s.intake(new_sub(&["a"], &[])).await });
+    }
+    while let Some(r) = tasks.join_next().await {
+        accepted(r.expect("task").expect("intake"));
+    }
+    assert_eq!(settle_all(&store, "a", Outcome::Delivered { status: 200 }).await, n);
+    let cutoffs = Cutoffs { delivered: Some(now_millis() + 1_000), dead: None };
+    assert_eq!(store.expire(cutoffs).await.expect("expire"), n as u64);
+    assert_eq!(store.counts().await.expect("counts").submissions, 0);
+    assert_eq!(store.expire(cutoffs).await.expect("expire"), 0);
+}
+
+/// The blob segment files in `dir`, by number.
+fn segments(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("blobs"))
+        .expect("blobs dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn retention_deletes_a_blob_segment_once_nothing_refers_to_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (first, second) = {
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        let first = accepted(store.intake(new_sub(&["a"], &[])).await.expect("intake"));
+        let second = accepted(store.intake(new_sub(&["b"], &[])).await.expect("intake"));
+        (first, second)
+    };
+    // A reopened store appends to a new segment; the old one holds both payloads.
+    let store = EmbeddedStore::open(dir.path()).expect("reopen");
+    assert_eq!(segments(dir.path()), ["00000001.seg", "00000002.seg"]);
+    let third = accepted(store.intake(new_sub(&["a"], &[])).await.expect("intake"));
+    assert_eq!(settle_all(&store, "a", Outcome::Delivered { status: 200 }).await, 2);
+    let cutoffs = Cutoffs { delivered: Some(now_millis() + 1_000), dead: None };
+
+    // One of the old segment's two payloads is deleted: the segment stays.
+    assert_eq!(store.expire(cutoffs).await.expect("expire"), 2);
+    assert!(store.submission(first.submission_id).await.expect("read").is_none());
+    assert!(store.submission(third.submission_id).await.expect("read").is_none());
+    assert_eq!(segments(dir.path()), ["00000001.seg", "00000002.seg"], "a segment still referred to was deleted");
+    let leases = store.lease("b", 1, Duration::from_millis(100)).await.expect("lease");
+    assert_eq!(&leases[0].payload[..], b"<r/>", "the remaining payload is unreadable");
+
+    // The last one goes: so does its segment, but not the one being appended to.
+    store.settle(leases.into_iter().next().expect("one"), Outcome::Delivered { status: 200 }).await.expect("settle");
+    assert_eq!(store.expire(cutoffs).await.expect("expire"), 1);
+    assert!(store.submission(second.submission_id).await.expect("read").is_none());
+    assert_eq!(segments(dir.path()), ["00000002.seg"]);
+    let fourth = accepted(store.intake(new_sub(&["a"], &[])).await.expect("intake"));
+    let leases = store.lease("a", 1, Duration::from_millis(100)).await.expect("lease");
+    assert_eq!(leases[0].submission_id, fourth.submission_id);
+    assert_eq!(&leases[0].payload[..], b"<r/>");
+}

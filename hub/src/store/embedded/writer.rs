@@ -25,7 +25,7 @@ use super::db::Db;
 use super::prepare::PreparedIntake;
 use super::tables::*;
 use crate::store::{
-    DeliveryId, DeliveryState, Intake, Millis, Outcome, Receipt, ReplayOutcome, StoreError, SubmissionId,
+    Cutoffs, DeliveryId, DeliveryState, Intake, Millis, Outcome, Receipt, ReplayOutcome, StoreError, SubmissionId,
 };
 
 /// Most requests in one transaction; bounds the latency a batch adds to its first member.
@@ -69,6 +69,14 @@ pub enum Op {
         reason: String,
         reply: oneshot::Sender<Result<ReplayOutcome, StoreError>>,
     },
+    /// Retention: deletes those of `submissions` that `cutoffs` lets go (checked again here, in
+    /// the write transaction: one may have been replayed since it was picked). Committed in a
+    /// transaction of its own, so the dedup index never names a deleted submission to a batch.
+    Expire {
+        submissions: Vec<SubmissionId>,
+        cutoffs: Cutoffs,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
 }
 
 /// What a committed batch woke up: endpoints that got new due work.
@@ -78,6 +86,7 @@ enum Reply {
     Intake(oneshot::Sender<Result<Intake, StoreError>>, Result<Intake, StoreError>),
     Settle(oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
     Replay(oneshot::Sender<Result<ReplayOutcome, StoreError>>, Result<ReplayOutcome, StoreError>),
+    Expire(oneshot::Sender<Result<u64, StoreError>>, Result<u64, StoreError>),
 }
 
 impl Reply {
@@ -86,6 +95,7 @@ impl Reply {
             Reply::Intake(tx, _) => Reply::Intake(tx, failed(e)),
             Reply::Settle(tx, _) => Reply::Settle(tx, failed(e)),
             Reply::Replay(tx, _) => Reply::Replay(tx, failed(e)),
+            Reply::Expire(tx, _) => Reply::Expire(tx, failed(e)),
         }
     }
     fn send(self) {
@@ -95,6 +105,7 @@ impl Reply {
             Reply::Intake(tx, r) => drop(tx.send(r)),
             Reply::Settle(tx, r) => drop(tx.send(r)),
             Reply::Replay(tx, r) => drop(tx.send(r)),
+            Reply::Expire(tx, r) => drop(tx.send(r)),
         }
     }
 }
@@ -202,7 +213,9 @@ pub fn run(
         metrics::histogram!("lotse_store_batch_size").record(batch.len() as f64);
         // Intakes decide the store's health (`Store::health`): failing while none commits.
         let offered = batch.iter().filter(|op| matches!(op, Op::Intake(..))).count();
-        let ops = refuse_lost(&blobs, std::mem::take(&mut batch));
+        let (expires, ops): (Vec<Op>, Vec<Op>) =
+            std::mem::take(&mut batch).into_iter().partition(|op| matches!(op, Op::Expire { .. }));
+        let ops = refuse_lost(&blobs, ops);
         let intakes = ops.iter().filter(|op| matches!(op, Op::Intake(..))).count();
         let database = match db.get() {
             Ok(d) => d,
@@ -213,12 +226,15 @@ pub fn run(
                         failing(true);
                     }
                     refuse_all(ops, &e);
+                    refuse_all(expires, &e);
                     continue;
                 }
             },
         };
         let started = std::time::Instant::now();
-        let committed = commit_batch(&database, &blobs, &index, ops);
+        // An empty batch (only expiries came) commits nothing.
+        let committed =
+            if ops.is_empty() { Ok((Vec::new(), Vec::new())) } else { commit_batch(&database, &blobs, &index, ops) };
         metrics::histogram!("lotse_store_commit_seconds").record(started.elapsed().as_secs_f64());
         match committed {
             Ok((replies, wakeups)) => {
@@ -263,10 +279,81 @@ pub fn run(
                     {
                         tracing::error!(error = %e, left_out, "cannot reopen the store");
                     }
+                    refuse_all(expires, "the store is being reopened after an I/O error");
+                    continue;
                 }
             }
         }
+        for op in expires {
+            if let Op::Expire { submissions, cutoffs, reply } = op {
+                let _ = reply.send(expire(&database, &blobs, &index, &submissions, cutoffs));
+            }
+        }
+        if Db::is_broken(&database) {
+            drop(database);
+            if let Err(e) = reopens.attempt(&db, &index)
+                && let Some(left_out) = REOPEN_FAILED.allow()
+            {
+                tracing::error!(error = %e, left_out, "cannot reopen the store");
+            }
+        }
     }
+}
+
+/// Deletes those of `submissions` that `cutoffs` lets go, in one transaction; after the commit,
+/// forgets their dedup keys and gives their blob references back (which deletes a segment no
+/// reference points into any more). Returns how many were deleted.
+fn expire(
+    db: &Database,
+    blobs: &BlobLog,
+    index: &RwLock<DedupIndex>,
+    submissions: &[SubmissionId],
+    cutoffs: Cutoffs,
+) -> Result<u64, StoreError> {
+    let txn = db.begin_write().map_err(unavailable)?;
+    let mut gone = Expired::default();
+    {
+        let committed = index.read().unwrap_or_else(|e| e.into_inner());
+        let mut w = Batch {
+            t: Tables::open(&txn).map_err(unavailable)?,
+            index: &committed,
+            new_keys: HashMap::new(),
+            counters: HashMap::new(),
+            wakeups: Vec::new(),
+            now: crate::store::now_millis(),
+        };
+        for id in submissions {
+            w.expire(*id, cutoffs, &mut gone)?;
+        }
+        w.flush_counters().map_err(unavailable)?;
+    }
+    txn.commit().map_err(unavailable)?;
+    {
+        let mut index = index.write().unwrap_or_else(|e| e.into_inner());
+        for (digest, id) in &gone.keys {
+            if index.get(digest) == Some(id) {
+                index.remove(digest);
+            }
+        }
+    }
+    match blobs.release(&gone.blobs) {
+        Ok(segments) if !segments.is_empty() => {
+            tracing::info!(?segments, "blob segments deleted: nothing refers to them any more")
+        }
+        Ok(_) => {}
+        // The deletion is committed; the space comes back at the next start.
+        Err(e) => tracing::warn!(error = %e, "cannot delete a blob segment"),
+    }
+    metrics::counter!("lotse_expired_submissions_total").increment(gone.submissions);
+    Ok(gone.submissions)
+}
+
+/// What [`Batch::expire`] deleted, for after the commit.
+#[derive(Default)]
+struct Expired {
+    submissions: u64,
+    keys: Vec<([u8; 16], SubmissionId)>,
+    blobs: Vec<super::blobs::BlobRef>,
 }
 
 /// Answers every op with the store error `e` (503), logging it at most once a second.
@@ -302,6 +389,7 @@ fn placeholder_reply(op: Op) -> Reply {
         Op::Intake(_, tx) => Reply::Intake(tx, failed("not applied")),
         Op::Settle { reply, .. } => Reply::Settle(reply, failed("not applied")),
         Op::Replay { reply, .. } => Reply::Replay(reply, failed("not applied")),
+        Op::Expire { reply, .. } => Reply::Expire(reply, failed("not applied")),
     }
 }
 
@@ -375,6 +463,8 @@ fn apply_and_commit(
                 w.settle(*delivery, *attempt, outcome).map(|_| Applied::Unit)
             }
             Op::Replay { delivery, actor, reason, .. } => w.replay(*delivery, actor, reason).map(Applied::Replay),
+            // `run` commits expiries apart (see `Op::Expire`).
+            Op::Expire { .. } => Err(StoreError::Corrupt("an expiry in a batch".into())),
         };
         if let Err(StoreError::Unavailable(e)) = &r {
             failed = Some(e.clone());
@@ -429,6 +519,7 @@ fn apply_and_commit(
                     _ => Err(StoreError::Corrupt("mismatched reply".into())),
                 }),
             ),
+            (Op::Expire { reply, .. }, r) => Reply::Expire(reply, r.map(|_| 0)),
         });
     }
     Ok((replies, wakeups))
@@ -619,6 +710,47 @@ impl Batch<'_, '_> {
         let detail = format!("replayed by `{actor}`: {reason}");
         self.append_events(d.submission_id, vec![ev(self.now, "replayed", Some(id), None, detail)])?;
         Ok(ReplayOutcome::Replayed)
+    }
+
+    /// Deletes submission `id` with everything that belongs to it, if `cutoffs` lets it go.
+    fn expire(&mut self, id: SubmissionId, cutoffs: Cutoffs, gone: &mut Expired) -> Result<(), StoreError> {
+        let sid = id.0.as_bytes().as_slice();
+        let record: SubmissionRecord = match self.t.submissions.get(sid).map_err(unavailable)? {
+            Some(v) => serde_json::from_slice(v.value()).map_err(|e| corrupt("submission", e))?,
+            None => return Ok(()),
+        };
+        let mut deliveries = Vec::with_capacity(record.receipt.deliveries.len());
+        for d in &record.receipt.deliveries {
+            match get_delivery(&self.t.deliveries, d.id)? {
+                Some(r) if cutoffs.lets_go(r.state, r.updated_at) => deliveries.push((d.id, r)),
+                _ => return Ok(()),
+            }
+        }
+        let blob = |v: Option<redb::AccessGuard<'_, &'static [u8]>>| v.and_then(|v| super::blobs::decode(v.value()));
+        for (did, r) in &deliveries {
+            let key = did.0.as_bytes().as_slice();
+            self.t.deliveries.remove(key).map_err(unavailable)?;
+            gone.blobs.extend(blob(self.t.renditions.remove(key).map_err(unavailable)?));
+            self.t.by_state.remove(state_key(r.state, *did).as_slice()).map_err(unavailable)?;
+            // A final delivery has no work entry; one left over would only be skipped.
+            self.t.ready.remove(ready_key(&r.endpoint, r.not_before, *did).as_slice()).map_err(unavailable)?;
+            self.count(counter_name(r.state), -1);
+        }
+        gone.blobs.extend(blob(self.t.payloads.remove(sid).map_err(unavailable)?));
+        if let Some(digests) = self.t.dedup_log.remove(sid).map_err(unavailable)? {
+            for d in digests.value().chunks_exact(16) {
+                gone.keys.push((d.try_into().unwrap_or_default(), id));
+            }
+        }
+        self.t
+            .events
+            .retain_in(event_key(id, 0).as_slice()..=event_key(id, u32::MAX).as_slice(), |_, _| false)
+            .map_err(unavailable)?;
+        self.t.chain.remove(sid).map_err(unavailable)?;
+        self.t.submissions.remove(sid).map_err(unavailable)?;
+        self.count("submissions", -1);
+        gone.submissions += 1;
+        Ok(())
     }
 
     fn move_state(&mut self, id: DeliveryId, from: DeliveryState, to: DeliveryState) -> Result<(), StoreError> {
