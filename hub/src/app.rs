@@ -135,11 +135,12 @@ pub async fn start(
     let partner_app = api::partner::router(state.clone());
     let admin_app = api::admin::router(state);
     let read_timeout = config.raw.limits.read_timeout;
-    tasks.spawn(serve_http(partner, partner_app, rx.clone(), "partner", read_timeout));
+    let max_connections = config.raw.limits.max_connections;
+    tasks.spawn(serve_http(partner, partner_app, rx.clone(), "partner", read_timeout, max_connections));
     if let Some(retention) = config.raw.retention {
         tasks.spawn(sweep(store.clone(), retention, rx.clone()));
     }
-    tasks.spawn(serve_http(admin, admin_app, rx, "admin", read_timeout));
+    tasks.spawn(serve_http(admin, admin_app, rx, "admin", read_timeout, max_connections));
     tracing::info!(%partner_addr, %admin_addr, data_dir = %config.raw.data_dir.display(), "lotse started");
     Ok(Running { partner_addr, admin_addr, store, shutdown, tasks })
 }
@@ -177,25 +178,31 @@ async fn sweep(store: Arc<dyn Store>, retention: crate::config::RetentionConfig,
 /// header read timeout never ran: a client could open connections and send nothing, or a
 /// header a byte at a time, and hold them for ever. Here a client that has not sent a
 /// request's headers within `read_timeout` is disconnected (the body's own bound is in the
-/// partner API's handler).
+/// partner API's handler), and so is a connection that has sent nothing for `read_timeout`
+/// (HTTP/1 keep-alive by hyper's header timeout; HTTP/2, which hyper keeps open for as long as
+/// the client likes, by a graceful shutdown here: requests in progress still get their answers).
+/// At most `max_connections` are open at once; one more is closed as soon as it is accepted.
 async fn serve_http(
     listener: TcpListener,
     app: axum::Router,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     name: &'static str,
     read_timeout: std::time::Duration,
+    max_connections: usize,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto;
     use hyper_util::service::TowerToHyperService;
 
+    static FULL: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(read_timeout);
     builder.http2().timer(TokioTimer::new());
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let mut stop = shutdown.clone();
     let stop = async move {
-        while !*shutdown.borrow() {
-            if shutdown.changed().await.is_err() {
+        while !*stop.borrow() {
+            if stop.changed().await.is_err() {
                 break;
             }
         }
@@ -226,24 +233,145 @@ async fn serve_http(
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Closed at once: the client sees the connection end and may come back, instead of
+            // waiting in the accept queue behind connections that may never end.
+            metrics::counter!("lotse_connections_refused_total", "listener" => name).increment(1);
+            if let Some(left_out) = FULL.allow() {
+                tracing::warn!(
+                    listener = name,
+                    max_connections,
+                    left_out,
+                    "too many open connections; a new one is closed"
+                );
+            }
+            drop(tcp);
+            continue;
+        };
         // Answers are small and complete: send them at once rather than wait to coalesce segments.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
         }
-        let (builder, app, watcher) = (builder.clone(), app.clone(), graceful.watcher());
+        let (builder, app, mut shutdown) = (builder.clone(), app.clone(), shutdown.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             // The builder reads a first byte to tell HTTP/1 from HTTP/2, with no timeout of its
             // own: a client that sends nothing at all is dropped here.
             if tokio::time::timeout(read_timeout, tcp.peek(&mut [0u8; 1])).await.is_err() {
                 return;
             }
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(app));
-            // A client that went away or timed out: nothing to report.
-            let _ = watcher.watch(conn.into_owned()).await;
+            let io = ActivityIo::new(tcp);
+            let last_read = io.last_read.clone();
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(app));
+            tokio::pin!(conn);
+            // Once closing, the connection gets `read_timeout` to finish what it is doing: an
+            // HTTP/2 client that never answers the server's GOAWAY ping would hold it for ever.
+            let mut closing: Option<tokio::time::Instant> = None;
+            loop {
+                let idle_until = last_read.at() + read_timeout;
+                tokio::select! {
+                    // A client that went away or timed out: nothing to report.
+                    _ = conn.as_mut() => break,
+                    changed = shutdown.changed(), if closing.is_none() => {
+                        if changed.is_err() || *shutdown.borrow() {
+                            conn.as_mut().graceful_shutdown();
+                            closing = Some(tokio::time::Instant::now() + read_timeout);
+                        }
+                    }
+                    () = tokio::time::sleep_until(idle_until), if closing.is_none() => {
+                        if last_read.at() + read_timeout <= tokio::time::Instant::now() {
+                            conn.as_mut().graceful_shutdown();
+                            closing = Some(tokio::time::Instant::now() + read_timeout);
+                        }
+                    }
+                    () = tokio::time::sleep_until(closing.unwrap_or_else(tokio::time::Instant::now)), if closing.is_some() => break,
+                }
+            }
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    // Every connection holds a slot until it ends: all back means all answered.
+    let _ = slots.acquire_many(u32::try_from(max_connections).unwrap_or(u32::MAX)).await;
+}
+
+/// When a connection last received bytes (see [`ActivityIo`]): milliseconds after `base`.
+#[derive(Clone)]
+struct LastRead {
+    base: tokio::time::Instant,
+    millis: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl LastRead {
+    fn at(&self) -> tokio::time::Instant {
+        self.base + std::time::Duration::from_millis(self.millis.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+/// A TCP stream that notes when it last read bytes, so an idle HTTP/2 connection can be
+/// closed (hyper has no idle timeout for HTTP/2). Hand-written: a few lines over tokio's
+/// traits, which no crate offers as such.
+struct ActivityIo {
+    inner: tokio::net::TcpStream,
+    last_read: LastRead,
+}
+
+impl ActivityIo {
+    fn new(inner: tokio::net::TcpStream) -> ActivityIo {
+        let last_read = LastRead { base: tokio::time::Instant::now(), millis: Arc::default() };
+        ActivityIo { inner, last_read }
+    }
+}
+
+impl tokio::io::AsyncRead for ActivityIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let ms = self.last_read.base.elapsed().as_millis();
+            self.last_read.millis.store(u64::try_from(ms).unwrap_or(u64::MAX), std::sync::atomic::Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for ActivityIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Accept backlog of every listener Lotse opens (the kernel caps it at `net.core.somaxconn`).
@@ -417,7 +545,7 @@ mod tests {
         let addr = listener.local_addr().expect("the bound address");
         let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
         let (stop, rx) = tokio::sync::watch::channel(false);
-        let server = tokio::spawn(super::serve_http(listener, app, rx, "test", Duration::from_millis(500)));
+        let server = tokio::spawn(super::serve_http(listener, app, rx, "test", Duration::from_millis(500), 64));
 
         for partial in [&b"POST /v1/submissions HTTP/1.1\r\nHost: lotse\r\nContent-Ty"[..], b""] {
             let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -432,6 +560,78 @@ mod tests {
             let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest)).await;
             assert!(read.is_ok(), "a connection with {} bytes of headers still open after 10 s", partial.len());
         }
+        stop.send(true).expect("the server listens");
+        tokio::time::timeout(Duration::from_secs(10), server).await.expect("the server stops").expect("no panic");
+    }
+
+    /// An HTTP/2 connection (prior knowledge, as `h2c` clients open it) that sends nothing after
+    /// its preface is closed once `read_timeout` has passed; hyper alone kept it open for ever.
+    #[tokio::test]
+    async fn an_idle_http2_connection_is_closed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = super::bind(([127, 0, 0, 1], 0).into()).expect("bind");
+        let addr = listener.local_addr().expect("the bound address");
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(super::serve_http(listener, app, rx, "test", Duration::from_millis(500), 64));
+        let mut idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        // The client preface and an empty SETTINGS frame.
+        idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.expect("preface");
+        let mut frames = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut frames)).await;
+        assert!(read.is_ok(), "an idle HTTP/2 connection still open after 10 s");
+        // Told first: among the frames the server sent is a GOAWAY (type 7).
+        let mut types = Vec::new();
+        let mut at = 0;
+        while let Some(header) = frames.get(at..at + 9) {
+            types.push(header[3]);
+            at += 9 + (usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]));
+        }
+        assert!(types.contains(&7), "no GOAWAY among the frame types {types:?}");
+        stop.send(true).expect("the server listens");
+        tokio::time::timeout(Duration::from_secs(10), server).await.expect("the server stops").expect("no panic");
+    }
+
+    /// Beyond `max_connections` a new connection is closed at once, the open ones stay, and once
+    /// one of them ends a new client is served again.
+    #[tokio::test]
+    async fn connections_beyond_the_limit_are_closed_at_once() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = super::bind(([127, 0, 0, 1], 0).into()).expect("bind");
+        let addr = listener.local_addr().expect("the bound address");
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(super::serve_http(listener, app, rx, "test", Duration::from_secs(30), 2));
+        let first = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut second = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut third = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut rest)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the connection over the limit was not closed: {read:?}");
+        // The two within the limit are still served.
+        second.write_all(b"GET / HTTP/1.1\r\nHost: lotse\r\n\r\n").await.expect("send");
+        let mut answer = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), second.read(&mut answer))
+            .await
+            .expect("an answer within 5 s")
+            .expect("read");
+        assert!(answer[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer[..n]));
+        drop(first);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut next = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            next.write_all(b"GET / HTTP/1.1\r\nHost: lotse\r\nConnection: close\r\n\r\n").await.ok();
+            let mut answer = String::new();
+            let _ = tokio::time::timeout(Duration::from_secs(2), next.read_to_string(&mut answer)).await;
+            if answer.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no place again after a connection ended");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(second);
         stop.send(true).expect("the server listens");
         tokio::time::timeout(Duration::from_secs(10), server).await.expect("the server stops").expect("no panic");
     }

@@ -99,6 +99,10 @@ pub struct LimitsConfig {
     /// trickles bytes cannot hold a connection, or a place among `max_in_flight`, for ever.
     #[serde(with = "humantime_serde")]
     pub read_timeout: Duration,
+    /// Most connections open at once on each port (default 4096). One more is closed as soon
+    /// as it is accepted: idle or slow clients cannot take every file descriptor. Keep it
+    /// below the process's open-file limit (`ulimit -n`).
+    pub max_connections: usize,
 }
 
 impl LimitsConfig {
@@ -117,6 +121,7 @@ impl Default for LimitsConfig {
             max_in_flight: 1024,
             max_in_flight_per_partner: None,
             read_timeout: Duration::from_secs(30),
+            max_connections: 4096,
         }
     }
 }
@@ -426,6 +431,7 @@ impl RawConfig {
             || self.limits.max_attributes == 0
             || self.limits.max_in_flight == 0
             || self.limits.read_timeout.is_zero()
+            || self.limits.max_connections == 0
             || self.limits.max_in_flight_per_partner == Some(0)
         {
             problems.push("`limits` values must be greater than 0".into());
