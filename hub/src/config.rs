@@ -126,7 +126,7 @@ impl Default for LimitsConfig {
     }
 }
 
-/// `[retention]`: how long finished submissions are kept (embedded store). A submission is
+/// `[retention]`: how long finished submissions are kept (both stores). A submission is
 /// deleted (payload, renditions, deliveries, event log, dedup keys) once every one of its
 /// deliveries is final and was last changed longer ago than the limit of its state.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -454,12 +454,6 @@ impl RawConfig {
                 || r.check_every.is_zero()
             {
                 problems.push("`retention` durations must be greater than 0".into());
-            }
-            if self.queue.kind == QueueKind::Rabbitmq {
-                problems.push(
-                    "`[retention]` is for the embedded store; on RabbitMQ set a `max-age` policy on the events stream (docs/rabbitmq.md)"
-                        .into(),
-                );
             }
         }
         let mut names = HashSet::new();

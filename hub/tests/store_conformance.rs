@@ -8,10 +8,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use hub::store::conformance::{self, ENDPOINTS, StoreFactory};
 use hub::store::embedded::EmbeddedStore;
 use hub::store::rabbitmq::RabbitStore;
-use hub::store::{Intake, Outcome, Store};
+use hub::store::{Intake, Outcome, Store, SubmissionState};
 
 struct EmbeddedFactory {
     dir: tempfile::TempDir,
@@ -88,7 +89,8 @@ macro_rules! conformance_tests {
             use super::*;
             conformance_tests!(@cases $factory;
                 intake_then_lease, settle_delivered, settle_retry, settle_dead_and_replay,
-                duplicate_intake, survive_reopen, event_log, listings_and_counts, listing_limits, concurrent_replay);
+                duplicate_intake, survive_reopen, event_log, listings_and_counts, listing_limits, concurrent_replay,
+                expire_finished);
         }
     };
     (@cases $factory:path; $($case:ident),*) => {
@@ -147,6 +149,49 @@ async fn two_processes(factory: &RabbitFactory) -> anyhow::Result<()> {
     let lease = leases.into_iter().next().ok_or_else(|| anyhow::anyhow!("b never got the delivery"))?;
     anyhow::ensure!(lease.delivery_id == receipt.deliveries[0].id, "b leased another delivery");
     b.settle(lease, Outcome::Delivered { status: 200 }).await?;
+    Ok(())
+}
+
+/// Retention on one process deletes on every process: b expires, and a, which accepted the
+/// submission, forgets it and its key too (the expiry travels in the stream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_an_expiry_on_one_process_deletes_on_the_other() -> anyhow::Result<()> {
+    let Some(factory) = rabbit().await? else { return Ok(()) };
+    let result = expiry_on_two_processes(&factory).await;
+    factory.cleanup().await;
+    result
+}
+
+async fn expiry_on_two_processes(factory: &RabbitFactory) -> anyhow::Result<()> {
+    let a = factory.open().await?;
+    let b = factory.open().await?;
+    let key = format!("idem:two:{}", uuid::Uuid::new_v4());
+    let s = conformance::submission(&[&key], &ENDPOINTS[..1]);
+    let Intake::Accepted(_) = a.intake(s.clone()).await? else { anyhow::bail!("a duplicate") };
+    let lease = a.lease(ENDPOINTS[0], 1, conformance::DUE).await?.pop().context("a never got the delivery")?;
+    a.settle(lease, Outcome::Delivered { status: 200 }).await?;
+    let later = hub::store::now_millis() + 60_000;
+    let cutoffs = hub::store::Cutoffs { delivered: Some(later), dead: None };
+    // b deletes what it knows: wait until the outcome reached it.
+    let mut gone = 0;
+    for _ in 0..100 {
+        if b.submission(s.id).await?.is_some_and(|v| v.state == SubmissionState::Delivered) {
+            gone = b.expire(cutoffs).await?;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::ensure!(gone == 1, "b deleted {gone} submissions");
+    let mut seen = a.submission(s.id).await?;
+    for _ in 0..100 {
+        if seen.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        seen = a.submission(s.id).await?;
+    }
+    anyhow::ensure!(seen.is_none(), "a still knows the submission b deleted after 2 s");
+    anyhow::ensure!(a.submission_by_key(&key).await?.is_none(), "a still holds its key");
     Ok(())
 }
 

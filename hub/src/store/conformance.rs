@@ -13,7 +13,7 @@ use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
 
 use super::{
-    DeliveryFilter, DeliveryId, DeliveryState, Intake, Lease, NewDelivery, NewSubmission, Outcome, Receipt,
+    Cutoffs, DeliveryFilter, DeliveryId, DeliveryState, Intake, Lease, NewDelivery, NewSubmission, Outcome, Receipt,
     ReplayOutcome, Store, SubmissionId, SubmissionState, now_millis,
 };
 
@@ -409,5 +409,53 @@ pub async fn listing_limits<F: StoreFactory>(f: &F) -> anyhow::Result<()> {
     ensure!(default.len() == DeliveryFilter::DEFAULT_LIMIT, "limit 0 listed {} deliveries", default.len());
     let all = store.deliveries(&DeliveryFilter { limit: n, ..Default::default() }).await?;
     ensure!(all.len() == n, "limit {n} listed {}", all.len());
+    Ok(())
+}
+
+/// Retention: a submission whose every delivery is final and past its cutoff is deleted
+/// (status, deliveries, dedup key); one with work left stays; a resend of the deleted message is
+/// a new submission; all of it holds after a reopen.
+pub async fn expire_finished<F: StoreFactory>(f: &F) -> anyhow::Result<()> {
+    let store = f.open().await?;
+    let (done_key, open_key) = (unique_key(), unique_key());
+    let done = submission(&[&done_key], &ENDPOINTS[..1]);
+    let open = submission(&[&open_key], &ENDPOINTS[1..]);
+    let done_receipt = accept(&store, done.clone()).await?;
+    accept(&store, open.clone()).await?;
+    let lease = lease_one(&store, ENDPOINTS[0]).await?;
+    ensure!(lease.submission_id == done.id, "leased {} instead of {}", lease.submission_id, done.id);
+    store.settle(lease, Outcome::Delivered { status: 200 }).await?;
+    let before = store.counts().await?;
+
+    let none = store.expire(Cutoffs { delivered: Some(1), dead: Some(1) }).await?;
+    ensure!(none == 0, "cutoffs before every change deleted {none}");
+    let later = now_millis() + 60_000;
+    let gone = store.expire(Cutoffs { delivered: Some(later), dead: Some(later) }).await?;
+    ensure!(gone == 1, "deleted {gone}, expected the delivered submission only");
+    ensure!(store.submission(done.id).await?.is_none(), "the delivered submission is still there");
+    ensure!(store.delivery(done_receipt.deliveries[0].id).await?.is_none(), "its delivery is still there");
+    ensure!(store.submission_by_key(&done_key).await?.is_none(), "its dedup key is still held");
+    ensure!(store.submission(open.id).await?.is_some(), "a submission with work left was deleted");
+    ensure!(store.submission_by_key(&open_key).await? == Some(open.id), "the pending one's key is gone");
+    let after = store.counts().await?;
+    ensure!(
+        after.submissions + 1 == before.submissions && after.delivered + 1 == before.delivered,
+        "counts {before:?} -> {after:?}"
+    );
+
+    let again = accept(&store, submission(&[&done_key], &ENDPOINTS[..1])).await.context("the resend")?;
+    ensure!(again.submission_id != done.id, "the resend got the deleted id");
+    let open_work = lease_one(&store, ENDPOINTS[1]).await?;
+    ensure!(open_work.submission_id == open.id, "the pending one's work did not come");
+    store.settle(open_work, Outcome::Delivered { status: 200 }).await?;
+    let resent_work = lease_one(&store, ENDPOINTS[0]).await?;
+    ensure!(resent_work.submission_id == again.submission_id, "the resend's work did not come");
+    store.settle(resent_work, Outcome::Delivered { status: 200 }).await?;
+    drop(store);
+
+    let store = f.open().await?;
+    ensure!(store.submission(done.id).await?.is_none(), "the deleted submission came back in the reopen");
+    ensure!(store.submission_by_key(&done_key).await? == Some(again.submission_id), "the key's holder after reopen");
+    ensure!(store.submission(open.id).await?.is_some(), "the kept submission was lost in the reopen");
     Ok(())
 }

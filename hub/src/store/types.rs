@@ -17,6 +17,12 @@ macro_rules! id_type {
             pub fn new() -> Self {
                 $name(Uuid::now_v7())
             }
+
+            /// When this id was made: milliseconds since the epoch of a v7 id (0 for another
+            /// kind).
+            pub fn created_at(&self) -> Millis {
+                self.0.get_timestamp().map(|t| t.to_unix()).map_or(0, |(s, n)| s * 1000 + u64::from(n) / 1_000_000)
+            }
         }
 
         impl Default for $name {

@@ -422,8 +422,7 @@ fn expiry_candidates(
         last = Some(key);
         let Ok(u) = uuid::Uuid::from_slice(&key[1..]) else { continue };
         // Ids are v7: created at their time stamp, so changed at or after it.
-        let created = u.get_timestamp().map(|t| t.to_unix()).map_or(0, |(s, n)| s * 1000 + u64::from(n) / 1_000_000);
-        if created > cutoff {
+        if DeliveryId(u).created_at() > cutoff {
             return Ok((found, None));
         }
         let Some(d) = get_delivery(&deliveries, DeliveryId(u))? else { continue };

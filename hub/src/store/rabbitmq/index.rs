@@ -15,8 +15,8 @@ use super::record::{
     Envelope, OutcomeRecord, Record, RecordedOutcome, ReplayVoidRecord, ReplayedRecord, SubmittedRecord,
 };
 use crate::store::{
-    Counts, DeliveryFilter, DeliveryId, DeliveryState, DeliveryView, EventView, Millis, Receipt, ReceiptDelivery,
-    SubmissionId, SubmissionState, SubmissionView,
+    Counts, Cutoffs, DeliveryFilter, DeliveryId, DeliveryState, DeliveryView, EventView, Millis, Receipt,
+    ReceiptDelivery, SubmissionId, SubmissionState, SubmissionView,
 };
 
 /// What applying one record meant, for the node that waits for it.
@@ -31,6 +31,8 @@ pub enum Applied {
     /// A replay claim lost (another claim of the generation came first, the delivery was no
     /// longer dead, or its work was voided); the delivery's state now, `None` if unknown.
     ReplayLost(Option<DeliveryState>),
+    /// Retention deleted this many submissions.
+    Expired(u64),
     /// Any other record.
     Done,
 }
@@ -148,7 +150,52 @@ impl Index {
                 Applied::Done
             }
             Record::Mark => Applied::Done,
+            Record::Expire { delivered, dead, limit } => {
+                Applied::Expired(self.apply_expire(Cutoffs { delivered, dead }, limit))
+            }
         }
+    }
+
+    /// Deletes the submissions `cutoffs` lets go (at most `limit`, those of the smallest ids),
+    /// with their deliveries and dedup keys. Depends only on the index and the record, so every
+    /// node deletes the same ones. Costs a walk over the deliveries created before the newest
+    /// cutoff, and over the dedup map when anything went.
+    fn apply_expire(&mut self, cutoffs: Cutoffs, limit: u64) -> u64 {
+        let Some(newest) = cutoffs.delivered.max(cutoffs.dead) else { return 0 };
+        let mut candidates: Vec<SubmissionId> = Vec::new();
+        for (id, d) in &self.deliveries {
+            // Ids are v7: a delivery created after the cutoff cannot have ended before it.
+            if id.created_at() > newest {
+                break;
+            }
+            if cutoffs.lets_go(d.state, d.updated_at) {
+                candidates.push(d.submission_id);
+            }
+        }
+        candidates.sort_unstable();
+        candidates.dedup();
+        let mut gone = HashSet::new();
+        for id in candidates {
+            if gone.len() as u64 >= limit {
+                break;
+            }
+            let Some(s) = self.submissions.get(&id) else { continue };
+            let all = s
+                .record
+                .deliveries
+                .iter()
+                .all(|d| self.deliveries.get(&d.id).is_some_and(|d| cutoffs.lets_go(d.state, d.updated_at)));
+            if all && let Some(s) = self.submissions.remove(&id) {
+                for d in &s.record.deliveries {
+                    self.deliveries.remove(&d.id);
+                }
+                gone.insert(id);
+            }
+        }
+        if !gone.is_empty() {
+            self.dedup.retain(|_, id| !gone.contains(id));
+        }
+        gone.len() as u64
     }
 
     fn apply_submitted(&mut self, mut record: SubmittedRecord) -> Applied {

@@ -38,9 +38,17 @@ pub enum Record {
     ReplayVoid(ReplayVoidRecord),
     /// No state: written at start so a node knows when it has read the stream up to "now".
     Mark,
+    /// Retention: every node deletes, at this point of the stream, each submission whose every
+    /// delivery is final and was last changed at or before the cutoff of its state (see
+    /// [`crate::store::Cutoffs`]). The cutoffs travel in the record, so every node deletes the
+    /// same submissions whatever its own config or clock says.
+    /// At most `limit` go per record (those of the smallest submission ids), so one record
+    /// holds the index lock for a bounded time; the writer appends another while one deleted
+    /// `limit`.
+    Expire { delivered: Option<Millis>, dead: Option<Millis>, limit: u64 },
 }
 
-const VARIANTS: &[&str] = &["submitted", "queued", "outcome", "replayed", "replay_void", "mark"];
+const VARIANTS: &[&str] = &["submitted", "queued", "outcome", "replayed", "replay_void", "mark", "expire"];
 
 impl<'de> Deserialize<'de> for Record {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -82,6 +90,19 @@ impl<'de> serde::de::Visitor<'de> for RecordVisitor {
             "mark" => {
                 serde::de::IgnoredAny::deserialize(rest)?;
                 Ok(Record::Mark)
+            }
+            "expire" => {
+                #[derive(Deserialize)]
+                struct Expire {
+                    delivered: Option<Millis>,
+                    dead: Option<Millis>,
+                    limit: u64,
+                }
+                Expire::deserialize(rest).map(|e| Record::Expire {
+                    delivered: e.delivered,
+                    dead: e.dead,
+                    limit: e.limit,
+                })
             }
             other => Err(A::Error::unknown_variant(other, VARIANTS)),
         }

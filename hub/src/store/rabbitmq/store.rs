@@ -305,6 +305,25 @@ impl Store for RabbitStore {
         self.shared.index(|i| i.counts())
     }
 
+    /// Through the stream, like every change: each node deletes the same submissions at the
+    /// same point of it (see `Record::Expire`).
+    async fn expire(&self, cutoffs: Cutoffs) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        loop {
+            self.shared.writable()?;
+            let record = Record::Expire { delivered: cutoffs.delivered, dead: cutoffs.dead, limit: EXPIRE_LIMIT };
+            match self.shared.append_and_fold(record, None).await? {
+                Applied::Expired(n) => {
+                    deleted += n;
+                    if n < EXPIRE_LIMIT {
+                        return Ok(deleted);
+                    }
+                }
+                other => return Err(StoreError::Corrupt(format!("an expiry folded as {other:?}"))),
+            }
+        }
+    }
+
     fn health(&self) -> Result<(), StoreError> {
         self.shared.writable().map(|_| ())
     }

@@ -359,6 +359,7 @@ fn every_record_variant_round_trips_through_the_decoder() {
             replay_id: Uuid::now_v7(),
         }),
         Record::Mark,
+        Record::Expire { delivered: Some(5), dead: None, limit: 1_000_000 },
     ];
     for r in records {
         let e = env(3, r);
@@ -395,4 +396,116 @@ fn a_stream_message_carries_several_records_in_order() {
     let mut cut = record::frame(&frames);
     cut.truncate(cut.len() - 3);
     assert!(record::unframe(&cut).is_err(), "a truncated message was read");
+}
+
+/// An expiry record deletes, where it stands in the stream, the submissions whose every
+/// delivery is final and past its cutoff, with their dedup keys; the same records give the same
+/// index on every node. A replay claim for a deleted delivery loses.
+#[test]
+fn an_expiry_deletes_finished_submissions_where_it_stands_in_the_stream() {
+    let (delivered, dead_one, pending) = (claim(&["d"]), claim(&["x"]), claim(&["p"]));
+    // Record times after the ids were made, as in a real stream (the fold skips deliveries made
+    // after a cutoff).
+    let t = crate::store::now_millis() + 1_000;
+    let records = vec![
+        env(t + 1, Record::Submitted(delivered.clone())),
+        env(t + 2, Record::Submitted(dead_one.clone())),
+        env(t + 3, Record::Submitted(pending.clone())),
+        env(t + 10, outcome(&delivered, 1, 0, RecordedOutcome::Delivered { status: 200 })),
+        env(t + 11, outcome(&dead_one, 1, 0, dead("HTTP 400"))),
+        // Delivered ones changed at or before 10 go; dead ones have no cutoff.
+        env(t + 20, Record::Expire { delivered: Some(t + 10), dead: None, limit: 1_000_000 }),
+    ];
+    let mut nodes = [Index::default(), Index::default()];
+    for node in &mut nodes {
+        let mut applied = Vec::new();
+        for r in records.clone() {
+            applied.push(node.apply(r, Bytes::new()));
+        }
+        assert_eq!(applied.last(), Some(&Applied::Expired(1)));
+        assert!(node.submission(delivered.id).is_none(), "the delivered submission is still there");
+        assert_eq!(state(node, &delivered), None, "its delivery is still there");
+        assert_eq!(node.holder_of_key("d"), None, "its dedup key is still held");
+        assert_eq!(node.holder_of_key("x"), Some(dead_one.id));
+        assert_eq!(state(node, &pending), Some(DeliveryState::Pending));
+        // A new claim of the deleted key is a new submission.
+        let resent = claim(&["d"]);
+        assert_eq!(node.apply(env(t + 21, Record::Submitted(resent)), Bytes::new()), Applied::Accepted);
+        // A cutoff before the dead delivery's change keeps it; one after deletes it, and a replay
+        // claim that comes after that loses.
+        assert_eq!(
+            node.apply(
+                env(t + 22, Record::Expire { delivered: None, dead: Some(t + 10), limit: 1_000_000 }),
+                Bytes::new()
+            ),
+            Applied::Expired(0)
+        );
+        assert_eq!(
+            node.apply(
+                env(t + 23, Record::Expire { delivered: None, dead: Some(t + 11), limit: 1_000_000 }),
+                Bytes::new()
+            ),
+            Applied::Expired(1)
+        );
+        assert_eq!(
+            node.apply(env(t + 24, claimed(&dead_one, 1, Uuid::now_v7())), Bytes::new()),
+            Applied::ReplayLost(None)
+        );
+        assert_eq!(node.counts().submissions, 2, "the pending one and the resend");
+    }
+    let [a, b] = &nodes;
+    assert_eq!(a.counts(), b.counts());
+}
+
+/// A limited expiry deletes the submissions of the smallest ids first, on every node alike.
+#[test]
+fn an_expiry_deletes_at_most_its_limit_smallest_ids_first() {
+    let t = crate::store::now_millis() + 1_000;
+    let mut subs = [claim(&["a"]), claim(&["b"]), claim(&["c"])];
+    subs.sort_by_key(|s| s.id);
+    let mut index = Index::default();
+    for s in &subs {
+        index.apply(env(t, Record::Submitted(s.clone())), Bytes::new());
+        index.apply(env(t + 1, outcome(s, 1, 0, RecordedOutcome::Delivered { status: 200 })), Bytes::new());
+    }
+    let expire = |limit| env(t + 2, Record::Expire { delivered: Some(t + 1), dead: None, limit });
+    assert_eq!(index.apply(expire(2), Bytes::new()), Applied::Expired(2));
+    assert!(index.submission(subs[0].id).is_none() && index.submission(subs[1].id).is_none());
+    assert!(index.submission(subs[2].id).is_some(), "more than the limit went");
+    assert_eq!(index.apply(expire(2), Bytes::new()), Applied::Expired(1));
+    assert_eq!(index.counts().submissions, 0);
+}
+
+/// How long folding an `Expire` record holds the index (figures in `docs/rabbitmq.md`).
+#[test]
+#[ignore = "a timing, not a test: cargo test --release -p hub --lib expiry_timing -- --ignored --nocapture"]
+fn expiry_timing() {
+    let t = crate::store::now_millis() + 1_000;
+    for n in [100_000usize, 200_000] {
+        let mut index = Index::default();
+        let subs: Vec<SubmittedRecord> = (0..n).map(|i| claim(&[&format!("k{i}")])).collect();
+        for s in &subs {
+            index.apply(env(t, Record::Submitted(s.clone())), Bytes::new());
+            index.apply(env(t + 1, outcome(s, 1, 0, RecordedOutcome::Delivered { status: 200 })), Bytes::new());
+        }
+        let started = std::time::Instant::now();
+        let r =
+            index.apply(env(t + 2, Record::Expire { delivered: Some(t), dead: None, limit: 1_000_000 }), Bytes::new());
+        println!("{n}: nothing due: {:?} ({r:?})", started.elapsed());
+        // Half of them due: every other one delivered later.
+        let mut index = Index::default();
+        for (i, s) in subs.iter().enumerate() {
+            index.apply(env(t, Record::Submitted(s.clone())), Bytes::new());
+            let at = if i % 2 == 0 { t + 1 } else { t + 5 };
+            index.apply(env(at, outcome(s, 1, 0, RecordedOutcome::Delivered { status: 200 })), Bytes::new());
+        }
+        let started = std::time::Instant::now();
+        let r = index
+            .apply(env(t + 6, Record::Expire { delivered: Some(t + 1), dead: None, limit: 1_000_000 }), Bytes::new());
+        println!("{n}: half due: {:?} ({r:?})", started.elapsed());
+        let started = std::time::Instant::now();
+        let r =
+            index.apply(env(t + 7, Record::Expire { delivered: Some(t + 5), dead: None, limit: 10_000 }), Bytes::new());
+        println!("{n}: 10,000 of the rest: {:?} ({r:?})", started.elapsed());
+    }
 }
