@@ -132,6 +132,9 @@ pub async fn start(
     let partner_addr = partner.local_addr()?;
     let admin_addr = admin.local_addr()?;
     let mut tasks = delivery::spawn_workers(&config, store.clone(), paused, rx.clone())?;
+    if !config.mailbox_tokens.is_empty() {
+        tasks.spawn(api::mailbox::sweep(state.clone(), rx.clone()));
+    }
     let partner_app = api::partner::router(state.clone());
     let admin_app = api::admin::router(state);
     let read_timeout = config.raw.limits.read_timeout;

@@ -248,6 +248,53 @@ pub struct EndpointConfig {
     /// PEM file of the private key of `tls_client_cert` (PKCS#8, RSA or SEC1).
     #[serde(default)]
     pub tls_client_key: Option<PathBuf>,
+    /// The bearer token the agency fetches with (`kind = "mailbox"`), inline. Prefer `token_env`.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// Name of an environment variable holding the mailbox's bearer token.
+    #[serde(default)]
+    pub token_env: Option<String>,
+}
+
+/// A secret read from the config file: `Debug` never shows it (configs are logged and printed
+/// in errors).
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The token of a partner or a mailbox: exactly one of `token` and `token_env`, at least 16
+/// characters; each problem goes to `problems` under `owner`.
+fn resolve_token(
+    owner: &str,
+    token: Option<&str>,
+    token_env: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<String>,
+) -> Option<String> {
+    let token = match (token, token_env) {
+        (Some(t), None) => t.to_owned(),
+        (None, Some(var)) => match env(var) {
+            Some(t) => t,
+            None => {
+                problems.push(format!("{owner}: environment variable `{var}` is not set"));
+                return None;
+            }
+        },
+        _ => {
+            problems.push(format!("{owner}: set exactly one of `token` and `token_env`"));
+            return None;
+        }
+    };
+    if token.len() < 16 {
+        problems.push(format!("{owner}: token must be at least 16 characters"));
+    }
+    Some(token)
 }
 
 /// A URL as logs and operators may see it: a password and query values (where receivers'
@@ -323,6 +370,9 @@ pub enum EndpointKind {
     File,
     /// The payload published to the agency's AMQP broker, with publisher confirms.
     Amqp,
+    /// A mailbox the agency's software fetches from and acknowledges, on the partner port
+    /// (`docs/api.md`, "Mailboxes"): for software that cannot take incoming connections.
+    Mailbox,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -344,6 +394,8 @@ pub struct Config {
     pub router: Router,
     /// Partner name by bearer token; empty = open access.
     pub partner_tokens: Vec<(String, String)>,
+    /// Endpoint name by mailbox bearer token (`kind = "mailbox"`).
+    pub mailbox_tokens: Vec<(String, String)>,
 }
 
 impl Config {
@@ -494,6 +546,14 @@ impl RawConfig {
                         problems.push(format!("endpoint `{}`: `path` is for `kind = \"file\"`", e.name));
                     }
                 }
+                EndpointKind::Mailbox => {
+                    if !e.url.is_empty() || e.path.is_some() {
+                        problems.push(format!(
+                            "endpoint `{}`: a mailbox has no `url` or `path`: the agency fetches from Lotse",
+                            e.name
+                        ));
+                    }
+                }
                 EndpointKind::File => {
                     if e.path.as_ref().is_none_or(|p| p.as_os_str().is_empty()) {
                         problems.push(format!("endpoint `{}`: `kind = \"file\"` needs a `path` (a folder)", e.name));
@@ -537,29 +597,38 @@ impl RawConfig {
             if !partner_names.insert(p.name.as_str()) {
                 problems.push(format!("partner name `{}` is used twice", p.name));
             }
-            let token = match (&p.token, &p.token_env) {
-                (Some(t), None) => Some(t.clone()),
-                (None, Some(var)) => match env(var) {
-                    Some(t) => Some(t),
-                    None => {
-                        problems.push(format!("partner `{}`: environment variable `{var}` is not set", p.name));
-                        None
-                    }
-                },
-                _ => {
-                    problems.push(format!("partner `{}`: set exactly one of `token` and `token_env`", p.name));
-                    None
-                }
-            };
-            if let Some(t) = token {
-                if t.len() < 16 {
-                    problems.push(format!("partner `{}`: token must be at least 16 characters", p.name));
-                }
+            let owner = format!("partner `{}`", p.name);
+            if let Some(t) = resolve_token(&owner, p.token.as_deref(), p.token_env.as_deref(), env, &mut problems) {
                 partner_tokens.push((t, p.name.clone()));
             }
         }
+        let mut mailbox_tokens = Vec::new();
+        for e in &self.endpoints {
+            let has_token = e.token.is_some() || e.token_env.is_some();
+            if e.kind != EndpointKind::Mailbox {
+                if has_token {
+                    problems
+                        .push(format!("endpoint `{}`: `token` and `token_env` are for `kind = \"mailbox\"`", e.name));
+                }
+                continue;
+            }
+            let owner = format!("endpoint `{}`", e.name);
+            let token = e.token.as_ref().map(|t| t.0.as_str());
+            if let Some(t) = resolve_token(&owner, token, e.token_env.as_deref(), env, &mut problems) {
+                mailbox_tokens.push((t, e.name.clone()));
+            }
+        }
+        // One token, one caller: a token shared by two partners or mailboxes, or a partner and a
+        // mailbox, would let one act as the other.
+        let mut seen = HashSet::new();
+        for (token, _) in partner_tokens.iter().chain(&mailbox_tokens) {
+            if !seen.insert(token.as_str()) {
+                problems.push("the same token is given to two partners or mailboxes; each needs its own".into());
+                break;
+            }
+        }
         match (problems.is_empty(), router) {
-            (true, Some(router)) => Ok(Config { raw: self, router, partner_tokens }),
+            (true, Some(router)) => Ok(Config { raw: self, router, partner_tokens, mailbox_tokens }),
             _ => {
                 let list: Vec<String> = problems.iter().map(|p| format!("  - {p}")).collect();
                 anyhow::bail!("{} problem(s):\n{}", problems.len(), list.join("\n"))

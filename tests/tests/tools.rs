@@ -381,3 +381,56 @@ async fn retention_deletes_a_delivered_case_after_its_period() {
     let (ok, out) = lotse(&["submit", &file, "--to", &hub.partner_url("")]).await;
     assert!(ok && !out.contains("duplicate"), "the resend after deletion: {out}");
 }
+
+/// A mailbox through a real hub: the agency's software fetches the partner's exact bytes with
+/// its own token (long polling), acknowledges them, and the case reads delivered; the partner
+/// port's mailbox refuses a partner's token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mailbox_is_fetched_and_acknowledged_over_http() {
+    const TOKEN: &str = "bauamt-postfach-0123456789";
+    let routes = "[[routes]]\nname = \"all\"\nendpoints = [\"postfach\"]\n";
+    let partners = "[[partners]]\nname = \"land\"\ntoken = \"land-token-0123456789abc\"\n";
+    let text = config(&[], routes, partners).replace(
+        "[[routes]]",
+        &format!("[[endpoints]]\nname = \"postfach\"\nkind = \"mailbox\"\ntoken = \"{TOKEN}\"\n\n[[routes]]"),
+    );
+    let mut dir = HubDir::new(lotse_bin!(), &text).expect("hub dir");
+    let hub = dir.start().await.expect("lotse serve starts");
+    let client = reqwest::Client::new();
+    let next = hub.partner_url("/v1/mailboxes/postfach/next?wait=20s");
+
+    // A long poll that is waiting when the message comes gets it.
+    let poll = tokio::spawn({
+        let (client, next) = (client.clone(), next.clone());
+        async move { client.get(next).bearer_auth(TOKEN).send().await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let uuid = new_uuid();
+    let bytes = with_uuid(&load(ANTRAG).expect("fixture"), &uuid).expect("uuid");
+    let file = dir.path().join("antrag.xml");
+    std::fs::write(&file, &bytes).expect("write message");
+    let (ok, out) = lotse(&[
+        "submit",
+        &file.to_string_lossy(),
+        "--to",
+        &hub.partner_url(""),
+        "--token",
+        "land-token-0123456789abc",
+    ])
+    .await;
+    assert!(ok, "submit: {out}");
+    let resp = poll.await.expect("poll task").expect("fetch");
+    assert_eq!(resp.status(), 200, "{}", hub.log_tail());
+    let delivery = resp.headers()["lotse-delivery-id"].to_str().expect("id").to_owned();
+    assert_eq!(resp.headers()["lotse-message-id"], uuid.as_str());
+    assert_eq!(resp.bytes().await.expect("body"), bytes, "not the exact bytes");
+
+    let refused = client.get(&next).bearer_auth("land-token-0123456789abc").send().await.expect("fetch");
+    assert_eq!(refused.status(), 401, "a partner's token opened the mailbox");
+    let ack = hub.partner_url(&format!("/v1/mailboxes/postfach/deliveries/{delivery}/ack"));
+    let acked = client.post(&ack).bearer_auth(TOKEN).send().await.expect("ack");
+    assert_eq!(acked.status(), 204);
+    let admin = hub.admin_url("");
+    let (ok, out) = lotse(&["deliveries", "show", &delivery, "--admin", admin.trim_end_matches('/')]).await;
+    assert!(ok && out.contains("\"delivered\""), "{out}");
+}

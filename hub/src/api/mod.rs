@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod admin_cli;
+pub mod mailbox;
 pub mod partner;
 pub mod problem;
 
@@ -21,6 +22,8 @@ pub struct AppState {
     pub paused: crate::delivery::Paused,
     /// Each configured partner's places among the submissions in flight.
     pub partner_slots: PartnerSlots,
+    /// Mailbox endpoints: their tokens and what their agencies fetched.
+    pub mailboxes: mailbox::Mailboxes,
 }
 
 /// Per configured partner, a semaphore of `limits.max_in_flight_per_partner` places.
@@ -60,6 +63,7 @@ impl AppState {
         AppState {
             partners: config.partner_tokens.iter().map(|(t, n)| (token_digest(t), n.clone())).collect(),
             partner_slots: PartnerSlots::for_config(&config),
+            mailboxes: mailbox::Mailboxes::for_config(&config),
             config,
             pipeline,
             metrics,

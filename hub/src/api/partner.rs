@@ -1,4 +1,5 @@
-//! The partner API: `POST /v1/submissions`, `GET /v1/submissions/{id}`, `GET /v1/submissions?message_id=`, `GET /healthz`.
+//! The partner API: `POST /v1/submissions`, `GET /v1/submissions/{id}`, `GET /v1/submissions?message_id=`, `GET /healthz`,
+//! and the agencies' mailboxes (`/v1/mailboxes/...`, see [`super::mailbox`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,6 +43,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/submissions", post(post_submission).layer(shed).get(find_submission))
         .route("/v1/submissions/{id}", get(get_submission))
         .route("/healthz", get(healthz))
+        .merge(super::mailbox::routes())
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", "no such resource") })
         .with_state(state)
 }

@@ -165,3 +165,33 @@ fn retention_is_read_and_checked() {
     let c = Config::parse(&rabbit).expect("retention on RabbitMQ");
     assert_eq!(c.raw.retention.and_then(|r| r.delivered), Some(Duration::from_secs(30 * 86_400)));
 }
+
+#[test]
+fn mailboxes_need_their_own_token_and_no_url() {
+    let mailbox = |extra: &str| format!("{MINIMAL}\n[[endpoints]]\nname = \"postfach\"\nkind = \"mailbox\"\n{extra}\n");
+    let c = Config::parse(&mailbox("token = \"postfach-token-0123456789\"")).expect("valid");
+    assert_eq!(c.mailbox_tokens, [("postfach-token-0123456789".to_owned(), "postfach".to_owned())]);
+    assert!(!format!("{:?}", c.raw.endpoints).contains("postfach-token"), "the token shows in Debug output");
+    let env = |k: &str| (k == "POSTFACH_TOKEN").then(|| "from-the-environment-123".to_owned());
+    let raw: RawConfig = toml::from_str(&mailbox("token_env = \"POSTFACH_TOKEN\"")).expect("TOML");
+    let c = raw.validate_with(&env).expect("valid");
+    assert_eq!(c.mailbox_tokens[0].0, "from-the-environment-123");
+
+    for (extra, want) in [
+        ("", "set exactly one of `token` and `token_env`"),
+        ("token = \"short\"", "at least 16 characters"),
+        ("token = \"postfach-token-0123456789\"\nurl = \"http://127.0.0.1:9/x\"", "a mailbox has no `url` or `path`"),
+    ] {
+        let err = format!("{:#}", Config::parse(&mailbox(extra)).expect_err(want));
+        assert!(err.contains(want), "{extra}: {err}");
+    }
+    let shared = format!(
+        "{}\n[[partners]]\nname = \"land\"\ntoken = \"postfach-token-0123456789\"\n",
+        mailbox("token = \"postfach-token-0123456789\"")
+    );
+    let err = format!("{:#}", Config::parse(&shared).expect_err("shared token"));
+    assert!(err.contains("the same token"), "{err}");
+    let on_http = MINIMAL.replace("kind = \"http\"", "kind = \"http\"\ntoken = \"postfach-token-0123456789\"");
+    let err = format!("{:#}", Config::parse(&on_http).expect_err("token on http"));
+    assert!(err.contains("are for `kind = \"mailbox\"`"), "{err}");
+}

@@ -155,6 +155,8 @@ mod tests {
             tls_ca: None,
             tls_client_cert: None,
             tls_client_key: None,
+            token: None,
+            token_env: None,
         }
     }
 

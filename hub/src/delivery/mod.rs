@@ -63,7 +63,8 @@ pub fn spawn_workers(
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinSet<()>> {
     let mut set = JoinSet::new();
-    for endpoint in &config.raw.endpoints {
+    // A mailbox has no worker: its agency fetches (`api::mailbox`).
+    for endpoint in config.raw.endpoints.iter().filter(|e| e.kind != EndpointKind::Mailbox) {
         let transport = Arc::new(Transport::new(endpoint)?);
         let worker = Worker {
             failures: AtomicU32::new(0),
@@ -107,6 +108,9 @@ impl Transport {
             }
             (EndpointKind::Http, _) => Transport::Http(http::HttpTransport::new(endpoint)?),
             (EndpointKind::Amqp, _) => Transport::Amqp(Box::new(amqp::AmqpTransport::new(endpoint))),
+            (EndpointKind::Mailbox, _) => {
+                anyhow::bail!("endpoint `{}`: a mailbox is fetched from, not sent to", endpoint.name)
+            }
         })
     }
 

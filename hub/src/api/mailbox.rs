@@ -1,0 +1,319 @@
+//! Mailboxes (`kind = "mailbox"` endpoints): agency software that cannot take incoming
+//! connections fetches its deliveries from the partner port and acknowledges each one.
+//!
+//! - `GET /v1/mailboxes/{name}/next?wait=20s`: the next delivery (the body is the payload; ids in
+//!   `Lotse-*` headers, the acknowledgement deadline in `Lotse-Ack-By`), or `204` when none came
+//!   within `wait` (at most [`MAX_WAIT`]; long polling).
+//! - `POST /v1/mailboxes/{name}/deliveries/{id}/ack`: received and kept: delivered.
+//! - `POST /v1/mailboxes/{name}/deliveries/{id}/reject` with `{"reason": "...", "retry": false}`:
+//!   refused: dead at once, or (`"retry": true`) offered again later like a transient failure.
+//!
+//! A fetched delivery is held for the endpoint's `timeout`; not acknowledged by then, it counts
+//! as a failed attempt and is offered again after the retry backoff (dead after
+//! `retry.max_attempts`), so a client that crashed after fetching loses nothing. At most the
+//! endpoint's `concurrency` deliveries are held at once; beyond that `next` answers `429`.
+//!
+//! Each mailbox has its own bearer token; a partner's token opens no mailbox. Held deliveries
+//! live in this process: with several processes, an agency's requests must reach the process it
+//! fetched from (a sticky load balancer), or an acknowledgement finds nothing held (`409`) and
+//! the delivery is offered again after its deadline (at least once).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use super::problem::Problem;
+use super::{AppState, token_digest};
+use crate::config::Config;
+use crate::delivery::retry::{self, AttemptResult};
+use crate::store::{DeliveryId, Lease, Outcome, Store, now_millis};
+
+/// Longest long poll of `next`.
+pub const MAX_WAIT: Duration = Duration::from_secs(30);
+/// How often held deliveries are checked against their deadlines.
+const SWEEP: Duration = Duration::from_millis(500);
+
+/// The mailbox routes, for the partner router.
+pub fn routes() -> axum::Router<Arc<AppState>> {
+    axum::Router::new()
+        .route("/v1/mailboxes/{name}/next", get(next))
+        .route("/v1/mailboxes/{name}/deliveries/{id}/ack", post(ack))
+        .route("/v1/mailboxes/{name}/deliveries/{id}/reject", post(reject))
+}
+
+/// The mailboxes' tokens and the deliveries fetched and not yet acknowledged.
+pub struct Mailboxes {
+    /// sha256(token) -> mailbox (endpoint) name.
+    tokens: HashMap<[u8; 32], String>,
+    held: Mutex<HashMap<DeliveryId, Held>>,
+}
+
+struct Held {
+    lease: Lease,
+    until: Instant,
+}
+
+impl Mailboxes {
+    pub fn for_config(config: &Config) -> Mailboxes {
+        Mailboxes {
+            tokens: config.mailbox_tokens.iter().map(|(t, n)| (token_digest(t), n.clone())).collect(),
+            held: Mutex::default(),
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<DeliveryId, Held>> {
+        // A poisoned lock means a panic elsewhere; the map itself is still consistent.
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many deliveries of `mailbox` are held, and the earliest deadline among them.
+    fn load(&self, mailbox: &str) -> (usize, Option<Instant>) {
+        let held = self.held();
+        let mine = held.values().filter(|h| h.lease.endpoint == mailbox);
+        mine.fold((0, None), |(n, first), h| (n + 1, Some(first.map_or(h.until, |f: Instant| f.min(h.until)))))
+    }
+
+    /// Takes a held delivery of `mailbox` out (to settle it).
+    fn take(&self, mailbox: &str, id: DeliveryId) -> Option<Lease> {
+        let mut held = self.held();
+        match held.get(&id) {
+            Some(h) if h.lease.endpoint == mailbox => held.remove(&id).map(|h| h.lease),
+            _ => None,
+        }
+    }
+
+    /// Takes out every held delivery whose deadline has passed (all of them with `all`).
+    fn take_expired(&self, all: bool) -> Vec<Lease> {
+        let now = Instant::now();
+        let mut held = self.held();
+        let expired: Vec<DeliveryId> = held.iter().filter(|(_, h)| all || h.until <= now).map(|(id, _)| *id).collect();
+        expired.into_iter().filter_map(|id| held.remove(&id)).map(|h| h.lease).collect()
+    }
+}
+
+/// Settles held deliveries whose deadline passed as failed attempts, until `shutdown`; then
+/// gives back whatever is still held the same way (those deliveries are offered again).
+pub async fn sweep(state: Arc<AppState>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(SWEEP) => *shutdown.borrow(),
+            changed = shutdown.changed() => changed.is_err() || *shutdown.borrow(),
+        };
+        for lease in state.mailboxes.take_expired(stopping) {
+            let timeout = state.config.endpoint(&lease.endpoint).map_or(Duration::ZERO, |e| e.timeout);
+            let error = if stopping {
+                "the hub stopped before the mailbox acknowledged it".to_owned()
+            } else {
+                format!("not acknowledged within {}", humantime::format_duration(timeout))
+            };
+            let result = AttemptResult::Transient { error, retry_after: None };
+            settle(state.pipeline.store().as_ref(), &state, lease, result).await.ok();
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// Settles one held delivery with the retry policy, as a delivery worker settles an attempt.
+async fn settle(store: &dyn Store, state: &AppState, lease: Lease, result: AttemptResult) -> Result<(), Problem> {
+    let label = match &result {
+        AttemptResult::Delivered { .. } => "delivered",
+        AttemptResult::Transient { .. } => "transient",
+        AttemptResult::Permanent { .. } => "permanent",
+    };
+    metrics::counter!("lotse_attempts_total", "endpoint" => lease.endpoint.clone(), "result" => label).increment(1);
+    let jitter: f64 = rand::random();
+    let outcome = retry::decide(&state.config.raw.retry, lease.budget_attempt, result, now_millis(), jitter);
+    if let Outcome::Dead { error } = &outcome {
+        tracing::warn!(delivery_id = %lease.delivery_id, endpoint = %lease.endpoint, %error, "delivery dead");
+    }
+    let id = lease.delivery_id;
+    store.settle(lease, outcome).await.map_err(|e| {
+        tracing::error!(delivery_id = %id, error = %e, "cannot record a mailbox outcome; the delivery will be offered again");
+        Problem::from(e)
+    })
+}
+
+/// The mailbox `name` if the bearer token is its own; one answer for every other case, so a
+/// caller learns nothing about which mailboxes exist.
+fn authorize(state: &AppState, headers: &HeaderMap, name: &str) -> Result<(), Problem> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match token.and_then(|t| state.mailboxes.tokens.get(&token_digest(t))) {
+        Some(mailbox) if mailbox == name => Ok(()),
+        _ => Err(Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Unauthorized",
+            "this mailbox needs its own bearer token",
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NextQuery {
+    /// How long to wait for a delivery (`20s`); default: answer at once.
+    wait: Option<String>,
+}
+
+async fn next(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    query: Result<Query<NextQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    authorize(&state, &headers, &name)?;
+    let Query(query) = query.map_err(|e| Problem::bad_filter(e.body_text()))?;
+    let wait = match query.wait.as_deref() {
+        None => Duration::ZERO,
+        Some(w) => match humantime::parse_duration(w) {
+            Ok(d) if d <= MAX_WAIT => d,
+            _ => {
+                return Err(Problem::bad_filter(format!("`wait` must be a duration up to 30s, like `20s`; got `{w}`")));
+            }
+        },
+    };
+    let Some(endpoint) = state.config.endpoint(&name) else { return Err(Problem::not_found("mailbox")) };
+    let (held, first_due) = state.mailboxes.load(&name);
+    if held >= endpoint.concurrency {
+        let seconds = first_due.map_or(1, |d| d.saturating_duration_since(Instant::now()).as_secs().max(1));
+        return Err(Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "mailbox-busy",
+            "Acknowledge first",
+            format!(
+                "{held} deliveries are fetched and not acknowledged (the most this mailbox holds at once); acknowledge or reject them, or wait until their time runs out"
+            ),
+        )
+        .retry_after(u32::try_from(seconds).unwrap_or(u32::MAX)));
+    }
+    if state.paused.is_paused(&name) {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    // Leased and held in a task of its own: a client that goes away while it waits must not
+    // drop a lease half taken (it would stay leased, never offered again, until a restart).
+    let until = Instant::now() + endpoint.timeout;
+    let ack_by = time::OffsetDateTime::now_utc() + endpoint.timeout;
+    let task_state = state.clone();
+    let leased = tokio::spawn(async move {
+        let mut leases = task_state.pipeline.store().lease(&name, 1, wait).await?;
+        let Some(lease) = leases.pop() else { return Ok(None) };
+        let shown = Fetched {
+            delivery_id: lease.delivery_id,
+            submission_id: lease.submission_id,
+            message_id: lease.message_id.clone(),
+            attempt: lease.attempt,
+            content_type: lease.content_type.clone(),
+            payload: lease.payload.clone(),
+        };
+        task_state.mailboxes.held().insert(lease.delivery_id, Held { lease, until });
+        Ok::<_, crate::store::StoreError>(Some(shown))
+    });
+    let fetched = match leased.await {
+        Ok(r) => r?,
+        Err(e) => return Err(Problem::from(crate::store::StoreError::Unavailable(format!("lease failed: {e}")))),
+    };
+    let Some(f) = fetched else { return Ok(StatusCode::NO_CONTENT.into_response()) };
+    let mut response = f.payload.into_response();
+    let h = response.headers_mut();
+    let mut put = |name: &'static str, value: &str| {
+        // A value that cannot be a header (a message id with control characters) is left out.
+        if let Ok(v) = HeaderValue::from_str(value) {
+            h.insert(HeaderName::from_static(name), v);
+        }
+    };
+    put("content-type", &f.content_type);
+    put("lotse-delivery-id", &f.delivery_id.to_string());
+    put("lotse-submission-id", &f.submission_id.to_string());
+    put("lotse-attempt", &f.attempt.to_string());
+    if let Some(m) = &f.message_id {
+        put("lotse-message-id", m);
+    }
+    if let Ok(t) = ack_by.format(&time::format_description::well_known::Rfc3339) {
+        put("lotse-ack-by", &t);
+    }
+    Ok(response)
+}
+
+/// What `next` shows of a lease it holds.
+struct Fetched {
+    delivery_id: DeliveryId,
+    submission_id: crate::store::SubmissionId,
+    message_id: Option<String>,
+    attempt: u32,
+    content_type: String,
+    payload: bytes::Bytes,
+}
+
+fn not_held() -> Problem {
+    Problem::new(
+        StatusCode::CONFLICT,
+        "not-held",
+        "Not held",
+        "this mailbox holds no such delivery: it was never fetched here, was already acknowledged or rejected, or its time to acknowledge ran out (then it is offered again)",
+    )
+}
+
+async fn ack(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    authorize(&state, &headers, &name)?;
+    let id: DeliveryId = id.parse().map_err(|_| not_held())?;
+    let lease = state.mailboxes.take(&name, id).ok_or_else(not_held)?;
+    settle(state.pipeline.store().as_ref(), &state, lease, AttemptResult::Delivered { status: 200 }).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rejection {
+    reason: String,
+    /// Offer it again later (a passing problem on the agency's side) instead of dead at once.
+    #[serde(default)]
+    retry: bool,
+}
+
+async fn reject(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((name, id)): Path<(String, String)>,
+    body: Result<axum::Json<Rejection>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, Problem> {
+    authorize(&state, &headers, &name)?;
+    let axum::Json(r) = body.map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            "Malformed request",
+            format!("expected {{\"reason\": \"...\", \"retry\": false}}: {}", e.body_text()),
+        )
+    })?;
+    let reason: String = r.reason.chars().take(1000).collect();
+    let id: DeliveryId = id.parse().map_err(|_| not_held())?;
+    let lease = state.mailboxes.take(&name, id).ok_or_else(not_held)?;
+    let error = format!("rejected by mailbox `{name}`: {reason}");
+    let result = if r.retry {
+        AttemptResult::Transient { error, retry_after: None }
+    } else {
+        AttemptResult::Permanent { error }
+    };
+    settle(state.pipeline.store().as_ref(), &state, lease, result).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[cfg(test)]
+mod tests;

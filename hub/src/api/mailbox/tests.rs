@@ -1,0 +1,198 @@
+//! The mailbox API through `Router::oneshot`, on a real embedded store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use tower::ServiceExt;
+
+use crate::api::{AppState, partner};
+use crate::config::Config;
+use crate::store::embedded::EmbeddedStore;
+
+const TOKEN: &str = "postfach-token-0123456789";
+
+fn message(uuid: &str) -> String {
+    format!(
+        r#"<t:antrag.0200 xmlns:t="urn:example:test"><nachrichtenkopf.g2g><identifikation.nachricht><nachrichtenUUID>{uuid}</nachrichtenUUID><nachrichtentyp><code>0200</code></nachrichtentyp></identifikation.nachricht><leser><kennung>bab:091</kennung></leser></nachrichtenkopf.g2g></t:antrag.0200>"#
+    )
+}
+
+struct Harness {
+    router: axum::Router,
+    state: Arc<AppState>,
+    _stop: tokio::sync::watch::Sender<bool>,
+    _dir: tempfile::TempDir,
+}
+
+/// A hub whose only route goes to mailbox `postfach` (acknowledge within `ack_within`, at most
+/// `held` fetched at once), with the mailbox sweeper running.
+fn harness(ack_within: &str, held: usize) -> Harness {
+    let config = Config::parse(&format!(
+        r#"
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:1"
+data_dir = "unused"
+[retry]
+max_attempts = 3
+initial_backoff = "10ms"
+max_backoff = "20ms"
+[[endpoints]]
+name = "postfach"
+kind = "mailbox"
+token = "{TOKEN}"
+timeout = "{ack_within}"
+concurrency = {held}
+[[endpoints]]
+name = "other"
+kind = "mailbox"
+token = "another-mailbox-token-42"
+[[routes]]
+name = "r"
+reader = "bab:09*"
+endpoints = ["postfach"]
+"#
+    ))
+    .expect("valid test config");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn crate::store::Store> = Arc::new(EmbeddedStore::open(dir.path()).expect("store"));
+    let config = Arc::new(config);
+    let pipeline = crate::intake::Pipeline::new(config.clone(), store, None);
+    let state = Arc::new(AppState::new(config, pipeline, None, Default::default()));
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(super::sweep(state.clone(), rx));
+    Harness { router: partner::router(state.clone()), state, _stop: stop, _dir: dir }
+}
+
+async fn call(h: &Harness, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, bytes::Bytes) {
+    let resp = h.router.clone().oneshot(req).await.expect("infallible");
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    (status, headers, axum::body::to_bytes(resp.into_body(), 1 << 20).await.expect("body"))
+}
+
+fn json(body: &bytes::Bytes) -> serde_json::Value {
+    serde_json::from_slice(body).unwrap_or_default()
+}
+
+/// Submits a message; returns its delivery id.
+async fn submit(h: &Harness, body: &str) -> String {
+    let req = Request::post("/v1/submissions")
+        .header("content-type", "application/xml")
+        .body(Body::from(body.to_owned()))
+        .expect("request");
+    let (status, _, body) = call(h, req).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{}", String::from_utf8_lossy(&body));
+    json(&body)["deliveries"][0]["id"].as_str().expect("a delivery").to_owned()
+}
+
+fn next(query: &str, token: Option<&str>) -> Request<Body> {
+    let mut b = Request::get(format!("/v1/mailboxes/postfach/next{query}"));
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    b.body(Body::empty()).expect("request")
+}
+
+fn act(delivery: &str, what: &str, body: &str) -> Request<Body> {
+    Request::post(format!("/v1/mailboxes/postfach/deliveries/{delivery}/{what}"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_owned()))
+        .expect("request")
+}
+
+async fn delivery(h: &Harness, id: &str) -> crate::store::DeliveryView {
+    let id = id.parse().expect("delivery id");
+    h.state.pipeline.store().delivery(id).await.expect("store").expect("known delivery")
+}
+
+#[tokio::test]
+async fn a_mailbox_hands_out_a_delivery_and_it_is_delivered_once_acknowledged() {
+    let h = harness("30s", 4);
+    let uuid = uuid::Uuid::new_v4().to_string();
+    let sent = message(&uuid);
+    let id = submit(&h, &sent).await;
+
+    // Only the mailbox's own token opens it.
+    for token in [None, Some("wrong-token-0123456789"), Some("another-mailbox-token-42")] {
+        let (status, _, body) = call(&h, next("", token)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "token {token:?}: {}", String::from_utf8_lossy(&body));
+    }
+    let (status, headers, body) = call(&h, next("?wait=5s", Some(TOKEN))).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body, sent.as_bytes(), "not the exact bytes the partner sent");
+    assert_eq!(headers["content-type"], "application/xml");
+    assert_eq!(headers["lotse-delivery-id"], id.as_str());
+    assert_eq!(headers["lotse-message-id"], uuid.as_str());
+    assert_eq!(headers["lotse-attempt"], "1");
+    assert!(headers.contains_key("lotse-ack-by") && headers.contains_key("lotse-submission-id"), "{headers:?}");
+    // Held: nobody else gets it meanwhile.
+    let (status, _, _) = call(&h, next("", Some(TOKEN))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(delivery(&h, &id).await.state, crate::store::DeliveryState::Pending);
+
+    let (status, _, body) = call(&h, act(&id, "ack", "")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(delivery(&h, &id).await.state, crate::store::DeliveryState::Delivered);
+    let (status, _, body) = call(&h, act(&id, "ack", "")).await;
+    assert_eq!(status, StatusCode::CONFLICT, "a second ack");
+    assert_eq!(json(&body)["type"].as_str().map(|t| t.ends_with("not-held")), Some(true), "{body:?}");
+}
+
+#[tokio::test]
+async fn an_unacknowledged_delivery_comes_again_and_a_rejected_one_goes_dead() {
+    let h = harness("1s", 4);
+    let id = submit(&h, &message(&uuid::Uuid::new_v4().to_string())).await;
+    let (status, _, _) = call(&h, next("?wait=5s", Some(TOKEN))).await;
+    assert_eq!(status, StatusCode::OK);
+    // Not acknowledged within 1 s: a failed attempt, then offered again.
+    let (status, headers, body) = call(&h, next("?wait=10s", Some(TOKEN))).await;
+    assert_eq!(status, StatusCode::OK, "not offered again: {}", String::from_utf8_lossy(&body));
+    assert_eq!(headers["lotse-delivery-id"], id.as_str());
+    assert_eq!(headers["lotse-attempt"], "2");
+    let view = delivery(&h, &id).await;
+    assert!(view.last_error.as_deref().unwrap_or("").contains("not acknowledged within 1s"), "{view:?}");
+
+    let (status, _, body) = call(&h, act(&id, "reject", r#"{"nonsense": 1}"#)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(&body));
+    let (status, _, _) = call(&h, act(&id, "reject", r#"{"reason": "Aktenzeichen unbekannt"}"#)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let view = delivery(&h, &id).await;
+    assert_eq!(view.state, crate::store::DeliveryState::Dead);
+    assert!(view.last_error.as_deref().unwrap_or("").contains("Aktenzeichen unbekannt"), "{view:?}");
+}
+
+#[tokio::test]
+async fn a_rejection_with_retry_comes_again_and_a_busy_mailbox_says_so() {
+    let h = harness("30s", 1);
+    let first = submit(&h, &message(&uuid::Uuid::new_v4().to_string())).await;
+    submit(&h, &message(&uuid::Uuid::new_v4().to_string())).await;
+    let (status, headers, _) = call(&h, next("?wait=5s", Some(TOKEN))).await;
+    assert_eq!(status, StatusCode::OK);
+    let fetched = headers["lotse-delivery-id"].to_str().expect("id").to_owned();
+    // One held is this mailbox's most: fetch no more until it is acknowledged.
+    let (status, headers, body) = call(&h, next("", Some(TOKEN))).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{}", String::from_utf8_lossy(&body));
+    assert!(headers.contains_key("retry-after"));
+    let (status, _, _) = call(&h, next("?wait=forever", Some(TOKEN))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let (status, _, _) =
+        call(&h, act(&fetched, "reject", r#"{"reason": "Fachverfahren gewartet", "retry": true}"#)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(delivery(&h, &fetched).await.state, crate::store::DeliveryState::Pending);
+    // Both come (the retried one after its short backoff).
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while seen.len() < 2 && tokio::time::Instant::now() < deadline {
+        let (status, headers, _) = call(&h, next("?wait=2s", Some(TOKEN))).await;
+        if status == StatusCode::OK {
+            let id = headers["lotse-delivery-id"].to_str().expect("id").to_owned();
+            let (acked, _, _) = call(&h, act(&id, "ack", "")).await;
+            assert_eq!(acked, StatusCode::NO_CONTENT);
+            seen.push(id);
+        }
+    }
+    assert!(seen.contains(&first) && seen.len() == 2, "fetched {seen:?}");
+}
