@@ -11,7 +11,8 @@
 //! A fetched delivery is held for the endpoint's `timeout`; not acknowledged by then, it counts
 //! as a failed attempt and is offered again after the retry backoff (dead after
 //! `retry.max_attempts`), so a client that crashed after fetching loses nothing. At most the
-//! endpoint's `concurrency` deliveries are held at once; beyond that `next` answers `429`.
+//! endpoint's `concurrency` deliveries are held or being fetched at once; beyond that `next`
+//! answers `429`.
 //!
 //! Each mailbox has its own bearer token; a partner's token opens no mailbox. Held deliveries
 //! live in this process: with several processes, an agency's requests must reach the process it
@@ -53,6 +54,24 @@ pub struct Mailboxes {
     /// sha256(token) -> mailbox (endpoint) name.
     tokens: HashMap<[u8; 32], String>,
     held: Mutex<HashMap<DeliveryId, Held>>,
+    /// Fetches in progress per mailbox: they count toward its `concurrency` like held
+    /// deliveries, so concurrent fetches cannot hold more than that between them.
+    polling: Mutex<HashMap<String, usize>>,
+}
+
+/// A fetch in progress, counted in [`Mailboxes::polling`] until dropped.
+struct Polling {
+    state: Arc<AppState>,
+    mailbox: String,
+}
+
+impl Drop for Polling {
+    fn drop(&mut self) {
+        let mut polling = self.state.mailboxes.polling.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = polling.get_mut(&self.mailbox) {
+            *n = n.saturating_sub(1);
+        }
+    }
 }
 
 struct Held {
@@ -65,6 +84,7 @@ impl Mailboxes {
         Mailboxes {
             tokens: config.mailbox_tokens.iter().map(|(t, n)| (token_digest(t), n.clone())).collect(),
             held: Mutex::default(),
+            polling: Mutex::default(),
         }
     }
 
@@ -73,11 +93,20 @@ impl Mailboxes {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// How many deliveries of `mailbox` are held, and the earliest deadline among them.
-    fn load(&self, mailbox: &str) -> (usize, Option<Instant>) {
-        let held = self.held();
+    /// Starts a fetch of `mailbox` if fewer than `max` deliveries are held or being fetched;
+    /// otherwise how many there are and the earliest deadline among the held ones.
+    fn start_fetch(state: &Arc<AppState>, mailbox: &str, max: usize) -> Result<Polling, (usize, Option<Instant>)> {
+        let held = state.mailboxes.held();
+        let mut polling = state.mailboxes.polling.lock().unwrap_or_else(|e| e.into_inner());
         let mine = held.values().filter(|h| h.lease.endpoint == mailbox);
-        mine.fold((0, None), |(n, first), h| (n + 1, Some(first.map_or(h.until, |f: Instant| f.min(h.until)))))
+        let (n, first) =
+            mine.fold((0, None), |(n, first), h| (n + 1, Some(first.map_or(h.until, |f: Instant| f.min(h.until)))));
+        let fetching = polling.entry(mailbox.to_owned()).or_default();
+        if n + *fetching >= max {
+            return Err((n + *fetching, first));
+        }
+        *fetching += 1;
+        Ok(Polling { state: state.clone(), mailbox: mailbox.to_owned() })
     }
 
     /// Takes a held delivery of `mailbox` out (to settle it).
@@ -186,28 +215,20 @@ async fn next(
         },
     };
     let Some(endpoint) = state.config.endpoint(&name) else { return Err(Problem::not_found("mailbox")) };
-    let (held, first_due) = state.mailboxes.load(&name);
-    if held >= endpoint.concurrency {
-        let seconds = first_due.map_or(1, |d| d.saturating_duration_since(Instant::now()).as_secs().max(1));
-        return Err(Problem::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "mailbox-busy",
-            "Acknowledge first",
-            format!(
-                "{held} deliveries are fetched and not acknowledged (the most this mailbox holds at once); acknowledge or reject them, or wait until their time runs out"
-            ),
-        )
-        .retry_after(u32::try_from(seconds).unwrap_or(u32::MAX)));
-    }
     if state.paused.is_paused(&name) {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
+    let polling = match Mailboxes::start_fetch(&state, &name, endpoint.concurrency) {
+        Ok(p) => p,
+        Err(busy) => return Err(busy_problem(busy)),
+    };
     // Leased and held in a task of its own: a client that goes away while it waits must not
     // drop a lease half taken (it would stay leased, never offered again, until a restart).
     let until = Instant::now() + endpoint.timeout;
     let ack_by = time::OffsetDateTime::now_utc() + endpoint.timeout;
     let task_state = state.clone();
     let leased = tokio::spawn(async move {
+        let _polling = polling;
         let mut leases = task_state.pipeline.store().lease(&name, 1, wait).await?;
         let Some(lease) = leases.pop() else { return Ok(None) };
         let shown = Fetched {
@@ -245,6 +266,20 @@ async fn next(
         put("lotse-ack-by", &t);
     }
     Ok(response)
+}
+
+/// `429`: `busy` deliveries held or being fetched, the first held one due back at the instant.
+fn busy_problem((busy, first_due): (usize, Option<Instant>)) -> Problem {
+    let seconds = first_due.map_or(1, |d| d.saturating_duration_since(Instant::now()).as_secs().max(1));
+    Problem::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "mailbox-busy",
+        "Acknowledge first",
+        format!(
+            "{busy} deliveries are fetched and not acknowledged, or being fetched (the most this mailbox allows at once); acknowledge or reject them, or wait until their time runs out"
+        ),
+    )
+    .retry_after(u32::try_from(seconds).unwrap_or(u32::MAX))
 }
 
 /// What `next` shows of a lease it holds.

@@ -196,3 +196,18 @@ async fn a_rejection_with_retry_comes_again_and_a_busy_mailbox_says_so() {
     }
     assert!(seen.contains(&first) && seen.len() == 2, "fetched {seen:?}");
 }
+
+#[tokio::test]
+async fn concurrent_fetches_count_toward_the_limit() {
+    let h = harness("30s", 1);
+    // A fetch that waits takes the one place: a second one at the same time is told so at once.
+    let (first, second) = tokio::join!(call(&h, next("?wait=1s", Some(TOKEN))), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        call(&h, next("", Some(TOKEN))).await
+    });
+    assert_eq!(first.0, StatusCode::NO_CONTENT);
+    assert_eq!(second.0, StatusCode::TOO_MANY_REQUESTS, "{}", String::from_utf8_lossy(&second.2));
+    // Once it ended, the place is free again.
+    let (status, _, _) = call(&h, next("", Some(TOKEN))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+}
