@@ -2,6 +2,11 @@
 //! they print, what the receiver stores, a small bounded bench run through a real hub, and an
 //! operator finding and replaying a dead case.
 
+// Only the prefix and queue helpers are used here; the broker restart is the cluster suite's.
+#[allow(dead_code)]
+#[path = "../src/rabbit.rs"]
+mod rabbit;
+
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -387,10 +392,30 @@ async fn retention_deletes_a_delivered_case_after_its_period() {
 /// port's mailbox refuses a partner's token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mailbox_is_fetched_and_acknowledged_over_http() {
+    mailbox_round_trip("").await;
+}
+
+/// The same on the RabbitMQ store (a prefix of its own, its queues deleted after).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mailbox_on_rabbitmq_is_fetched_and_acknowledged_over_http() {
+    let Some(url) = tests::amqp::require_rabbitmq().await else { return };
+    let prefix = rabbit::unique_prefix("mailbox");
+    let result = tokio::spawn(mailbox_round_trip_on(rabbit::queue_section(&url, &prefix))).await;
+    rabbit::delete_queues(&url, &prefix, &["postfach"]).await;
+    if let Err(e) = result {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+async fn mailbox_round_trip_on(queue: String) {
+    mailbox_round_trip(&queue).await;
+}
+
+async fn mailbox_round_trip(queue: &str) {
     const TOKEN: &str = "bauamt-postfach-0123456789";
     let routes = "[[routes]]\nname = \"all\"\nendpoints = [\"postfach\"]\n";
-    let partners = "[[partners]]\nname = \"land\"\ntoken = \"land-token-0123456789abc\"\n";
-    let text = config(&[], routes, partners).replace(
+    let extra = format!("[[partners]]\nname = \"land\"\ntoken = \"land-token-0123456789abc\"\n{queue}");
+    let text = config(&[], routes, &extra).replace(
         "[[routes]]",
         &format!("[[endpoints]]\nname = \"postfach\"\nkind = \"mailbox\"\ntoken = \"{TOKEN}\"\n\n[[routes]]"),
     );
