@@ -67,6 +67,16 @@ pub struct BenchArgs {
     /// Also print the summary as one JSON line (prefixed `json `), for scripts.
     #[arg(long)]
     pub json: bool,
+    /// Connections opened before the clock starts and kept alive, as a partner's HTTP client pool
+    /// does (default: `-c`). A request that finds none idle opens another one; `0` opens every
+    /// connection on demand, its connect time counted in that request's time to 202.
+    #[arg(long)]
+    pub preopen: Option<usize>,
+    /// Requests meant to be sent in this first stretch are sent but not counted: the first
+    /// moments of a hub and of this tool under load (first allocations, first use of each code
+    /// path) are not its steady state. `-n` and `--max-time` include it.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
 }
 
 /// What one request came to.
@@ -109,6 +119,12 @@ pub struct Report {
     /// Open loop: how late accepted requests were sent (part of the time to 202): p99 and max.
     pub late_p99_ms: Option<f64>,
     pub late_max_ms: Option<f64>,
+    /// Connections the tool opened, the pre-opened ones included.
+    pub connections: u64,
+    /// Of those, opened before the clock started.
+    pub preopened: u64,
+    /// Requests sent in the warm-up (`--warmup`), not counted above.
+    pub warmup_requests: u64,
     /// Non-2xx answers by status; `0` = transport error.
     pub failures: Vec<(u16, u64)>,
     pub delivered: Option<u64>,
@@ -169,10 +185,13 @@ struct Sender {
     template: Template,
     /// Idle kept-alive connections.
     idle: std::sync::Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    /// Connections opened so far.
+    opened: AtomicU64,
 }
 
 impl Sender {
     async fn connect(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+        self.opened.fetch_add(1, Ordering::Relaxed);
         let stream = tokio::net::TcpStream::connect(&self.authority).await?;
         stream.set_nodelay(true)?;
         let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
@@ -256,19 +275,30 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         authority,
         path,
         idle: std::sync::Mutex::new(Vec::with_capacity(args.concurrency)),
+        opened: AtomicU64::new(0),
         token: args.token.clone(),
         content_type,
         template: Template::new(&body),
     });
+    let preopen = args.preopen.unwrap_or(args.concurrency);
+    let opened = futures::future::join_all((0..preopen).map(|_| sender.connect())).await;
+    let opened: Vec<_> = opened.into_iter().collect::<anyhow::Result<_>>().context("cannot open the connections")?;
+    sender.idle.lock().unwrap_or_else(|e| e.into_inner()).extend(opened);
     let started = Instant::now();
     let samples = match args.rate {
         None => closed_loop(&sender, args.requests, args.concurrency, args.max_time).await,
         Some(rate) => open_loop(&sender, args.requests, args.concurrency, rate, args.max_time).await,
     };
-    let send_seconds = started.elapsed().as_secs_f64();
+    let measured_from = started + args.warmup;
+    let send_seconds = started.elapsed().saturating_sub(args.warmup).as_secs_f64();
+    let (warm, samples): (Vec<Sample>, Vec<Sample>) = samples.into_iter().partition(|s| s.start < measured_from);
     let mut report = summarize(&args, body.len(), &samples, send_seconds);
+    report.warmup_requests = warm.len() as u64;
+    report.connections = sender.opened.load(Ordering::Relaxed);
+    report.preopened = preopen as u64;
     if let Some(receiver) = &receiver {
-        let accepted = report.accepted;
+        // The warm-up's submissions are delivered too; only the counted ones are timed.
+        let accepted = report.accepted + warm.iter().filter(|s| s.accepted()).count() as u64;
         receiver.wait_delivered(accepted, args.drain_time).await;
         let sent_at: HashMap<&str, Instant> =
             samples.iter().filter_map(|s| s.submission_id.as_deref().map(|id| (id, s.start))).collect();
@@ -305,7 +335,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         receiver.shutdown().await?;
     }
     let all_delivered = report.delivered.is_none_or(|d| d >= report.accepted);
-    Ok(if report.failures.is_empty() && report.sent == args.requests && all_delivered {
+    Ok(if report.failures.is_empty() && report.sent + report.warmup_requests == args.requests && all_delivered {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -430,6 +460,10 @@ fn print_report(r: &Report) {
         "sent {} in {:.2} s: accepted {} = {:.0}/s; time to 202 p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         r.sent, r.send_seconds, r.accepted, r.accepted_per_s, r.p50_ms, r.p99_ms, r.max_ms
     );
+    println!("connections: {} opened before the clock, {} during the run", r.preopened, r.connections - r.preopened);
+    if r.warmup_requests > 0 {
+        println!("warm-up: the first {} requests were sent and not counted", r.warmup_requests);
+    }
     if let (Some(p99), Some(max)) = (r.late_p99_ms, r.late_max_ms) {
         println!(
             "sent behind schedule (part of the above: no free slot, or this tool itself late): p99 {p99:.2} ms, max {max:.2} ms"

@@ -98,6 +98,25 @@ async fn bench_command_reports_accepted_and_delivered() {
     assert!(
         report["p99_ms"].as_f64().is_some_and(|p| p > 0.0) && report["max_ms"].as_f64() >= report["p50_ms"].as_f64()
     );
+    // The pool was opened before the clock: no connection during the run with 8 clients.
+    assert_eq!((report["preopened"].as_u64(), report["connections"].as_u64()), (Some(8), Some(8)), "{report}");
+
+    // A warm-up's requests are sent and delivered but not counted.
+    let output = Command::new(lotse_bin!())
+        .args(["bench", "--to", &hub.partner_url(""), "-n", "100", "-c", "4", "--rate", "50", "--warmup", "1s"])
+        .args(["--json", "--receiver-listen", &format!("127.0.0.1:{port}"), "--drain-time", "60s", "--file"])
+        .arg(&file)
+        .output()
+        .await
+        .expect("lotse bench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "bench with a warm-up failed:\n{stdout}");
+    let json = stdout.lines().find_map(|l| l.strip_prefix("json ")).expect("a json line");
+    let report: serde_json::Value = serde_json::from_str(json).expect("json report");
+    let warm = report["warmup_requests"].as_u64().expect("warmup_requests");
+    assert!((40..=60).contains(&warm), "50/s for 1 s: {warm} in the warm-up: {report}");
+    assert_eq!(report["sent"].as_u64(), Some(100 - warm), "{report}");
+    assert_eq!(report["delivered"].as_u64(), Some(100 - warm), "{report}");
     assert!(stdout.contains("time to 202 p50"), "{stdout}");
 }
 
