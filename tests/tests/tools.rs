@@ -158,6 +158,18 @@ async fn refusing_receiver() -> u16 {
     port
 }
 
+/// Writes the XBau application with a fresh `nachrichtenUUID` into `dir` and submits it with
+/// `lotse submit`, which must answer 202 and not a duplicate; returns the id and the file.
+async fn submit_antrag(dir: &HubDir, hub: &tests::Hub) -> (String, String) {
+    let uuid = new_uuid();
+    let file = dir.path().join("antrag.xml");
+    std::fs::write(&file, with_uuid(&load(ANTRAG).expect("fixture"), &uuid).expect("uuid")).expect("write message");
+    let file = file.to_string_lossy().into_owned();
+    let (ok, out) = lotse(&["submit", &file, "--to", &hub.partner_url("")]).await;
+    assert!(ok && !out.contains("duplicate"), "submit: {out}");
+    (uuid, file)
+}
+
 async fn lotse(args: &[&str]) -> (bool, String) {
     let output = Command::new(lotse_bin!()).args(args).output().await.expect("lotse runs");
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
@@ -174,12 +186,7 @@ async fn deliveries_commands_find_list_and_replay_a_dead_case() {
     let mut dir = HubDir::new(lotse_bin!(), &config(&[("a", format!("http://127.0.0.1:{port}/a"))], routes, ""))
         .expect("hub dir");
     let hub = dir.start().await.expect("lotse serve starts");
-    let uuid = new_uuid();
-    let file = dir.path().join("antrag.xml");
-    std::fs::write(&file, with_uuid(&load(ANTRAG).expect("fixture"), &uuid).expect("uuid")).expect("write message");
-    let file = file.to_string_lossy().into_owned();
-    let (ok, out) = lotse(&["submit", &file, "--to", &hub.partner_url("")]).await;
-    assert!(ok, "submit: {out}");
+    let (uuid, _) = submit_antrag(&dir, &hub).await;
     let admin = hub.admin_url("");
     let admin = admin.trim_end_matches('/');
 
@@ -377,12 +384,7 @@ async fn retention_deletes_a_delivered_case_after_its_period() {
     let mut dir = HubDir::new(lotse_bin!(), &text).expect("hub dir");
     std::fs::create_dir(dir.path().join("ablage")).expect("the drop folder");
     let hub = dir.start().await.expect("lotse serve starts");
-    let uuid = new_uuid();
-    let file = dir.path().join("antrag.xml");
-    std::fs::write(&file, with_uuid(&load(ANTRAG).expect("fixture"), &uuid).expect("uuid")).expect("write message");
-    let file = file.to_string_lossy().into_owned();
-    let (ok, out) = lotse(&["submit", &file, "--to", &hub.partner_url("")]).await;
-    assert!(ok && !out.contains("duplicate"), "submit: {out}");
+    let (uuid, file) = submit_antrag(&dir, &hub).await;
     let admin = hub.admin_url("");
     let admin = admin.trim_end_matches('/');
 
