@@ -181,9 +181,10 @@ async fn sweep(store: Arc<dyn Store>, retention: crate::config::RetentionConfig,
 /// header read timeout never ran: a client could open connections and send nothing, or a
 /// header a byte at a time, and hold them for ever. Here a client that has not sent a
 /// request's headers within `read_timeout` is disconnected (the body's own bound is in the
-/// partner API's handler), and so is a connection that has sent nothing for `read_timeout`
-/// (HTTP/1 keep-alive by hyper's header timeout; HTTP/2, which hyper keeps open for as long as
-/// the client likes, by a graceful shutdown here: requests in progress still get their answers).
+/// partner API's handler), and so is a connection that has sent nothing and waited for no
+/// answer for `read_timeout` (HTTP/1 keep-alive by hyper's header timeout; HTTP/2, which hyper
+/// keeps open for as long as the client likes, by a graceful shutdown here: requests in
+/// progress still get their answers).
 /// At most `max_connections` are open at once; one more is closed as soon as it is accepted.
 async fn serve_http(
     listener: TcpListener,
@@ -265,13 +266,29 @@ async fn serve_http(
             }
             let io = ActivityIo::new(tcp);
             let last_read = io.last_read.clone();
+            // Requests being answered: a connection waiting for its answer (a mailbox's long
+            // poll, a slow store) sends nothing, and is not idle.
+            let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let app = {
+                let (active, last_read) = (active.clone(), last_read.clone());
+                tower::ServiceExt::<hyper::Request<hyper::body::Incoming>>::map_future(app, move |answer| {
+                    let guard = Answering::new(active.clone(), last_read.clone());
+                    async move {
+                        let r = answer.await;
+                        drop(guard);
+                        r
+                    }
+                })
+            };
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(app));
             tokio::pin!(conn);
             // Once closing, the connection gets `read_timeout` to finish what it is doing: an
             // HTTP/2 client that never answers the server's GOAWAY ping would hold it for ever.
             let mut closing: Option<tokio::time::Instant> = None;
             loop {
-                let idle_until = last_read.at() + read_timeout;
+                let answering = active.load(std::sync::atomic::Ordering::Relaxed) > 0;
+                let idle_until =
+                    if answering { tokio::time::Instant::now() + read_timeout } else { last_read.at() + read_timeout };
                 tokio::select! {
                     // A client that went away or timed out: nothing to report.
                     _ = conn.as_mut() => break,
@@ -282,7 +299,9 @@ async fn serve_http(
                         }
                     }
                     () = tokio::time::sleep_until(idle_until), if closing.is_none() => {
-                        if last_read.at() + read_timeout <= tokio::time::Instant::now() {
+                        let idle = active.load(std::sync::atomic::Ordering::Relaxed) == 0
+                            && last_read.at() + read_timeout <= tokio::time::Instant::now();
+                        if idle {
                             conn.as_mut().graceful_shutdown();
                             closing = Some(tokio::time::Instant::now() + read_timeout);
                         }
@@ -307,6 +326,33 @@ struct LastRead {
 impl LastRead {
     fn at(&self) -> tokio::time::Instant {
         self.base + std::time::Duration::from_millis(self.millis.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Notes activity now.
+    fn touch(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.millis.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// One request being answered on a connection (see `serve_http`): counted while it lives, and
+/// its end is activity.
+struct Answering {
+    active: Arc<std::sync::atomic::AtomicUsize>,
+    last: LastRead,
+}
+
+impl Answering {
+    fn new(active: Arc<std::sync::atomic::AtomicUsize>, last: LastRead) -> Answering {
+        active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Answering { active, last }
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.last.touch();
+        self.active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -334,8 +380,7 @@ impl tokio::io::AsyncRead for ActivityIo {
         let before = buf.filled().len();
         let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            let ms = self.last_read.base.elapsed().as_millis();
-            self.last_read.millis.store(u64::try_from(ms).unwrap_or(u64::MAX), std::sync::atomic::Ordering::Relaxed);
+            self.last_read.touch();
         }
         polled
     }
@@ -592,6 +637,35 @@ mod tests {
             at += 9 + (usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]));
         }
         assert!(types.contains(&7), "no GOAWAY among the frame types {types:?}");
+        stop.send(true).expect("the server listens");
+        tokio::time::timeout(Duration::from_secs(10), server).await.expect("the server stops").expect("no panic");
+    }
+
+    /// A request whose answer takes longer than `read_timeout` (a long poll) is answered: the
+    /// connection sends nothing meanwhile, yet it is not idle.
+    #[tokio::test]
+    async fn a_slow_answer_is_not_taken_for_an_idle_connection() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = super::bind(([127, 0, 0, 1], 0).into()).expect("bind");
+        let addr = listener.local_addr().expect("the bound address");
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::get(|| async {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                "late"
+            }),
+        );
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(super::serve_http(listener, app, rx, "test", Duration::from_millis(300), 64));
+        let mut client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        client.write_all(b"GET / HTTP/1.1\r\nHost: lotse\r\nConnection: close\r\n\r\n").await.expect("send");
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(10), client.read_to_string(&mut answer))
+            .await
+            .expect("an answer within 10 s")
+            .expect("read");
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("late"), "{answer:?}");
         stop.send(true).expect("the server listens");
         tokio::time::timeout(Duration::from_secs(10), server).await.expect("the server stops").expect("no panic");
     }
