@@ -255,6 +255,8 @@ async fn endpoints(State(state): State<Arc<AppState>>) -> Response {
                 "routing_key": e.routing_key,
                 "format": format!("{:?}", e.format).to_lowercase(),
                 "paused": state.paused.is_paused(&e.name),
+                // A mailbox's deliveries fetched and not acknowledged yet.
+                "held": (e.kind == crate::config::EndpointKind::Mailbox).then(|| state.mailboxes.held_count(&e.name)),
             })
         })
         .collect();
@@ -286,6 +288,10 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     }
     // What the partner port's `/healthz` answers, for an alert: 0 while the store is known not
     // to take submissions (a full disk, no broker, a broker resource alarm).
+    for e in state.config.raw.endpoints.iter().filter(|e| e.kind == crate::config::EndpointKind::Mailbox) {
+        let held = state.mailboxes.held_count(&e.name);
+        metrics::gauge!("lotse_mailbox_held", "endpoint" => e.name.clone()).set(held as f64);
+    }
     let ready = state.pipeline.store().health().is_ok();
     metrics::gauge!("lotse_store_ready").set(if ready { 1.0 } else { 0.0 });
     if state.config.raw.queue.kind == crate::config::QueueKind::Embedded {

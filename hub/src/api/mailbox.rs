@@ -109,6 +109,11 @@ impl Mailboxes {
         Ok(Polling { state: state.clone(), mailbox: mailbox.to_owned() })
     }
 
+    /// How many deliveries of `mailbox` are fetched and not yet acknowledged (for operators).
+    pub fn held_count(&self, mailbox: &str) -> usize {
+        self.held().values().filter(|h| h.lease.endpoint == mailbox).count()
+    }
+
     /// Takes a held delivery of `mailbox` out (to settle it).
     fn take(&self, mailbox: &str, id: DeliveryId) -> Option<Lease> {
         let mut held = self.held();

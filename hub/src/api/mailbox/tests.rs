@@ -132,9 +132,20 @@ async fn a_mailbox_hands_out_a_delivery_and_it_is_delivered_once_acknowledged() 
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_eq!(delivery(&h, &id).await.state, crate::store::DeliveryState::Pending);
 
+    // Operators see what is fetched and not acknowledged.
+    let admin = crate::api::admin::router(h.state.clone());
+    let held = || async {
+        let req = Request::get("/v1/admin/endpoints").body(Body::empty()).expect("request");
+        let resp = admin.clone().oneshot(req).await.expect("infallible");
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.expect("body");
+        json(&body)["endpoints"][0]["held"].clone()
+    };
+    assert_eq!(held().await, serde_json::json!(1));
+
     let (status, _, body) = call(&h, act(&id, "ack", "")).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{}", String::from_utf8_lossy(&body));
     assert_eq!(delivery(&h, &id).await.state, crate::store::DeliveryState::Delivered);
+    assert_eq!(held().await, serde_json::json!(0));
     let (status, _, body) = call(&h, act(&id, "ack", "")).await;
     assert_eq!(status, StatusCode::CONFLICT, "a second ack");
     assert_eq!(json(&body)["type"].as_str().map(|t| t.ends_with("not-held")), Some(true), "{body:?}");
