@@ -37,6 +37,8 @@ pub enum Command {
     Inspect(crate::check::InspectArgs),
     /// Run a sample agency receiver that stores what it receives in a folder.
     Receiver(crate::receiver::ReceiverArgs),
+    /// The agency's side of a mailbox: fetch its deliveries into a folder and acknowledge them.
+    Fetch(crate::fetch::FetchArgs),
     /// Load tool: send N submissions with C clients to a running hub and report rates.
     Bench(crate::bench::BenchArgs),
     /// Operator commands on deliveries (through the admin API).
@@ -71,6 +73,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Convert(args) => crate::check::convert(args).await,
         Command::Inspect(args) => crate::check::inspect(args).await,
         Command::Receiver(args) => crate::receiver::run(args).await,
+        Command::Fetch(args) => crate::fetch::run(args).await,
         Command::Bench(args) => crate::bench::run(args).await,
         Command::Deliveries(args) => crate::api::admin_cli::run(args).await,
     }

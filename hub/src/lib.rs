@@ -21,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod demo;
+pub mod fetch;
 pub mod intake;
 pub mod receiver;
 pub mod store;

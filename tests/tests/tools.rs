@@ -480,3 +480,60 @@ async fn mailbox_round_trip(queue: &str) {
     let (ok, out) = lotse(&["deliveries", "show", &delivery, "--admin", admin.trim_end_matches('/')]).await;
     assert!(ok && out.contains("\"delivered\""), "{out}");
 }
+
+/// `lotse fetch` as an agency runs it: every delivery of its mailbox lands in its folder with
+/// the exact bytes and the metadata beside it, is acknowledged (delivered at the hub), and
+/// `--once` stops when the mailbox is empty; a wrong token is an error, not a loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_command_writes_a_mailbox_into_a_folder_and_acknowledges() {
+    const TOKEN: &str = "standesamt-postfach-0123456789";
+    let routes = "[[routes]]\nname = \"all\"\nendpoints = [\"standesamt\"]\n";
+    let text = config(&[], routes, "").replace(
+        "[[routes]]",
+        &format!("[[endpoints]]\nname = \"standesamt\"\nkind = \"mailbox\"\ntoken = \"{TOKEN}\"\n\n[[routes]]"),
+    );
+    let mut dir = HubDir::new(lotse_bin!(), &text).expect("hub dir");
+    let hub = dir.start().await.expect("lotse serve starts");
+    let mut sent = Vec::new();
+    for _ in 0..2 {
+        let (uuid, file) = submit_antrag(&dir, &hub).await;
+        sent.push((uuid, std::fs::read(file).expect("the message sent")));
+    }
+    let inbox = dir.path().join("eingang");
+    std::fs::create_dir(&inbox).expect("the agency's folder");
+    let from = hub.partner_url("");
+    let inbox_arg = inbox.to_string_lossy().into_owned();
+    let args = ["fetch", "--from", &from, "--mailbox", "standesamt", "--into", &inbox_arg, "--once", "--wait", "1s"];
+    let (ok, out) = lotse(&[&args[..], &["--token", TOKEN]].concat()).await;
+    assert!(ok && out.contains("2 fetched"), "{out}\n{}", hub.log_tail());
+
+    let names: Vec<String> = std::fs::read_dir(&inbox)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.iter().filter(|n| n.ends_with(".xml")).count(), 2, "{names:?}");
+    assert!(names.iter().all(|n| !n.ends_with(".tmp")), "a temporary file left: {names:?}");
+    let admin = hub.admin_url("");
+    for (uuid, bytes) in &sent {
+        let (found, out) =
+            lotse(&["deliveries", "find", "--message-id", uuid, "--admin", admin.trim_end_matches('/')]).await;
+        assert!(found && out.contains("delivered"), "{out}");
+        let meta = names
+            .iter()
+            .filter(|n| n.ends_with(".meta.json"))
+            .map(|n| {
+                serde_json::from_slice::<serde_json::Value>(&std::fs::read(inbox.join(n)).expect("meta")).expect("JSON")
+            })
+            .find(|m| m["message_id"] == uuid.as_str())
+            .expect("the metadata of each message");
+        let delivery = meta["delivery_id"].as_str().expect("delivery id");
+        assert_eq!(
+            &std::fs::read(inbox.join(format!("{delivery}.xml"))).expect("payload"),
+            bytes,
+            "not the exact bytes"
+        );
+    }
+
+    let (ok, out) = lotse(&[&args[..], &["--token", "wrong-token-0123456789"]].concat()).await;
+    assert!(!ok && out.contains("refused the token"), "{out}");
+}
