@@ -133,7 +133,7 @@ impl Mailboxes {
 }
 
 /// Settles held deliveries whose deadline passed as failed attempts, until `shutdown`; then
-/// gives back whatever is still held the same way (those deliveries are offered again).
+/// gives back whatever is still held, due again at once (those deliveries are offered again).
 pub async fn sweep(state: Arc<AppState>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     loop {
         let stopping = tokio::select! {
@@ -141,12 +141,15 @@ pub async fn sweep(state: Arc<AppState>, mut shutdown: tokio::sync::watch::Recei
             changed = shutdown.changed() => changed.is_err() || *shutdown.borrow(),
         };
         for lease in state.mailboxes.take_expired(stopping) {
+            if stopping {
+                // Not the agency's failure: due again at once, never dead for it.
+                let error = "the hub stopped before the mailbox acknowledged it".to_owned();
+                let outcome = Outcome::Retry { not_before: now_millis(), error };
+                let _ = state.pipeline.store().settle(lease, outcome).await;
+                continue;
+            }
             let timeout = state.config.endpoint(&lease.endpoint).map_or(Duration::ZERO, |e| e.timeout);
-            let error = if stopping {
-                "the hub stopped before the mailbox acknowledged it".to_owned()
-            } else {
-                format!("not acknowledged within {}", humantime::format_duration(timeout))
-            };
+            let error = format!("not acknowledged within {}", humantime::format_duration(timeout));
             let result = AttemptResult::Transient { error, retry_after: None };
             settle(state.pipeline.store().as_ref(), &state, lease, result).await.ok();
         }

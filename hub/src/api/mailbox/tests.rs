@@ -22,7 +22,7 @@ fn message(uuid: &str) -> String {
 struct Harness {
     router: axum::Router,
     state: Arc<AppState>,
-    _stop: tokio::sync::watch::Sender<bool>,
+    stop: tokio::sync::watch::Sender<bool>,
     _dir: tempfile::TempDir,
 }
 
@@ -62,7 +62,7 @@ endpoints = ["postfach"]
     let state = Arc::new(AppState::new(config, pipeline, None, Default::default()));
     let (stop, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(super::sweep(state.clone(), rx));
-    Harness { router: partner::router(state.clone()), state, _stop: stop, _dir: dir }
+    Harness { router: partner::router(state.clone()), state, stop, _dir: dir }
 }
 
 async fn call(h: &Harness, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, bytes::Bytes) {
@@ -221,4 +221,28 @@ async fn concurrent_fetches_count_toward_the_limit() {
     // Once it ended, the place is free again.
     let (status, _, _) = call(&h, next("", Some(TOKEN))).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn a_stopping_hub_gives_back_what_is_held() {
+    let h = harness("30s", 4);
+    let id = submit(&h, &message(&uuid::Uuid::new_v4().to_string())).await;
+    let (status, _, _) = call(&h, next("?wait=5s", Some(TOKEN))).await;
+    assert_eq!(status, StatusCode::OK);
+    h.stop.send(true).expect("the sweeper listens");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let view = loop {
+        let view = delivery(&h, &id).await;
+        if view.last_error.is_some() || tokio::time::Instant::now() > deadline {
+            break view;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(view.state, crate::store::DeliveryState::Pending);
+    assert!(view.last_error.as_deref().unwrap_or("").contains("hub stopped"), "{view:?}");
+    // Due again at once: the next fetch gets it.
+    let (status, headers, _) = call(&h, next("?wait=5s", Some(TOKEN))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["lotse-delivery-id"], id.as_str());
+    assert_eq!(headers["lotse-attempt"], "2");
 }
