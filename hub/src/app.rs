@@ -260,9 +260,11 @@ async fn serve_http(
         tokio::spawn(async move {
             let _slot = slot;
             // The builder reads a first byte to tell HTTP/1 from HTTP/2, with no timeout of its
-            // own: a client that sends nothing at all is dropped here.
-            if tokio::time::timeout(read_timeout, tcp.peek(&mut [0u8; 1])).await.is_err() {
-                return;
+            // own: a client that sends nothing at all is dropped here (at once when the hub stops).
+            let mut first = [0u8; 1];
+            tokio::select! {
+                sent = tokio::time::timeout(read_timeout, tcp.peek(&mut first)) => if sent.is_err() { return },
+                _ = shutdown.changed() => return,
             }
             let io = ActivityIo::new(tcp);
             let last_read = io.last_read.clone();
@@ -668,6 +670,21 @@ mod tests {
         assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("late"), "{answer:?}");
         stop.send(true).expect("the server listens");
         tokio::time::timeout(Duration::from_secs(10), server).await.expect("the server stops").expect("no panic");
+    }
+
+    /// A stop does not wait for a connection that has sent nothing yet (it would have waited out
+    /// `read_timeout`, 30 s by default).
+    #[tokio::test]
+    async fn a_stop_does_not_wait_for_a_silent_connection() {
+        let listener = super::bind(([127, 0, 0, 1], 0).into()).expect("bind");
+        let addr = listener.local_addr().expect("the bound address");
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(super::serve_http(listener, app, rx, "test", Duration::from_secs(30), 64));
+        let _silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.send(true).expect("the server listens");
+        tokio::time::timeout(Duration::from_secs(5), server).await.expect("stopped within 5 s").expect("no panic");
     }
 
     /// Beyond `max_connections` a new connection is closed at once, the open ones stay, and once
