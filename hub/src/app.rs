@@ -162,7 +162,10 @@ async fn sweep(store: Arc<dyn Store>, retention: crate::config::RetentionConfig,
         let cutoffs = Cutoffs::before(now_millis(), retention.delivered, retention.dead);
         match store.expire(cutoffs).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(submissions = n, "retention: deleted submissions past their retention period"),
+            Ok(n) => {
+                metrics::counter!("lotse_expired_submissions_total").increment(n);
+                tracing::info!(submissions = n, "retention: deleted submissions past their retention period");
+            }
             Err(e) => tracing::warn!(error = %e, "retention: deleting old submissions failed; trying again later"),
         }
         tokio::select! {
@@ -563,6 +566,29 @@ async fn shutdown_signal() {
 mod tests {
     use std::time::Duration;
 
+    /// `serve_http` on a free local port, as the hub runs it.
+    struct TestServer {
+        addr: std::net::SocketAddr,
+        stop: tokio::sync::watch::Sender<bool>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl TestServer {
+        fn start(app: axum::Router, read_timeout: Duration, max_connections: usize) -> TestServer {
+            let listener = super::bind(([127, 0, 0, 1], 0).into()).expect("bind");
+            let addr = listener.local_addr().expect("the bound address");
+            let (stop, rx) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(super::serve_http(listener, app, rx, "test", read_timeout, max_connections));
+            TestServer { addr, stop, task }
+        }
+
+        /// Stops it; it must have stopped `within`.
+        async fn stop(self, within: Duration) {
+            self.stop.send(true).expect("the server listens");
+            tokio::time::timeout(within, self.task).await.expect("the server stops in time").expect("no panic");
+        }
+    }
+
     /// The recorder comes with a thread that folds histogram samples (otherwise they pile up in
     /// memory until `/metrics` is scraped).
     #[test]
@@ -591,11 +617,9 @@ mod tests {
     async fn a_client_that_does_not_send_its_headers_is_disconnected() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-        let listener = super::bind(([127, 0, 0, 1], 0).into()).expect("bind");
-        let addr = listener.local_addr().expect("the bound address");
         let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
-        let (stop, rx) = tokio::sync::watch::channel(false);
-        let server = tokio::spawn(super::serve_http(listener, app, rx, "test", Duration::from_millis(500), 64));
+        let server = TestServer::start(app, Duration::from_millis(500), 64);
+        let addr = server.addr;
 
         for partial in [&b"POST /v1/submissions HTTP/1.1\r\nHost: lotse\r\nContent-Ty"[..], b""] {
             let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -610,8 +634,7 @@ mod tests {
             let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest)).await;
             assert!(read.is_ok(), "a connection with {} bytes of headers still open after 10 s", partial.len());
         }
-        stop.send(true).expect("the server listens");
-        tokio::time::timeout(Duration::from_secs(10), server).await.expect("the server stops").expect("no panic");
+        server.stop(Duration::from_secs(10)).await;
     }
 
     /// An HTTP/2 connection (prior knowledge, as `h2c` clients open it) that sends nothing after
@@ -620,11 +643,9 @@ mod tests {
     async fn an_idle_http2_connection_is_closed() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-        let listener = super::bind(([127, 0, 0, 1], 0).into()).expect("bind");
-        let addr = listener.local_addr().expect("the bound address");
         let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
-        let (stop, rx) = tokio::sync::watch::channel(false);
-        let server = tokio::spawn(super::serve_http(listener, app, rx, "test", Duration::from_millis(500), 64));
+        let server = TestServer::start(app, Duration::from_millis(500), 64);
+        let addr = server.addr;
         let mut idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
         // The client preface and an empty SETTINGS frame.
         idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.expect("preface");
@@ -639,8 +660,7 @@ mod tests {
             at += 9 + (usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]));
         }
         assert!(types.contains(&7), "no GOAWAY among the frame types {types:?}");
-        stop.send(true).expect("the server listens");
-        tokio::time::timeout(Duration::from_secs(10), server).await.expect("the server stops").expect("no panic");
+        server.stop(Duration::from_secs(10)).await;
     }
 
     /// A request whose answer takes longer than `read_timeout` (a long poll) is answered: the
@@ -649,8 +669,6 @@ mod tests {
     async fn a_slow_answer_is_not_taken_for_an_idle_connection() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-        let listener = super::bind(([127, 0, 0, 1], 0).into()).expect("bind");
-        let addr = listener.local_addr().expect("the bound address");
         let app = axum::Router::new().route(
             "/",
             axum::routing::get(|| async {
@@ -658,8 +676,8 @@ mod tests {
                 "late"
             }),
         );
-        let (stop, rx) = tokio::sync::watch::channel(false);
-        let server = tokio::spawn(super::serve_http(listener, app, rx, "test", Duration::from_millis(300), 64));
+        let server = TestServer::start(app, Duration::from_millis(300), 64);
+        let addr = server.addr;
         let mut client = tokio::net::TcpStream::connect(addr).await.expect("connect");
         client.write_all(b"GET / HTTP/1.1\r\nHost: lotse\r\nConnection: close\r\n\r\n").await.expect("send");
         let mut answer = String::new();
@@ -668,23 +686,19 @@ mod tests {
             .expect("an answer within 10 s")
             .expect("read");
         assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("late"), "{answer:?}");
-        stop.send(true).expect("the server listens");
-        tokio::time::timeout(Duration::from_secs(10), server).await.expect("the server stops").expect("no panic");
+        server.stop(Duration::from_secs(10)).await;
     }
 
     /// A stop does not wait for a connection that has sent nothing yet (it would have waited out
     /// `read_timeout`, 30 s by default).
     #[tokio::test]
     async fn a_stop_does_not_wait_for_a_silent_connection() {
-        let listener = super::bind(([127, 0, 0, 1], 0).into()).expect("bind");
-        let addr = listener.local_addr().expect("the bound address");
         let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
-        let (stop, rx) = tokio::sync::watch::channel(false);
-        let server = tokio::spawn(super::serve_http(listener, app, rx, "test", Duration::from_secs(30), 64));
+        let server = TestServer::start(app, Duration::from_secs(30), 64);
+        let addr = server.addr;
         let _silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
         tokio::time::sleep(Duration::from_millis(100)).await;
-        stop.send(true).expect("the server listens");
-        tokio::time::timeout(Duration::from_secs(5), server).await.expect("stopped within 5 s").expect("no panic");
+        server.stop(Duration::from_secs(5)).await;
     }
 
     /// Beyond `max_connections` a new connection is closed at once, the open ones stay, and once
@@ -693,11 +707,9 @@ mod tests {
     async fn connections_beyond_the_limit_are_closed_at_once() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-        let listener = super::bind(([127, 0, 0, 1], 0).into()).expect("bind");
-        let addr = listener.local_addr().expect("the bound address");
         let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
-        let (stop, rx) = tokio::sync::watch::channel(false);
-        let server = tokio::spawn(super::serve_http(listener, app, rx, "test", Duration::from_secs(30), 2));
+        let server = TestServer::start(app, Duration::from_secs(30), 2);
+        let addr = server.addr;
         let first = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let mut second = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let mut third = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -726,8 +738,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         drop(second);
-        stop.send(true).expect("the server listens");
-        tokio::time::timeout(Duration::from_secs(10), server).await.expect("the server stops").expect("no panic");
+        server.stop(Duration::from_secs(10)).await;
     }
 
     /// More clients than tokio's default backlog (128) connect at once while nobody accepts:

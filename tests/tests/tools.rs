@@ -413,7 +413,7 @@ async fn retention_deletes_a_delivered_case_after_its_period() {
 /// port's mailbox refuses a partner's token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mailbox_is_fetched_and_acknowledged_over_http() {
-    mailbox_round_trip("").await;
+    mailbox_round_trip(String::new()).await;
 }
 
 /// The same on the RabbitMQ store (a prefix of its own, its queues deleted after).
@@ -421,18 +421,15 @@ async fn a_mailbox_is_fetched_and_acknowledged_over_http() {
 async fn a_mailbox_on_rabbitmq_is_fetched_and_acknowledged_over_http() {
     let Some(url) = tests::amqp::require_rabbitmq().await else { return };
     let prefix = rabbit::unique_prefix("mailbox");
-    let result = tokio::spawn(mailbox_round_trip_on(rabbit::queue_section(&url, &prefix))).await;
+    let result = tokio::spawn(mailbox_round_trip(rabbit::queue_section(&url, &prefix))).await;
     rabbit::delete_queues(&url, &prefix, &["postfach"]).await;
     if let Err(e) = result {
         std::panic::resume_unwind(e.into_panic());
     }
 }
 
-async fn mailbox_round_trip_on(queue: String) {
-    mailbox_round_trip(&queue).await;
-}
-
-async fn mailbox_round_trip(queue: &str) {
+/// `queue`: the config's `[queue]` section (empty: the embedded store).
+async fn mailbox_round_trip(queue: String) {
     const TOKEN: &str = "bauamt-postfach-0123456789";
     let routes = "[[routes]]\nname = \"all\"\nendpoints = [\"postfach\"]\n";
     let extra = format!("[[partners]]\nname = \"land\"\ntoken = \"land-token-0123456789abc\"\n{queue}");

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use super::problem::Problem;
 use super::{AppState, token_digest};
 use crate::config::Config;
-use crate::delivery::retry::{self, AttemptResult};
+use crate::delivery::retry::AttemptResult;
 use crate::store::{DeliveryId, Lease, Outcome, Store, now_millis};
 
 /// Longest long poll of `next`.
@@ -161,19 +161,8 @@ pub async fn sweep(state: Arc<AppState>, mut shutdown: tokio::sync::watch::Recei
 
 /// Settles one held delivery with the retry policy, as a delivery worker settles an attempt.
 async fn settle(store: &dyn Store, state: &AppState, lease: Lease, result: AttemptResult) -> Result<(), Problem> {
-    let label = match &result {
-        AttemptResult::Delivered { .. } => "delivered",
-        AttemptResult::Transient { .. } => "transient",
-        AttemptResult::Permanent { .. } => "permanent",
-    };
-    metrics::counter!("lotse_attempts_total", "endpoint" => lease.endpoint.clone(), "result" => label).increment(1);
-    let jitter: f64 = rand::random();
-    let outcome = retry::decide(&state.config.raw.retry, lease.budget_attempt, result, now_millis(), jitter);
-    if let Outcome::Dead { error } = &outcome {
-        tracing::warn!(delivery_id = %lease.delivery_id, endpoint = %lease.endpoint, %error, "delivery dead");
-    }
     let id = lease.delivery_id;
-    store.settle(lease, outcome).await.map_err(|e| {
+    crate::delivery::settle_attempt(store, &state.config.raw.retry, lease, result).await.map_err(|e| {
         tracing::error!(delivery_id = %id, error = %e, "cannot record a mailbox outcome; the delivery will be offered again");
         Problem::from(e)
     })
@@ -182,12 +171,7 @@ async fn settle(store: &dyn Store, state: &AppState, lease: Lease, result: Attem
 /// The mailbox `name` if the bearer token is its own; one answer for every other case, so a
 /// caller learns nothing about which mailboxes exist.
 fn authorize(state: &AppState, headers: &HeaderMap, name: &str) -> Result<(), Problem> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match token.and_then(|t| state.mailboxes.tokens.get(&token_digest(t))) {
+    match super::token_holder(&state.mailboxes.tokens, headers) {
         Some(mailbox) if mailbox == name => Ok(()),
         _ => Err(Problem::new(
             StatusCode::UNAUTHORIZED,
@@ -240,10 +224,7 @@ async fn next(
         let mut leases = task_state.pipeline.store().lease(&name, 1, wait).await?;
         let Some(lease) = leases.pop() else { return Ok(None) };
         let shown = Fetched {
-            delivery_id: lease.delivery_id,
-            submission_id: lease.submission_id,
-            message_id: lease.message_id.clone(),
-            attempt: lease.attempt,
+            headers: crate::delivery::lotse_headers(&lease),
             content_type: lease.content_type.clone(),
             payload: lease.payload.clone(),
         };
@@ -264,11 +245,8 @@ async fn next(
         }
     };
     put("content-type", &f.content_type);
-    put("lotse-delivery-id", &f.delivery_id.to_string());
-    put("lotse-submission-id", &f.submission_id.to_string());
-    put("lotse-attempt", &f.attempt.to_string());
-    if let Some(m) = &f.message_id {
-        put("lotse-message-id", m);
+    for (name, value) in &f.headers {
+        put(name, value);
     }
     if let Ok(t) = ack_by.format(&time::format_description::well_known::Rfc3339) {
         put("lotse-ack-by", &t);
@@ -292,10 +270,7 @@ fn busy_problem((busy, first_due): (usize, Option<Instant>)) -> Problem {
 
 /// What `next` shows of a lease it holds.
 struct Fetched {
-    delivery_id: DeliveryId,
-    submission_id: crate::store::SubmissionId,
-    message_id: Option<String>,
-    attempt: u32,
+    headers: Vec<(&'static str, String)>,
     content_type: String,
     payload: bytes::Bytes,
 }

@@ -72,6 +72,20 @@ impl AppState {
     }
 }
 
+/// Whom the request's bearer token names in `holders` (sha256(token) -> name): a partner or a
+/// mailbox. Comparing digests keeps the lookup free of timing differences on the secret itself.
+pub fn token_holder<'a>(
+    holders: &'a std::collections::HashMap<[u8; 32], String>,
+    headers: &axum::http::HeaderMap,
+) -> Option<&'a String> {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)?;
+    holders.get(&token_digest(token))
+}
+
 pub fn token_digest(token: &str) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     Sha256::digest(token.as_bytes()).into()

@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 
+use super::AppState;
 use super::problem::Problem;
-use super::{AppState, token_digest};
 use crate::intake::{IntakeError, Media, Submission};
 use crate::store::{Intake, SubmissionId};
 
@@ -54,13 +54,7 @@ fn partner(state: &AppState, headers: &HeaderMap) -> Result<String, Problem> {
     if state.partners.is_empty() {
         return Ok("anonymous".to_owned());
     }
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    // Comparing digests keeps the lookup free of timing differences on the secret itself.
-    match token.and_then(|t| state.partners.get(&token_digest(t))) {
+    match super::token_holder(&state.partners, headers) {
         Some(name) => Ok(name.clone()),
         None => Err(Problem::new(
             StatusCode::UNAUTHORIZED,

@@ -109,14 +109,8 @@ impl AmqpTransport {
 /// Persistent, with the delivery id as message id and the Lotse headers.
 fn properties(lease: &Lease) -> BasicProperties {
     let mut headers = FieldTable::default();
-    let mut text = |name: &str, value: String| {
+    for (name, value) in super::lotse_headers(lease) {
         headers.insert(name.into(), AMQPValue::LongString(LongString::from(value.into_bytes())));
-    };
-    text("lotse-delivery-id", lease.delivery_id.to_string());
-    text("lotse-submission-id", lease.submission_id.to_string());
-    text("lotse-attempt", lease.attempt.to_string());
-    if let Some(m) = &lease.message_id {
-        text("lotse-message-id", m.clone());
     }
     let mut props =
         BasicProperties::default().with_delivery_mode(2).with_message_id(lease.delivery_id.to_string().into());

@@ -37,14 +37,13 @@ impl HttpTransport {
             .post(self.url.clone())
             .timeout(self.timeout)
             .header("content-type", &lease.content_type)
-            .header("lotse-delivery-id", lease.delivery_id.to_string())
-            .header("lotse-submission-id", lease.submission_id.to_string())
-            .header("lotse-attempt", lease.attempt.to_string())
             .body(lease.payload.clone());
         // A message id no header can carry (the reader leaves those out; this guards the
         // other sources) is not sent, rather than failing every attempt of the delivery.
-        if let Some(m) = lease.message_id.as_deref().and_then(|m| reqwest::header::HeaderValue::from_str(m).ok()) {
-            req = req.header("lotse-message-id", m);
+        for (name, value) in super::lotse_headers(lease) {
+            if let Ok(v) = reqwest::header::HeaderValue::from_str(&value) {
+                req = req.header(name, v);
+            }
         }
         match req.send().await {
             Ok(resp) => classify(resp).await,

@@ -54,6 +54,22 @@ impl Paused {
     }
 }
 
+/// The ids every delivery carries to its receiver, whatever the transport (HTTP headers, AMQP
+/// headers, a mailbox's answer): `lotse-delivery-id` (stable across attempts and replays),
+/// `lotse-submission-id`, `lotse-attempt` (1-based) and, when the message has one,
+/// `lotse-message-id`, so receivers can drop repeats.
+pub fn lotse_headers(lease: &Lease) -> Vec<(&'static str, String)> {
+    let mut headers = vec![
+        ("lotse-delivery-id", lease.delivery_id.to_string()),
+        ("lotse-submission-id", lease.submission_id.to_string()),
+        ("lotse-attempt", lease.attempt.to_string()),
+    ];
+    if let Some(m) = &lease.message_id {
+        headers.push(("lotse-message-id", m.clone()));
+    }
+    headers
+}
+
 /// Starts one worker per endpoint; they stop when `shutdown` turns true, after finishing the
 /// attempts they have in flight.
 pub fn spawn_workers(
@@ -199,35 +215,15 @@ impl Worker {
     async fn attempt(&self, lease: Lease) {
         let started = std::time::Instant::now();
         let result = self.transport.send(&lease).await;
-        let label = match &result {
-            AttemptResult::Delivered { .. } => "delivered",
-            AttemptResult::Transient { .. } => "transient",
-            AttemptResult::Permanent { .. } => "permanent",
-        };
         if matches!(result, AttemptResult::Transient { .. }) {
             self.failures.fetch_add(1, Ordering::Relaxed);
         } else if self.failures.swap(0, Ordering::Relaxed) >= BREAKER_THRESHOLD {
             tracing::info!(endpoint = %self.endpoint.name, "endpoint answers again");
         }
-        metrics::counter!("lotse_attempts_total", "endpoint" => self.endpoint.name.clone(), "result" => label)
-            .increment(1);
         metrics::histogram!("lotse_attempt_seconds", "endpoint" => self.endpoint.name.clone())
             .record(started.elapsed().as_secs_f64());
-        let jitter: f64 = rand::rng().random();
-        let outcome = retry::decide(&self.retry, lease.budget_attempt, result, now_millis(), jitter);
-        match &outcome {
-            Outcome::Delivered { .. } => {
-                tracing::debug!(delivery_id = %lease.delivery_id, attempt = lease.attempt, endpoint = %self.endpoint.name, "delivered")
-            }
-            Outcome::Retry { error, .. } => {
-                tracing::info!(delivery_id = %lease.delivery_id, attempt = lease.attempt, endpoint = %self.endpoint.name, error = %error, "delivery failed, will retry")
-            }
-            Outcome::Dead { error } => {
-                tracing::warn!(delivery_id = %lease.delivery_id, attempt = lease.attempt, endpoint = %self.endpoint.name, error = %error, "delivery dead")
-            }
-        }
         let id = lease.delivery_id;
-        if let Err(e) = self.store.settle(lease, outcome).await {
+        if let Err(e) = settle_attempt(self.store.as_ref(), &self.retry, lease, result).await {
             // The delivery stays due in the store and will be sent again: at-least-once.
             static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
             if let Some(left_out) = LOG.allow() {
@@ -235,6 +231,36 @@ impl Worker {
             }
         }
     }
+}
+
+/// Records how one attempt ended: counted, decided by the retry policy (delivered, retry later,
+/// or dead), logged, settled in the store. The delivery workers and the mailboxes (whose
+/// agencies acknowledge, reject or let the deadline pass) settle their attempts here.
+pub async fn settle_attempt(
+    store: &dyn Store,
+    policy: &RetryConfig,
+    lease: Lease,
+    result: AttemptResult,
+) -> Result<(), crate::store::StoreError> {
+    let label = match &result {
+        AttemptResult::Delivered { .. } => "delivered",
+        AttemptResult::Transient { .. } => "transient",
+        AttemptResult::Permanent { .. } => "permanent",
+    };
+    metrics::counter!("lotse_attempts_total", "endpoint" => lease.endpoint.clone(), "result" => label).increment(1);
+    let jitter: f64 = rand::rng().random();
+    let outcome = retry::decide(policy, lease.budget_attempt, result, now_millis(), jitter);
+    let (id, attempt, endpoint) = (lease.delivery_id, lease.attempt, lease.endpoint.as_str());
+    match &outcome {
+        Outcome::Delivered { .. } => tracing::debug!(delivery_id = %id, attempt, endpoint, "delivered"),
+        Outcome::Retry { error, .. } => {
+            tracing::info!(delivery_id = %id, attempt, endpoint, error = %error, "delivery failed, will retry")
+        }
+        Outcome::Dead { error } => {
+            tracing::warn!(delivery_id = %id, attempt, endpoint, error = %error, "delivery dead")
+        }
+    }
+    store.settle(lease, outcome).await
 }
 
 /// A lease as a worker gets one, for the transports' tests: attempt 1 of a new delivery.

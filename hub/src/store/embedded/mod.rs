@@ -433,14 +433,7 @@ fn expiry_candidates(
         let Some(v) = subs.get(d.submission_id.0.as_bytes().as_slice()).map_err(unavailable)? else { continue };
         let rec: SubmissionRecord =
             serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let mut all = true;
-        for other in &rec.receipt.deliveries {
-            if !get_delivery(&deliveries, other.id)?.is_some_and(|o| cutoffs.lets_go(o.state, o.updated_at)) {
-                all = false;
-                break;
-            }
-        }
-        if all && !found.contains(&d.submission_id) {
+        if writer::let_go(&deliveries, &rec, cutoffs)?.is_some() && !found.contains(&d.submission_id) {
             found.push(d.submission_id);
         }
     }

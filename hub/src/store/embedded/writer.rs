@@ -344,7 +344,6 @@ fn expire(
         // The deletion is committed; the space comes back at the next start.
         Err(e) => tracing::warn!(error = %e, "cannot delete a blob segment"),
     }
-    metrics::counter!("lotse_expired_submissions_total").increment(gone.submissions);
     Ok(gone.submissions)
 }
 
@@ -719,13 +718,7 @@ impl Batch<'_, '_> {
             Some(v) => serde_json::from_slice(v.value()).map_err(|e| corrupt("submission", e))?,
             None => return Ok(()),
         };
-        let mut deliveries = Vec::with_capacity(record.receipt.deliveries.len());
-        for d in &record.receipt.deliveries {
-            match get_delivery(&self.t.deliveries, d.id)? {
-                Some(r) if cutoffs.lets_go(r.state, r.updated_at) => deliveries.push((d.id, r)),
-                _ => return Ok(()),
-            }
-        }
+        let Some(deliveries) = let_go(&self.t.deliveries, &record, cutoffs)? else { return Ok(()) };
         let blob = |v: Option<redb::AccessGuard<'_, &'static [u8]>>| v.and_then(|v| super::blobs::decode(v.value()));
         for (did, r) in &deliveries {
             let key = did.0.as_bytes().as_slice();
@@ -809,6 +802,23 @@ pub fn receipt_of(
     let v = v.ok_or_else(|| corrupt("dedup", format!("names the missing submission {id}")))?;
     let rec: SubmissionRecord = serde_json::from_slice(v.value()).map_err(|e| corrupt("submission", e))?;
     Ok(rec.receipt)
+}
+
+/// The deliveries of a submission if `cutoffs` lets every one of them go (retention), `None`
+/// if one keeps it (or is missing). The expiry scan and the writer ask the same question.
+pub fn let_go(
+    t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    record: &SubmissionRecord,
+    cutoffs: Cutoffs,
+) -> Result<Option<Vec<(DeliveryId, DeliveryRecord)>>, StoreError> {
+    let mut deliveries = Vec::with_capacity(record.receipt.deliveries.len());
+    for d in &record.receipt.deliveries {
+        match get_delivery(t, d.id)? {
+            Some(r) if cutoffs.lets_go(r.state, r.updated_at) => deliveries.push((d.id, r)),
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some(deliveries))
 }
 
 pub fn get_delivery(
