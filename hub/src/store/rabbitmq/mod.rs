@@ -93,7 +93,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use self::index::{Applied, Claim, Index, ReplaySource};
+use self::index::{Applied, Claim, FastMap, Index, ReplaySource};
 use self::record::{
     Envelope, OutcomeRecord, Record, RecordedOutcome, ReplayVoidRecord, ReplayedRecord, SubmittedRecord,
 };
@@ -152,10 +152,10 @@ struct Shared {
     endpoints: Vec<String>,
     session: RwLock<Option<Arc<Session>>>,
     index: Mutex<Index>,
-    waiters: Mutex<HashMap<Uuid, Waiter>>,
+    waiters: Mutex<FastMap<Uuid, Waiter>>,
     /// Stream offset to resume from after a reconnect.
     next_offset: AtomicU64,
-    leases: Mutex<HashMap<u64, Held>>,
+    leases: Mutex<FastMap<u64, Held>>,
     next_token: AtomicU64,
     queues: HashMap<String, WorkQueue>,
     broken: mpsc::UnboundedSender<u64>,
@@ -239,9 +239,9 @@ impl RabbitStore {
             endpoints: endpoints.to_vec(),
             session: RwLock::new(None),
             index: Mutex::new(Index::default()),
-            waiters: Mutex::new(HashMap::new()),
+            waiters: Mutex::new(FastMap::default()),
             next_offset: AtomicU64::new(0),
-            leases: Mutex::new(HashMap::new()),
+            leases: Mutex::new(FastMap::default()),
             next_token: AtomicU64::new(1),
             queues,
             broken,

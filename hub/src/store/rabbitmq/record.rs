@@ -182,9 +182,10 @@ pub struct ReplayVoidRecord {
 /// Body of a stream message: the envelope as JSON, then, for a dead outcome, a NUL byte and the
 /// payload. JSON text never contains a raw NUL (serde_json escapes control characters).
 pub fn encode(envelope: &Envelope, payload: Option<&[u8]>) -> Result<Vec<u8>, serde_json::Error> {
-    let mut body = serde_json::to_vec(envelope)?;
+    // A claim is about 500 bytes: sized once instead of grown from empty.
+    let mut body = Vec::with_capacity(512 + payload.map_or(0, |p| p.len() + 1));
+    serde_json::to_writer(&mut body, envelope)?;
     if let Some(payload) = payload {
-        body.reserve(payload.len() + 1);
         body.push(0);
         body.extend_from_slice(payload);
     }

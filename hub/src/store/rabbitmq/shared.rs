@@ -63,9 +63,13 @@ impl Shared {
         };
         let routing_key = short(queue).map_err(unavailable)?;
         let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
-        let confirmed = tokio::time::timeout(CONFIRM_TIMEOUT, async {
-            ch.basic_publish("".into(), routing_key, options, body, props).await?.await
-        })
+        // Boxed: lapin's publish future is about 1.9 KB, and every future that awaits one
+        // inline grows by that much. Intake's (which `async_trait` moves into a box) was 6 KB,
+        // 2.3 KB with this box; copying it was about 6 % of the benchmark's CPU.
+        let confirmed = tokio::time::timeout(
+            CONFIRM_TIMEOUT,
+            Box::pin(async move { ch.basic_publish("".into(), routing_key, options, body, props).await?.await }),
+        )
         .await;
         let failed = |e: String| {
             if !session.conn.status().connected() || !ch.status().connected() {
@@ -148,7 +152,7 @@ impl Shared {
     }
 
     /// This node's fold applied `rid`.
-    pub(super) fn applied(waiters: &mut HashMap<Uuid, Waiter>, rid: Uuid, applied: Applied) {
+    pub(super) fn applied(waiters: &mut FastMap<Uuid, Waiter>, rid: Uuid, applied: Applied) {
         let Some(w) = waiters.get_mut(&rid) else { return };
         if w.confirmed {
             if let Some(w) = waiters.remove(&rid) {
@@ -169,7 +173,7 @@ impl Shared {
         receipt: &Receipt,
         submission: &NewSubmission,
     ) -> Result<(), StoreError> {
-        let mut publishes = Vec::new();
+        let mut work = Vec::with_capacity(receipt.deliveries.len());
         for d in &receipt.deliveries {
             // The receipt may be an earlier submission's; its endpoints match this one's when the
             // same message was routed by the same config. Otherwise send the original bytes.
@@ -192,15 +196,18 @@ impl Shared {
                 replay_id: None,
             };
             let props = message.properties().map_err(unavailable)?;
-            let queue = self.names.work(&d.endpoint);
-            publishes.push(async move { self.publish(&queue, &body, props).await });
+            work.push((self.names.work(&d.endpoint), body, props));
         }
-        if publishes.len() == 1
-            && let Some(only) = publishes.pop()
+        // One delivery (most submissions): its publish inline, without the joining machinery.
+        if work.len() == 1
+            && let Some((queue, body, props)) = work.pop()
         {
-            return only.await;
+            return self.publish(&queue, &body, props).await;
         }
-        futures::future::try_join_all(publishes).await?;
+        futures::future::try_join_all(
+            work.into_iter().map(|(queue, body, props)| async move { self.publish(&queue, &body, props).await }),
+        )
+        .await?;
         Ok(())
     }
 

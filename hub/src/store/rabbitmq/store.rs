@@ -12,7 +12,8 @@ impl Store for RabbitStore {
             }
         }
         if let Some((receipt, _)) = shared.index(|i| i.holder_of(&submission.dedup_keys))? {
-            return shared.duplicate(receipt, &submission).await;
+            // Boxed, as below: a rare path, and inline its future would add to every intake's.
+            return Box::pin(shared.duplicate(receipt, &submission)).await;
         }
         shared.writable()?;
         let receipt = Receipt {
@@ -43,7 +44,7 @@ impl Store for RabbitStore {
         );
         if let Applied::Duplicate(first) = claimed? {
             // Our work messages are void (the claim lost); leases drop them.
-            return shared.duplicate(first, &submission).await;
+            return Box::pin(shared.duplicate(first, &submission)).await;
         }
         queued?;
         // The deliveries are durable now; the `Queued` mark only spares a later duplicate its
