@@ -43,7 +43,9 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         QueueKind::Embedded => Arc::new(EmbeddedStore::open(&config.raw.data_dir)?),
         QueueKind::Rabbitmq => {
             let endpoints: Vec<String> = config.raw.endpoints.iter().map(|e| e.name.clone()).collect();
-            Arc::new(crate::store::rabbitmq::connect(&config.raw.queue, &endpoints, &config.raw.data_dir).await?)
+            let store = crate::store::rabbitmq::connect(&config.raw.queue, &endpoints, &config.raw.data_dir).await?;
+            store.expire_dead_copies(config.raw.retention.as_ref().and_then(|r| r.dead));
+            Arc::new(store)
         }
     })
 }

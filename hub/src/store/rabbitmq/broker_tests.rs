@@ -253,3 +253,51 @@ async fn during_alarm(store: &RabbitStore, alarm: MemoryAlarm, second: &NewSubmi
     anyhow::ensure!(ready, "health not ready 20 s after the alarm cleared: {:?}", store.health());
     Ok(())
 }
+
+/// With `[retention] dead` the broker's copy of a dead letter in `P.dead.E` expires after that
+/// period, as the stream's copy goes with the fold; without it the copy stays. (The expiring
+/// copy goes first: a quorum queue drops an expired message when it reaches the head.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_dead_copies_expire_with_retention() -> anyhow::Result<()> {
+    let Some((store, url, prefix)) = open().await? else { return Ok(()) };
+    let result = dead_copies(&store, &url, &prefix).await;
+    store.close().await;
+    RabbitStore::delete_topology(&url, &prefix, &[ENDPOINT.to_owned()]).await?;
+    result
+}
+
+async fn dead_copies(store: &RabbitStore, url: &str, prefix: &str) -> anyhow::Result<()> {
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::FieldTable;
+
+    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    let queue = super::topology::Names::new(prefix).dead(ENDPOINT);
+    let count = || async {
+        let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+        let q = ch.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await?;
+        anyhow::Ok(q.message_count())
+    };
+    let dead_letter = || async {
+        store.intake(submission(&[], &[ENDPOINT])).await?;
+        let lease = store.lease(ENDPOINT, 1, Duration::from_secs(15)).await?.pop().expect("the delivery was leased");
+        store.settle(lease, Outcome::Dead { error: "HTTP 400".into() }).await?;
+        anyhow::Ok(())
+    };
+
+    store.expire_dead_copies(Some(Duration::from_millis(1500)));
+    dead_letter().await?;
+    assert_eq!(count().await?, 1, "the copy is in the dead queue before its period is over");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while count().await? != 0 {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the expiring copy was still there after 15 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    store.expire_dead_copies(None);
+    dead_letter().await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(count().await?, 1, "without [retention] dead the copy stays");
+    let _ = conn.close(200, "bye".into()).await;
+    Ok(())
+}

@@ -164,6 +164,9 @@ struct Shared {
     queued: Mutex<Vec<SubmissionId>>,
     /// Woken after every stream message the fold applied.
     folded: tokio::sync::Notify,
+    /// How long the broker keeps a dead letter's copy in `P.dead.E`, in milliseconds (the
+    /// message's `expiration`); 0: for good. `[retention] dead`, see [`RabbitStore::expire_dead_copies`].
+    dead_ttl_ms: AtomicU64,
     shutdown: watch::Sender<bool>,
 }
 
@@ -248,6 +251,7 @@ impl RabbitStore {
             appends,
             queued: Mutex::new(Vec::new()),
             folded: tokio::sync::Notify::new(),
+            dead_ttl_ms: AtomicU64::new(0),
             shutdown,
         });
         tokio::spawn(append_batches(shared.clone(), appends_rx));
@@ -297,6 +301,16 @@ impl RabbitStore {
         let result = topology::delete(&ch, &Names::new(prefix), endpoints).await;
         let _ = conn.close(200, "bye".into()).await;
         result.map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// Dead letters settled from now on carry this `expiration`, so the broker drops its copy in
+    /// `P.dead.E` once `[retention] dead` has passed, as the fold drops the stream's copy (`None`:
+    /// kept until an operator purges it). Copies already in the queue keep what they were
+    /// published with; and a quorum queue drops an expired message when it reaches the head, so
+    /// a copy without expiry ahead of it holds it back (see `docs/rabbitmq.md`).
+    pub fn expire_dead_copies(&self, after: Option<Duration>) {
+        let ms = after.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
+        self.shared.dead_ttl_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Whether the store is connected now (for health checks).

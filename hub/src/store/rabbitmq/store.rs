@@ -201,7 +201,10 @@ impl Store for RabbitStore {
             Outcome::Dead { error } => {
                 let dead = WorkMessage { attempts: lease.attempt, not_before: 0, ..held.message.clone() };
                 let props = match dead.properties() {
-                    Ok(p) => p,
+                    Ok(p) => match shared.dead_ttl_ms.load(Ordering::Relaxed) {
+                        0 => p,
+                        ms => p.with_expiration(ms.to_string().into()),
+                    },
                     Err(e) => return Err(give_back(held, unavailable(e)).await),
                 };
                 if let Err(e) = shared.publish(&shared.names.dead(&lease.endpoint), &lease.payload, props).await {
