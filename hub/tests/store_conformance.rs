@@ -12,7 +12,7 @@ use anyhow::Context;
 use hub::store::conformance::{self, ENDPOINTS, StoreFactory};
 use hub::store::embedded::EmbeddedStore;
 use hub::store::rabbitmq::RabbitStore;
-use hub::store::{Intake, Outcome, Store, SubmissionState};
+use hub::store::{Handover, Intake, Outcome, Store, SubmissionState};
 
 struct EmbeddedFactory {
     dir: tempfile::TempDir,
@@ -148,7 +148,7 @@ async fn two_processes(factory: &RabbitFactory) -> anyhow::Result<()> {
     let leases = b.lease(ENDPOINTS[0], 1, conformance::DUE).await?;
     let lease = leases.into_iter().next().ok_or_else(|| anyhow::anyhow!("b never got the delivery"))?;
     anyhow::ensure!(lease.delivery_id == receipt.deliveries[0].id, "b leased another delivery");
-    b.settle(lease, Outcome::Delivered { status: 200 }).await?;
+    b.settle(lease, Outcome::Delivered { via: Handover::Http(200) }).await?;
     Ok(())
 }
 
@@ -169,7 +169,7 @@ async fn expiry_on_two_processes(factory: &RabbitFactory) -> anyhow::Result<()> 
     let s = conformance::submission(&[&key], &ENDPOINTS[..1]);
     let Intake::Accepted(_) = a.intake(s.clone()).await? else { anyhow::bail!("a duplicate") };
     let lease = a.lease(ENDPOINTS[0], 1, conformance::DUE).await?.pop().context("a never got the delivery")?;
-    a.settle(lease, Outcome::Delivered { status: 200 }).await?;
+    a.settle(lease, Outcome::Delivered { via: Handover::Http(200) }).await?;
     let later = hub::store::now_millis() + 60_000;
     let cutoffs = hub::store::Cutoffs { delivered: Some(later), dead: None };
     // b deletes what it knows: wait until the outcome reached it.

@@ -34,7 +34,7 @@ use super::problem::Problem;
 use super::{AppState, token_digest};
 use crate::config::Config;
 use crate::delivery::retry::AttemptResult;
-use crate::store::{DeliveryId, Lease, Outcome, Store, now_millis};
+use crate::store::{DeliveryId, Handover, Lease, Outcome, Store, now_millis};
 
 /// Longest long poll of `next`.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
@@ -292,7 +292,7 @@ async fn ack(
     authorize(&state, &headers, &name)?;
     let id: DeliveryId = id.parse().map_err(|_| not_held())?;
     let lease = state.mailboxes.take(&name, id).ok_or_else(not_held)?;
-    settle(state.pipeline.store().as_ref(), &state, lease, AttemptResult::Delivered { status: 200 }).await?;
+    settle(state.pipeline.store().as_ref(), &state, lease, AttemptResult::Delivered { via: Handover::Mailbox }).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

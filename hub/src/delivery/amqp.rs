@@ -17,7 +17,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 
 use super::retry::AttemptResult;
 use crate::config::EndpointConfig;
-use crate::store::Lease;
+use crate::store::{Handover, Lease};
 
 pub struct AmqpTransport {
     name: String,
@@ -87,7 +87,7 @@ impl AmqpTransport {
         })
         .await;
         match published {
-            Ok(Ok(Confirmation::Ack(None))) => AttemptResult::Delivered { status: 200 },
+            Ok(Ok(Confirmation::Ack(None))) => AttemptResult::Delivered { via: Handover::Amqp },
             Ok(Ok(Confirmation::Ack(Some(_)))) => transient(format!(
                 "amqp: no queue took the message (exchange `{}`, routing key `{}`)",
                 self.exchange, self.routing_key
@@ -185,7 +185,7 @@ mod tests {
                 Some("8fa6a8ae-6a53-4980-bbd1-58d3abe540e0"),
             )
         };
-        assert_eq!(transport.send(&lease).await, AttemptResult::Delivered { status: 200 });
+        assert_eq!(transport.send(&lease).await, AttemptResult::Delivered { via: Handover::Amqp });
 
         let mut consumer = ch
             .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
@@ -215,7 +215,7 @@ mod tests {
             }
             other => panic!("unroutable: {other:?}"),
         }
-        assert_eq!(transport.send(&lease).await, AttemptResult::Delivered { status: 200 }, "still working");
+        assert_eq!(transport.send(&lease).await, AttemptResult::Delivered { via: Handover::Amqp }, "still working");
         let _ = ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
     }
 

@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::retry::AttemptResult;
-use crate::store::Lease;
+use crate::store::{Handover, Lease};
 
 pub struct FileTransport {
     dir: PathBuf,
@@ -27,7 +27,7 @@ impl FileTransport {
         let dir = self.dir.clone();
         let lease = lease.clone();
         match tokio::task::spawn_blocking(move || write_delivery(&dir, &lease)).await {
-            Ok(Ok(())) => AttemptResult::Delivered { status: 200 },
+            Ok(Ok(())) => AttemptResult::Delivered { via: Handover::File },
             // A missing folder, no permission, a full disk: the operator can fix each, so retry.
             // The message names the file, not the folder (the event log is read by partners).
             Ok(Err((file, e))) => AttemptResult::Transient { error: format!("file `{file}`: {e}"), retry_after: None },
@@ -90,9 +90,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let transport = FileTransport::new(dir.path().to_owned());
         let mut l = lease("application/xml; charset=utf-8", "<antrag/>");
-        assert_eq!(transport.send(&l).await, AttemptResult::Delivered { status: 200 });
+        assert_eq!(transport.send(&l).await, AttemptResult::Delivered { via: Handover::File });
         l.attempt = 2;
-        assert_eq!(transport.send(&l).await, AttemptResult::Delivered { status: 200 });
+        assert_eq!(transport.send(&l).await, AttemptResult::Delivered { via: Handover::File });
         let mut names: Vec<String> = std::fs::read_dir(dir.path())
             .expect("read dir")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())

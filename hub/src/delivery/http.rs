@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use super::retry::{AttemptResult, parse_retry_after};
 use crate::config::EndpointConfig;
-use crate::store::Lease;
+use crate::store::{Handover, Lease};
 
 pub struct HttpTransport {
     client: reqwest::Client,
@@ -67,7 +67,7 @@ impl HttpTransport {
 async fn classify(resp: reqwest::Response) -> AttemptResult {
     let status = resp.status();
     if status.is_success() {
-        return AttemptResult::Delivered { status: status.as_u16() };
+        return AttemptResult::Delivered { via: Handover::Http(status.as_u16()) };
     }
     let retry_after = resp
         .headers()
@@ -123,7 +123,7 @@ mod tests {
     use axum::body::{Body, Bytes};
     use axum::http::StatusCode;
 
-    use super::HttpTransport;
+    use super::{Handover, HttpTransport};
     use crate::config::{EndpointConfig, EndpointKind, Format};
     use crate::delivery::retry::AttemptResult;
     use crate::store::Lease;
@@ -218,7 +218,7 @@ mod tests {
         let transport = HttpTransport::new(&endpoint).expect("transport");
         for (id, sent) in [("a\nb", None), ("8fa6a8ae-6a53", Some(b"8fa6a8ae-6a53".to_vec()))] {
             let lease = Lease { message_id: Some(id.into()), ..lease() };
-            assert_eq!(transport.send(&lease).await, AttemptResult::Delivered { status: 200 }, "{id:?}");
+            assert_eq!(transport.send(&lease).await, AttemptResult::Delivered { via: Handover::Http(200) }, "{id:?}");
             assert_eq!(rx.recv().await.expect("the receiver saw it"), sent, "{id:?}");
         }
     }
@@ -322,7 +322,7 @@ mod tests {
             };
             let transport = HttpTransport::new(&endpoint).expect("transport");
             match (transport.send(&lease()).await, refused) {
-                (AttemptResult::Delivered { status: 200 }, None) => {}
+                (AttemptResult::Delivered { via: Handover::Http(200) }, None) => {}
                 (AttemptResult::Transient { error, .. }, Some(why)) if error.contains(why) => {}
                 (other, _) => panic!("{case}: {other:?}"),
             }

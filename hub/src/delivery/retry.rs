@@ -3,13 +3,13 @@
 use std::time::Duration;
 
 use crate::config::RetryConfig;
-use crate::store::{Millis, Outcome};
+use crate::store::{Handover, Millis, Outcome};
 
 /// How one attempt ended, as the transport saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttemptResult {
     Delivered {
-        status: u16,
+        via: Handover,
     },
     /// Worth trying again (connect error, timeout, 408, 429, 5xx).
     Transient {
@@ -35,7 +35,7 @@ pub fn backoff_cap(policy: &RetryConfig, attempt: u32) -> Duration {
 /// last replay; `jitter` is a number in [0, 1] (random in production, fixed in tests).
 pub fn decide(policy: &RetryConfig, budget_attempt: u32, result: AttemptResult, now: Millis, jitter: f64) -> Outcome {
     match result {
-        AttemptResult::Delivered { status } => Outcome::Delivered { status },
+        AttemptResult::Delivered { via } => Outcome::Delivered { via },
         AttemptResult::Permanent { error } => Outcome::Dead { error: format!("{error} (permanent, not retried)") },
         AttemptResult::Transient { error, .. } if budget_attempt >= policy.max_attempts => {
             Outcome::Dead { error: format!("{error} (gave up after {budget_attempt} attempts)") }

@@ -13,8 +13,8 @@ use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
 
 use super::{
-    Cutoffs, DeliveryFilter, DeliveryId, DeliveryState, Intake, Lease, NewDelivery, NewSubmission, Outcome, Receipt,
-    ReplayOutcome, Store, SubmissionId, SubmissionState, now_millis,
+    Cutoffs, DeliveryFilter, DeliveryId, DeliveryState, Handover, Intake, Lease, NewDelivery, NewSubmission, Outcome,
+    Receipt, ReplayOutcome, Store, SubmissionId, SubmissionState, now_millis,
 };
 
 /// Endpoints every store under test must serve.
@@ -110,24 +110,38 @@ pub async fn intake_then_lease<F: StoreFactory>(f: &F) -> anyhow::Result<()> {
         ensure!(lease.content_type == "application/xml", "content type `{}`", lease.content_type);
         // Leased to nobody else while the lease is held.
         expect_nothing(&store, &d.endpoint, "a held lease was given out again").await?;
-        store.settle(lease, Outcome::Delivered { status: 200 }).await?;
+        store.settle(lease, Outcome::Delivered { via: Handover::Http(200) }).await?;
     }
     Ok(())
 }
 
 /// Delivered: the delivery and then the submission are delivered, and nothing is leased again.
+/// The event log says how the receiver took it, in the same words on both stores.
 pub async fn settle_delivered<F: StoreFactory>(f: &F) -> anyhow::Result<()> {
     let store = f.open().await?;
     let s = submission(&[], &ENDPOINTS[..1]);
     let receipt = accept(&store, s.clone()).await?;
     let lease = lease_one(&store, ENDPOINTS[0]).await?;
-    store.settle(lease, Outcome::Delivered { status: 201 }).await?;
+    store.settle(lease, Outcome::Delivered { via: Handover::Http(201) }).await?;
     let d = receipt.deliveries[0].id;
     ensure!(state_of(&store, d).await? == DeliveryState::Delivered, "settled delivery is not delivered");
     let view = store.submission(s.id).await?.context("submission vanished")?;
     ensure!(view.state == SubmissionState::Delivered, "submission is {:?} after its only delivery", view.state);
     ensure!(view.deliveries[0].attempts == 1, "attempts = {}", view.deliveries[0].attempts);
-    expect_nothing(&store, ENDPOINTS[0], "a delivered delivery came back").await
+    let said = |kind: &str| view.events.iter().find(|e| e.kind == kind).map(|e| e.detail.clone());
+    ensure!(said("attempt").as_deref() == Some("`alpha` answered HTTP 201"), "attempt event: {:?}", said("attempt"));
+    ensure!(said("delivered").as_deref() == Some("delivered to `alpha`"), "delivered event: {:?}", said("delivered"));
+    expect_nothing(&store, ENDPOINTS[0], "a delivered delivery came back").await?;
+
+    // A transport that is not HTTP is not logged as an HTTP answer.
+    let s = submission(&[], &ENDPOINTS[..1]);
+    accept(&store, s.clone()).await?;
+    let lease = lease_one(&store, ENDPOINTS[0]).await?;
+    store.settle(lease, Outcome::Delivered { via: Handover::Mailbox }).await?;
+    let view = store.submission(s.id).await?.context("submission vanished")?;
+    let attempt = view.events.iter().find(|e| e.kind == "attempt").map(|e| e.detail.as_str());
+    ensure!(attempt == Some("`alpha` acknowledged the fetched message"), "attempt event: {attempt:?}");
+    Ok(())
 }
 
 /// Retry: not leased again before `not_before`, leased after it with the next attempt number.
@@ -151,7 +165,7 @@ pub async fn settle_retry<F: StoreFactory>(f: &F) -> anyhow::Result<()> {
     ensure!(again.delivery_id == d, "leased {} instead of the retried {d}", again.delivery_id);
     ensure!(again.attempt == 2 && again.budget_attempt == 2, "second attempt numbered {}", again.attempt);
     ensure!(again.payload == original, "retried payload differs");
-    store.settle(again, Outcome::Delivered { status: 200 }).await?;
+    store.settle(again, Outcome::Delivered { via: Handover::Http(200) }).await?;
     ensure!(state_of(&store, d).await? == DeliveryState::Delivered, "not delivered after the retry");
     Ok(())
 }
@@ -183,7 +197,7 @@ pub async fn settle_dead_and_replay<F: StoreFactory>(f: &F) -> anyhow::Result<()
     ensure!(again.budget_attempt == 1, "replay did not reset the retry budget: {}", again.budget_attempt);
     let busy = store.replay(d, "tester", "twice").await?;
     ensure!(busy == ReplayOutcome::NotDead { state: DeliveryState::Pending }, "replay of a pending delivery: {busy:?}");
-    store.settle(again, Outcome::Delivered { status: 200 }).await?;
+    store.settle(again, Outcome::Delivered { via: Handover::Http(200) }).await?;
     let done = store.replay(d, "tester", "after delivery").await?;
     ensure!(done == ReplayOutcome::NotDead { state: DeliveryState::Delivered }, "replay of a delivered one: {done:?}");
     let unknown = store.replay(DeliveryId::new(), "tester", "unknown").await?;
@@ -231,7 +245,7 @@ pub async fn check_attempted_once_more<S: Store>(
         for store in stores {
             for lease in store.lease(ENDPOINTS[0], 10, NOT_DUE / 4).await? {
                 leased.push(lease.delivery_id);
-                store.settle(lease, Outcome::Delivered { status: 200 }).await?;
+                store.settle(lease, Outcome::Delivered { via: Handover::Http(200) }).await?;
             }
         }
     }
@@ -274,11 +288,11 @@ pub async fn duplicate_intake<F: StoreFactory>(f: &F) -> anyhow::Result<()> {
     let second = accept(&store, submission(&[&other], &ENDPOINTS[1..])).await?;
     ensure!(store.submission_by_key(&other).await? == Some(second.submission_id), "the new holder of {other}");
     let beta = lease_one(&store, ENDPOINTS[1]).await?;
-    store.settle(beta, Outcome::Delivered { status: 200 }).await?;
+    store.settle(beta, Outcome::Delivered { via: Handover::Http(200) }).await?;
     let lease = lease_one(&store, ENDPOINTS[0]).await?;
     ensure!(lease.delivery_id == receipt.deliveries[0].id, "leased {} instead of the first", lease.delivery_id);
     expect_nothing(&store, ENDPOINTS[0], "a duplicate queued a delivery").await?;
-    store.settle(lease, Outcome::Delivered { status: 200 }).await?;
+    store.settle(lease, Outcome::Delivered { via: Handover::Http(200) }).await?;
     Ok(())
 }
 
@@ -292,7 +306,7 @@ pub async fn survive_reopen<F: StoreFactory>(f: &F) -> anyhow::Result<()> {
     let delivered = submission(&[], &ENDPOINTS[1..]);
     accept(&store, delivered.clone()).await?;
     let done = lease_one(&store, ENDPOINTS[1]).await?;
-    store.settle(done, Outcome::Delivered { status: 200 }).await?;
+    store.settle(done, Outcome::Delivered { via: Handover::Http(200) }).await?;
     let lease = lease_one(&store, ENDPOINTS[0]).await?;
     let first_attempt = lease.attempt;
     drop(lease);
@@ -313,7 +327,7 @@ pub async fn survive_reopen<F: StoreFactory>(f: &F) -> anyhow::Result<()> {
         Intake::Duplicate(r) => ensure!(r == receipt, "dedup after reopen gave {r:?}"),
         Intake::Accepted(_) => bail!("dedup key forgotten in the reopen"),
     }
-    store.settle(back, Outcome::Delivered { status: 200 }).await?;
+    store.settle(back, Outcome::Delivered { via: Handover::Http(200) }).await?;
     Ok(())
 }
 
@@ -332,7 +346,7 @@ pub async fn event_log<F: StoreFactory>(f: &F) -> anyhow::Result<()> {
     let d = lease.delivery_id;
     store.settle(lease, Outcome::Retry { not_before: now_millis(), error: "connect refused".into() }).await?;
     let lease = lease_one(&store, ENDPOINTS[0]).await?;
-    store.settle(lease, Outcome::Delivered { status: 204 }).await?;
+    store.settle(lease, Outcome::Delivered { via: Handover::Http(204) }).await?;
     let events = store.submission(s.id).await?.context("submission unknown")?.events;
     let outcomes: Vec<(&str, Option<u32>)> =
         events.iter().filter(|e| e.kind != "attempt").skip(4).map(|e| (e.kind.as_str(), e.attempt)).collect();
@@ -385,7 +399,7 @@ pub async fn listings_and_counts<F: StoreFactory>(f: &F) -> anyhow::Result<()> {
                 break;
             }
             for l in leases {
-                store.settle(l, Outcome::Delivered { status: 200 }).await?;
+                store.settle(l, Outcome::Delivered { via: Handover::Http(200) }).await?;
             }
         }
     }
@@ -424,7 +438,7 @@ pub async fn expire_finished<F: StoreFactory>(f: &F) -> anyhow::Result<()> {
     accept(&store, open.clone()).await?;
     let lease = lease_one(&store, ENDPOINTS[0]).await?;
     ensure!(lease.submission_id == done.id, "leased {} instead of {}", lease.submission_id, done.id);
-    store.settle(lease, Outcome::Delivered { status: 200 }).await?;
+    store.settle(lease, Outcome::Delivered { via: Handover::Http(200) }).await?;
     let before = store.counts().await?;
 
     let none = store.expire(Cutoffs { delivered: Some(1), dead: Some(1) }).await?;
@@ -447,10 +461,10 @@ pub async fn expire_finished<F: StoreFactory>(f: &F) -> anyhow::Result<()> {
     ensure!(again.submission_id != done.id, "the resend got the deleted id");
     let open_work = lease_one(&store, ENDPOINTS[1]).await?;
     ensure!(open_work.submission_id == open.id, "the pending one's work did not come");
-    store.settle(open_work, Outcome::Delivered { status: 200 }).await?;
+    store.settle(open_work, Outcome::Delivered { via: Handover::Http(200) }).await?;
     let resent_work = lease_one(&store, ENDPOINTS[0]).await?;
     ensure!(resent_work.submission_id == again.submission_id, "the resend's work did not come");
-    store.settle(resent_work, Outcome::Delivered { status: 200 }).await?;
+    store.settle(resent_work, Outcome::Delivered { via: Handover::Http(200) }).await?;
     drop(store);
 
     let store = f.open().await?;

@@ -176,10 +176,49 @@ pub struct Lease {
     pub token: u64,
 }
 
+/// How a receiver took a delivery: what the event log says of a successful attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Handover {
+    /// The receiver answered this 2xx status.
+    Http(u16),
+    /// The file and its metadata were written, synced and renamed into the folder.
+    File,
+    /// The receiving broker confirmed the message.
+    Amqp,
+    /// The agency's software acknowledged what it fetched from its mailbox.
+    Mailbox,
+}
+
+impl std::fmt::Display for Handover {
+    /// The words after the endpoint's name in the event log: "`bauamt` answered HTTP 200".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Handover::Http(status) => write!(f, "answered HTTP {status}"),
+            Handover::File => f.write_str("has the file (written and synced)"),
+            Handover::Amqp => f.write_str("confirmed the message (broker confirm)"),
+            Handover::Mailbox => f.write_str("acknowledged the fetched message"),
+        }
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn each_handover_has_its_own_words() {
+    let said: Vec<String> = [Handover::Http(204), Handover::File, Handover::Amqp, Handover::Mailbox]
+        .iter()
+        .map(|h| h.to_string())
+        .collect();
+    assert_eq!(said[0], "answered HTTP 204");
+    assert!(said[1..].iter().all(|s| !s.contains("HTTP")), "{said:?}");
+    let distinct: std::collections::HashSet<&String> = said.iter().collect();
+    assert_eq!(distinct.len(), 4, "{said:?}");
+}
+
 /// Result of one attempt, decided by the delivery worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Delivered { status: u16 },
+    Delivered { via: Handover },
     Retry { not_before: Millis, error: String },
     Dead { error: String },
 }

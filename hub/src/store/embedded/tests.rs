@@ -54,7 +54,7 @@ async fn event_log_is_hash_chained() {
     let store = EmbeddedStore::open(dir.path()).expect("open");
     let Intake::Accepted(r) = store.intake(new_sub(&["a"], &[])).await.expect("intake") else { panic!("accepted") };
     let lease = store.lease("a", 1, Duration::from_millis(100)).await.expect("lease").pop().expect("one");
-    store.settle(lease, Outcome::Delivered { status: 200 }).await.expect("settle");
+    store.settle(lease, Outcome::Delivered { via: Handover::Http(200) }).await.expect("settle");
     let v = store.submission(r.submission_id).await.expect("read").expect("exists");
     let kinds: Vec<&str> = v.events.iter().map(|e| e.kind.as_str()).collect();
     assert_eq!(kinds, ["received", "routed", "attempt", "delivered"]);
@@ -414,7 +414,7 @@ async fn retention_deletes_finished_submissions_and_keeps_the_rest() {
     let dead = accepted(store.intake(new_sub(&["b"], &["msg:p:B"])).await.expect("intake"));
     let pending = accepted(store.intake(new_sub(&["c"], &["msg:p:C"])).await.expect("intake"));
     let mixed = accepted(store.intake(new_sub(&["a", "b"], &["msg:p:D"])).await.expect("intake"));
-    assert_eq!(settle_all(&store, "a", Outcome::Delivered { status: 200 }).await, 2);
+    assert_eq!(settle_all(&store, "a", Outcome::Delivered { via: Handover::Http(200) }).await, 2);
     assert_eq!(settle_all(&store, "b", Outcome::Dead { error: "HTTP 400".into() }).await, 2);
     let later = now_millis() + 1_000;
 
@@ -475,7 +475,7 @@ async fn retention_goes_through_more_than_one_batch() {
     while let Some(r) = tasks.join_next().await {
         accepted(r.expect("task").expect("intake"));
     }
-    assert_eq!(settle_all(&store, "a", Outcome::Delivered { status: 200 }).await, n);
+    assert_eq!(settle_all(&store, "a", Outcome::Delivered { via: Handover::Http(200) }).await, n);
     let cutoffs = Cutoffs { delivered: Some(now_millis() + 1_000), dead: None };
     assert_eq!(store.expire(cutoffs).await.expect("expire"), n as u64);
     assert_eq!(store.counts().await.expect("counts").submissions, 0);
@@ -505,7 +505,7 @@ async fn retention_deletes_a_blob_segment_once_nothing_refers_to_it() {
     let store = EmbeddedStore::open(dir.path()).expect("reopen");
     assert_eq!(segments(dir.path()), ["00000001.seg", "00000002.seg"]);
     let third = accepted(store.intake(new_sub(&["a"], &[])).await.expect("intake"));
-    assert_eq!(settle_all(&store, "a", Outcome::Delivered { status: 200 }).await, 2);
+    assert_eq!(settle_all(&store, "a", Outcome::Delivered { via: Handover::Http(200) }).await, 2);
     let cutoffs = Cutoffs { delivered: Some(now_millis() + 1_000), dead: None };
 
     // One of the old segment's two payloads is deleted: the segment stays.
@@ -517,7 +517,10 @@ async fn retention_deletes_a_blob_segment_once_nothing_refers_to_it() {
     assert_eq!(&leases[0].payload[..], b"<r/>", "the remaining payload is unreadable");
 
     // The last one goes: so does its segment, but not the one being appended to.
-    store.settle(leases.into_iter().next().expect("one"), Outcome::Delivered { status: 200 }).await.expect("settle");
+    store
+        .settle(leases.into_iter().next().expect("one"), Outcome::Delivered { via: Handover::Http(200) })
+        .await
+        .expect("settle");
     assert_eq!(store.expire(cutoffs).await.expect("expire"), 1);
     assert!(store.submission(second.submission_id).await.expect("read").is_none());
     assert_eq!(segments(dir.path()), ["00000002.seg"]);

@@ -647,14 +647,8 @@ impl Batch<'_, '_> {
         let mut events = Vec::with_capacity(2);
         let old_state = d.state;
         match outcome {
-            Outcome::Delivered { status } => {
-                events.push(ev(
-                    self.now,
-                    "attempt",
-                    Some(id),
-                    Some(attempt),
-                    format!("{} answered HTTP {status}", d.endpoint),
-                ));
+            Outcome::Delivered { via } => {
+                events.push(ev(self.now, "attempt", Some(id), Some(attempt), format!("`{}` {via}", d.endpoint)));
                 events.push(ev(
                     self.now,
                     "delivered",

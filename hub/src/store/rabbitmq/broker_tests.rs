@@ -12,7 +12,9 @@ use super::record::{Record, ReplayedRecord};
 use super::work::WorkMessage;
 use super::{CLAIM_WAIT, RabbitStore};
 use crate::store::conformance::submission;
-use crate::store::{DeliveryState, Intake, NewSubmission, Outcome, ReplayOutcome, Store, StoreError, now_millis};
+use crate::store::{
+    DeliveryState, Handover, Intake, NewSubmission, Outcome, ReplayOutcome, Store, StoreError, now_millis,
+};
 
 const ENDPOINT: &str = "alpha";
 
@@ -101,7 +103,7 @@ async fn orphan_replay(store: &RabbitStore) -> anyhow::Result<()> {
         again.delivery_id,
         again.attempt
     );
-    store.settle(again, Outcome::Delivered { status: 200 }).await?;
+    store.settle(again, Outcome::Delivered { via: Handover::Http(200) }).await?;
     let events = store.submission(s.id).await?.expect("known").events;
     let replayed = events.iter().filter(|e| e.kind == "replayed").count();
     anyhow::ensure!(replayed == 1, "{replayed} `replayed` events; only the second replay happened");
@@ -218,7 +220,7 @@ async fn resource_alarm(store: &RabbitStore) -> anyhow::Result<()> {
         );
         for lease in leased {
             settled.push(lease.delivery_id);
-            store.settle(lease, Outcome::Delivered { status: 200 }).await?;
+            store.settle(lease, Outcome::Delivered { via: Handover::Http(200) }).await?;
         }
     }
     settled.sort();

@@ -15,7 +15,7 @@ use super::record::{
     Envelope, OutcomeRecord, Record, RecordedOutcome, ReplayVoidRecord, ReplayedRecord, SubmittedRecord,
 };
 use crate::store::{
-    Counts, Cutoffs, DeliveryFilter, DeliveryId, DeliveryState, DeliveryView, EventView, Millis, Receipt,
+    Counts, Cutoffs, DeliveryFilter, DeliveryId, DeliveryState, DeliveryView, EventView, Handover, Millis, Receipt,
     ReceiptDelivery, SubmissionId, SubmissionState, SubmissionView,
 };
 
@@ -259,13 +259,15 @@ impl Index {
         // it goes into the log, but does not change the state.
         let current = o.generation >= d.generation;
         let (attempt_detail, kind, detail) = match &o.outcome {
-            RecordedOutcome::Delivered { status } => {
+            RecordedOutcome::Delivered { via, status } => {
                 if current {
                     d.state = DeliveryState::Delivered;
                     d.next_attempt_at = None;
                     d.dead = None;
                 }
-                (format!("HTTP {status}"), "delivered", format!("HTTP {status}"))
+                // The same words as the embedded store's log.
+                let via = via.or(status.map(Handover::Http)).unwrap_or(Handover::Http(200));
+                (format!("`{}` {via}", d.endpoint), "delivered", format!("delivered to `{}`", d.endpoint))
             }
             RecordedOutcome::Retry { not_before, error } => {
                 if current {

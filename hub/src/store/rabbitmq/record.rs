@@ -4,7 +4,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::store::{DeliveryId, Millis, ReceiptDelivery, SubmissionId};
+use crate::store::{DeliveryId, Handover, Millis, ReceiptDelivery, SubmissionId};
 
 /// One entry of `<prefix>.events`. `rid` identifies the entry itself, so the node that wrote it
 /// can wait until its own fold has applied it (read-your-writes on that node).
@@ -142,7 +142,12 @@ pub struct OutcomeRecord {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum RecordedOutcome {
     Delivered {
-        status: u16,
+        /// How the receiver took it; absent in records of versions before 2026-11-30.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        via: Option<Handover>,
+        /// What those earlier records carried instead: an HTTP status (200 for every transport).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<u16>,
     },
     Retry {
         not_before: Millis,

@@ -190,7 +190,7 @@ impl Store for RabbitStore {
             return Err(unavailable(format!("lease of delivery {} is unknown or settled", lease.delivery_id)));
         };
         let recorded = match &outcome {
-            Outcome::Delivered { status } => RecordedOutcome::Delivered { status: *status },
+            Outcome::Delivered { via } => RecordedOutcome::Delivered { via: Some(*via), status: None },
             Outcome::Retry { not_before, error } => {
                 let next = WorkMessage { attempts: lease.attempt, not_before: *not_before, ..held.message.clone() };
                 if let Err(e) = shared.park(&lease.endpoint, &next, &lease.payload).await {

@@ -9,7 +9,7 @@ use super::record::{
     self, Envelope, OutcomeRecord, Record, RecordedOutcome, ReplayVoidRecord, ReplayedRecord, SubmittedRecord,
 };
 use super::work::{LADDER_MS, WorkMessage, rung_for};
-use crate::store::{DeliveryId, DeliveryState, ReceiptDelivery, SubmissionId, SubmissionState};
+use crate::store::{DeliveryId, DeliveryState, Handover, ReceiptDelivery, SubmissionId, SubmissionState};
 
 fn claim(keys: &[&str]) -> SubmittedRecord {
     SubmittedRecord {
@@ -25,6 +25,28 @@ fn claim(keys: &[&str]) -> SubmittedRecord {
         notes: vec![],
         size: 10,
     }
+}
+
+/// A delivered outcome as versions before 2026-11-30 wrote it (an HTTP status only) still folds,
+/// with the same words in the log as a new one.
+#[test]
+fn an_earlier_delivered_record_still_folds() {
+    let s = claim(&["k"]);
+    let mut index = Index::default();
+    index.apply(env(1, Record::Submitted(s.clone())), Bytes::new());
+    let old = format!(
+        r#"{{"rid":"{}","at":2,"record":{{"type":"outcome","submission_id":"{}","delivery_id":"{}","attempt":1,"generation":0,"outcome":{{"result":"delivered","status":200}}}}}}"#,
+        Uuid::now_v7(),
+        s.id,
+        s.deliveries[0].id
+    );
+    let (envelope, payload) = super::record::decode(old.as_bytes()).expect("an earlier record decodes");
+    index.apply(envelope, payload);
+    let view = index.submission(s.id).expect("kept");
+    assert_eq!(view.deliveries[0].state, DeliveryState::Delivered);
+    let attempt = view.events.iter().find(|e| e.kind == "attempt").map(|e| e.detail.clone());
+    let endpoint = &s.deliveries[0].endpoint;
+    assert_eq!(attempt, Some(format!("`{endpoint}` answered HTTP 200")));
 }
 
 fn env(at: u64, record: Record) -> Envelope {
@@ -124,7 +146,10 @@ fn dead_keeps_the_bytes_for_replay_and_delivered_drops_them() {
     index.apply(env(3, replayed(&s, 1)), Bytes::new());
     assert_eq!(state(&index, &s), Some(DeliveryState::Pending));
     assert!(matches!(index.replay_source(s.deliveries[0].id), ReplaySource::NotDead(DeliveryState::Pending)));
-    index.apply(env(4, outcome(&s, 4, 1, RecordedOutcome::Delivered { status: 200 })), Bytes::new());
+    index.apply(
+        env(4, outcome(&s, 4, 1, RecordedOutcome::Delivered { via: Some(Handover::Http(200)), status: None })),
+        Bytes::new(),
+    );
     assert_eq!(index.submission(s.id).map(|v| v.state), Some(SubmissionState::Delivered));
 }
 
@@ -200,7 +225,7 @@ fn claimed_dead(index: &mut Index) -> SubmittedRecord {
 fn a_replay_record_after_its_own_outcome_does_not_reopen_the_delivery() {
     for (late, want) in [
         (dead("HTTP 400 again"), DeliveryState::Dead),
-        (RecordedOutcome::Delivered { status: 200 }, DeliveryState::Delivered),
+        (RecordedOutcome::Delivered { via: Some(Handover::Http(200)), status: None }, DeliveryState::Delivered),
     ] {
         let mut index = Index::default();
         let s = claim(&[]);
@@ -219,7 +244,10 @@ fn a_late_copy_of_an_older_generation_changes_no_state() {
     index.apply(env(1, Record::Submitted(s.clone())), Bytes::new());
     index.apply(env(2, outcome(&s, 1, 0, dead("HTTP 400"))), Bytes::from_static(b"x"));
     index.apply(env(3, replayed(&s, 1)), Bytes::new());
-    index.apply(env(4, outcome(&s, 2, 1, RecordedOutcome::Delivered { status: 200 })), Bytes::new());
+    index.apply(
+        env(4, outcome(&s, 2, 1, RecordedOutcome::Delivered { via: Some(Handover::Http(200)), status: None })),
+        Bytes::new(),
+    );
     let retry = RecordedOutcome::Retry { not_before: 9_000, error: "late".into() };
     index.apply(env(5, outcome(&s, 2, 0, retry)), Bytes::new());
     assert_eq!(state(&index, &s), Some(DeliveryState::Delivered));
@@ -233,7 +261,7 @@ fn every_node_folds_the_same_log_and_hashes() {
     let records = vec![
         env(1, Record::Submitted(s.clone())),
         env(2, outcome(&s, 1, 0, RecordedOutcome::Retry { not_before: 5, error: "503".into() })),
-        env(3, outcome(&s, 2, 0, RecordedOutcome::Delivered { status: 200 })),
+        env(3, outcome(&s, 2, 0, RecordedOutcome::Delivered { via: Some(Handover::Http(200)), status: None })),
     ];
     let fold = || {
         let mut index = Index::default();
@@ -411,7 +439,10 @@ fn an_expiry_deletes_finished_submissions_where_it_stands_in_the_stream() {
         env(t + 1, Record::Submitted(delivered.clone())),
         env(t + 2, Record::Submitted(dead_one.clone())),
         env(t + 3, Record::Submitted(pending.clone())),
-        env(t + 10, outcome(&delivered, 1, 0, RecordedOutcome::Delivered { status: 200 })),
+        env(
+            t + 10,
+            outcome(&delivered, 1, 0, RecordedOutcome::Delivered { via: Some(Handover::Http(200)), status: None }),
+        ),
         env(t + 11, outcome(&dead_one, 1, 0, dead("HTTP 400"))),
         // Delivered ones changed at or before 10 go; dead ones have no cutoff.
         env(t + 20, Record::Expire { delivered: Some(t + 10), dead: None, limit: 1_000_000 }),
@@ -466,7 +497,10 @@ fn an_expiry_deletes_at_most_its_limit_smallest_ids_first() {
     let mut index = Index::default();
     for s in &subs {
         index.apply(env(t, Record::Submitted(s.clone())), Bytes::new());
-        index.apply(env(t + 1, outcome(s, 1, 0, RecordedOutcome::Delivered { status: 200 })), Bytes::new());
+        index.apply(
+            env(t + 1, outcome(s, 1, 0, RecordedOutcome::Delivered { via: Some(Handover::Http(200)), status: None })),
+            Bytes::new(),
+        );
     }
     let expire = |limit| env(t + 2, Record::Expire { delivered: Some(t + 1), dead: None, limit });
     assert_eq!(index.apply(expire(2), Bytes::new()), Applied::Expired(2));
@@ -486,7 +520,13 @@ fn expiry_timing() {
         let subs: Vec<SubmittedRecord> = (0..n).map(|i| claim(&[&format!("k{i}")])).collect();
         for s in &subs {
             index.apply(env(t, Record::Submitted(s.clone())), Bytes::new());
-            index.apply(env(t + 1, outcome(s, 1, 0, RecordedOutcome::Delivered { status: 200 })), Bytes::new());
+            index.apply(
+                env(
+                    t + 1,
+                    outcome(s, 1, 0, RecordedOutcome::Delivered { via: Some(Handover::Http(200)), status: None }),
+                ),
+                Bytes::new(),
+            );
         }
         let started = std::time::Instant::now();
         let r =
@@ -497,7 +537,10 @@ fn expiry_timing() {
         for (i, s) in subs.iter().enumerate() {
             index.apply(env(t, Record::Submitted(s.clone())), Bytes::new());
             let at = if i % 2 == 0 { t + 1 } else { t + 5 };
-            index.apply(env(at, outcome(s, 1, 0, RecordedOutcome::Delivered { status: 200 })), Bytes::new());
+            index.apply(
+                env(at, outcome(s, 1, 0, RecordedOutcome::Delivered { via: Some(Handover::Http(200)), status: None })),
+                Bytes::new(),
+            );
         }
         let started = std::time::Instant::now();
         let r = index
