@@ -129,6 +129,10 @@ pub async fn settle_delivered<F: StoreFactory>(f: &F) -> anyhow::Result<()> {
     ensure!(view.state == SubmissionState::Delivered, "submission is {:?} after its only delivery", view.state);
     ensure!(view.deliveries[0].attempts == 1, "attempts = {}", view.deliveries[0].attempts);
     let said = |kind: &str| view.events.iter().find(|e| e.kind == kind).map(|e| e.detail.clone());
+    let received =
+        format!("from partner `conformance`, {} bytes of application/xml, message id {}", s.original.len(), s.id);
+    ensure!(said("received") == Some(received), "received event: {:?}", said("received"));
+    ensure!(said("routed").as_deref() == Some("route `all` -> alpha"), "routed event: {:?}", said("routed"));
     ensure!(said("attempt").as_deref() == Some("`alpha` answered HTTP 201"), "attempt event: {:?}", said("attempt"));
     ensure!(said("delivered").as_deref() == Some("delivered to `alpha`"), "delivered event: {:?}", said("delivered"));
     expect_nothing(&store, ENDPOINTS[0], "a delivered delivery came back").await?;
@@ -205,6 +209,7 @@ pub async fn settle_dead_and_replay<F: StoreFactory>(f: &F) -> anyhow::Result<()
     let events = store.submission(s.id).await?.context("submission vanished")?.events;
     let replayed = events.iter().find(|e| e.kind == "replayed").context("no `replayed` event")?;
     ensure!(replayed.delivery_id == Some(d), "`replayed` event names {:?}", replayed.delivery_id);
+    ensure!(replayed.detail == "replayed by `tester`: endpoint fixed", "`replayed` event says {:?}", replayed.detail);
     Ok(())
 }
 

@@ -202,6 +202,27 @@ impl std::fmt::Display for Handover {
     }
 }
 
+/// The words of the event log that both stores write, so a submission's history reads the same
+/// whichever store keeps it.
+pub mod words {
+    /// `received`: who sent what.
+    pub fn received(partner: &str, size: usize, content_type: &str, message_id: Option<&str>) -> String {
+        let id = message_id.map(|m| format!(", message id {m}")).unwrap_or_default();
+        format!("from partner `{partner}`, {size} bytes of {content_type}{id}")
+    }
+
+    /// `routed`: the route and the endpoints it names.
+    pub fn routed<'a>(route: &str, endpoints: impl IntoIterator<Item = &'a str>) -> String {
+        let endpoints: Vec<&str> = endpoints.into_iter().collect();
+        format!("route `{route}` -> {}", endpoints.join(", "))
+    }
+
+    /// `replayed`: who put a dead delivery back to work, and why.
+    pub fn replayed(actor: &str, reason: &str) -> String {
+        format!("replayed by `{actor}`: {reason}")
+    }
+}
+
 #[cfg(test)]
 #[test]
 fn each_handover_has_its_own_words() {

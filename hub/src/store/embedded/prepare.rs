@@ -8,7 +8,7 @@
 use super::blobs::{self, BlobLog};
 use super::tables::*;
 use crate::store::{
-    DeliveryId, DeliveryState, Millis, NewSubmission, Receipt, ReceiptDelivery, StoreError, SubmissionId,
+    DeliveryId, DeliveryState, Millis, NewSubmission, Receipt, ReceiptDelivery, StoreError, SubmissionId, words,
 };
 
 pub struct PreparedIntake {
@@ -60,17 +60,10 @@ pub fn prepare(
         submission_id: sub.id,
         deliveries: sub.deliveries.iter().map(|d| ReceiptDelivery { id: d.id, endpoint: d.endpoint.clone() }).collect(),
     };
-    let detail = format!(
-        "from partner `{}`, {} bytes of {}{}",
-        sub.partner,
-        sub.original.len(),
-        sub.content_type,
-        sub.message_id.as_deref().map(|m| format!(", message id {m}")).unwrap_or_default()
-    );
-    let targets: Vec<&str> = sub.deliveries.iter().map(|d| d.endpoint.as_str()).collect();
+    let detail = words::received(&sub.partner, sub.original.len(), &sub.content_type, sub.message_id.as_deref());
     let mut events = vec![
         event(sub.received_at, "received", detail),
-        event(now, "routed", format!("route `{}` -> {}", sub.route, targets.join(", "))),
+        event(now, "routed", words::routed(&sub.route, sub.deliveries.iter().map(|d| d.endpoint.as_str()))),
     ];
     for n in &sub.notes {
         events.push(event(now, "note", n.clone()));

@@ -26,6 +26,7 @@ use super::prepare::PreparedIntake;
 use super::tables::*;
 use crate::store::{
     Cutoffs, DeliveryId, DeliveryState, Intake, Millis, Outcome, Receipt, ReplayOutcome, StoreError, SubmissionId,
+    words,
 };
 
 /// Most requests in one transaction; bounds the latency a batch adds to its first member.
@@ -700,7 +701,7 @@ impl Batch<'_, '_> {
         self.move_state(id, DeliveryState::Dead, DeliveryState::Pending)?;
         put_delivery(&mut self.t.deliveries, id, &d)?;
         self.wakeups.push(d.endpoint.clone());
-        let detail = format!("replayed by `{actor}`: {reason}");
+        let detail = words::replayed(actor, reason);
         self.append_events(d.submission_id, vec![ev(self.now, "replayed", Some(id), None, detail)])?;
         Ok(ReplayOutcome::Replayed)
     }

@@ -16,7 +16,7 @@ use super::record::{
 };
 use crate::store::{
     Counts, Cutoffs, DeliveryFilter, DeliveryId, DeliveryState, DeliveryView, EventView, Handover, Millis, Receipt,
-    ReceiptDelivery, SubmissionId, SubmissionState, SubmissionView,
+    ReceiptDelivery, SubmissionId, SubmissionState, SubmissionView, words,
 };
 
 /// Maps and sets keyed by ids this hub made (v7 UUIDs): foldhash instead of SipHash, which was
@@ -340,7 +340,7 @@ impl Index {
         }
         d.updated_at = at;
         if let Some(s) = self.submissions.get_mut(&r.submission_id) {
-            let detail = format!("by {}: {}", r.actor, r.reason);
+            let detail = words::replayed(&r.actor, &r.reason);
             push_event(&mut s.events, at, "replayed", Some(r.delivery_id), None, Detail::Text(detail));
         }
         match r.replay_id {
@@ -524,13 +524,13 @@ fn event_views(s: &Submission) -> Vec<EventView> {
     let mut views: Vec<EventView> = Vec::with_capacity(s.events.len());
     for (i, e) in s.events.iter().enumerate() {
         let detail = match &e.detail {
-            Detail::Received => {
-                format!("{} bytes of {} from partner `{}`", s.record.size, s.record.content_type, s.record.partner)
-            }
-            Detail::Routed => {
-                let endpoints: Vec<&str> = s.record.deliveries.iter().map(|d| d.endpoint.as_str()).collect();
-                format!("route `{}` to {}", s.record.route, endpoints.join(", "))
-            }
+            Detail::Received => words::received(
+                &s.record.partner,
+                s.record.size,
+                &s.record.content_type,
+                s.record.message_id.as_deref(),
+            ),
+            Detail::Routed => words::routed(&s.record.route, s.record.deliveries.iter().map(|d| d.endpoint.as_str())),
             Detail::Note(n) => s.record.notes.get(*n).cloned().unwrap_or_default(),
             Detail::Text(t) => t.clone(),
         };
