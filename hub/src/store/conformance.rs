@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use super::{
     Cutoffs, DeliveryFilter, DeliveryId, DeliveryState, Handover, Intake, Lease, NewDelivery, NewSubmission, Outcome,
-    Receipt, ReplayOutcome, Store, SubmissionId, SubmissionState, now_millis,
+    Receipt, ReplayOutcome, Store, SubmissionId, SubmissionState, now_millis, verify_event_chain,
 };
 
 /// Endpoints every store under test must serve.
@@ -135,6 +135,7 @@ pub async fn settle_delivered<F: StoreFactory>(f: &F) -> anyhow::Result<()> {
     ensure!(said("routed").as_deref() == Some("route `all` -> alpha"), "routed event: {:?}", said("routed"));
     ensure!(said("attempt").as_deref() == Some("`alpha` answered HTTP 201"), "attempt event: {:?}", said("attempt"));
     ensure!(said("delivered").as_deref() == Some("delivered to `alpha`"), "delivered event: {:?}", said("delivered"));
+    verify_event_chain(&view.events).map_err(|e| anyhow::anyhow!("the log does not verify: {e}"))?;
     expect_nothing(&store, ENDPOINTS[0], "a delivered delivery came back").await?;
 
     // A transport that is not HTTP is not logged as an HTTP answer.
@@ -210,6 +211,12 @@ pub async fn settle_dead_and_replay<F: StoreFactory>(f: &F) -> anyhow::Result<()
     let replayed = events.iter().find(|e| e.kind == "replayed").context("no `replayed` event")?;
     ensure!(replayed.delivery_id == Some(d), "`replayed` event names {:?}", replayed.delivery_id);
     ensure!(replayed.detail == "replayed by `tester`: endpoint fixed", "`replayed` event says {:?}", replayed.detail);
+    verify_event_chain(&events).map_err(|e| anyhow::anyhow!("the log does not verify: {e}"))?;
+    let mut forged = events.clone();
+    if let Some(e) = forged.iter_mut().find(|e| e.kind == "dead") {
+        e.detail = "HTTP 200".into();
+    }
+    ensure!(verify_event_chain(&forged).is_err(), "a rewritten dead event still verifies");
     Ok(())
 }
 

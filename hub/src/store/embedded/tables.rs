@@ -141,20 +141,7 @@ pub fn decode_rendition(v: &[u8]) -> Option<(String, &[u8])> {
 
 /// The event chain: each hash covers the previous hash and this event's content.
 pub fn chain_hash(prev: &str, seq: u32, e: &EventRecord) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(prev.as_bytes());
-    h.update(b"\n");
-    h.update(seq.to_be_bytes());
-    h.update(e.at.to_be_bytes());
-    h.update(e.kind.as_bytes());
-    h.update(b"\0");
-    if let Some(d) = e.delivery_id {
-        h.update(d.0.as_bytes());
-    }
-    h.update(e.attempt.unwrap_or(0).to_be_bytes());
-    h.update(e.detail.as_bytes());
-    hex::encode(h.finalize())
+    crate::store::event_hash(prev, seq, e.at, &e.kind, e.delivery_id, e.attempt, &e.detail)
 }
 
 pub fn encode_chain(events: u32, last_hash: &str) -> Vec<u8> {

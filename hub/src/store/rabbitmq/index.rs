@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 
 use uuid::Uuid;
 
@@ -16,7 +15,7 @@ use super::record::{
 };
 use crate::store::{
     Counts, Cutoffs, DeliveryFilter, DeliveryId, DeliveryState, DeliveryView, EventView, Handover, Millis, Receipt,
-    ReceiptDelivery, SubmissionId, SubmissionState, SubmissionView, words,
+    ReceiptDelivery, SubmissionId, SubmissionState, SubmissionView, event_hash, words,
 };
 
 /// Maps and sets keyed by ids this hub made (v7 UUIDs): foldhash instead of SipHash, which was
@@ -534,25 +533,14 @@ fn event_views(s: &Submission) -> Vec<EventView> {
             Detail::Note(n) => s.record.notes.get(*n).cloned().unwrap_or_default(),
             Detail::Text(t) => t.clone(),
         };
-        let seq = i as u32 + 1;
-        let at = rfc3339(e.at);
-        let mut h = Sha256::new();
-        h.update(views.last().map(|v| v.hash.as_str()).unwrap_or("").as_bytes());
-        for part in [
-            seq.to_string(),
-            at.clone(),
-            e.kind.to_owned(),
-            e.delivery_id.map(|d| d.to_string()).unwrap_or_default(),
-            e.attempt.map(|a| a.to_string()).unwrap_or_default(),
-            detail.clone(),
-        ] {
-            h.update(b"\n");
-            h.update(part.as_bytes());
-        }
-        let hash = hex::encode(h.finalize());
+        // Numbered from 0 and chained as the embedded store does, so a log verifies the same way
+        // whichever store kept it.
+        let seq = i as u32;
+        let prev = views.last().map(|v| v.hash.as_str()).unwrap_or("");
+        let hash = event_hash(prev, seq, e.at, e.kind, e.delivery_id, e.attempt, &detail);
         views.push(EventView {
             seq,
-            at,
+            at: rfc3339(e.at),
             kind: e.kind.to_owned(),
             delivery_id: e.delivery_id,
             attempt: e.attempt,

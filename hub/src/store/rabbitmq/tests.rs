@@ -275,7 +275,8 @@ fn every_node_folds_the_same_log_and_hashes() {
     let kinds: Vec<&str> = a.iter().map(|e| e.kind.as_str()).collect();
     assert_eq!(kinds, ["received", "routed", "attempt", "retry_scheduled", "attempt", "delivered"]);
     let seqs: Vec<u32> = a.iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(seqs, [0, 1, 2, 3, 4, 5], "numbered from 0, as the embedded store numbers");
+    assert_eq!(crate::store::verify_event_chain(&a), Ok(()));
     // Changing one detail changes that hash and every later one.
     let mut other = records.clone();
     other[1] = env(2, outcome(&s, 1, 0, RecordedOutcome::Retry { not_before: 5, error: "502".into() }));
