@@ -43,7 +43,17 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         QueueKind::Embedded => Arc::new(EmbeddedStore::open(&config.raw.data_dir)?),
         QueueKind::Rabbitmq => {
             let endpoints: Vec<String> = config.raw.endpoints.iter().map(|e| e.name.clone()).collect();
-            let store = crate::store::rabbitmq::connect(&config.raw.queue, &endpoints, &config.raw.data_dir).await?;
+            // Mailboxes are leased only when an agency polls, so their work is pulled on demand.
+            let mailboxes: Vec<String> = config
+                .raw
+                .endpoints
+                .iter()
+                .filter(|e| e.kind == crate::config::EndpointKind::Mailbox)
+                .map(|e| e.name.clone())
+                .collect();
+            let store =
+                crate::store::rabbitmq::connect(&config.raw.queue, &endpoints, &mailboxes, &config.raw.data_dir)
+                    .await?;
             store.expire_dead_copies(config.raw.retention.as_ref().and_then(|r| r.dead));
             Arc::new(store)
         }
@@ -136,6 +146,7 @@ pub async fn start(
     let mut tasks = delivery::spawn_workers(&config, store.clone(), paused, rx.clone())?;
     if !config.mailbox_tokens.is_empty() {
         tasks.spawn(api::mailbox::sweep(state.clone(), rx.clone()));
+        tasks.spawn(api::mailbox::follow_verdicts(state.clone(), rx.clone()));
     }
     let partner_app = api::partner::router(state.clone());
     let admin_app = api::admin::router(state);

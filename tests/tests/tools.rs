@@ -428,15 +428,23 @@ async fn a_mailbox_on_rabbitmq_is_fetched_and_acknowledged_over_http() {
     }
 }
 
-/// `queue`: the config's `[queue]` section (empty: the embedded store).
-async fn mailbox_round_trip(queue: String) {
-    const TOKEN: &str = "bauamt-postfach-0123456789";
+const MAILBOX_TOKEN: &str = "bauamt-postfach-0123456789";
+
+/// A hub with one mailbox `postfach` (token [`MAILBOX_TOKEN`]) and a partner `land`; `queue`:
+/// the config's `[queue]` section (empty: the embedded store).
+fn mailbox_config(queue: &str) -> String {
     let routes = "[[routes]]\nname = \"all\"\nendpoints = [\"postfach\"]\n";
     let extra = format!("[[partners]]\nname = \"land\"\ntoken = \"land-token-0123456789abc\"\n{queue}");
-    let text = config(&[], routes, &extra).replace(
+    config(&[], routes, &extra).replace(
         "[[routes]]",
-        &format!("[[endpoints]]\nname = \"postfach\"\nkind = \"mailbox\"\ntoken = \"{TOKEN}\"\n\n[[routes]]"),
-    );
+        &format!("[[endpoints]]\nname = \"postfach\"\nkind = \"mailbox\"\ntoken = \"{MAILBOX_TOKEN}\"\n\n[[routes]]"),
+    )
+}
+
+/// `queue`: the config's `[queue]` section (empty: the embedded store).
+async fn mailbox_round_trip(queue: String) {
+    const TOKEN: &str = MAILBOX_TOKEN;
+    let text = mailbox_config(&queue);
     let mut dir = HubDir::new(lotse_bin!(), &text).expect("hub dir");
     let hub = dir.start().await.expect("lotse serve starts");
     let client = reqwest::Client::new();
@@ -476,6 +484,75 @@ async fn mailbox_round_trip(queue: String) {
     let admin = hub.admin_url("");
     let (ok, out) = lotse(&["deliveries", "show", &delivery, "--admin", admin.trim_end_matches('/')]).await;
     assert!(ok && out.contains("\"delivered\""), "{out}");
+}
+
+/// Two processes on one RabbitMQ, and an agency whose load balancer is not sticky: it fetches
+/// from one process and answers the other. The answer is relayed to the process that holds the
+/// delivery and settled there: an acknowledgement makes it delivered, a rejection dead (seen on
+/// both processes); an answer to a delivery nobody holds any more is `409`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mailbox_answer_that_reaches_another_process_settles_the_delivery() {
+    let Some(url) = tests::amqp::require_rabbitmq().await else { return };
+    let prefix = rabbit::unique_prefix("mailbox-relay");
+    let result = tokio::spawn(mailbox_relay(rabbit::queue_section(&url, &prefix))).await;
+    rabbit::delete_queues(&url, &prefix, &["postfach"]).await;
+    if let Err(e) = result {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+async fn mailbox_relay(queue: String) {
+    let text = mailbox_config(&queue);
+    let mut dir_a = HubDir::new(lotse_bin!(), &text).expect("hub dir");
+    let a = dir_a.start().await.expect("process a starts");
+    let mut dir_b = HubDir::new(lotse_bin!(), &text).expect("hub dir");
+    let b = dir_b.start().await.expect("process b starts");
+    let client = reqwest::Client::new();
+
+    let mut fetched = Vec::new();
+    for _ in 0..2 {
+        let bytes = with_uuid(&load(ANTRAG).expect("fixture"), &new_uuid()).expect("uuid");
+        let file = dir_a.path().join("antrag.xml");
+        std::fs::write(&file, &bytes).expect("write message");
+        let args =
+            ["submit", &file.to_string_lossy(), "--to", &a.partner_url(""), "--token", "land-token-0123456789abc"];
+        let (ok, out) = lotse(&args).await;
+        assert!(ok, "submit: {out}");
+        let next = a.partner_url("/v1/mailboxes/postfach/next?wait=20s");
+        let resp = client.get(&next).bearer_auth(MAILBOX_TOKEN).send().await.expect("fetch");
+        assert_eq!(resp.status(), 200, "{}", a.log_tail());
+        fetched.push(resp.headers()["lotse-delivery-id"].to_str().expect("id").to_owned());
+    }
+    let answer = |id: &str, what: &str| b.partner_url(&format!("/v1/mailboxes/postfach/deliveries/{id}/{what}"));
+    let state_on = |hub: &tests::Hub, id: &str| {
+        let admin = hub.admin_url("");
+        let id = id.to_owned();
+        async move {
+            let (_, out) = lotse(&["deliveries", "show", &id, "--admin", admin.trim_end_matches('/')]).await;
+            out
+        }
+    };
+
+    let acked = client.post(answer(&fetched[0], "ack")).bearer_auth(MAILBOX_TOKEN).send().await.expect("ack");
+    assert_eq!(acked.status(), 204, "b:\n{}\na:\n{}", b.log_tail(), a.log_tail());
+    for hub in [&a, &b] {
+        let out = state_on(hub, &fetched[0]).await;
+        assert!(out.contains("\"delivered\""), "{out}");
+    }
+
+    let rejected = client
+        .post(answer(&fetched[1], "reject"))
+        .bearer_auth(MAILBOX_TOKEN)
+        .json(&serde_json::json!({"reason": "not our case"}))
+        .send()
+        .await
+        .expect("reject");
+    assert_eq!(rejected.status(), 204, "{}", b.log_tail());
+    let out = state_on(&a, &fetched[1]).await;
+    assert!(out.contains("\"dead\"") && out.contains("not our case"), "{out}");
+
+    let again = client.post(answer(&fetched[0], "ack")).bearer_auth(MAILBOX_TOKEN).send().await.expect("ack");
+    assert_eq!(again.status(), 409, "an answer to a delivery nobody holds");
 }
 
 /// `lotse fetch` as an agency runs it: every delivery of its mailbox lands in its folder with

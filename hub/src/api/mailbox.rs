@@ -15,9 +15,11 @@
 //! answers `429`.
 //!
 //! Each mailbox has its own bearer token; a partner's token opens no mailbox. Held deliveries
-//! live in this process: with several processes, an agency's requests must reach the process it
-//! fetched from (a sticky load balancer), or an acknowledgement finds nothing held (`409`) and
-//! the delivery is offered again after its deadline (at least once).
+//! live in the process that handed them out. With several processes (RabbitMQ), an answer that
+//! reaches another process is relayed through the store's event stream to the one that holds the
+//! delivery, which settles it ([`follow_verdicts`]); the answering process waits up to
+//! [`RELAY_WAIT`] to see the delivery settled and answers `204`, else `409` (nobody held it:
+//! its time ran out, or it was answered already).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -34,12 +36,14 @@ use super::problem::Problem;
 use super::{AppState, token_digest};
 use crate::config::Config;
 use crate::delivery::retry::AttemptResult;
-use crate::store::{DeliveryId, Handover, Lease, Outcome, Store, now_millis};
+use crate::store::{DeliveryId, Handover, Lease, MailboxVerdict, Outcome, Store, Verdict, now_millis};
 
 /// Longest long poll of `next`.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
 /// How often held deliveries are checked against their deadlines.
 const SWEEP: Duration = Duration::from_millis(500);
+/// How long an answer relayed to another process waits to see the delivery settled.
+pub const RELAY_WAIT: Duration = Duration::from_secs(5);
 
 /// The mailbox routes, for the partner router.
 pub fn routes() -> axum::Router<Arc<AppState>> {
@@ -156,6 +160,81 @@ pub async fn sweep(state: Arc<AppState>, mut shutdown: tokio::sync::watch::Recei
         if stopping {
             return;
         }
+    }
+}
+
+/// Settles the deliveries this process holds when an agency's answer to them reached another
+/// process (relayed through the store), until `shutdown`. Without a shared store: nothing to do.
+pub async fn follow_verdicts(state: Arc<AppState>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let Some(mut verdicts) = state.pipeline.store().relayed_verdicts() else { return };
+    loop {
+        let v = tokio::select! {
+            v = verdicts.recv() => v,
+            _ = shutdown.changed() => return,
+        };
+        match v {
+            Ok(v) => {
+                let Some(lease) = state.mailboxes.take(&v.mailbox, v.delivery_id) else { continue };
+                tracing::debug!(delivery_id = %v.delivery_id, mailbox = %v.mailbox, "settling an answer another process took");
+                settle(state.pipeline.store().as_ref(), &state, lease, result_of(&v.mailbox, &v.verdict)).await.ok();
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(
+                    missed = n,
+                    "mailbox answers relayed by other processes were missed; those deliveries are offered again after their deadline"
+                );
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// What an agency's answer means for the attempt.
+fn result_of(mailbox: &str, verdict: &Verdict) -> AttemptResult {
+    match verdict {
+        Verdict::Ack => AttemptResult::Delivered { via: Handover::Mailbox },
+        Verdict::Reject { reason, retry } => {
+            let error = format!("rejected by mailbox `{mailbox}`: {reason}");
+            if *retry {
+                AttemptResult::Transient { error, retry_after: None }
+            } else {
+                AttemptResult::Permanent { error }
+            }
+        }
+    }
+}
+
+/// Settles an agency's answer: here if this process holds the delivery, else through whichever
+/// process does (see the module docs).
+async fn answer(state: &Arc<AppState>, mailbox: &str, id: &str, verdict: Verdict) -> Result<Response, Problem> {
+    let id: DeliveryId = id.parse().map_err(|_| not_held())?;
+    if let Some(lease) = state.mailboxes.take(mailbox, id) {
+        settle(state.pipeline.store().as_ref(), state, lease, result_of(mailbox, &verdict)).await?;
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let store = state.pipeline.store();
+    // Only a delivery of this mailbox that is out for an attempt can be held elsewhere.
+    let before = match store.delivery(id).await? {
+        Some(d) if d.endpoint == mailbox && d.state == crate::store::DeliveryState::Pending => d,
+        _ => return Err(not_held()),
+    };
+    let relay = MailboxVerdict { mailbox: mailbox.to_owned(), delivery_id: id, verdict };
+    if !store.relay_verdict(relay).await? {
+        return Err(not_held());
+    }
+    let deadline = Instant::now() + RELAY_WAIT;
+    loop {
+        let now = store.delivery(id).await?;
+        let settled = |d: &crate::store::DeliveryView| {
+            d.attempts != before.attempts || d.state != before.state || d.updated_at != before.updated_at
+        };
+        if now.as_ref().is_none_or(settled) {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        if Instant::now() >= deadline {
+            return Err(not_held());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -290,10 +369,7 @@ async fn ack(
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
     authorize(&state, &headers, &name)?;
-    let id: DeliveryId = id.parse().map_err(|_| not_held())?;
-    let lease = state.mailboxes.take(&name, id).ok_or_else(not_held)?;
-    settle(state.pipeline.store().as_ref(), &state, lease, AttemptResult::Delivered { via: Handover::Mailbox }).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    answer(&state, &name, &id, Verdict::Ack).await
 }
 
 #[derive(Deserialize)]
@@ -321,16 +397,7 @@ async fn reject(
         )
     })?;
     let reason: String = r.reason.chars().take(1000).collect();
-    let id: DeliveryId = id.parse().map_err(|_| not_held())?;
-    let lease = state.mailboxes.take(&name, id).ok_or_else(not_held)?;
-    let error = format!("rejected by mailbox `{name}`: {reason}");
-    let result = if r.retry {
-        AttemptResult::Transient { error, retry_after: None }
-    } else {
-        AttemptResult::Permanent { error }
-    };
-    settle(state.pipeline.store().as_ref(), &state, lease, result).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    answer(&state, &name, &id, Verdict::Reject { reason, retry: r.retry }).await
 }
 
 #[cfg(test)]

@@ -70,6 +70,19 @@ pub trait Store: Send + Sync + 'static {
         ))
     }
 
+    /// Relays a mailbox's verdict to whichever process holds the delivery (a store that several
+    /// processes share); `false` when there is no other process to tell (this process holds
+    /// every lease of the store, as the embedded store's does).
+    async fn relay_verdict(&self, verdict: MailboxVerdict) -> Result<bool, StoreError> {
+        let _ = verdict;
+        Ok(false)
+    }
+
+    /// The verdicts relayed by any process, as this process learns them (`None`: never any).
+    fn relayed_verdicts(&self) -> Option<tokio::sync::broadcast::Receiver<MailboxVerdict>> {
+        None
+    }
+
     /// Whether the store takes writes now, as far as it knows without trying (the partner port's
     /// `/healthz`, for a load balancer): `Err` while it is known not to (a full disk, no broker).
     fn health(&self) -> Result<(), StoreError> {

@@ -202,6 +202,25 @@ impl std::fmt::Display for Handover {
     }
 }
 
+/// An agency's answer to a delivery it fetched from its mailbox, when it reaches a process that
+/// does not hold the delivery (several `lotse` processes behind one load balancer): relayed
+/// through the store to the process that does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailboxVerdict {
+    pub mailbox: String,
+    pub delivery_id: DeliveryId,
+    pub verdict: Verdict,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Verdict {
+    /// Received and kept: delivered.
+    Ack,
+    /// Refused: dead, or (`retry`) offered again later.
+    Reject { reason: String, retry: bool },
+}
+
 /// The words of the event log that both stores write, so a submission's history reads the same
 /// whichever store keeps it.
 pub mod words {

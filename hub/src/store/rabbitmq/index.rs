@@ -154,7 +154,7 @@ impl Index {
                 self.apply_replay_void(record);
                 Applied::Done
             }
-            Record::Mark => Applied::Done,
+            Record::Mark | Record::Verdict(_) => Applied::Done,
             Record::Expire { delivered, dead, limit } => {
                 Applied::Expired(self.apply_expire(Cutoffs { delivered, dead }, limit))
             }

@@ -85,7 +85,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
@@ -102,14 +103,17 @@ use self::tasks::{append_batches, flush_queued, supervise};
 use self::topology::{Names, short};
 use self::work::{WorkMessage, rung_for};
 use crate::store::{
-    Counts, Cutoffs, DeliveryFilter, DeliveryId, DeliveryState, DeliveryView, Intake, Lease, NewSubmission, Outcome,
-    Receipt, ReceiptDelivery, ReplayOutcome, Store, StoreError, SubmissionId, SubmissionView, now_millis,
+    Counts, Cutoffs, DeliveryFilter, DeliveryId, DeliveryState, DeliveryView, Intake, Lease, MailboxVerdict,
+    NewSubmission, Outcome, Receipt, ReceiptDelivery, ReplayOutcome, Store, StoreError, SubmissionId, SubmissionView,
+    now_millis,
 };
 
 /// Longest wait for a broker confirm before a write counts as failed.
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// Unacked messages per endpoint and process.
 pub const PREFETCH: u16 = 64;
+/// How often a lease of a pulled endpoint (a mailbox) asks the broker again while it waits.
+const PULL_POLL: Duration = Duration::from_millis(100);
 /// What intake, replay and the partner port's `/healthz` say while the broker blocks publishers.
 const BLOCKED: &str = "RabbitMQ is blocking publishers (a resource alarm: the broker is low on memory or disk)";
 /// How often a lease looks again whether the broker still blocks publishers.
@@ -136,6 +140,9 @@ const BATCH_BYTES: usize = 1 << 20;
 /// queue up and the next message carries all of them. Few and large is what the broker likes:
 /// a stream message costs it far more than a record in one.
 const BATCHES_IN_FLIGHT: usize = 1;
+/// Mailbox verdicts a process's mailboxes may fall behind by before they miss some (those
+/// deliveries are offered again after their deadline).
+const VERDICTS: usize = 4096;
 /// How often the `Queued` marks of recent intakes go to the stream, in one record.
 const QUEUED_FLUSH: Duration = Duration::from_millis(100);
 
@@ -150,6 +157,8 @@ struct Shared {
     url: String,
     names: Names,
     endpoints: Vec<String>,
+    /// Endpoints whose work is taken from the broker only when a lease asks (mailboxes).
+    pulled: Vec<String>,
     session: RwLock<Option<Arc<Session>>>,
     index: Mutex<Index>,
     waiters: Mutex<FastMap<Uuid, Waiter>>,
@@ -167,6 +176,8 @@ struct Shared {
     /// How long the broker keeps a dead letter's copy in `P.dead.E`, in milliseconds (the
     /// message's `expiration`); 0: for good. `[retention] dead`, see [`RabbitStore::expire_dead_copies`].
     dead_ttl_ms: AtomicU64,
+    /// Mailbox verdicts folded from the stream, for this process's mailboxes.
+    verdicts: tokio::sync::broadcast::Sender<MailboxVerdict>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -194,6 +205,8 @@ struct Session {
     conn: Connection,
     publishers: Vec<Channel>,
     next: AtomicUsize,
+    /// A channel per pulled endpoint (see [`RabbitStore::open_pulling`]), for `basic.get`.
+    getters: HashMap<String, Channel>,
 }
 
 struct WorkQueue {
@@ -213,17 +226,33 @@ struct Held {
 }
 
 /// Connects, declares the topology, and reads the event stream up to now before returning.
+/// `pulled`: the endpoints whose work is taken only when a lease asks (see
+/// [`RabbitStore::open_pulling`]).
 pub async fn connect(
     queue: &crate::config::QueueConfig,
     endpoints: &[String],
+    pulled: &[String],
     _data_dir: &std::path::Path,
 ) -> anyhow::Result<RabbitStore> {
     let url = queue.url.clone().ok_or_else(|| anyhow::anyhow!("`queue.url` is required for RabbitMQ"))?;
-    RabbitStore::open(&url, &queue.prefix, endpoints).await
+    RabbitStore::open_pulling(&url, &queue.prefix, endpoints, pulled).await
 }
 
 impl RabbitStore {
     pub async fn open(url: &str, prefix: &str, endpoints: &[String]) -> anyhow::Result<RabbitStore> {
+        RabbitStore::open_pulling(url, prefix, endpoints, &[]).await
+    }
+
+    /// As [`RabbitStore::open`], with the work of the `pulled` endpoints taken from the broker
+    /// only while a lease asks for it (`basic.get`), not prefetched. For mailboxes: a process
+    /// leases their work only when an agency polls it, and work prefetched by a process the
+    /// agency does not poll would wait there, unacked, for as long as that process lives.
+    pub async fn open_pulling(
+        url: &str,
+        prefix: &str,
+        endpoints: &[String],
+        pulled: &[String],
+    ) -> anyhow::Result<RabbitStore> {
         let names = Names::new(prefix);
         for name in names.all(endpoints) {
             short(&name).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -240,6 +269,7 @@ impl RabbitStore {
             url: url.to_owned(),
             names,
             endpoints: endpoints.to_vec(),
+            pulled: pulled.to_vec(),
             session: RwLock::new(None),
             index: Mutex::new(Index::default()),
             waiters: Mutex::new(FastMap::default()),
@@ -252,6 +282,7 @@ impl RabbitStore {
             queued: Mutex::new(Vec::new()),
             folded: tokio::sync::Notify::new(),
             dead_ttl_ms: AtomicU64::new(0),
+            verdicts: tokio::sync::broadcast::channel(VERDICTS).0,
             shutdown,
         });
         tokio::spawn(append_batches(shared.clone(), appends_rx));

@@ -4,7 +4,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::store::{DeliveryId, Handover, Millis, ReceiptDelivery, SubmissionId};
+use crate::store::{DeliveryId, Handover, MailboxVerdict, Millis, ReceiptDelivery, SubmissionId};
 
 /// One entry of `<prefix>.events`. `rid` identifies the entry itself, so the node that wrote it
 /// can wait until its own fold has applied it (read-your-writes on that node).
@@ -46,9 +46,12 @@ pub enum Record {
     /// holds the index lock for a bounded time; the writer appends another while one deleted
     /// `limit`.
     Expire { delivered: Option<Millis>, dead: Option<Millis>, limit: u64 },
+    /// No state: an agency's answer to a mailbox delivery, for the process that holds it (it
+    /// settles the delivery; every other process ignores it).
+    Verdict(MailboxVerdict),
 }
 
-const VARIANTS: &[&str] = &["submitted", "queued", "outcome", "replayed", "replay_void", "mark", "expire"];
+const VARIANTS: &[&str] = &["submitted", "queued", "outcome", "replayed", "replay_void", "mark", "expire", "verdict"];
 
 impl<'de> Deserialize<'de> for Record {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -104,6 +107,7 @@ impl<'de> serde::de::Visitor<'de> for RecordVisitor {
                     limit: e.limit,
                 })
             }
+            "verdict" => MailboxVerdict::deserialize(rest).map(Record::Verdict),
             other => Err(A::Error::unknown_variant(other, VARIANTS)),
         }
     }

@@ -259,6 +259,35 @@ impl Shared {
         self.index(|i| i.replay_claim(message.delivery_id, message.generation, replay_id))
     }
 
+    /// One work message of a pulled endpoint, asked of the broker (`basic.get`): at once, or
+    /// (with `until`) asking again every [`PULL_POLL`] until a message comes or `until` passes.
+    pub(super) async fn pull(&self, endpoint: &str, until: Option<Instant>) -> Result<Option<Incoming>, StoreError> {
+        let queue = short(&self.names.work(endpoint)).map_err(unavailable)?;
+        loop {
+            let session = self.current()?;
+            let Some(ch) = session.getters.get(endpoint) else {
+                return Err(unavailable(format!("no work channel for endpoint `{endpoint}`")));
+            };
+            let got = tokio::time::timeout(CONFIRM_TIMEOUT, ch.basic_get(queue.clone(), BasicGetOptions::default()))
+                .await
+                .map_err(|_| unavailable(format!("RabbitMQ did not answer a get within {CONFIRM_TIMEOUT:?}")))?;
+            match got {
+                Ok(Some(m)) => return Ok(Some(Incoming { session: session.id, delivery: m.delivery })),
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = self.broken.send(session.id);
+                    return Err(unavailable(format!("get from `{queue}`: {e}")));
+                }
+            }
+            let Some(until) = until else { return Ok(None) };
+            let now = Instant::now();
+            if now >= until {
+                return Ok(None);
+            }
+            tokio::time::sleep(PULL_POLL.min(until - now)).await;
+        }
+    }
+
     /// Sends a not-yet-due message to the wait ladder, then acks the copy in hand.
     pub(super) async fn park(&self, endpoint: &str, message: &WorkMessage, body: &[u8]) -> Result<(), StoreError> {
         let remaining = message.not_before.saturating_sub(now_millis());

@@ -76,8 +76,14 @@ impl Store for RabbitStore {
         let Ok(mut rx) = tokio::time::timeout_at(deadline, queue.rx.lock()).await else {
             return Ok(out);
         };
+        let pulled = shared.pulled.iter().any(|p| p == endpoint);
         while out.len() < max {
-            let incoming = if out.is_empty() {
+            let incoming = if pulled {
+                match shared.pull(endpoint, if out.is_empty() { Some(deadline) } else { None }).await? {
+                    Some(i) => i,
+                    None => break,
+                }
+            } else if out.is_empty() {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Ok(Some(i)) => i,
                     _ => break,
@@ -326,6 +332,16 @@ impl Store for RabbitStore {
                 other => return Err(StoreError::Corrupt(format!("an expiry folded as {other:?}"))),
             }
         }
+    }
+
+    async fn relay_verdict(&self, verdict: MailboxVerdict) -> Result<bool, StoreError> {
+        self.shared.writable()?;
+        self.shared.append_and_fold(Record::Verdict(verdict), None).await?;
+        Ok(true)
+    }
+
+    fn relayed_verdicts(&self) -> Option<tokio::sync::broadcast::Receiver<MailboxVerdict>> {
+        Some(self.shared.verdicts.subscribe())
     }
 
     fn health(&self) -> Result<(), StoreError> {

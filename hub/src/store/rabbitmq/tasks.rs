@@ -99,9 +99,14 @@ pub(super) async fn open_session(shared: &Arc<Shared>, id: u64) -> Result<(Arc<S
             .await
             .map_err(|e| format!("consume `{events}`: {e}"))?;
         tasks.push(tokio::spawn(fold(shared.clone(), id, ch, consumer)));
+        let mut getters = HashMap::new();
         for endpoint in &shared.endpoints {
             let Some(queue) = shared.queues.get(endpoint) else { continue };
             let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+            if shared.pulled.contains(endpoint) {
+                getters.insert(endpoint.clone(), ch);
+                continue;
+            }
             ch.basic_qos(PREFETCH, BasicQosOptions::default()).await.map_err(|e| e.to_string())?;
             let work = shared.names.work(endpoint);
             let consumer = ch
@@ -110,10 +115,12 @@ pub(super) async fn open_session(shared: &Arc<Shared>, id: u64) -> Result<(Arc<S
                 .map_err(|e| format!("consume `{work}`: {e}"))?;
             tasks.push(tokio::spawn(pump(shared.clone(), id, ch, consumer, queue.tx.clone())));
         }
-        Ok::<_, String>((publishers, tasks))
+        Ok::<_, String>((publishers, tasks, getters))
     };
     match setup.await {
-        Ok((publishers, tasks)) => Ok((Arc::new(Session { id, conn, publishers, next: AtomicUsize::new(0) }), tasks)),
+        Ok((publishers, tasks, getters)) => {
+            Ok((Arc::new(Session { id, conn, publishers, next: AtomicUsize::new(0), getters }), tasks))
+        }
         Err(e) => {
             let _ = conn.close(200, "setup failed".into()).await;
             Err(e)
@@ -138,11 +145,19 @@ pub(super) async fn fold(shared: Arc<Shared>, session: u64, _ch: Channel, mut co
             match own_or_decoded(&shared, &delivery.data) {
                 Ok(records) => {
                     let mut applied = Vec::with_capacity(records.len());
+                    let mut verdicts = Vec::new();
                     if let Ok(mut index) = shared.index.lock() {
                         for (envelope, payload) in records {
                             let rid = envelope.rid;
+                            if let Record::Verdict(v) = &envelope.record {
+                                verdicts.push(v.clone());
+                            }
                             applied.push((rid, index.apply(envelope, payload)));
                         }
+                    }
+                    for v in verdicts {
+                        // No receiver: no mailbox in this process.
+                        let _ = shared.verdicts.send(v);
                     }
                     if let Ok(mut waiters) = shared.waiters.lock() {
                         for (rid, a) in applied {
