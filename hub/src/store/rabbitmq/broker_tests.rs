@@ -303,3 +303,34 @@ async fn dead_copies(store: &RabbitStore, url: &str, prefix: &str) -> anyhow::Re
     let _ = conn.close(200, "bye".into()).await;
     Ok(())
 }
+
+/// A pulled endpoint (a mailbox) is not prefetched: with two processes on one prefix, all the
+/// work waits in the broker for whichever process leases, here the one that did not take the
+/// intakes, and one lease can take several messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_a_pulled_endpoint_waits_in_the_broker_for_any_process() -> anyhow::Result<()> {
+    let Some((store, url, prefix)) = open().await? else { return Ok(()) };
+    store.close().await;
+    let endpoints = [ENDPOINT.to_owned()];
+    let result = async {
+        let a = RabbitStore::open_pulling(&url, &prefix, &endpoints, &endpoints).await?;
+        let b = RabbitStore::open_pulling(&url, &prefix, &endpoints, &endpoints).await?;
+        for _ in 0..3 {
+            a.intake(submission(&[], &[ENDPOINT])).await?;
+        }
+        let mut leased = b.lease(ENDPOINT, 2, Duration::from_secs(10)).await?;
+        anyhow::ensure!(leased.len() == 2, "one lease took {} of 3 messages", leased.len());
+        leased.extend(b.lease(ENDPOINT, 2, Duration::from_secs(10)).await?);
+        anyhow::ensure!(leased.len() == 3, "the other process got {} of 3", leased.len());
+        for lease in leased {
+            b.settle(lease, Outcome::Delivered { via: Handover::Mailbox }).await?;
+        }
+        anyhow::ensure!(a.lease(ENDPOINT, 1, Duration::from_millis(500)).await?.is_empty(), "work left over");
+        a.close().await;
+        b.close().await;
+        anyhow::Ok(())
+    }
+    .await;
+    RabbitStore::delete_topology(&url, &prefix, &endpoints).await?;
+    result
+}

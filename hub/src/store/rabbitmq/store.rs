@@ -79,9 +79,12 @@ impl Store for RabbitStore {
         let pulled = shared.pulled.iter().any(|p| p == endpoint);
         while out.len() < max {
             let incoming = if pulled {
-                match shared.pull(endpoint, if out.is_empty() { Some(deadline) } else { None }).await? {
-                    Some(i) => i,
-                    None => break,
+                match shared.pull(endpoint, if out.is_empty() { Some(deadline) } else { None }).await {
+                    Ok(Some(i)) => i,
+                    Ok(None) => break,
+                    Err(e) if out.is_empty() => return Err(e),
+                    // What is leased already goes out (and is settled); the error shows again.
+                    Err(_) => break,
                 }
             } else if out.is_empty() {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
