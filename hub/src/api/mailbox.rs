@@ -18,8 +18,8 @@
 //! live in the process that handed them out. With several processes (RabbitMQ), an answer that
 //! reaches another process is relayed through the store's event stream to the one that holds the
 //! delivery, which settles it ([`follow_verdicts`]); the answering process waits up to
-//! [`RELAY_WAIT`] to see the delivery settled and answers `204`, else `409` (nobody held it:
-//! its time ran out, or it was answered already).
+//! [`RELAY_WAIT`] to see the delivery settled as answered (`204`), else `409` (nobody held it, or
+//! its time ran out first: it was answered already, or it is offered again).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -36,7 +36,7 @@ use super::problem::Problem;
 use super::{AppState, token_digest};
 use crate::config::Config;
 use crate::delivery::retry::AttemptResult;
-use crate::store::{DeliveryId, Handover, Lease, MailboxVerdict, Outcome, Store, Verdict, now_millis};
+use crate::store::{DeliveryId, DeliveryState, Handover, Lease, MailboxVerdict, Outcome, Store, Verdict, now_millis};
 
 /// Longest long poll of `next`.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
@@ -215,8 +215,15 @@ async fn answer(state: &Arc<AppState>, mailbox: &str, id: &str, verdict: Verdict
     let store = state.pipeline.store();
     // Only a delivery of this mailbox that is out for an attempt can be held elsewhere.
     let before = match store.delivery(id).await? {
-        Some(d) if d.endpoint == mailbox && d.state == crate::store::DeliveryState::Pending => d,
+        Some(d) if d.endpoint == mailbox && d.state == DeliveryState::Pending => d,
         _ => return Err(not_held()),
+    };
+    // What the holder's settlement looks like from here: an acknowledgement makes the delivery
+    // delivered, a rejection dead (or, with `retry`, counts an attempt).
+    let wanted = match &verdict {
+        Verdict::Ack => Some(DeliveryState::Delivered),
+        Verdict::Reject { retry: false, .. } => Some(DeliveryState::Dead),
+        Verdict::Reject { retry: true, .. } => None,
     };
     let relay = MailboxVerdict { mailbox: mailbox.to_owned(), delivery_id: id, verdict };
     if !store.relay_verdict(relay).await? {
@@ -224,17 +231,18 @@ async fn answer(state: &Arc<AppState>, mailbox: &str, id: &str, verdict: Verdict
     }
     let deadline = Instant::now() + RELAY_WAIT;
     loop {
-        let now = store.delivery(id).await?;
-        let settled = |d: &crate::store::DeliveryView| {
-            d.attempts != before.attempts || d.state != before.state || d.updated_at != before.updated_at
+        let changed = match store.delivery(id).await? {
+            None => return Err(not_held()),
+            Some(d) => (d.attempts != before.attempts || d.state != before.state).then_some(d.state),
         };
-        if now.as_ref().is_none_or(settled) {
-            return Ok(StatusCode::NO_CONTENT.into_response());
+        match (changed, wanted) {
+            (Some(state), Some(wanted)) if state == wanted => return Ok(StatusCode::NO_CONTENT.into_response()),
+            (Some(_), None) => return Ok(StatusCode::NO_CONTENT.into_response()),
+            // Settled otherwise: its time ran out before the answer came (it is offered again).
+            (Some(_), Some(_)) => return Err(not_held()),
+            (None, _) if Instant::now() >= deadline => return Err(not_held()),
+            (None, _) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
-        if Instant::now() >= deadline {
-            return Err(not_held());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
