@@ -236,6 +236,16 @@ pub mod words {
         format!("route `{route}` -> {}", endpoints.join(", "))
     }
 
+    /// `attempt` that worked: the endpoint and how it took the message.
+    pub fn handed_over(endpoint: &str, via: super::Handover) -> String {
+        format!("`{endpoint}` {via}")
+    }
+
+    /// `delivered`.
+    pub fn delivered(endpoint: &str) -> String {
+        format!("delivered to `{endpoint}`")
+    }
+
     /// `replayed`: who put a dead delivery back to work, and why.
     pub fn replayed(actor: &str, reason: &str) -> String {
         format!("replayed by `{actor}`: {reason}")

@@ -649,14 +649,8 @@ impl Batch<'_, '_> {
         let old_state = d.state;
         match outcome {
             Outcome::Delivered { via } => {
-                events.push(ev(self.now, "attempt", Some(id), Some(attempt), format!("`{}` {via}", d.endpoint)));
-                events.push(ev(
-                    self.now,
-                    "delivered",
-                    Some(id),
-                    Some(attempt),
-                    format!("delivered to `{}`", d.endpoint),
-                ));
+                events.push(ev(self.now, "attempt", Some(id), Some(attempt), words::handed_over(&d.endpoint, *via)));
+                events.push(ev(self.now, "delivered", Some(id), Some(attempt), words::delivered(&d.endpoint)));
                 d.state = DeliveryState::Delivered;
                 d.last_error = None;
             }

@@ -87,11 +87,16 @@ struct Event {
     detail: Detail,
 }
 
-/// An event's detail text, or where to find it in the submission's record.
+/// An event's detail text, or what it is made from when the log is read (most events: no text
+/// of their own to keep on every node).
 enum Detail {
     Received,
     Routed,
     Note(usize),
+    /// A successful attempt: the endpoint (of the event's delivery) and how it took the message.
+    HandedOver(Handover),
+    /// Delivered to the event's delivery's endpoint.
+    Delivered,
     Text(String),
 }
 
@@ -257,37 +262,36 @@ impl Index {
         // An outcome of an older generation is a late duplicate (a message whose ack was lost):
         // it goes into the log, but does not change the state.
         let current = o.generation >= d.generation;
-        let (attempt_detail, kind, detail) = match &o.outcome {
+        let (attempt_detail, kind, detail) = match o.outcome {
             RecordedOutcome::Delivered { via, status } => {
                 if current {
                     d.state = DeliveryState::Delivered;
                     d.next_attempt_at = None;
                     d.dead = None;
                 }
-                // The same words as the embedded store's log.
                 let via = via.or(status.map(Handover::Http)).unwrap_or(Handover::Http(200));
-                (format!("`{}` {via}", d.endpoint), "delivered", format!("delivered to `{}`", d.endpoint))
+                (Detail::HandedOver(via), "delivered", Detail::Delivered)
             }
             RecordedOutcome::Retry { not_before, error } => {
                 if current {
                     d.state = DeliveryState::Pending;
-                    d.next_attempt_at = Some(*not_before);
+                    d.next_attempt_at = Some(not_before);
                     d.last_error = Some(error.clone());
                 }
-                (error.clone(), "retry_scheduled", format!("next attempt at {}", rfc3339(*not_before)))
+                (
+                    Detail::Text(error),
+                    "retry_scheduled",
+                    Detail::Text(format!("next attempt at {}", rfc3339(not_before))),
+                )
             }
             RecordedOutcome::Dead { error, content_type, message_id } => {
                 if current {
                     d.state = DeliveryState::Dead;
                     d.next_attempt_at = None;
                     d.last_error = Some(error.clone());
-                    d.dead = Some(Box::new(DeadCopy {
-                        payload,
-                        content_type: content_type.clone(),
-                        message_id: message_id.clone(),
-                    }));
+                    d.dead = Some(Box::new(DeadCopy { payload, content_type, message_id }));
                 }
-                (error.clone(), "dead", error.clone())
+                (Detail::Text(error.clone()), "dead", Detail::Text(error))
             }
         };
         if current {
@@ -295,15 +299,8 @@ impl Index {
             d.outcome_generation = Some(o.generation);
         }
         if let Some(s) = self.submissions.get_mut(&o.submission_id) {
-            push_event(
-                &mut s.events,
-                at,
-                "attempt",
-                Some(o.delivery_id),
-                Some(o.attempt),
-                Detail::Text(attempt_detail),
-            );
-            push_event(&mut s.events, at, kind, Some(o.delivery_id), Some(o.attempt), Detail::Text(detail));
+            push_event(&mut s.events, at, "attempt", Some(o.delivery_id), Some(o.attempt), attempt_detail);
+            push_event(&mut s.events, at, kind, Some(o.delivery_id), Some(o.attempt), detail);
         }
     }
 
@@ -517,6 +514,11 @@ fn push_event(
     events.push(Event { at, kind, delivery_id, attempt, detail });
 }
 
+/// The endpoint of one of a submission's deliveries (empty if it names none of them).
+fn endpoint_of(s: &Submission, delivery: Option<DeliveryId>) -> &str {
+    s.record.deliveries.iter().find(|d| Some(d.id) == delivery).map_or("", |d| d.endpoint.as_str())
+}
+
 /// A submission's event log as read: numbered, with each event's hash covering the previous
 /// event's hash and this event's content (the same on every node: only folded facts go in).
 fn event_views(s: &Submission) -> Vec<EventView> {
@@ -531,6 +533,8 @@ fn event_views(s: &Submission) -> Vec<EventView> {
             ),
             Detail::Routed => words::routed(&s.record.route, s.record.deliveries.iter().map(|d| d.endpoint.as_str())),
             Detail::Note(n) => s.record.notes.get(*n).cloned().unwrap_or_default(),
+            Detail::HandedOver(via) => words::handed_over(endpoint_of(s, e.delivery_id), *via),
+            Detail::Delivered => words::delivered(endpoint_of(s, e.delivery_id)),
             Detail::Text(t) => t.clone(),
         };
         // Numbered from 0 and chained as the embedded store does, so a log verifies the same way
