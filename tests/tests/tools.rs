@@ -419,10 +419,20 @@ async fn a_mailbox_is_fetched_and_acknowledged_over_http() {
 /// The same on the RabbitMQ store (a prefix of its own, its queues deleted after).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mailbox_on_rabbitmq_is_fetched_and_acknowledged_over_http() {
+    on_rabbitmq("mailbox", &["postfach"], mailbox_round_trip).await;
+}
+
+/// Runs `test` with the `[queue]` section of a fresh RabbitMQ prefix (skipped without a broker
+/// unless `CI=true`), then deletes that prefix's queues for `endpoints`, also after a failed
+/// assertion, whose panic is raised again afterwards.
+async fn on_rabbitmq<F>(name: &str, endpoints: &[&str], test: impl FnOnce(String) -> F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
     let Some(url) = tests::amqp::require_rabbitmq().await else { return };
-    let prefix = rabbit::unique_prefix("mailbox");
-    let result = tokio::spawn(mailbox_round_trip(rabbit::queue_section(&url, &prefix))).await;
-    rabbit::delete_queues(&url, &prefix, &["postfach"]).await;
+    let prefix = rabbit::unique_prefix(name);
+    let result = tokio::spawn(test(rabbit::queue_section(&url, &prefix))).await;
+    rabbit::delete_queues(&url, &prefix, endpoints).await;
     if let Err(e) = result {
         std::panic::resume_unwind(e.into_panic());
     }
@@ -492,13 +502,7 @@ async fn mailbox_round_trip(queue: String) {
 /// both processes); an answer to a delivery nobody holds any more is `409`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mailbox_answer_that_reaches_another_process_settles_the_delivery() {
-    let Some(url) = tests::amqp::require_rabbitmq().await else { return };
-    let prefix = rabbit::unique_prefix("mailbox-relay");
-    let result = tokio::spawn(mailbox_relay(rabbit::queue_section(&url, &prefix))).await;
-    rabbit::delete_queues(&url, &prefix, &["postfach"]).await;
-    if let Err(e) = result {
-        std::panic::resume_unwind(e.into_panic());
-    }
+    on_rabbitmq("mailbox-relay", &["postfach"], mailbox_relay).await;
 }
 
 async fn mailbox_relay(queue: String) {

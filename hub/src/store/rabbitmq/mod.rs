@@ -8,7 +8,7 @@
 //! | queue | type | role |
 //! |---|---|---|
 //! | `P.events` | stream | every state change, in one order all nodes fold into their index |
-//! | `P.work.<endpoint>` | quorum | deliveries due now; consumed with manual acks and a prefetch limit |
+//! | `P.work.<endpoint>` | quorum | deliveries due now; consumed with manual acks and a prefetch limit (a pulled endpoint, a mailbox: taken with `basic.get` while a lease waits) |
 //! | `P.wait.<endpoint>.<ms>ms` | quorum, TTL `ms`, dead-lettered (at-least-once) to `P.work.<endpoint>` | retries; a ladder of fixed delays (see [`work::LADDER_MS`]) |
 //! | `P.dead.<endpoint>` | quorum | dead letters (the operator's copy; replay uses the stream's copy) |
 //!
@@ -37,8 +37,9 @@
 //! grace, queues the deliveries itself from the bytes it was sent again (same delivery ids), so a
 //! 202 always means queued.
 //!
-//! Work: each process consumes every endpoint's work queue (prefetch [`PREFETCH`]); `lease`
-//! hands out received messages; `settle` first publishes what follows (a retry to a wait queue,
+//! Work: each process consumes every endpoint's work queue (prefetch [`PREFETCH`]), except the
+//! pulled ones (mailboxes), which a lease asks of the broker only while it waits (`basic.get`,
+//! see [`RabbitStore::open_pulling`]); `lease` hands out received messages; `settle` first publishes what follows (a retry to a wait queue,
 //! a dead letter to the dead queue) and its outcome record, and only then acks. A process that
 //! dies leaves its unacked messages to the broker, which gives them to the others. A message that
 //! comes back early from the wait ladder is parked again; nothing is handed out before its
