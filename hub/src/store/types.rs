@@ -84,6 +84,18 @@ impl Cutoffs {
     }
 }
 
+/// The first 16 bytes of SHA-256 of a dedup key: what both stores' dedup indexes hold. 128 bits
+/// make a collision (which would fold two different messages) practically impossible, and a key
+/// of any length costs the index 16 bytes. The digest is also what makes a fast hasher safe for
+/// the in-memory index: a partner chooses keys, not their digests.
+pub fn dedup_digest(key: &str) -> [u8; 16] {
+    use sha2::{Digest, Sha256};
+    let full = Sha256::digest(key.as_bytes());
+    let mut d = [0u8; 16];
+    d.copy_from_slice(&full[..16]);
+    d
+}
+
 /// An id a partner knows its submission by: the message id in its header (e.g.
 /// `nachrichtenUUID`) or the `Idempotency-Key` it sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

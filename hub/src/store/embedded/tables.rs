@@ -71,16 +71,6 @@ pub struct EventRecord {
     pub hash: String,
 }
 
-/// The first 16 bytes of SHA-256 of a dedup key: what the dedup index holds. 128 bits make a
-/// collision (which would fold two different messages) practically impossible.
-pub fn dedup_digest(key: &str) -> [u8; 16] {
-    use sha2::{Digest, Sha256};
-    let full = Sha256::digest(key.as_bytes());
-    let mut d = [0u8; 16];
-    d.copy_from_slice(&full[..16]);
-    d
-}
-
 pub fn ready_key(endpoint: &str, not_before: Millis, id: DeliveryId) -> Vec<u8> {
     let mut k = Vec::with_capacity(endpoint.len() + 25);
     k.extend_from_slice(endpoint.as_bytes());

@@ -4,7 +4,7 @@
 //! Applying the same stream gives the same index on every node (event `seq` and `hash` included),
 //! because the fold depends only on the records and their order, never on the local clock.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use bytes::Bytes;
 
@@ -15,12 +15,12 @@ use super::record::{
 };
 use crate::store::{
     Counts, Cutoffs, DeliveryFilter, DeliveryId, DeliveryState, DeliveryView, EventView, Handover, Millis, Receipt,
-    ReceiptDelivery, SubmissionId, SubmissionState, SubmissionView, event_hash, words,
+    ReceiptDelivery, SubmissionId, SubmissionState, SubmissionView, dedup_digest, event_hash, words,
 };
 
-/// Maps and sets keyed by ids this hub made (v7 UUIDs): foldhash instead of SipHash, which was
-/// a few percent of the fold. Keys a partner chooses (dedup keys) keep std's SipHash: its keyed
-/// hashing is what stands against crafted collisions.
+/// Maps and sets keyed by ids this hub made (v7 UUIDs) or by dedup digests: foldhash instead of
+/// SipHash, which was a few percent of the fold. Dedup keys, which partners choose, are held as
+/// their [`dedup_digest`] (as in the embedded store), so no partner chooses what foldhash sees.
 pub(super) type FastMap<K, V> = foldhash::HashMap<K, V>;
 pub(super) type FastSet<K> = foldhash::HashSet<K>;
 
@@ -129,7 +129,8 @@ pub struct Index {
     submissions: FastMap<SubmissionId, Box<Submission>>,
     /// Ordered by id: ids are v7 UUIDs, so the last entries are the newest.
     deliveries: BTreeMap<DeliveryId, Delivery>,
-    dedup: HashMap<String, SubmissionId>,
+    /// [`dedup_digest`] of each dedup key -> the submission holding it.
+    dedup: FastMap<[u8; 16], SubmissionId>,
     /// Claims that lost: their work messages (published with the claim) are dropped at lease.
     losers: FastSet<SubmissionId>,
     /// Replay claims that lost, and replays voided by a tombstone before their claim: their
@@ -213,16 +214,18 @@ impl Index {
             // The same claim twice (a publish retried after a lost confirm): already applied.
             return Applied::Accepted;
         }
-        for key in &record.dedup_keys {
-            if let Some(first) = self.dedup.get(key).and_then(|id| self.submissions.get(id)) {
+        let digests: Vec<[u8; 16]> = record.dedup_keys.iter().map(|k| dedup_digest(k)).collect();
+        for digest in &digests {
+            if let Some(first) = self.dedup.get(digest).and_then(|id| self.submissions.get(id)) {
                 self.losers.insert(record.id);
                 return Applied::Duplicate(receipt_of(&first.record));
             }
         }
-        // The keys move into the dedup map: nothing reads them from the record afterwards, and
-        // a second copy per submission on every node is memory for nothing.
-        for key in std::mem::take(&mut record.dedup_keys) {
-            self.dedup.insert(key, record.id);
+        // Only the digests stay, in the dedup map: nothing reads the keys from the record
+        // afterwards, and a copy per submission on every node is memory for nothing.
+        record.dedup_keys = Vec::new();
+        for digest in digests {
+            self.dedup.insert(digest, record.id);
         }
         for d in &record.deliveries {
             self.deliveries.insert(
@@ -375,13 +378,13 @@ impl Index {
     /// The submission that holds one of `keys`, and whether its deliveries are known queued.
     pub fn holder_of(&self, keys: &[String]) -> Option<(Receipt, bool)> {
         keys.iter()
-            .find_map(|k| self.dedup.get(k).and_then(|id| self.submissions.get(id)))
+            .find_map(|k| self.dedup.get(&dedup_digest(k)).and_then(|id| self.submissions.get(id)))
             .map(|s| (receipt_of(&s.record), s.queued))
     }
 
     /// The submission holding one dedup key.
     pub fn holder_of_key(&self, key: &str) -> Option<SubmissionId> {
-        self.dedup.get(key).copied()
+        self.dedup.get(&dedup_digest(key)).copied()
     }
 
     pub fn claim(&self, id: SubmissionId) -> Claim {
