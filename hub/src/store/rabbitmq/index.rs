@@ -73,31 +73,31 @@ pub enum ReplaySource {
 struct Submission {
     record: SubmittedRecord,
     queued: bool,
-    events: Vec<Event>,
+    /// What happened after the claim, one entry per outcome or replay; none until the first.
+    entries: Vec<Entry>,
 }
 
-/// One entry of a submission's event log as folded: the facts only. Its `seq`, time text and
-/// hash chain are computed when the log is read ([`Index::submission`]): the fold runs for every
-/// record on every node, a log is read far less often.
-struct Event {
+/// One fact of a submission's log after its claim. The log itself (each event's `seq`, time
+/// text, words and hash) is made when it is read ([`Index::submission`]): the fold runs for
+/// every record on every node, a log is read far less often. Its first events (received,
+/// routed, one per note) come from the claim; an outcome is one entry here and two events in
+/// the log (the attempt, then what followed it). So a submission no attempt has reached keeps
+/// no log entries at all, and a delivered one keeps one (64 bytes) where four events were kept.
+struct Entry {
     at: Millis,
-    kind: &'static str,
-    delivery_id: Option<DeliveryId>,
-    attempt: Option<u32>,
-    detail: Detail,
+    delivery_id: DeliveryId,
+    fact: Fact,
 }
 
-/// An event's detail text, or what it is made from when the log is read (most events: no text
-/// of their own to keep on every node).
-enum Detail {
-    Received,
-    Routed,
-    Note(usize),
-    /// A successful attempt: the endpoint (of the event's delivery) and how it took the message.
-    HandedOver(Handover),
-    /// Delivered to the event's delivery's endpoint.
-    Delivered,
-    Text(String),
+enum Fact {
+    /// Attempt `attempt` handed the message over: `attempt`, then `delivered`.
+    Delivered { attempt: u32, via: Handover },
+    /// Attempt `attempt` failed, the next is due at `not_before`: `attempt`, then `retry_scheduled`.
+    Retry { attempt: u32, not_before: Millis, error: String },
+    /// Attempt `attempt` failed for good: `attempt`, then `dead`.
+    Dead { attempt: u32, error: String },
+    /// An operator put the delivery back to work: `replayed`, with its words.
+    Replayed { detail: String },
 }
 
 struct Delivery {
@@ -245,14 +245,7 @@ impl Index {
                 },
             );
         }
-        let at = record.received_at;
-        let mut events = Vec::with_capacity(4 + record.notes.len());
-        push_event(&mut events, at, "received", None, None, Detail::Received);
-        push_event(&mut events, at, "routed", None, None, Detail::Routed);
-        for i in 0..record.notes.len() {
-            push_event(&mut events, at, "note", None, None, Detail::Note(i));
-        }
-        self.submissions.insert(record.id, Box::new(Submission { record, queued: false, events }));
+        self.submissions.insert(record.id, Box::new(Submission { record, queued: false, entries: Vec::new() }));
         Applied::Accepted
     }
 
@@ -265,7 +258,8 @@ impl Index {
         // An outcome of an older generation is a late duplicate (a message whose ack was lost):
         // it goes into the log, but does not change the state.
         let current = o.generation >= d.generation;
-        let (attempt_detail, kind, detail) = match o.outcome {
+        let attempt = o.attempt;
+        let fact = match o.outcome {
             RecordedOutcome::Delivered { via, status } => {
                 if current {
                     d.state = DeliveryState::Delivered;
@@ -273,7 +267,7 @@ impl Index {
                     d.dead = None;
                 }
                 let via = via.or(status.map(Handover::Http)).unwrap_or(Handover::Http(200));
-                (Detail::HandedOver(via), "delivered", Detail::Delivered)
+                Fact::Delivered { attempt, via }
             }
             RecordedOutcome::Retry { not_before, error } => {
                 if current {
@@ -281,11 +275,7 @@ impl Index {
                     d.next_attempt_at = Some(not_before);
                     d.last_error = Some(error.clone());
                 }
-                (
-                    Detail::Text(error),
-                    "retry_scheduled",
-                    Detail::Text(format!("next attempt at {}", rfc3339(not_before))),
-                )
+                Fact::Retry { attempt, not_before, error }
             }
             RecordedOutcome::Dead { error, content_type, message_id } => {
                 if current {
@@ -294,7 +284,7 @@ impl Index {
                     d.last_error = Some(error.clone());
                     d.dead = Some(Box::new(DeadCopy { payload, content_type, message_id }));
                 }
-                (Detail::Text(error.clone()), "dead", Detail::Text(error))
+                Fact::Dead { attempt, error }
             }
         };
         if current {
@@ -302,8 +292,7 @@ impl Index {
             d.outcome_generation = Some(o.generation);
         }
         if let Some(s) = self.submissions.get_mut(&o.submission_id) {
-            push_event(&mut s.events, at, "attempt", Some(o.delivery_id), Some(o.attempt), attempt_detail);
-            push_event(&mut s.events, at, kind, Some(o.delivery_id), Some(o.attempt), detail);
+            s.push(Entry { at, delivery_id: o.delivery_id, fact });
         }
     }
 
@@ -340,7 +329,7 @@ impl Index {
         d.updated_at = at;
         if let Some(s) = self.submissions.get_mut(&r.submission_id) {
             let detail = words::replayed(&r.actor, &r.reason);
-            push_event(&mut s.events, at, "replayed", Some(r.delivery_id), None, Detail::Text(detail));
+            s.push(Entry { at, delivery_id: r.delivery_id, fact: Fact::Replayed { detail } });
         }
         match r.replay_id {
             Some(_) => Applied::ReplayWon,
@@ -506,15 +495,13 @@ fn receipt_of(record: &SubmittedRecord) -> Receipt {
     }
 }
 
-fn push_event(
-    events: &mut Vec<Event>,
-    at: Millis,
-    kind: &'static str,
-    delivery_id: Option<DeliveryId>,
-    attempt: Option<u32>,
-    detail: Detail,
-) {
-    events.push(Event { at, kind, delivery_id, attempt, detail });
+impl Submission {
+    /// Adds an entry with room for it alone: most logs stay at one or two entries, and a `Vec`
+    /// grown the usual way would hold room for four.
+    fn push(&mut self, entry: Entry) {
+        self.entries.reserve_exact(1);
+        self.entries.push(entry);
+    }
 }
 
 /// The endpoint of one of a submission's deliveries (empty if it names none of them).
@@ -525,37 +512,49 @@ fn endpoint_of(s: &Submission, delivery: Option<DeliveryId>) -> &str {
 /// A submission's event log as read: numbered, with each event's hash covering the previous
 /// event's hash and this event's content (the same on every node: only folded facts go in).
 fn event_views(s: &Submission) -> Vec<EventView> {
-    let mut views: Vec<EventView> = Vec::with_capacity(s.events.len());
-    for (i, e) in s.events.iter().enumerate() {
-        let detail = match &e.detail {
-            Detail::Received => words::received(
-                &s.record.partner,
-                s.record.size,
-                &s.record.content_type,
-                s.record.message_id.as_deref(),
-            ),
-            Detail::Routed => words::routed(&s.record.route, s.record.deliveries.iter().map(|d| d.endpoint.as_str())),
-            Detail::Note(n) => s.record.notes.get(*n).cloned().unwrap_or_default(),
-            Detail::HandedOver(via) => words::handed_over(endpoint_of(s, e.delivery_id), *via),
-            Detail::Delivered => words::delivered(endpoint_of(s, e.delivery_id)),
-            Detail::Text(t) => t.clone(),
-        };
+    let r = &s.record;
+    let mut log = Log(Vec::with_capacity(2 + r.notes.len() + 2 * s.entries.len()));
+    let received = words::received(&r.partner, r.size, &r.content_type, r.message_id.as_deref());
+    log.push(r.received_at, "received", None, None, received);
+    let routed = words::routed(&r.route, r.deliveries.iter().map(|d| d.endpoint.as_str()));
+    log.push(r.received_at, "routed", None, None, routed);
+    for note in &r.notes {
+        log.push(r.received_at, "note", None, None, note.clone());
+    }
+    for e in &s.entries {
+        let (at, d) = (e.at, Some(e.delivery_id));
+        let endpoint = endpoint_of(s, d);
+        match &e.fact {
+            Fact::Delivered { attempt, via } => {
+                log.push(at, "attempt", d, Some(*attempt), words::handed_over(endpoint, *via));
+                log.push(at, "delivered", d, Some(*attempt), words::delivered(endpoint));
+            }
+            Fact::Retry { attempt, not_before, error } => {
+                log.push(at, "attempt", d, Some(*attempt), error.clone());
+                log.push(at, "retry_scheduled", d, Some(*attempt), format!("next attempt at {}", rfc3339(*not_before)));
+            }
+            Fact::Dead { attempt, error } => {
+                log.push(at, "attempt", d, Some(*attempt), error.clone());
+                log.push(at, "dead", d, Some(*attempt), error.clone());
+            }
+            Fact::Replayed { detail } => log.push(at, "replayed", d, None, detail.clone()),
+        }
+    }
+    log.0
+}
+
+/// A log being read out, event by event.
+struct Log(Vec<EventView>);
+
+impl Log {
+    fn push(&mut self, at: Millis, kind: &str, delivery_id: Option<DeliveryId>, attempt: Option<u32>, detail: String) {
         // Numbered from 0 and chained as the embedded store does, so a log verifies the same way
         // whichever store kept it.
-        let seq = i as u32;
-        let prev = views.last().map(|v| v.hash.as_str()).unwrap_or("");
-        let hash = event_hash(prev, seq, e.at, e.kind, e.delivery_id, e.attempt, &detail);
-        views.push(EventView {
-            seq,
-            at: rfc3339(e.at),
-            kind: e.kind.to_owned(),
-            delivery_id: e.delivery_id,
-            attempt: e.attempt,
-            detail,
-            hash,
-        });
+        let seq = self.0.len() as u32;
+        let prev = self.0.last().map(|v| v.hash.as_str()).unwrap_or("");
+        let hash = event_hash(prev, seq, at, kind, delivery_id, attempt, &detail);
+        self.0.push(EventView { seq, at: rfc3339(at), kind: kind.to_owned(), delivery_id, attempt, detail, hash });
     }
-    views
 }
 
 /// RFC 3339 in UTC with milliseconds.

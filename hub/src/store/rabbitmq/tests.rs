@@ -553,3 +553,50 @@ fn expiry_timing() {
         println!("{n}: 10,000 of the rest: {:?} ({r:?})", started.elapsed());
     }
 }
+
+/// One event of a log as compared: kind, time, delivery, attempt, detail.
+type LogLine<'a> = (&'a str, String, Option<DeliveryId>, Option<u32>, String);
+
+/// The whole log of a submission through every kind of record, field by field: what the fold
+/// keeps is only the facts, and the log read back must say exactly this (the words and order
+/// the embedded store writes), whatever the index keeps inside.
+#[test]
+fn the_log_reads_back_every_event_in_order() {
+    use crate::store::words;
+    let mut s = claim(&["k"]);
+    s.notes = vec!["schema: not validated".into()];
+    s.message_id = Some("m-1".into());
+    let d = s.deliveries[0].id;
+    let mut index = Index::default();
+    let replay = Uuid::now_v7();
+    for r in [
+        env(1_000, Record::Submitted(s.clone())),
+        env(2_000, outcome(&s, 1, 0, RecordedOutcome::Retry { not_before: 7_000, error: "HTTP 503".into() })),
+        env(8_000, outcome(&s, 2, 0, dead("HTTP 400"))),
+        env(9_000, claimed(&s, 1, replay)),
+        env(10_000, outcome(&s, 3, 1, RecordedOutcome::Delivered { via: Some(Handover::File), status: None })),
+    ] {
+        index.apply(r, Bytes::new());
+    }
+    let log = index.submission(s.id).expect("known").events;
+    let endpoint = s.deliveries[0].endpoint.as_str();
+    let at = super::index::rfc3339;
+    let want: Vec<LogLine> = vec![
+        ("received", at(1_000), None, None, words::received("p", 10, "application/xml", Some("m-1"))),
+        ("routed", at(1_000), None, None, words::routed("r", [endpoint])),
+        ("note", at(1_000), None, None, "schema: not validated".into()),
+        ("attempt", at(2_000), Some(d), Some(1), "HTTP 503".into()),
+        ("retry_scheduled", at(2_000), Some(d), Some(1), format!("next attempt at {}", at(7_000))),
+        ("attempt", at(8_000), Some(d), Some(2), "HTTP 400".into()),
+        ("dead", at(8_000), Some(d), Some(2), "HTTP 400".into()),
+        ("replayed", at(9_000), Some(d), None, words::replayed("op", "fixed")),
+        ("attempt", at(10_000), Some(d), Some(3), words::handed_over(endpoint, Handover::File)),
+        ("delivered", at(10_000), Some(d), Some(3), words::delivered(endpoint)),
+    ];
+    let got: Vec<LogLine> =
+        log.iter().map(|e| (e.kind.as_str(), e.at.clone(), e.delivery_id, e.attempt, e.detail.clone())).collect();
+    assert_eq!(got, want);
+    let seqs: Vec<u32> = log.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (0..10).collect::<Vec<u32>>());
+    assert_eq!(crate::store::verify_event_chain(&log), Ok(()));
+}
