@@ -5,6 +5,7 @@
 //! because the fold depends only on the records and their order, never on the local clock.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -93,9 +94,9 @@ enum Fact {
     /// Attempt `attempt` handed the message over: `attempt`, then `delivered`.
     Delivered { attempt: u32, via: Handover },
     /// Attempt `attempt` failed, the next is due at `not_before`: `attempt`, then `retry_scheduled`.
-    Retry { attempt: u32, not_before: Millis, error: String },
+    Retry { attempt: u32, not_before: Millis, error: Arc<str> },
     /// Attempt `attempt` failed for good: `attempt`, then `dead`.
-    Dead { attempt: u32, error: String },
+    Dead { attempt: u32, error: Arc<str> },
     /// An operator put the delivery back to work: `replayed`, with its words.
     Replayed { detail: String },
 }
@@ -114,7 +115,8 @@ struct Delivery {
     /// The winning replay claim of each generation (generation, replay id).
     replays: Vec<(u32, Uuid)>,
     next_attempt_at: Option<Millis>,
-    last_error: Option<String>,
+    /// Shared with the log entries of the attempts that failed with the same text (see [`share`]).
+    last_error: Option<Arc<str>>,
     updated_at: Millis,
     /// Boxed: most deliveries never die, and the copy inline made every one ~80 bytes larger.
     dead: Option<Box<DeadCopy>>,
@@ -270,6 +272,7 @@ impl Index {
                 Fact::Delivered { attempt, via }
             }
             RecordedOutcome::Retry { not_before, error } => {
+                let error = share(d.last_error.as_ref(), error);
                 if current {
                     d.state = DeliveryState::Pending;
                     d.next_attempt_at = Some(not_before);
@@ -278,6 +281,7 @@ impl Index {
                 Fact::Retry { attempt, not_before, error }
             }
             RecordedOutcome::Dead { error, content_type, message_id } => {
+                let error = share(d.last_error.as_ref(), error);
                 if current {
                     d.state = DeliveryState::Dead;
                     d.next_attempt_at = None;
@@ -431,7 +435,7 @@ impl Index {
                 DeliveryState::Pending => d.next_attempt_at.map(rfc3339),
                 _ => None,
             },
-            last_error: d.last_error.clone(),
+            last_error: d.last_error.as_deref().map(str::to_owned),
             updated_at: rfc3339(d.updated_at),
         })
     }
@@ -496,11 +500,23 @@ fn receipt_of(record: &SubmittedRecord) -> Receipt {
 }
 
 impl Submission {
-    /// Adds an entry with room for it alone: most logs stay at one or two entries, and a `Vec`
-    /// grown the usual way would hold room for four.
+    /// Adds an entry with room for it alone: most logs stay at one or two entries, where a `Vec`
+    /// grown the usual way holds room for four, and a long one (a delivery retried for days) would
+    /// hold up to twice its length. Each entry follows an attempt over the network, so copying a
+    /// log of a few kilobytes on each is nothing beside it.
     fn push(&mut self, entry: Entry) {
         self.entries.reserve_exact(1);
         self.entries.push(entry);
+    }
+}
+
+/// An attempt's error text, sharing the delivery's last one when it says the same: a receiver
+/// that is down fails every retry with the same words, and each retry is an entry in the log;
+/// kept once per retry, a delivery retried for days held kilobytes of one sentence.
+fn share(last: Option<&Arc<str>>, error: String) -> Arc<str> {
+    match last {
+        Some(last) if **last == *error => last.clone(),
+        _ => Arc::from(error),
     }
 }
 
@@ -530,12 +546,12 @@ fn event_views(s: &Submission) -> Vec<EventView> {
                 log.push(at, "delivered", d, Some(*attempt), words::delivered(endpoint));
             }
             Fact::Retry { attempt, not_before, error } => {
-                log.push(at, "attempt", d, Some(*attempt), error.clone());
+                log.push(at, "attempt", d, Some(*attempt), error.to_string());
                 log.push(at, "retry_scheduled", d, Some(*attempt), format!("next attempt at {}", rfc3339(*not_before)));
             }
             Fact::Dead { attempt, error } => {
-                log.push(at, "attempt", d, Some(*attempt), error.clone());
-                log.push(at, "dead", d, Some(*attempt), error.clone());
+                log.push(at, "attempt", d, Some(*attempt), error.to_string());
+                log.push(at, "dead", d, Some(*attempt), error.to_string());
             }
             Fact::Replayed { detail } => log.push(at, "replayed", d, None, detail.clone()),
         }
@@ -566,4 +582,19 @@ pub fn rfc3339(ms: Millis) -> String {
         .ok()
         .and_then(|t| t.format(&format).ok())
         .unwrap_or_else(|| ms.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_that_says_the_same_as_the_last_is_kept_once() {
+        let first = share(None, "connection refused".into());
+        let again = share(Some(&first), "connection refused".into());
+        assert!(Arc::ptr_eq(&first, &again), "the same words were stored twice");
+        let other = share(Some(&first), "HTTP 503".into());
+        assert!(!Arc::ptr_eq(&first, &other));
+        assert_eq!(&*other, "HTTP 503");
+    }
 }
