@@ -521,8 +521,8 @@ fn share(last: Option<&Arc<str>>, error: String) -> Arc<str> {
 }
 
 /// The endpoint of one of a submission's deliveries (empty if it names none of them).
-fn endpoint_of(s: &Submission, delivery: Option<DeliveryId>) -> &str {
-    s.record.deliveries.iter().find(|d| Some(d.id) == delivery).map_or("", |d| d.endpoint.as_str())
+fn endpoint_of(s: &Submission, delivery: DeliveryId) -> &str {
+    s.record.deliveries.iter().find(|d| d.id == delivery).map_or("", |d| d.endpoint.as_str())
 }
 
 /// A submission's event log as read: numbered, with each event's hash covering the previous
@@ -539,7 +539,7 @@ fn event_views(s: &Submission) -> Vec<EventView> {
     }
     for e in &s.entries {
         let (at, d) = (e.at, Some(e.delivery_id));
-        let endpoint = endpoint_of(s, d);
+        let endpoint = endpoint_of(s, e.delivery_id);
         match &e.fact {
             Fact::Delivered { attempt, via } => {
                 log.push(at, "attempt", d, Some(*attempt), words::handed_over(endpoint, *via));
