@@ -368,16 +368,18 @@ impl Index {
         }
     }
 
-    /// The submission that holds one of `keys`, and whether its deliveries are known queued.
-    pub fn holder_of(&self, keys: &[String]) -> Option<(Receipt, bool)> {
-        keys.iter()
-            .find_map(|k| self.dedup.get(&dedup_digest(k)).and_then(|id| self.submissions.get(id)))
+    /// The submission that holds one of the keys with these [`dedup_digest`]s, and whether its
+    /// deliveries are known queued. Digests, so callers hash outside the index lock.
+    pub fn holder_of(&self, digests: &[[u8; 16]]) -> Option<(Receipt, bool)> {
+        digests
+            .iter()
+            .find_map(|d| self.dedup.get(d).and_then(|id| self.submissions.get(id)))
             .map(|s| (receipt_of(&s.record), s.queued))
     }
 
-    /// The submission holding one dedup key.
-    pub fn holder_of_key(&self, key: &str) -> Option<SubmissionId> {
-        self.dedup.get(&dedup_digest(key)).copied()
+    /// The submission holding the dedup key with this [`dedup_digest`].
+    pub fn holder_of_key(&self, digest: &[u8; 16]) -> Option<SubmissionId> {
+        self.dedup.get(digest).copied()
     }
 
     pub fn claim(&self, id: SubmissionId) -> Claim {

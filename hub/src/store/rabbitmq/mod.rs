@@ -106,7 +106,7 @@ use self::work::{WorkMessage, rung_for};
 use crate::store::{
     Counts, Cutoffs, DeliveryFilter, DeliveryId, DeliveryState, DeliveryView, Intake, Lease, MailboxVerdict,
     NewSubmission, Outcome, Receipt, ReceiptDelivery, ReplayOutcome, Store, StoreError, SubmissionId, SubmissionView,
-    now_millis,
+    dedup_digest, now_millis,
 };
 
 /// Longest wait for a broker confirm before a write counts as failed.

@@ -11,7 +11,8 @@ impl Store for RabbitStore {
                 return Err(unavailable(format!("no work queue for endpoint `{}`", d.endpoint)));
             }
         }
-        if let Some((receipt, _)) = shared.index(|i| i.holder_of(&submission.dedup_keys))? {
+        let digests: Vec<[u8; 16]> = submission.dedup_keys.iter().map(|k| dedup_digest(k)).collect();
+        if let Some((receipt, _)) = shared.index(|i| i.holder_of(&digests))? {
             // Boxed, as below: a rare path, and inline its future would add to every intake's.
             return Box::pin(shared.duplicate(receipt, &submission)).await;
         }
@@ -255,7 +256,8 @@ impl Store for RabbitStore {
     }
 
     async fn submission_by_key(&self, key: &str) -> Result<Option<SubmissionId>, StoreError> {
-        self.shared.index(|i| i.holder_of_key(key))
+        let digest = dedup_digest(key);
+        self.shared.index(|i| i.holder_of_key(&digest))
     }
 
     async fn deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryView>, StoreError> {

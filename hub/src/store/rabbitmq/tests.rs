@@ -9,7 +9,7 @@ use super::record::{
     self, Envelope, OutcomeRecord, Record, RecordedOutcome, ReplayVoidRecord, ReplayedRecord, SubmittedRecord,
 };
 use super::work::{LADDER_MS, WorkMessage, rung_for};
-use crate::store::{DeliveryId, DeliveryState, Handover, ReceiptDelivery, SubmissionId, SubmissionState};
+use crate::store::{DeliveryId, DeliveryState, Handover, ReceiptDelivery, SubmissionId, SubmissionState, dedup_digest};
 
 fn claim(keys: &[&str]) -> SubmittedRecord {
     SubmittedRecord {
@@ -107,7 +107,7 @@ fn the_first_claim_of_a_key_in_stream_order_wins() {
     assert_eq!(index.claim(second.id), Claim::Lost);
     assert_eq!(index.claim(first.id), Claim::Won);
     assert_eq!(index.claim(SubmissionId::new()), Claim::Unknown);
-    assert!(index.holder_of(&["k2".into()]).is_none(), "the losing claim took its other key");
+    assert!(index.holder_of(&[dedup_digest("k2")]).is_none(), "the losing claim took its other key");
     assert_eq!(index.counts().submissions, 1);
 }
 
@@ -120,6 +120,12 @@ fn a_claim_applied_twice_is_one_submission() {
     let view = index.submission(s.id).expect("known");
     assert_eq!(view.events.len(), 2, "events doubled: {:?}", view.events);
     assert_eq!(index.counts().pending, 1);
+    // Also after an attempt: the claim again does not start the submission over.
+    index.apply(env(3, outcome(&s, 1, 0, RecordedOutcome::Retry { not_before: 9, error: "503".into() })), Bytes::new());
+    assert_eq!(index.apply(env(4, Record::Submitted(s.clone())), Bytes::new()), Applied::Accepted);
+    let view = index.submission(s.id).expect("known");
+    assert_eq!(view.events.len(), 4, "the attempt's events are gone: {:?}", view.events);
+    assert_eq!(view.deliveries[0].attempts, 1);
 }
 
 #[test]
@@ -127,7 +133,7 @@ fn queued_is_tracked_for_the_duplicate_repair() {
     let mut index = Index::default();
     let s = claim(&["k"]);
     index.apply(env(1, Record::Submitted(s.clone())), Bytes::new());
-    assert_eq!(index.holder_of(&["k".into()]).map(|(_, q)| q), Some(false));
+    assert_eq!(index.holder_of(&[dedup_digest("k")]).map(|(_, q)| q), Some(false));
     index.apply(env(2, Record::Queued { submission_ids: vec![s.id] }), Bytes::new());
     assert!(index.is_queued(s.id));
 }
@@ -457,8 +463,8 @@ fn an_expiry_deletes_finished_submissions_where_it_stands_in_the_stream() {
         assert_eq!(applied.last(), Some(&Applied::Expired(1)));
         assert!(node.submission(delivered.id).is_none(), "the delivered submission is still there");
         assert_eq!(state(node, &delivered), None, "its delivery is still there");
-        assert_eq!(node.holder_of_key("d"), None, "its dedup key is still held");
-        assert_eq!(node.holder_of_key("x"), Some(dead_one.id));
+        assert_eq!(node.holder_of_key(&dedup_digest("d")), None, "its dedup key is still held");
+        assert_eq!(node.holder_of_key(&dedup_digest("x")), Some(dead_one.id));
         assert_eq!(state(node, &pending), Some(DeliveryState::Pending));
         // A new claim of the deleted key is a new submission.
         let resent = claim(&["d"]);
