@@ -334,3 +334,89 @@ async fn rabbitmq_a_pulled_endpoint_waits_in_the_broker_for_any_process() -> any
     RabbitStore::delete_topology(&url, &prefix, &endpoints).await?;
     result
 }
+
+/// A stream that lost records a running process had folded (here deleted under it and declared
+/// again, as a single broker that lost power before its page cache reached the disk leaves it)
+/// gives their offsets to new records. The process notices when it reconnects (the message it
+/// folded last is not there) and reads the stream again from its start: it learns a submission
+/// another process accepted afterwards, at an offset it had folded before, and forgets the lost
+/// one, as every other process sees the stream; its intake works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_a_stream_that_lost_records_is_read_again_from_its_start() -> anyhow::Result<()> {
+    let Some((a, url, prefix)) = open().await? else { return Ok(()) };
+    let endpoints = [ENDPOINT.to_owned()];
+    let result = lost_tail(&a, &url, &prefix, &endpoints).await;
+    a.close().await;
+    RabbitStore::delete_topology(&url, &prefix, &endpoints).await?;
+    result
+}
+
+async fn lost_tail(a: &RabbitStore, url: &str, prefix: &str, endpoints: &[String]) -> anyhow::Result<()> {
+    let lost = submission(&[], &[ENDPOINT]);
+    a.intake(lost.clone()).await?;
+    anyhow::ensure!(a.submission(lost.id).await?.is_some(), "the intake's own process does not know it");
+
+    delete_stream(url, prefix).await?;
+
+    // A second process on the new stream; its records take the offsets `a` had folded.
+    let b = RabbitStore::open(url, prefix, endpoints).await?;
+    let checked = async {
+        let later = submission(&[], &[ENDPOINT]);
+        b.intake(later.clone()).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while a.submission(later.id).await?.is_none() {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the first process never learned a submission accepted after the stream lost records"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::ensure!(a.submission(lost.id).await?.is_none(), "the first process still shows a lost submission");
+        anyhow::ensure!(b.submission(lost.id).await?.is_none(), "the new process shows a submission it never read");
+        let again = submission(&[], &[ENDPOINT]);
+        let answer = a.intake(again.clone()).await?;
+        anyhow::ensure!(matches!(answer, Intake::Accepted(_)), "intake after the re-read: {answer:?}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while b.submission(again.id).await?.is_none() {
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "the second process never saw the next intake");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::ensure!(
+            a.counts().await?.submissions == b.counts().await?.submissions,
+            "the two processes disagree on how many submissions there are"
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    b.close().await;
+    checked?;
+
+    // The stream loses everything again, and no other process writes: the message folded last
+    // never comes, and after `RESUME_CHECK` the process reads the (empty) stream from its start.
+    // Meanwhile intake answers unavailable; then it works, and the index holds only what the
+    // stream holds.
+    delete_stream(url, prefix).await?;
+    let next = submission(&[], &[ENDPOINT]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match a.intake(next.clone()).await {
+            Ok(Intake::Accepted(_)) => break,
+            Err(StoreError::Unavailable(_)) => {}
+            other => anyhow::bail!("intake while the stream was lost: {other:?}"),
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "intake never worked again on the emptied stream");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let kept = a.counts().await?.submissions;
+    anyhow::ensure!(kept == 1, "{kept} submissions known, the stream holds 1");
+    Ok(())
+}
+
+async fn delete_stream(url: &str, prefix: &str) -> anyhow::Result<()> {
+    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    let events = super::Names::new(prefix).events();
+    ch.queue_delete(events.as_str().into(), lapin::options::QueueDeleteOptions::default()).await?;
+    let _ = conn.close(200, "bye".into()).await;
+    Ok(())
+}

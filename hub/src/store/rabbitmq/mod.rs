@@ -63,7 +63,9 @@
 //!
 //! Faults: one supervisor task owns the connection. When the connection fails, it drops the
 //! session, answers `Unavailable` for writes, and reconnects with backoff (0.2 s doubling to 5 s),
-//! declares the topology again and resumes the stream after the last folded offset.
+//! declares the topology again and resumes the stream after the last folded offset, once it has
+//! checked that the stream still holds the message it folded there (a stream that lost its tail
+//! reuses offsets; then the index is dropped and the stream read again from its start).
 
 mod index;
 mod record;
@@ -144,6 +146,9 @@ const BATCHES_IN_FLIGHT: usize = 1;
 /// Mailbox verdicts a process's mailboxes may fall behind by before they miss some (those
 /// deliveries are offered again after their deadline).
 const VERDICTS: usize = 4096;
+/// How long a reconnecting process waits for the stream message it folded last (see
+/// `tasks::check_resume`). It is there at once when the stream is whole.
+const RESUME_CHECK: Duration = Duration::from_secs(5);
 /// How often the `Queued` marks of recent intakes go to the stream, in one record.
 const QUEUED_FLUSH: Duration = Duration::from_millis(100);
 
@@ -165,6 +170,9 @@ struct Shared {
     waiters: Mutex<FastMap<Uuid, Waiter>>,
     /// Stream offset to resume from after a reconnect.
     next_offset: AtomicU64,
+    /// [`tasks::digest`] of the message at `next_offset - 1`, to check after a reconnect that
+    /// the stream still holds it.
+    last_digest: AtomicU64,
     leases: Mutex<FastMap<u64, Held>>,
     next_token: AtomicU64,
     queues: HashMap<String, WorkQueue>,
@@ -275,6 +283,7 @@ impl RabbitStore {
             index: Mutex::new(Index::default()),
             waiters: Mutex::new(FastMap::default()),
             next_offset: AtomicU64::new(0),
+            last_digest: AtomicU64::new(0),
             leases: Mutex::new(FastMap::default()),
             next_token: AtomicU64::new(1),
             queues,

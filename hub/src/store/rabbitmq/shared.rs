@@ -163,6 +163,15 @@ impl Shared {
         }
     }
 
+    /// Drops everything folded, so the next session reads the stream from its start.
+    pub(super) fn forget_folded(&self) {
+        if let Ok(mut index) = self.index.lock() {
+            *index = Index::default();
+        }
+        self.next_offset.store(0, Ordering::SeqCst);
+        self.last_digest.store(0, Ordering::SeqCst);
+    }
+
     pub(super) fn index<T>(&self, f: impl FnOnce(&Index) -> T) -> Result<T, StoreError> {
         self.index.lock().map(|i| f(&i)).map_err(|_| StoreError::Corrupt("index lock poisoned".into()))
     }

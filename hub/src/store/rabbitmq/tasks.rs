@@ -91,13 +91,19 @@ pub(super) async fn open_session(shared: &Arc<Shared>, id: u64) -> Result<(Arc<S
         let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
         ch.basic_qos(1000, BasicQosOptions::default()).await.map_err(|e| e.to_string())?;
         let mut args = FieldTable::default();
-        let offset = shared.next_offset.load(Ordering::SeqCst);
-        args.insert("x-stream-offset".into(), AMQPValue::LongLongInt(offset as i64));
+        let next = shared.next_offset.load(Ordering::SeqCst);
+        // After a reconnect: from the last message folded, not after it, to check first that
+        // the stream still holds it (see `check_resume`).
+        let resume = next.checked_sub(1);
+        args.insert("x-stream-offset".into(), AMQPValue::LongLongInt(resume.unwrap_or(0) as i64));
         let events = shared.names.events();
-        let consumer = ch
+        let mut consumer = ch
             .basic_consume(short(&events)?, "".into(), BasicConsumeOptions::default(), args)
             .await
             .map_err(|e| format!("consume `{events}`: {e}"))?;
+        if let Some(last) = resume {
+            check_resume(shared, &mut consumer, last).await?;
+        }
         tasks.push(tokio::spawn(fold(shared.clone(), id, ch, consumer)));
         let mut getters = HashMap::new();
         for endpoint in &shared.endpoints {
@@ -128,17 +134,59 @@ pub(super) async fn open_session(shared: &Arc<Shared>, id: u64) -> Result<(Arc<S
     }
 }
 
+/// The offset RabbitMQ gives a stream message it delivers (`x-stream-offset`).
+fn stream_offset(delivery: &lapin::message::Delivery) -> Option<u64> {
+    match delivery.properties.headers().as_ref()?.inner().get("x-stream-offset")? {
+        AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
+        _ => None,
+    }
+}
+
+/// What the fold remembers of a stream message's bytes, to recognise it after a reconnect.
+pub(super) fn digest(body: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x6c6f_7473_65).hash_one(body)
+}
+
+/// After a reconnect, before folding on: whether the stream still holds, at offset `last`, the
+/// message this process folded last. A stream that lost its tail (a single broker that lost
+/// power before its page cache reached the disk; a stream deleted and declared again) gives
+/// the lost offsets to new records, and resuming after `last` would skip those records for good
+/// while the index keeps the lost ones. So when the message there is another one, or none comes
+/// within [`RESUME_CHECK`] (the stream now ends before `last`), the index is dropped and the
+/// session fails: the next one reads the stream from its start, as a fresh process does.
+async fn check_resume(shared: &Shared, consumer: &mut lapin::Consumer, last: u64) -> Result<(), String> {
+    let expected = shared.last_digest.load(Ordering::SeqCst);
+    let deadline = Instant::now() + RESUME_CHECK;
+    let found = loop {
+        let delivery = match tokio::time::timeout_at(deadline, consumer.next()).await {
+            Ok(Some(Ok(d))) => d,
+            Ok(Some(Err(e))) => return Err(format!("reading the event stream: {e}")),
+            Ok(None) => return Err("the event stream consumer was cancelled".into()),
+            Err(_) => break format!("nothing at offset {last} within {RESUME_CHECK:?}"),
+        };
+        let offset = stream_offset(&delivery);
+        delivery.acker.ack(BasicAckOptions::default()).await.map_err(|e| e.to_string())?;
+        match offset {
+            // The start of the chunk that holds `last`: folded before.
+            Some(o) if o < last => continue,
+            Some(o) if o == last && digest(&delivery.data) == expected => return Ok(()),
+            Some(o) if o == last => break format!("another message at offset {last}"),
+            Some(o) => break format!("offset {last} is gone (the stream starts at {o})"),
+            None => break "a message without its offset".into(),
+        }
+    };
+    let reason = format!("the event stream no longer holds what this process folded: {found}");
+    tracing::error!(%reason, "reading the event stream again from its start");
+    shared.forget_folded();
+    Err(reason)
+}
+
 /// Applies the event stream to the index and wakes the writers waiting for their records.
 pub(super) async fn fold(shared: Arc<Shared>, session: u64, _ch: Channel, mut consumer: lapin::Consumer) {
     while let Some(item) = consumer.next().await {
         let Ok(delivery) = item else { break };
-        let offset =
-            delivery.properties.headers().as_ref().and_then(|h| h.inner().get("x-stream-offset").cloned()).and_then(
-                |v| match v {
-                    AMQPValue::LongLongInt(n) => u64::try_from(n).ok(),
-                    _ => None,
-                },
-            );
+        let offset = stream_offset(&delivery);
         // A stream consumer may start before the requested offset (chunk boundaries): skip those.
         let fresh = offset.is_none_or(|o| o >= shared.next_offset.load(Ordering::SeqCst));
         if fresh {
@@ -169,6 +217,7 @@ pub(super) async fn fold(shared: Arc<Shared>, session: u64, _ch: Channel, mut co
                 Err(e) => tracing::error!(?offset, error = %e, "undecodable event records skipped"),
             }
             if let Some(o) = offset {
+                shared.last_digest.store(digest(&delivery.data), Ordering::SeqCst);
                 shared.next_offset.store(o + 1, Ordering::SeqCst);
             }
         }
