@@ -101,7 +101,7 @@ use self::index::{Applied, Claim, FastMap, Index, ReplaySource};
 use self::record::{
     Envelope, OutcomeRecord, Record, RecordedOutcome, ReplayVoidRecord, ReplayedRecord, SubmittedRecord,
 };
-use self::shared::{await_fold, unavailable};
+use self::shared::{await_fold, await_fold_progressing, unavailable};
 use self::tasks::{append_batches, flush_queued, supervise};
 use self::topology::{Names, short};
 use self::work::{WorkMessage, rung_for};
@@ -146,6 +146,8 @@ const BATCHES_IN_FLIGHT: usize = 1;
 /// Mailbox verdicts a process's mailboxes may fall behind by before they miss some (those
 /// deliveries are offered again after their deadline).
 const VERDICTS: usize = 4096;
+/// How long start-up waits for the stream to advance while it reads it up to now.
+const START_STALL: Duration = Duration::from_secs(30);
 /// How long a reconnecting process waits for the stream message it folded last (see
 /// `tasks::check_resume`). It is there at once when the stream is whole.
 const RESUME_CHECK: Duration = Duration::from_secs(5);
@@ -309,9 +311,11 @@ impl RabbitStore {
             Err(_) => anyhow::bail!("the RabbitMQ supervisor stopped during start"),
         }
         // Read the stream up to now: a mark written now is folded after everything before it.
+        // However long the history, as long as the fold advances.
         let caught_up = async {
             let rx = store.shared.append(Record::Mark, None)?;
-            await_fold(rx, Duration::from_secs(120)).await
+            let shared = &store.shared;
+            await_fold_progressing(rx, || shared.next_offset.load(Ordering::SeqCst), START_STALL).await
         };
         if let Err(e) = caught_up.await {
             store.close().await;

@@ -13,6 +13,36 @@ pub(super) async fn await_fold(rx: oneshot::Receiver<Appended>, bound: Duration)
     }
 }
 
+/// Waits for a record like [`await_fold`], for as long as the fold keeps reading: it fails
+/// only when `stall` passes with `progress` (the next stream offset to fold) where it was.
+/// Start-up reads the whole stream before its mark, and a long history takes longer than any
+/// fixed bound would allow (reading 20,000 submissions takes about 0.2 s here, so a bound of
+/// two minutes refused to start beyond about 12 million). Logs how far it got after each `stall`.
+pub(super) async fn await_fold_progressing(
+    mut rx: oneshot::Receiver<Appended>,
+    progress: impl Fn() -> u64,
+    stall: Duration,
+) -> Result<Applied, StoreError> {
+    let mut seen = progress();
+    loop {
+        match tokio::time::timeout(stall, &mut rx).await {
+            Ok(Ok(Ok(applied))) => return Ok(applied),
+            Ok(Ok(Err(e))) => return Err(StoreError::Unavailable(e)),
+            Ok(Err(_)) => return Err(StoreError::Unavailable("the connection to the event stream was lost".into())),
+            Err(_) => {
+                let now = progress();
+                if now == seen {
+                    return Err(StoreError::Unavailable(format!(
+                        "the event stream did not advance within {stall:?} (at offset {now})"
+                    )));
+                }
+                tracing::info!(offset = now, "still reading the event stream");
+                seen = now;
+            }
+        }
+    }
+}
+
 /// A record id unique across processes: 64 random bits drawn once per process, then a counter.
 /// (`Uuid::now_v7` asks the kernel for randomness on every call: a syscall per record.)
 fn next_rid() -> Uuid {

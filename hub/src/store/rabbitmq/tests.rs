@@ -606,3 +606,38 @@ fn the_log_reads_back_every_event_in_order() {
     assert_eq!(seqs, (0..10).collect::<Vec<u32>>());
     assert_eq!(crate::store::verify_event_chain(&log), Ok(()));
 }
+
+/// Start-up waits for its mark as long as the fold advances, however long that takes, and
+/// gives up only when the fold stands still for the stall bound.
+#[tokio::test(start_paused = true)]
+async fn start_up_waits_while_the_fold_advances_and_not_when_it_stalls() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use super::shared::await_fold_progressing;
+
+    let stall = Duration::from_secs(30);
+    let offset = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let reader = offset.clone();
+    tokio::spawn(async move {
+        // Ten times the stall bound of reading, advancing all along, then the mark.
+        for _ in 0..300 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            reader.fetch_add(1_000, Ordering::SeqCst);
+        }
+        let _ = tx.send(Ok(Applied::Accepted));
+    });
+    let started = tokio::time::Instant::now();
+    let answer = await_fold_progressing(rx, || offset.load(Ordering::SeqCst), stall).await;
+    assert!(matches!(answer, Ok(Applied::Accepted)), "{answer:?}");
+    assert!(started.elapsed() >= Duration::from_secs(300));
+
+    let (_tx, rx) = tokio::sync::oneshot::channel();
+    let started = tokio::time::Instant::now();
+    let answer = await_fold_progressing(rx, || 7, stall).await;
+    let Err(crate::store::StoreError::Unavailable(reason)) = answer else { panic!("{answer:?}") };
+    assert!(reason.contains("did not advance") && reason.contains("offset 7"), "{reason}");
+    assert!(started.elapsed() < Duration::from_secs(31));
+}
