@@ -101,7 +101,7 @@ use self::index::{Applied, Claim, FastMap, Index, ReplaySource};
 use self::record::{
     Envelope, OutcomeRecord, Record, RecordedOutcome, ReplayVoidRecord, ReplayedRecord, SubmittedRecord,
 };
-use self::shared::{await_fold, await_fold_progressing, unavailable};
+use self::shared::{await_fold_progressing, unavailable};
 use self::tasks::{append_batches, flush_queued, supervise};
 use self::topology::{Names, short};
 use self::work::{WorkMessage, rung_for};
