@@ -372,6 +372,10 @@ async fn lost_tail(a: &RabbitStore, url: &str, prefix: &str, endpoints: &[String
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         anyhow::ensure!(a.submission(lost.id).await?.is_none(), "the first process still shows a lost submission");
+        anyhow::ensure!(
+            eventually(Duration::from_secs(10), || a.health().is_ok()).await,
+            "the first process never said it was ready again"
+        );
         anyhow::ensure!(b.submission(lost.id).await?.is_none(), "the new process shows a submission it never read");
         let again = submission(&[], &[ENDPOINT]);
         let answer = a.intake(again.clone()).await?;
@@ -396,6 +400,10 @@ async fn lost_tail(a: &RabbitStore, url: &str, prefix: &str, endpoints: &[String
     // Meanwhile intake answers unavailable; then it works, and the index holds only what the
     // stream holds.
     delete_stream(url, prefix).await?;
+    anyhow::ensure!(
+        eventually(Duration::from_secs(5), || a.health().is_err()).await,
+        "the process kept saying it is ready while it could not read the stream"
+    );
     let next = submission(&[], &[ENDPOINT]);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -409,6 +417,7 @@ async fn lost_tail(a: &RabbitStore, url: &str, prefix: &str, endpoints: &[String
     }
     let kept = a.counts().await?.submissions;
     anyhow::ensure!(kept == 1, "{kept} submissions known, the stream holds 1");
+    anyhow::ensure!(eventually(Duration::from_secs(10), || a.health().is_ok()).await, "never ready again");
     Ok(())
 }
 

@@ -81,7 +81,7 @@ mod broker_tests;
 mod tests;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -175,6 +175,9 @@ struct Shared {
     /// [`tasks::digest`] of the message at `next_offset - 1`, to check after a reconnect that
     /// the stream still holds it.
     last_digest: AtomicU64,
+    /// The index was dropped and the stream is being read again from its start (see
+    /// `tasks::check_resume`): not ready (`health`) until the fold is back to now.
+    catching_up: AtomicBool,
     leases: Mutex<FastMap<u64, Held>>,
     next_token: AtomicU64,
     queues: HashMap<String, WorkQueue>,
@@ -286,6 +289,7 @@ impl RabbitStore {
             waiters: Mutex::new(FastMap::default()),
             next_offset: AtomicU64::new(0),
             last_digest: AtomicU64::new(0),
+            catching_up: AtomicBool::new(false),
             leases: Mutex::new(FastMap::default()),
             next_token: AtomicU64::new(1),
             queues,

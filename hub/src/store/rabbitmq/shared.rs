@@ -200,6 +200,7 @@ impl Shared {
         }
         self.next_offset.store(0, Ordering::SeqCst);
         self.last_digest.store(0, Ordering::SeqCst);
+        self.catching_up.store(true, Ordering::SeqCst);
     }
 
     pub(super) fn index<T>(&self, f: impl FnOnce(&Index) -> T) -> Result<T, StoreError> {

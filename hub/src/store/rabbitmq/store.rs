@@ -350,7 +350,13 @@ impl Store for RabbitStore {
     }
 
     fn health(&self) -> Result<(), StoreError> {
-        self.shared.writable().map(|_| ())
+        self.shared.writable()?;
+        if self.shared.catching_up.load(Ordering::SeqCst) {
+            return Err(unavailable(
+                "reading the event stream again from its start (it lost records this process had read)",
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -28,6 +28,9 @@ pub(super) async fn supervise(
                 if let Some(f) = first.take() {
                     let _ = f.send(Ok(()));
                 }
+                if shared.catching_up.load(Ordering::SeqCst) {
+                    tokio::spawn(catch_up(shared.clone()));
+                }
                 loop {
                     tokio::select! {
                         b = broken.recv() => match b {
@@ -131,6 +134,23 @@ pub(super) async fn open_session(shared: &Arc<Shared>, id: u64) -> Result<(Arc<S
             let _ = conn.close(200, "setup failed".into()).await;
             Err(e)
         }
+    }
+}
+
+/// After the index was dropped (see [`check_resume`]): the store reports itself not ready until
+/// the fold has read the stream up to now again, as start-up waits before it serves.
+async fn catch_up(shared: Arc<Shared>) {
+    let read = async {
+        let rx = shared.append(Record::Mark, None)?;
+        await_fold_progressing(rx, || shared.next_offset.load(Ordering::SeqCst), START_STALL).await
+    };
+    match read.await {
+        Ok(_) => {
+            shared.catching_up.store(false, Ordering::SeqCst);
+            tracing::info!("read the event stream again up to now");
+        }
+        // The next session tries again.
+        Err(e) => tracing::warn!(error = %e, "reading the event stream again did not finish"),
     }
 }
 
