@@ -140,17 +140,22 @@ pub(super) async fn open_session(shared: &Arc<Shared>, id: u64) -> Result<(Arc<S
 /// After the index was dropped (see [`check_resume`]): the store reports itself not ready until
 /// the fold has read the stream up to now again, as start-up waits before it serves.
 async fn catch_up(shared: Arc<Shared>) {
-    let read = async {
-        let rx = shared.append(Record::Mark, None)?;
-        await_fold_progressing(rx, || shared.next_offset.load(Ordering::SeqCst), START_STALL).await
-    };
-    match read.await {
-        Ok(_) => {
-            shared.catching_up.store(false, Ordering::SeqCst);
-            tracing::info!("read the event stream again up to now");
+    // Until it is done (here or by the task of a later session), or the store closes.
+    while shared.catching_up.load(Ordering::SeqCst) && !*shared.shutdown.borrow() {
+        let read = async {
+            let rx = shared.append(Record::Mark, None)?;
+            await_fold_progressing(rx, || shared.next_offset.load(Ordering::SeqCst), START_STALL).await
+        };
+        match read.await {
+            Ok(_) => {
+                shared.catching_up.store(false, Ordering::SeqCst);
+                tracing::info!("read the event stream again up to now");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the event stream again did not finish; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
-        // The next session tries again.
-        Err(e) => tracing::warn!(error = %e, "reading the event stream again did not finish"),
     }
 }
 
