@@ -372,6 +372,8 @@ async fn lost_tail(a: &RabbitStore, url: &str, prefix: &str, endpoints: &[String
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         anyhow::ensure!(a.submission(lost.id).await?.is_none(), "the first process still shows a lost submission");
+        anyhow::ensure!(a.stream_rereads() >= 1, "no re-read counted");
+        anyhow::ensure!(b.stream_rereads() == 0, "the new process counted a re-read");
         anyhow::ensure!(
             eventually(Duration::from_secs(10), || a.health().is_ok()).await,
             "the first process never said it was ready again"
@@ -399,6 +401,7 @@ async fn lost_tail(a: &RabbitStore, url: &str, prefix: &str, endpoints: &[String
     // never comes, and after `RESUME_CHECK` the process reads the (empty) stream from its start.
     // Meanwhile intake answers unavailable; then it works, and the index holds only what the
     // stream holds.
+    let rereads = a.stream_rereads();
     delete_stream(url, prefix).await?;
     anyhow::ensure!(
         eventually(Duration::from_secs(5), || a.health().is_err()).await,
@@ -417,6 +420,7 @@ async fn lost_tail(a: &RabbitStore, url: &str, prefix: &str, endpoints: &[String
     }
     let kept = a.counts().await?.submissions;
     anyhow::ensure!(kept == 1, "{kept} submissions known, the stream holds 1");
+    anyhow::ensure!(a.stream_rereads() > rereads, "the second re-read was not counted");
     anyhow::ensure!(eventually(Duration::from_secs(10), || a.health().is_ok()).await, "never ready again");
     Ok(())
 }

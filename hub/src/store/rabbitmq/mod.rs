@@ -178,6 +178,8 @@ struct Shared {
     /// The index was dropped and the stream is being read again from its start (see
     /// `tasks::check_resume`): not ready (`health`) until the fold is back to now.
     catching_up: AtomicBool,
+    /// How often this process dropped its index to read a stream that lost records again.
+    rereads: AtomicU64,
     leases: Mutex<FastMap<u64, Held>>,
     next_token: AtomicU64,
     queues: HashMap<String, WorkQueue>,
@@ -290,6 +292,7 @@ impl RabbitStore {
             next_offset: AtomicU64::new(0),
             last_digest: AtomicU64::new(0),
             catching_up: AtomicBool::new(false),
+            rereads: AtomicU64::new(0),
             leases: Mutex::new(FastMap::default()),
             next_token: AtomicU64::new(1),
             queues,
@@ -360,6 +363,12 @@ impl RabbitStore {
     pub fn expire_dead_copies(&self, after: Option<Duration>) {
         let ms = after.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
         self.shared.dead_ttl_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How often this process found that the event stream lost records it had folded, and read
+    /// it again from its start (also `lotse_event_stream_rereads_total` in `/metrics`).
+    pub fn stream_rereads(&self) -> u64 {
+        self.shared.rereads.load(Ordering::SeqCst)
     }
 
     /// Whether the store is connected now (for health checks).

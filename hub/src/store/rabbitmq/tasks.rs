@@ -203,6 +203,8 @@ async fn check_resume(shared: &Shared, consumer: &mut lapin::Consumer, last: u64
     };
     let reason = format!("the event stream no longer holds what this process folded: {found}");
     tracing::error!(%reason, "reading the event stream again from its start");
+    metrics::counter!("lotse_event_stream_rereads_total").increment(1);
+    shared.rereads.fetch_add(1, Ordering::SeqCst);
     shared.forget_folded();
     Err(reason)
 }
