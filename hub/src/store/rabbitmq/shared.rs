@@ -6,10 +6,17 @@ use super::*;
 /// node's fold.
 pub(super) async fn await_fold(rx: oneshot::Receiver<Appended>, bound: Duration) -> Result<Applied, StoreError> {
     match tokio::time::timeout(bound, rx).await {
-        Ok(Ok(Ok(applied))) => Ok(applied),
-        Ok(Ok(Err(e))) => Err(StoreError::Unavailable(e)),
-        Ok(Err(_)) => Err(StoreError::Unavailable("the connection to the event stream was lost".into())),
+        Ok(answer) => answered(answer),
         Err(_) => Err(StoreError::Unavailable(format!("the event stream did not come back within {bound:?}"))),
+    }
+}
+
+/// What a writer waiting for its record was told.
+fn answered(answer: Result<Appended, oneshot::error::RecvError>) -> Result<Applied, StoreError> {
+    match answer {
+        Ok(Ok(applied)) => Ok(applied),
+        Ok(Err(e)) => Err(StoreError::Unavailable(e)),
+        Err(_) => Err(StoreError::Unavailable("the connection to the event stream was lost".into())),
     }
 }
 
@@ -26,9 +33,7 @@ pub(super) async fn await_fold_progressing(
     let mut seen = progress();
     loop {
         match tokio::time::timeout(stall, &mut rx).await {
-            Ok(Ok(Ok(applied))) => return Ok(applied),
-            Ok(Ok(Err(e))) => return Err(StoreError::Unavailable(e)),
-            Ok(Err(_)) => return Err(StoreError::Unavailable("the connection to the event stream was lost".into())),
+            Ok(answer) => return answered(answer),
             Err(_) => {
                 let now = progress();
                 if now == seen {

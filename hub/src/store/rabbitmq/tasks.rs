@@ -168,7 +168,7 @@ fn stream_offset(delivery: &lapin::message::Delivery) -> Option<u64> {
 }
 
 /// What the fold remembers of a stream message's bytes, to recognise it after a reconnect.
-pub(super) fn digest(body: &[u8]) -> u64 {
+fn digest(body: &[u8]) -> u64 {
     use std::hash::BuildHasher;
     foldhash::fast::FixedState::with_seed(0x006c_6f74_7365).hash_one(body)
 }
