@@ -101,7 +101,7 @@ use self::index::{Applied, Claim, FastMap, Index, ReplaySource};
 use self::record::{
     Envelope, OutcomeRecord, Record, RecordedOutcome, ReplayVoidRecord, ReplayedRecord, SubmittedRecord,
 };
-use self::shared::{await_fold_progressing, unavailable};
+use self::shared::unavailable;
 use self::tasks::{append_batches, flush_queued, supervise};
 use self::topology::{Names, short};
 use self::work::{WorkMessage, rung_for};
@@ -172,7 +172,7 @@ struct Shared {
     waiters: Mutex<FastMap<Uuid, Waiter>>,
     /// Stream offset to resume from after a reconnect.
     next_offset: AtomicU64,
-    /// [`tasks::digest`] of the message at `next_offset - 1`, to check after a reconnect that
+    /// A hash of the message at `next_offset - 1` (`tasks::digest`), to check after a reconnect that
     /// the stream still holds it.
     last_digest: AtomicU64,
     /// The index was dropped and the stream is being read again from its start (see
@@ -317,14 +317,7 @@ impl RabbitStore {
             }
             Err(_) => anyhow::bail!("the RabbitMQ supervisor stopped during start"),
         }
-        // Read the stream up to now: a mark written now is folded after everything before it.
-        // However long the history, as long as the fold advances.
-        let caught_up = async {
-            let rx = store.shared.append(Record::Mark, None)?;
-            let shared = &store.shared;
-            await_fold_progressing(rx, || shared.next_offset.load(Ordering::SeqCst), START_STALL).await
-        };
-        if let Err(e) = caught_up.await {
+        if let Err(e) = store.shared.read_up_to_now().await {
             store.close().await;
             anyhow::bail!("cannot read the event stream `{}`: {e}", store.shared.names.events());
         }

@@ -198,6 +198,14 @@ impl Shared {
         }
     }
 
+    /// Reads the stream up to now: a mark written now is folded after everything before it.
+    /// However long the history, as long as the fold advances (start-up, and catching up after
+    /// [`Shared::forget_folded`]).
+    pub(super) async fn read_up_to_now(&self) -> Result<Applied, StoreError> {
+        let rx = self.append(Record::Mark, None)?;
+        await_fold_progressing(rx, || self.next_offset.load(Ordering::SeqCst), START_STALL).await
+    }
+
     /// Drops everything folded, so the next session reads the stream from its start.
     pub(super) fn forget_folded(&self) {
         if let Ok(mut index) = self.index.lock() {

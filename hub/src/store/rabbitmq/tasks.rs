@@ -142,11 +142,7 @@ pub(super) async fn open_session(shared: &Arc<Shared>, id: u64) -> Result<(Arc<S
 async fn catch_up(shared: Arc<Shared>) {
     // Until it is done (here or by the task of a later session), or the store closes.
     while shared.catching_up.load(Ordering::SeqCst) && !*shared.shutdown.borrow() {
-        let read = async {
-            let rx = shared.append(Record::Mark, None)?;
-            await_fold_progressing(rx, || shared.next_offset.load(Ordering::SeqCst), START_STALL).await
-        };
-        match read.await {
+        match shared.read_up_to_now().await {
             Ok(_) => {
                 shared.catching_up.store(false, Ordering::SeqCst);
                 tracing::info!("read the event stream again up to now");
@@ -211,48 +207,50 @@ async fn check_resume(shared: &Shared, consumer: &mut lapin::Consumer, last: u64
 
 /// Applies the event stream to the index and wakes the writers waiting for their records.
 pub(super) async fn fold(shared: Arc<Shared>, session: u64, _ch: Channel, mut consumer: lapin::Consumer) {
+    // Every message comes after the last one folded: the session subscribed at offset 0, or at
+    // the last one folded, which `check_resume` consumed with the chunk's earlier messages.
     while let Some(item) = consumer.next().await {
         let Ok(delivery) = item else { break };
         let offset = stream_offset(&delivery);
-        // A stream consumer may start before the requested offset (chunk boundaries): skip those.
-        let fresh = offset.is_none_or(|o| o >= shared.next_offset.load(Ordering::SeqCst));
-        if fresh {
-            match own_or_decoded(&shared, &delivery.data) {
-                Ok(records) => {
-                    let mut applied = Vec::with_capacity(records.len());
-                    let mut verdicts = Vec::new();
-                    if let Ok(mut index) = shared.index.lock() {
-                        for (envelope, payload) in records {
-                            let rid = envelope.rid;
-                            if let Record::Verdict(v) = &envelope.record {
-                                verdicts.push(v.clone());
-                            }
-                            applied.push((rid, index.apply(envelope, payload)));
-                        }
-                    }
-                    for v in verdicts {
-                        // No receiver: no mailbox in this process.
-                        let _ = shared.verdicts.send(v);
-                    }
-                    if let Ok(mut waiters) = shared.waiters.lock() {
-                        for (rid, a) in applied {
-                            Shared::applied(&mut waiters, rid, a);
-                        }
-                    }
-                    shared.folded.notify_waiters();
-                }
-                Err(e) => tracing::error!(?offset, error = %e, "undecodable event records skipped"),
-            }
-            if let Some(o) = offset {
-                shared.last_digest.store(digest(&delivery.data), Ordering::SeqCst);
-                shared.next_offset.store(o + 1, Ordering::SeqCst);
-            }
+        match own_or_decoded(&shared, &delivery.data) {
+            Ok(records) => apply(&shared, records),
+            Err(e) => tracing::error!(?offset, error = %e, "undecodable event records skipped"),
+        }
+        if let Some(o) = offset {
+            shared.last_digest.store(digest(&delivery.data), Ordering::SeqCst);
+            shared.next_offset.store(o + 1, Ordering::SeqCst);
         }
         if delivery.acker.ack(BasicAckOptions::default()).await.is_err() {
             break;
         }
     }
     let _ = shared.broken.send(session);
+}
+
+/// Applies the records of one stream message to the index, relays mailbox verdicts, and wakes
+/// the writers waiting for these records.
+fn apply(shared: &Shared, records: Vec<(Envelope, Bytes)>) {
+    let mut applied = Vec::with_capacity(records.len());
+    let mut verdicts = Vec::new();
+    if let Ok(mut index) = shared.index.lock() {
+        for (envelope, payload) in records {
+            let rid = envelope.rid;
+            if let Record::Verdict(v) = &envelope.record {
+                verdicts.push(v.clone());
+            }
+            applied.push((rid, index.apply(envelope, payload)));
+        }
+    }
+    for v in verdicts {
+        // No receiver: no mailbox in this process.
+        let _ = shared.verdicts.send(v);
+    }
+    if let Ok(mut waiters) = shared.waiters.lock() {
+        for (rid, a) in applied {
+            Shared::applied(&mut waiters, rid, a);
+        }
+    }
+    shared.folded.notify_waiters();
 }
 
 /// The records of one stream message. Records this node wrote come from its waiters, as they
