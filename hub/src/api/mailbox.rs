@@ -209,7 +209,20 @@ fn result_of(mailbox: &str, verdict: &Verdict) -> AttemptResult {
 async fn answer(state: &Arc<AppState>, mailbox: &str, id: &str, verdict: Verdict) -> Result<Response, Problem> {
     let id: DeliveryId = id.parse().map_err(|_| not_held())?;
     if let Some(lease) = state.mailboxes.take(mailbox, id) {
-        settle(state.pipeline.store().as_ref(), state, lease, result_of(mailbox, &verdict)).await?;
+        // In a task of its own, as `next` leases: the lease is out of the held map now, and a
+        // client that hangs up while the store records the outcome (a publish to the broker can
+        // take seconds) must not cancel the settle halfway, which would leave the delivery
+        // pending with its message held by nobody until the broker connection closes.
+        let task_state = state.clone();
+        let result = result_of(mailbox, &verdict);
+        let settled =
+            tokio::spawn(async move { settle(task_state.pipeline.store().as_ref(), &task_state, lease, result).await });
+        match settled.await {
+            Ok(r) => r?,
+            Err(e) => {
+                return Err(Problem::from(crate::store::StoreError::Unavailable(format!("settle failed: {e}"))));
+            }
+        }
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let store = state.pipeline.store();

@@ -29,6 +29,15 @@ struct Harness {
 /// A hub whose only route goes to mailbox `postfach` (acknowledge within `ack_within`, at most
 /// `held` fetched at once), with the mailbox sweeper running.
 fn harness(ack_within: &str, held: usize) -> Harness {
+    harness_on(ack_within, held, |store| store)
+}
+
+/// [`harness`] on the embedded store as `wrap` wraps it.
+fn harness_on(
+    ack_within: &str,
+    held: usize,
+    wrap: impl FnOnce(Arc<dyn crate::store::Store>) -> Arc<dyn crate::store::Store>,
+) -> Harness {
     let config = Config::parse(&format!(
         r#"
 listen = "127.0.0.1:0"
@@ -56,7 +65,7 @@ endpoints = ["postfach"]
     ))
     .expect("valid test config");
     let dir = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn crate::store::Store> = Arc::new(EmbeddedStore::open(dir.path()).expect("store"));
+    let store: Arc<dyn crate::store::Store> = wrap(Arc::new(EmbeddedStore::open(dir.path()).expect("store")));
     let config = Arc::new(config);
     let pipeline = crate::intake::Pipeline::new(config.clone(), store, None);
     let state = Arc::new(AppState::new(config, pipeline, None, Default::default()));
@@ -245,4 +254,87 @@ async fn a_stopping_hub_gives_back_what_is_held() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers["lotse-delivery-id"], id.as_str());
     assert_eq!(headers["lotse-attempt"], "2");
+}
+
+/// A store whose `settle` waits until the gate lets it through (a broker slow to confirm).
+struct SlowSettle {
+    inner: Arc<dyn crate::store::Store>,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+#[async_trait::async_trait]
+impl crate::store::Store for SlowSettle {
+    async fn intake(&self, s: crate::store::NewSubmission) -> Result<crate::store::Intake, crate::store::StoreError> {
+        self.inner.intake(s).await
+    }
+    async fn lease(
+        &self,
+        e: &str,
+        m: usize,
+        w: Duration,
+    ) -> Result<Vec<crate::store::Lease>, crate::store::StoreError> {
+        self.inner.lease(e, m, w).await
+    }
+    async fn settle(&self, l: crate::store::Lease, o: crate::store::Outcome) -> Result<(), crate::store::StoreError> {
+        let _pass = self.gate.acquire().await;
+        self.inner.settle(l, o).await
+    }
+    async fn submission(
+        &self,
+        id: crate::store::SubmissionId,
+    ) -> Result<Option<crate::store::SubmissionView>, crate::store::StoreError> {
+        self.inner.submission(id).await
+    }
+    async fn submission_by_key(&self, k: &str) -> Result<Option<crate::store::SubmissionId>, crate::store::StoreError> {
+        self.inner.submission_by_key(k).await
+    }
+    async fn delivery(
+        &self,
+        id: crate::store::DeliveryId,
+    ) -> Result<Option<crate::store::DeliveryView>, crate::store::StoreError> {
+        self.inner.delivery(id).await
+    }
+    async fn deliveries(
+        &self,
+        f: &crate::store::DeliveryFilter,
+    ) -> Result<Vec<crate::store::DeliveryView>, crate::store::StoreError> {
+        self.inner.deliveries(f).await
+    }
+    async fn replay(
+        &self,
+        id: crate::store::DeliveryId,
+        a: &str,
+        r: &str,
+    ) -> Result<crate::store::ReplayOutcome, crate::store::StoreError> {
+        self.inner.replay(id, a, r).await
+    }
+    async fn counts(&self) -> Result<crate::store::Counts, crate::store::StoreError> {
+        self.inner.counts().await
+    }
+}
+
+/// An agency whose HTTP client gives up while its acknowledgement is being recorded (the store
+/// slow to confirm) must not leave the delivery pending and held by nobody: the settle goes on
+/// without the request.
+#[tokio::test]
+async fn an_acknowledgement_is_recorded_even_when_its_client_hangs_up() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let h = harness_on("30s", 4, |inner| Arc::new(SlowSettle { inner, gate: gate.clone() }));
+    let id = submit(&h, &message(&uuid::Uuid::new_v4().to_string())).await;
+    let (status, _, _) = call(&h, next("?wait=5s", Some(TOKEN))).await;
+    assert_eq!(status, StatusCode::OK);
+    // The client hangs up while the settle waits for the store: its request future is dropped.
+    let hung_up = tokio::time::timeout(Duration::from_millis(200), call(&h, act(&id, "ack", ""))).await;
+    assert!(hung_up.is_err(), "the ack answered although the store had not recorded it");
+    assert_eq!(delivery(&h, &id).await.state, crate::store::DeliveryState::Pending);
+    gate.add_permits(1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while delivery(&h, &id).await.state != crate::store::DeliveryState::Delivered {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the acknowledgement was lost with its request: the delivery is {:?}",
+            delivery(&h, &id).await.state
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
