@@ -260,6 +260,11 @@ impl Index {
         // An outcome of an older generation is a late duplicate (a message whose ack was lost):
         // it goes into the log, but does not change the state.
         let current = o.generation >= d.generation;
+        // A delivery delivered in its generation stays delivered: a failed attempt of the same
+        // generation folded after it is another copy's (at-least-once: a copy redelivered after
+        // a reconnect, or re-queued by a duplicate), and lease drops every copy of a delivered
+        // delivery, so reopening it here would leave it pending with no work anywhere.
+        let reopens = current && !(d.state == DeliveryState::Delivered && o.generation <= d.generation);
         let attempt = o.attempt;
         let fact = match o.outcome {
             RecordedOutcome::Delivered { via, status } => {
@@ -273,7 +278,7 @@ impl Index {
             }
             RecordedOutcome::Retry { not_before, error } => {
                 let error = share(d.last_error.as_ref(), error);
-                if current {
+                if reopens {
                     d.state = DeliveryState::Pending;
                     d.next_attempt_at = Some(not_before);
                     d.last_error = Some(error.clone());
@@ -282,7 +287,7 @@ impl Index {
             }
             RecordedOutcome::Dead { error, content_type, message_id } => {
                 let error = share(d.last_error.as_ref(), error);
-                if current {
+                if reopens {
                     d.state = DeliveryState::Dead;
                     d.next_attempt_at = None;
                     d.last_error = Some(error.clone());

@@ -261,6 +261,25 @@ fn a_late_copy_of_an_older_generation_changes_no_state() {
     assert_eq!(kinds.last().map(String::as_str), Some("retry_scheduled"), "the late outcome is still logged");
 }
 
+/// Two copies of one delivery (a redelivery after a reconnect): one is delivered, the other's
+/// attempt fails afterwards and its retry or dead outcome is folded last. Lease drops every copy
+/// of a delivered delivery, so that outcome must not reopen it (pending with no work anywhere).
+#[test]
+fn a_failed_attempt_of_another_copy_after_delivery_does_not_reopen_it() {
+    for late in [RecordedOutcome::Retry { not_before: 9_000, error: "HTTP 503".into() }, dead("HTTP 400")] {
+        let mut index = Index::default();
+        let s = claim(&[]);
+        index.apply(env(1, Record::Submitted(s.clone())), Bytes::new());
+        let delivered = RecordedOutcome::Delivered { via: Some(Handover::Http(200)), status: None };
+        index.apply(env(2, outcome(&s, 2, 0, delivered)), Bytes::new());
+        index.apply(env(3, outcome(&s, 1, 0, late.clone())), Bytes::from_static(b"x"));
+        assert_eq!(state(&index, &s), Some(DeliveryState::Delivered), "reopened by {late:?}");
+        let view = index.submission(s.id).expect("known");
+        assert_eq!(view.deliveries[0].state, DeliveryState::Delivered);
+        assert_eq!(view.events.len(), 6, "the late attempt and what followed it are still logged: {:?}", view.events);
+    }
+}
+
 #[test]
 fn every_node_folds_the_same_log_and_hashes() {
     let s = claim(&["k"]);
