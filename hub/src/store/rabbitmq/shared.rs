@@ -321,9 +321,15 @@ impl Shared {
             let Some(ch) = session.getters.get(endpoint) else {
                 return Err(unavailable(format!("no work channel for endpoint `{endpoint}`")));
             };
-            let got = tokio::time::timeout(CONFIRM_TIMEOUT, ch.basic_get(queue.clone(), BasicGetOptions::default()))
-                .await
-                .map_err(|_| unavailable(format!("RabbitMQ did not answer a get within {CONFIRM_TIMEOUT:?}")))?;
+            let Ok(got) =
+                tokio::time::timeout(CONFIRM_TIMEOUT, ch.basic_get(queue.clone(), BasicGetOptions::default())).await
+            else {
+                // A late answer would still take a message off the queue, unacked on this
+                // channel, with nobody to hand it to: it would stay there, its delivery pending,
+                // until the connection closes. So close it now; the broker gives the message back.
+                let _ = self.broken.send(session.id);
+                return Err(unavailable(format!("RabbitMQ did not answer a get within {CONFIRM_TIMEOUT:?}")));
+            };
             match got {
                 Ok(Some(m)) => return Ok(Some(Incoming { session: session.id, delivery: m.delivery })),
                 Ok(None) => {}
