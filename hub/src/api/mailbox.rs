@@ -36,7 +36,9 @@ use super::problem::Problem;
 use super::{AppState, token_digest};
 use crate::config::Config;
 use crate::delivery::retry::AttemptResult;
-use crate::store::{DeliveryId, DeliveryState, Handover, Lease, MailboxVerdict, Outcome, Store, Verdict, now_millis};
+use crate::store::{
+    DeliveryId, DeliveryState, Handover, Lease, MailboxVerdict, Millis, Outcome, Store, Verdict, now_millis,
+};
 
 /// Longest long poll of `next`.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
@@ -81,6 +83,9 @@ impl Drop for Polling {
 struct Held {
     lease: Lease,
     until: Instant,
+    /// Wall-clock time it was handed to this fetch: an answer relayed from before then was
+    /// meant for an earlier attempt.
+    fetched_at: Millis,
 }
 
 impl Mailboxes {
@@ -120,9 +125,14 @@ impl Mailboxes {
 
     /// Takes a held delivery of `mailbox` out (to settle it).
     fn take(&self, mailbox: &str, id: DeliveryId) -> Option<Lease> {
+        self.take_fetched_by(mailbox, id, Millis::MAX)
+    }
+
+    /// Takes a held delivery of `mailbox` out if it was fetched at or before `at`.
+    fn take_fetched_by(&self, mailbox: &str, id: DeliveryId, at: Millis) -> Option<Lease> {
         let mut held = self.held();
         match held.get(&id) {
-            Some(h) if h.lease.endpoint == mailbox => held.remove(&id).map(|h| h.lease),
+            Some(h) if h.lease.endpoint == mailbox && h.fetched_at <= at => held.remove(&id).map(|h| h.lease),
             _ => None,
         }
     }
@@ -174,7 +184,12 @@ pub async fn follow_verdicts(state: Arc<AppState>, mut shutdown: tokio::sync::wa
         };
         match v {
             Ok(v) => {
-                let Some(lease) = state.mailboxes.take(&v.mailbox, v.delivery_id) else { continue };
+                // An answer written before this process handed the delivery out was meant for
+                // an earlier attempt (the stream read again from its start replays every
+                // answer): it must not settle this one. Clocks of different machines decide
+                // here; one running behind can make a real answer look older, which is then
+                // ignored and the delivery offered again after its deadline, never settled wrongly.
+                let Some(lease) = state.mailboxes.take_fetched_by(&v.mailbox, v.delivery_id, v.at) else { continue };
                 tracing::debug!(delivery_id = %v.delivery_id, mailbox = %v.mailbox, "settling an answer another process took");
                 settle(state.pipeline.store().as_ref(), &state, lease, result_of(&v.mailbox, &v.verdict)).await.ok();
             }
@@ -238,7 +253,7 @@ async fn answer(state: &Arc<AppState>, mailbox: &str, id: &str, verdict: Verdict
         Verdict::Reject { retry: false, .. } => Some(DeliveryState::Dead),
         Verdict::Reject { retry: true, .. } => None,
     };
-    let relay = MailboxVerdict { mailbox: mailbox.to_owned(), delivery_id: id, verdict };
+    let relay = MailboxVerdict { mailbox: mailbox.to_owned(), delivery_id: id, verdict, at: now_millis() };
     if !store.relay_verdict(relay).await? {
         return Err(not_held());
     }
@@ -328,7 +343,7 @@ async fn next(
             content_type: lease.content_type.clone(),
             payload: lease.payload.clone(),
         };
-        task_state.mailboxes.held().insert(lease.delivery_id, Held { lease, until });
+        task_state.mailboxes.held().insert(lease.delivery_id, Held { lease, until, fetched_at: now_millis() });
         Ok::<_, crate::store::StoreError>(Some(shown))
     });
     let fetched = match leased.await {

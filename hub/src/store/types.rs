@@ -222,6 +222,12 @@ pub struct MailboxVerdict {
     pub mailbox: String,
     pub delivery_id: DeliveryId,
     pub verdict: Verdict,
+    /// When the answer was written to the store (set by the store that relays it; not part of
+    /// the record). The holder ignores an answer older than its own fetch of the delivery: it
+    /// was meant for an earlier attempt (a stream read again from its start replays every
+    /// answer ever relayed).
+    #[serde(skip)]
+    pub at: Millis,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

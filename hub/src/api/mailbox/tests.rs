@@ -256,14 +256,22 @@ async fn a_stopping_hub_gives_back_what_is_held() {
     assert_eq!(headers["lotse-attempt"], "2");
 }
 
-/// A store whose `settle` waits until the gate lets it through (a broker slow to confirm).
-struct SlowSettle {
+/// The embedded store with two things changed: `settle` waits until the gate lets it through
+/// (a broker slow to confirm), and answers relayed from other processes come from `verdicts`.
+struct Wrapped {
     inner: Arc<dyn crate::store::Store>,
     gate: Arc<tokio::sync::Semaphore>,
+    verdicts: tokio::sync::broadcast::Sender<crate::store::MailboxVerdict>,
+}
+
+impl Wrapped {
+    fn new(inner: Arc<dyn crate::store::Store>, gate: Arc<tokio::sync::Semaphore>) -> Wrapped {
+        Wrapped { inner, gate, verdicts: tokio::sync::broadcast::channel(16).0 }
+    }
 }
 
 #[async_trait::async_trait]
-impl crate::store::Store for SlowSettle {
+impl crate::store::Store for Wrapped {
     async fn intake(&self, s: crate::store::NewSubmission) -> Result<crate::store::Intake, crate::store::StoreError> {
         self.inner.intake(s).await
     }
@@ -311,6 +319,9 @@ impl crate::store::Store for SlowSettle {
     async fn counts(&self) -> Result<crate::store::Counts, crate::store::StoreError> {
         self.inner.counts().await
     }
+    fn relayed_verdicts(&self) -> Option<tokio::sync::broadcast::Receiver<crate::store::MailboxVerdict>> {
+        Some(self.verdicts.subscribe())
+    }
 }
 
 /// An agency whose HTTP client gives up while its acknowledgement is being recorded (the store
@@ -319,7 +330,7 @@ impl crate::store::Store for SlowSettle {
 #[tokio::test]
 async fn an_acknowledgement_is_recorded_even_when_its_client_hangs_up() {
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let h = harness_on("30s", 4, |inner| Arc::new(SlowSettle { inner, gate: gate.clone() }));
+    let h = harness_on("30s", 4, |inner| Arc::new(Wrapped::new(inner, gate.clone())));
     let id = submit(&h, &message(&uuid::Uuid::new_v4().to_string())).await;
     let (status, _, _) = call(&h, next("?wait=5s", Some(TOKEN))).await;
     assert_eq!(status, StatusCode::OK);
@@ -335,6 +346,42 @@ async fn an_acknowledgement_is_recorded_even_when_its_client_hangs_up() {
             "the acknowledgement was lost with its request: the delivery is {:?}",
             delivery(&h, &id).await.state
         );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An answer relayed from another process that was written before this process handed the
+/// delivery out (an answer to an earlier attempt, replayed when the event stream is read again
+/// from its start) does not settle the attempt held now; a newer one does.
+#[tokio::test]
+async fn a_relayed_answer_older_than_the_fetch_does_not_settle_it() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(1_000));
+    let verdicts = std::sync::OnceLock::new();
+    let h = harness_on("30s", 4, |inner| {
+        let wrapped = Wrapped::new(inner, gate.clone());
+        let _ = verdicts.set(wrapped.verdicts.clone());
+        Arc::new(wrapped)
+    });
+    let verdicts = verdicts.get().expect("the store was wrapped");
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(super::follow_verdicts(h.state.clone(), stopped));
+    let id = submit(&h, &message(&uuid::Uuid::new_v4().to_string())).await;
+    let before = crate::store::now_millis();
+    let (status, _, _) = call(&h, next("?wait=5s", Some(TOKEN))).await;
+    assert_eq!(status, StatusCode::OK);
+    let delivery_id: crate::store::DeliveryId = id.parse().expect("delivery id");
+    let relayed = |verdict, at| crate::store::MailboxVerdict { mailbox: "postfach".into(), delivery_id, verdict, at };
+
+    let stale = crate::store::Verdict::Reject { reason: "an earlier attempt".into(), retry: false };
+    verdicts.send(relayed(stale, before - 60_000)).expect("a follower listens");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(delivery(&h, &id).await.state, crate::store::DeliveryState::Pending, "settled by a stale answer");
+    assert_eq!(h.state.mailboxes.held_count("postfach"), 1, "no longer held after a stale answer");
+
+    verdicts.send(relayed(crate::store::Verdict::Ack, crate::store::now_millis())).expect("a follower listens");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while delivery(&h, &id).await.state != crate::store::DeliveryState::Delivered {
+        assert!(tokio::time::Instant::now() < deadline, "a current answer did not settle it");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

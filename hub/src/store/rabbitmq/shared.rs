@@ -309,7 +309,15 @@ impl Shared {
             replay_id,
         });
         self.append_and_fold(record, None).await?;
-        self.index(|i| i.replay_claim(message.delivery_id, message.generation, replay_id))
+        match self.index(|i| i.replay_claim(message.delivery_id, message.generation, replay_id))? {
+            // The index was dropped meanwhile (the stream is being read again from its start):
+            // no verdict yet, so the work goes back to its queue rather than being dropped.
+            // (Otherwise unknown: its delivery was deleted by retention, and the work goes.)
+            Claim::Unknown if self.catching_up.load(Ordering::SeqCst) => {
+                Err(unavailable("the event stream is being read again; the replay is decided later"))
+            }
+            decided => Ok(decided),
+        }
     }
 
     /// One work message of a pulled endpoint, asked of the broker (`basic.get`): at once, or

@@ -66,8 +66,10 @@ impl Store for RabbitStore {
         // While the broker blocks publishers, an attempt could not be settled (its outcome is a
         // publish): the receiver would get the message, the settle would wait and fail, and the
         // message would come again. So nothing is handed out until the alarm clears; what this
-        // process holds stays unacked meanwhile.
-        while shared.blocked() {
+        // process holds stays unacked meanwhile. Nor while the stream is read again from its
+        // start (see `check_resume`): until then the index does not know which work is void (a
+        // duplicate's, a lost replay's) or delivered already.
+        while shared.blocked() || shared.catching_up.load(Ordering::SeqCst) {
             let now = Instant::now();
             if now >= deadline {
                 return Ok(out);

@@ -236,7 +236,7 @@ fn apply(shared: &Shared, records: Vec<(Envelope, Bytes)>) {
         for (envelope, payload) in records {
             let rid = envelope.rid;
             if let Record::Verdict(v) = &envelope.record {
-                verdicts.push(v.clone());
+                verdicts.push(MailboxVerdict { at: envelope.at, ..v.clone() });
             }
             applied.push((rid, index.apply(envelope, payload)));
         }
