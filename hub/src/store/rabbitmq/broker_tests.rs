@@ -433,3 +433,28 @@ async fn delete_stream(url: &str, prefix: &str) -> anyhow::Result<()> {
     let _ = conn.close(200, "bye".into()).await;
     Ok(())
 }
+
+/// While the stream is read again from its start (the index dropped after the stream lost
+/// records), lease hands nothing out: the index does not know yet which work is void or
+/// delivered already. Once caught up, the same work is leased.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_nothing_is_leased_while_the_stream_is_read_again() -> anyhow::Result<()> {
+    let Some((store, url, prefix)) = open().await? else { return Ok(()) };
+    let result = lease_while_catching_up(&store).await;
+    store.close().await;
+    RabbitStore::delete_topology(&url, &prefix, &[ENDPOINT.to_owned()]).await?;
+    result
+}
+
+async fn lease_while_catching_up(store: &RabbitStore) -> anyhow::Result<()> {
+    let s = submission(&[], &[ENDPOINT]);
+    store.intake(s.clone()).await?;
+    let catching_up = &store.shared.catching_up;
+    catching_up.store(true, std::sync::atomic::Ordering::SeqCst);
+    let leased = store.lease(ENDPOINT, 1, Duration::from_secs(1)).await?;
+    anyhow::ensure!(leased.is_empty(), "leased while the stream is read again: {:?}", leased[0].delivery_id);
+    catching_up.store(false, std::sync::atomic::Ordering::SeqCst);
+    let leased = store.lease(ENDPOINT, 1, Duration::from_secs(5)).await?;
+    anyhow::ensure!(leased.first().map(|l| l.submission_id) == Some(s.id), "the work was not leased once caught up");
+    Ok(())
+}
