@@ -22,6 +22,7 @@
 //! its time ran out first: it was answered already, or it is offered again).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,6 +45,9 @@ use crate::store::{
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
 /// How often held deliveries are checked against their deadlines.
 const SWEEP: Duration = Duration::from_millis(500);
+/// A long poll waits for a delivery in slices this long, and stops after the slice in which its
+/// client went away.
+const POLL_SLICE: Duration = Duration::from_millis(500);
 /// How long an answer relayed to another process waits to see the delivery settled.
 pub const RELAY_WAIT: Duration = Duration::from_secs(5);
 
@@ -331,17 +335,44 @@ async fn next(
     };
     // Leased and held in a task of its own: a client that goes away while it waits must not
     // drop a lease half taken (it would stay leased, never offered again, until a restart).
-    let until = Instant::now() + endpoint.timeout;
-    let ack_by = time::OffsetDateTime::now_utc() + endpoint.timeout;
+    // The task waits in slices and stops at the next one once the client has gone, so an
+    // abandoned poll neither keeps its place among the mailbox's `concurrency` for the rest of
+    // its wait nor takes a delivery that nobody will see.
+    let hung_up = HangUp::default();
+    let gone = hung_up.0.clone();
+    let timeout = endpoint.timeout;
     let task_state = state.clone();
     let leased = tokio::spawn(async move {
         let _polling = polling;
-        let mut leases = task_state.pipeline.store().lease(&name, 1, wait).await?;
-        let Some(lease) = leases.pop() else { return Ok(None) };
+        let store = task_state.pipeline.store();
+        let deadline = Instant::now() + wait;
+        let lease = loop {
+            if gone.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            let slice = deadline.saturating_duration_since(Instant::now()).min(POLL_SLICE);
+            if let Some(lease) = store.lease(&name, 1, slice).await?.pop() {
+                break lease;
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+        };
+        if gone.load(Ordering::SeqCst) {
+            // Taken in the last slice, with nobody left to hand it to: back, due at once.
+            let error = "the mailbox's poll ended before the delivery could be handed out".to_owned();
+            store.settle(lease, Outcome::Retry { not_before: now_millis(), error }).await?;
+            return Ok(None);
+        }
+        // The agency's time to answer starts now that it has the delivery, not when its poll
+        // began (a long poll may wait up to 30 s before something comes).
+        let until = Instant::now() + timeout;
+        let ack_by = time::OffsetDateTime::now_utc() + timeout;
         let shown = Fetched {
             headers: crate::delivery::lotse_headers(&lease),
             content_type: lease.content_type.clone(),
             payload: lease.payload.clone(),
+            ack_by,
         };
         task_state.mailboxes.held().insert(lease.delivery_id, Held { lease, until, fetched_at: now_millis() });
         Ok::<_, crate::store::StoreError>(Some(shown))
@@ -350,6 +381,7 @@ async fn next(
         Ok(r) => r?,
         Err(e) => return Err(Problem::from(crate::store::StoreError::Unavailable(format!("lease failed: {e}")))),
     };
+    drop(hung_up);
     let Some(f) = fetched else { return Ok(StatusCode::NO_CONTENT.into_response()) };
     let mut response = f.payload.into_response();
     let h = response.headers_mut();
@@ -363,7 +395,7 @@ async fn next(
     for (name, value) in &f.headers {
         put(name, value);
     }
-    if let Ok(t) = ack_by.format(&time::format_description::well_known::Rfc3339) {
+    if let Ok(t) = f.ack_by.format(&time::format_description::well_known::Rfc3339) {
         put("lotse-ack-by", &t);
     }
     Ok(response)
@@ -388,6 +420,18 @@ struct Fetched {
     headers: Vec<(&'static str, String)>,
     content_type: String,
     payload: bytes::Bytes,
+    /// When the agency's time to answer ends (`Lotse-Ack-By`).
+    ack_by: time::OffsetDateTime,
+}
+
+/// Set when the request that polls is dropped (its client went away) before its fetch ended.
+#[derive(Default)]
+struct HangUp(Arc<AtomicBool>);
+
+impl Drop for HangUp {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 fn not_held() -> Problem {

@@ -385,3 +385,45 @@ async fn a_relayed_answer_older_than_the_fetch_does_not_settle_it() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The agency's time to answer counts from when it gets the delivery: a long poll that waited
+/// longer than the mailbox's `timeout` before something came still gets the whole timeout.
+#[tokio::test]
+async fn the_time_to_answer_starts_when_the_delivery_is_handed_out() {
+    let h = Arc::new(harness("2s", 4));
+    let poll = tokio::spawn({
+        let h = h.clone();
+        async move { call(&h, next("?wait=10s", Some(TOKEN))).await }
+    });
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let id = submit(&h, &message(&uuid::Uuid::new_v4().to_string())).await;
+    let (status, headers, _) = poll.await.expect("poll task");
+    let received = time::OffsetDateTime::now_utc();
+    assert_eq!(status, StatusCode::OK);
+    let ack_by = headers["lotse-ack-by"].to_str().expect("text");
+    let ack_by = time::OffsetDateTime::parse(ack_by, &time::format_description::well_known::Rfc3339).expect("RFC 3339");
+    assert!(
+        ack_by - received > time::Duration::milliseconds(1_500),
+        "Lotse-Ack-By {ack_by} leaves less than the 2 s timeout after the handover at {received}"
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (status, _, body) = call(&h, act(&id, "ack", "")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(delivery(&h, &id).await.state, crate::store::DeliveryState::Delivered);
+}
+
+/// A long poll whose client went away gives up its place among the mailbox's `concurrency`
+/// and takes no delivery for nobody: the agency's next poll gets the delivery.
+#[tokio::test]
+async fn an_abandoned_long_poll_frees_its_place_and_takes_nothing() {
+    let h = harness("30s", 1);
+    let abandoned = tokio::time::timeout(Duration::from_millis(300), call(&h, next("?wait=20s", Some(TOKEN)))).await;
+    assert!(abandoned.is_err(), "the poll answered although nothing was there");
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let id = submit(&h, &message(&uuid::Uuid::new_v4().to_string())).await;
+    let (status, headers, body) = call(&h, next("?wait=5s", Some(TOKEN))).await;
+    assert_eq!(status, StatusCode::OK, "the next poll: {}", String::from_utf8_lossy(&body));
+    assert_eq!(headers["lotse-delivery-id"], id.as_str());
+    assert_eq!(headers["lotse-attempt"], "1", "an attempt was spent on the abandoned poll");
+    assert_eq!(h.state.mailboxes.held_count("postfach"), 1);
+}
