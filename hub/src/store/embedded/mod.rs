@@ -165,29 +165,33 @@ impl EmbeddedStore {
     /// not-before if none is due.
     fn due(&self, endpoint: &str, max: usize) -> Result<(Vec<Lease>, Option<Millis>), StoreError> {
         let now = now_millis();
+        let mut picked = Vec::new();
+        let mut next_due = None;
+        // The snapshot is taken under the `leased` lock: a settle commits before it releases its
+        // delivery, so a delivery not in `leased` now has its settle (its new not-before) in
+        // this snapshot. Taken before the lock, a settle could commit and release in between,
+        // and the stale snapshot would lease the delivery again at once with its old attempt
+        // number (a duplicate send, ahead of its backoff).
+        let leased = self.shared.leased();
         let txn = self.read()?;
         let ready = txn.open_table(READY).map_err(unavailable)?;
         let start = ready_key(endpoint, 0, DeliveryId(uuid::Uuid::nil()));
         let end = ready_key(endpoint, u64::MAX, DeliveryId(uuid::Uuid::max()));
-        let mut picked = Vec::new();
-        let mut next_due = None;
-        {
-            let leased = self.shared.leased();
-            for entry in ready.range(start.as_slice()..=end.as_slice()).map_err(unavailable)? {
-                let (k, _) = entry.map_err(unavailable)?;
-                let Some((not_before, id)) = parse_ready_key(endpoint, k.value()) else { continue };
-                if not_before > now {
-                    next_due = Some(not_before);
+        for entry in ready.range(start.as_slice()..=end.as_slice()).map_err(unavailable)? {
+            let (k, _) = entry.map_err(unavailable)?;
+            let Some((not_before, id)) = parse_ready_key(endpoint, k.value()) else { continue };
+            if not_before > now {
+                next_due = Some(not_before);
+                break;
+            }
+            if !leased.contains(&id) {
+                picked.push(id);
+                if picked.len() >= max {
                     break;
-                }
-                if !leased.contains(&id) {
-                    picked.push(id);
-                    if picked.len() >= max {
-                        break;
-                    }
                 }
             }
         }
+        drop(leased);
         if picked.is_empty() {
             return Ok((Vec::new(), next_due));
         }
