@@ -40,6 +40,9 @@ pub enum ConvertError {
     /// The JSON is not a JSON form of an XML document.
     #[error("invalid JSON form: {0}")]
     InvalidJson(String),
+    /// The XML would be larger than the caller's limit ([`json_to_xml_within`]).
+    #[error("its XML form is larger than the limit")]
+    TooLarge,
 }
 
 /// XML -> JSON form (generic: all values strings). Checks the whole document as
@@ -82,7 +85,14 @@ pub fn write_json_typed(xml: &[u8], limits: &Limits, hints: &Hints, out: &mut Ve
 /// JSON form -> XML bytes (UTF-8, with an XML declaration). Accepts both the generic and the
 /// schema-aware form; the result is checked to be well-formed.
 pub fn json_to_xml(json: &serde_json::Value) -> Result<Vec<u8>, ConvertError> {
+    json_to_xml_within(json, usize::MAX)
+}
+
+/// [`json_to_xml`], refusing with [`ConvertError::TooLarge`] once the XML (after its
+/// declaration) grows past `max_bytes`: XML from a partner's JSON is held to the same size
+/// limit as XML sent directly, and is not built in full first.
+pub fn json_to_xml_within(json: &serde_json::Value, max_bytes: usize) -> Result<Vec<u8>, ConvertError> {
     let mut out = Vec::with_capacity(4096);
-    to_xml::write_xml(json, &mut out)?;
+    to_xml::write_xml(json, &mut out, max_bytes)?;
     Ok(out)
 }

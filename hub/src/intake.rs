@@ -131,8 +131,16 @@ impl Pipeline {
                         .map_err(|e| IntakeError::Malformed(format!("malformed FIT-Connect metadata: {e}")))?;
                     (None, meta)
                 } else {
-                    let xml = adapters::json::json_to_xml(&value)
-                        .map_err(|e| IntakeError::Malformed(format!("JSON is not a Lotse JSON form: {e}")))?;
+                    // Its XML is held to the body limit too, and refused while it is built (a
+                    // JSON array repeats its element's name per item: a few hundred KB of JSON
+                    // could otherwise become gigabytes of XML).
+                    let max = self.config.raw.limits.max_body_bytes;
+                    let xml = adapters::json::json_to_xml_within(&value, max).map_err(|e| match e {
+                        adapters::json::ConvertError::TooLarge => IntakeError::TooLarge(format!(
+                            "the XML form of this JSON is larger than the limit of {max} bytes"
+                        )),
+                        e => IntakeError::Malformed(format!("JSON is not a Lotse JSON form: {e}")),
+                    })?;
                     let meta = adapters::read_meta(&xml, &self.limits)?;
                     (Some(Bytes::from(xml)), meta)
                 }

@@ -170,3 +170,18 @@ fn json_strings_match_serde_json_for_every_byte_class_at_every_position() {
         }
     }
 }
+
+/// A JSON array repeats its element's name per item, so a small JSON document can stand for a
+/// huge XML one: the bounded conversion stops once the XML passes the limit.
+#[test]
+fn the_xml_of_a_json_form_is_bounded_while_it_is_built() {
+    let name = "n".repeat(10_000);
+    let items = vec![serde_json::Value::Null; 100_000];
+    let json = json!({ "r": { name.as_str(): items } });
+    // 100,000 × 10,002 bytes (about 1 GB) unbounded; refused after about 1 MB.
+    assert!(matches!(super::json_to_xml_within(&json, 1 << 20), Err(ConvertError::TooLarge)));
+    let small = json!({ "r": { "a": [null, null] } });
+    let xml = super::json_to_xml_within(&small, 1 << 20).expect("within the limit");
+    assert!(xml.ends_with(b"<r><a/><a/></r>"), "{}", String::from_utf8_lossy(&xml));
+    assert!(matches!(super::json_to_xml_within(&small, 10), Err(ConvertError::TooLarge)));
+}

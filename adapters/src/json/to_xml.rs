@@ -17,7 +17,9 @@ fn invalid(message: impl Into<String>) -> ConvertError {
 }
 
 /// Writes the XML document for `json` (UTF-8, with an XML declaration).
-pub(crate) fn write_xml(json: &Value, out: &mut Vec<u8>) -> Result<(), ConvertError> {
+/// Stops with [`ConvertError::TooLarge`] once the XML grows past `max_bytes` (a JSON array of
+/// `null`s repeats its element name per item: a small body could otherwise make a huge document).
+pub(crate) fn write_xml(json: &Value, out: &mut Vec<u8>, max_bytes: usize) -> Result<(), ConvertError> {
     let Value::Object(top) = json else {
         return Err(invalid("the JSON form is an object with one key, the root element"));
     };
@@ -27,7 +29,11 @@ pub(crate) fn write_xml(json: &Value, out: &mut Vec<u8>) -> Result<(), ConvertEr
     };
     out.extend_from_slice(b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let body = out.len();
-    element(name, value, 1, out)?;
+    let limit = out.len().saturating_add(max_bytes);
+    element(name, value, 1, out, limit)?;
+    if out.len() > limit {
+        return Err(ConvertError::TooLarge);
+    }
     check_well_formed(&out[body..])
 }
 
@@ -43,7 +49,12 @@ fn check_well_formed(xml: &[u8]) -> Result<(), ConvertError> {
     }
 }
 
-fn element(name: &str, value: &Value, depth: usize, out: &mut Vec<u8>) -> Result<(), ConvertError> {
+fn element(name: &str, value: &Value, depth: usize, out: &mut Vec<u8>, limit: usize) -> Result<(), ConvertError> {
+    // Checked before each element: what one element adds before the next check is bounded by
+    // the size of its own name and text in the JSON.
+    if out.len() > limit {
+        return Err(ConvertError::TooLarge);
+    }
     if depth > JSON_MAX_DEPTH {
         return Err(invalid(format!("nesting deeper than {JSON_MAX_DEPTH} elements")));
     }
@@ -62,7 +73,7 @@ fn element(name: &str, value: &Value, depth: usize, out: &mut Vec<u8>) -> Result
                 end_tag(name, out);
             }
         }
-        Value::Object(map) => object(name, map, depth, out)?,
+        Value::Object(map) => object(name, map, depth, out, limit)?,
         Value::Array(_) => {
             return Err(invalid(format!("`{name}`: an array is only allowed as the value of an element key")));
         }
@@ -70,7 +81,13 @@ fn element(name: &str, value: &Value, depth: usize, out: &mut Vec<u8>) -> Result
     Ok(())
 }
 
-fn object(name: &str, map: &Map<String, Value>, depth: usize, out: &mut Vec<u8>) -> Result<(), ConvertError> {
+fn object(
+    name: &str,
+    map: &Map<String, Value>,
+    depth: usize,
+    out: &mut Vec<u8>,
+    limit: usize,
+) -> Result<(), ConvertError> {
     for (key, value) in map {
         if let Some(attr) = key.strip_prefix('@') {
             check_name(attr)?;
@@ -106,7 +123,7 @@ fn object(name: &str, map: &Map<String, Value>, depth: usize, out: &mut Vec<u8>)
                     if child.starts_with(['@', '#']) {
                         return Err(invalid(format!("`{name}`: `{child}` is not an element name")));
                     }
-                    element(child, value, depth + 1, out)?;
+                    element(child, value, depth + 1, out, limit)?;
                 }
                 Value::Array(_) => return Err(invalid(format!("`{name}`: nested array in `#content`"))),
                 scalar => escape_text(&scalar_text(scalar, name)?, out)?,
@@ -130,10 +147,10 @@ fn object(name: &str, map: &Map<String, Value>, depth: usize, out: &mut Vec<u8>)
                         if item.is_array() {
                             return Err(invalid(format!("`{key}`: nested arrays are not allowed")));
                         }
-                        element(key, item, depth + 1, out)?;
+                        element(key, item, depth + 1, out, limit)?;
                     }
                 }
-                _ => element(key, value, depth + 1, out)?,
+                _ => element(key, value, depth + 1, out, limit)?,
             }
         }
     }

@@ -187,6 +187,17 @@ async fn every_refusal_is_problem_json_with_the_right_status() {
     let (s, hd, b) = call(&h.partner, req).await;
     assert_problem(s, &hd, &b, StatusCode::BAD_REQUEST, "malformed");
 
+    // JSON under the body limit whose XML form is far above it (an array repeats its element's
+    // name per item): refused as too large while the XML is built, not after.
+    let name = "n".repeat(1_000);
+    let nulls = vec!["null"; 500].join(",");
+    let amplified = format!(r#"{{"r":{{"{name}":[{nulls}]}}}}"#);
+    assert!(amplified.len() < 4096, "the JSON itself is within the limit");
+    let req = post("application/json").body(Body::from(amplified)).expect("request");
+    let (s, hd, b) = call(&h.partner, req).await;
+    assert_problem(s, &hd, &b, StatusCode::PAYLOAD_TOO_LARGE, "too-large");
+    assert!(b["detail"].as_str().unwrap_or("").contains("XML form"), "{b}");
+
     let unrouted = message("0f0e0d0c-0000-4000-8000-000000000011", "psw:123");
     let (s, hd, b) = call(&h.partner, submit(&unrouted, &[])).await;
     assert_problem(s, &hd, &b, StatusCode::UNPROCESSABLE_ENTITY, "no-route");
