@@ -461,19 +461,27 @@ struct Rejection {
     retry: bool,
 }
 
+/// Largest body of a rejection (a reason is kept to 1,000 characters).
+const MAX_REJECTION_BYTES: usize = 64 * 1024;
+
 async fn reject(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path((name, id)): Path<(String, String)>,
-    body: Result<axum::Json<Rejection>, axum::extract::rejection::JsonRejection>,
+    body: axum::body::Body,
 ) -> Result<Response, Problem> {
+    // The token first, then the body, read under the same time and size bounds as a
+    // submission's: a client that sends headers and then trickles (or never sends) its body
+    // must not hold a connection on the partner port, least of all without a token.
     authorize(&state, &headers, &name)?;
-    let axum::Json(r) = body.map_err(|e| {
+    let grace = state.config.raw.limits.read_timeout;
+    let bytes = super::partner::read_body(body, &headers, MAX_REJECTION_BYTES, grace).await?;
+    let r: Rejection = serde_json::from_slice(&bytes).map_err(|e| {
         Problem::new(
             StatusCode::BAD_REQUEST,
             "malformed",
             "Malformed request",
-            format!("expected {{\"reason\": \"...\", \"retry\": false}}: {}", e.body_text()),
+            format!("expected {{\"reason\": \"...\", \"retry\": false}}: {e}"),
         )
     })?;
     let reason: String = r.reason.chars().take(1000).collect();

@@ -43,6 +43,8 @@ fn harness_on(
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:1"
 data_dir = "unused"
+[limits]
+read_timeout = "1s"
 [retry]
 max_attempts = 3
 initial_backoff = "10ms"
@@ -426,4 +428,28 @@ async fn an_abandoned_long_poll_frees_its_place_and_takes_nothing() {
     assert_eq!(headers["lotse-delivery-id"], id.as_str());
     assert_eq!(headers["lotse-attempt"], "1", "an attempt was spent on the abandoned poll");
     assert_eq!(h.state.mailboxes.held_count("postfach"), 1);
+}
+
+/// A rejection whose body never comes holds no connection: without the mailbox's token it is
+/// refused before any body is read, and with it the body must come within `read_timeout`.
+#[tokio::test]
+async fn a_rejection_whose_body_never_comes_is_answered_in_time() {
+    let h = harness("30s", 4);
+    let stalled = |token: Option<&str>| {
+        let mut b = Request::post("/v1/mailboxes/postfach/deliveries/x/reject")
+            .header("content-type", "application/json")
+            .header("content-length", "1000");
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        let never = futures::stream::pending::<Result<bytes::Bytes, std::io::Error>>();
+        b.body(Body::from_stream(never)).expect("request")
+    };
+    let refused = tokio::time::timeout(Duration::from_secs(1), call(&h, stalled(None))).await;
+    let (status, _, _) = refused.expect("without a token the answer does not wait for the body");
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let timed_out = tokio::time::timeout(Duration::from_secs(5), call(&h, stalled(Some(TOKEN)))).await;
+    let (status, headers, body) = timed_out.expect("a body that never comes is not waited for beyond read_timeout");
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(headers["content-type"], "application/problem+json");
 }
