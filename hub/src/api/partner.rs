@@ -45,6 +45,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .merge(super::mailbox::routes())
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", "no such resource") })
+        .layer(axum::middleware::map_response(super::problem::every_error_as_problem))
         .with_state(state)
 }
 
@@ -199,7 +200,14 @@ async fn post_submission(
     let prepared = if sub.body.len() > INLINE_PREPARE_BYTES || state.pipeline.validates() {
         let st = state.clone();
         tokio::task::spawn_blocking(move || st.pipeline.prepare(sub)).await.map_err(|e| {
-            Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", format!("{e}"))
+            // The log has what went wrong; a 5xx body carries no internals.
+            tracing::error!(error = %e, "preparing a submission failed");
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+                "the submission could not be prepared; nothing was accepted",
+            )
         })?
     } else {
         state.pipeline.prepare(sub)

@@ -65,6 +65,38 @@ impl IntoResponse for Problem {
     }
 }
 
+/// Makes every error answer problem+json, also the ones axum gives before a handler runs: a
+/// query string or path segment its extractor cannot read (`text/plain`), a method the route
+/// does not take (`405`, empty). Answers that are problems already pass unchanged.
+pub async fn every_error_as_problem(resp: Response) -> Response {
+    let status = resp.status();
+    let is_problem = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v == "application/problem+json");
+    if is_problem || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let allow = resp.headers().get(header::ALLOW).cloned();
+    // axum's own rejections are one short line of text.
+    let text = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap_or_default();
+    let detail = match String::from_utf8_lossy(&text).trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_owned(),
+        t => t.to_owned(),
+    };
+    let (slug, title) = match status {
+        StatusCode::BAD_REQUEST => ("malformed", "Malformed request"),
+        StatusCode::NOT_FOUND => ("not-found", "Not found"),
+        StatusCode::METHOD_NOT_ALLOWED => ("method-not-allowed", "Method not allowed"),
+        StatusCode::PAYLOAD_TOO_LARGE => ("too-large", "Message too large"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported-media-type", "Unsupported media type"),
+        s if s.is_server_error() => ("internal", "Internal error"),
+        _ => ("error", "Request refused"),
+    };
+    let mut problem = Problem::new(status, slug, title, detail).into_response();
+    if let Some(allow) = allow {
+        problem.headers_mut().insert(header::ALLOW, allow);
+    }
+    problem
+}
+
 impl From<StoreError> for Problem {
     fn from(e: StoreError) -> Problem {
         // 5xx bodies never carry internals; the log has them.

@@ -208,6 +208,19 @@ async fn every_refusal_is_problem_json_with_the_right_status() {
     let get = Request::get("/v1/submissions/not-an-id").body(Body::empty()).expect("request");
     let (s, hd, b) = call(&h.partner, get).await;
     assert_problem(s, &hd, &b, StatusCode::NOT_FOUND, "not-found");
+
+    // What axum refuses before a handler runs is problem+json too.
+    let get = Request::get("/v1/submissions?foo=1").body(Body::empty()).expect("request");
+    let (s, hd, b) = call(&h.partner, get).await;
+    assert_problem(s, &hd, &b, StatusCode::BAD_REQUEST, "malformed");
+    assert!(b["detail"].as_str().unwrap_or("").contains("foo"), "{b}");
+    let get = Request::get("/v1/submissions/%FF").body(Body::empty()).expect("request");
+    let (s, hd, b) = call(&h.partner, get).await;
+    assert_problem(s, &hd, &b, StatusCode::BAD_REQUEST, "malformed");
+    let put = Request::put("/v1/submissions").body(Body::empty()).expect("request");
+    let (s, hd, b) = call(&h.partner, put).await;
+    assert_problem(s, &hd, &b, StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed");
+    assert!(hd.get("allow").is_some_and(|a| a.to_str().unwrap_or("").contains("POST")), "{hd:?}");
 }
 
 #[tokio::test]
