@@ -84,6 +84,7 @@ pub fn spawn_workers(
         let transport = Arc::new(Transport::new(endpoint)?);
         let worker = Worker {
             failures: AtomicU32::new(0),
+            settle_errors: AtomicU32::new(0),
             endpoint: endpoint.clone(),
             retry: config.raw.retry,
             store: store.clone(),
@@ -101,6 +102,8 @@ pub const BREAKER_THRESHOLD: u32 = 5;
 struct Worker {
     /// Transient failures in a row (reset by any answer that is not transient).
     failures: AtomicU32,
+    /// Attempts in a row whose outcome the store could not record (reset by one it could).
+    settle_errors: AtomicU32,
     endpoint: EndpointConfig,
     retry: RetryConfig,
     store: Arc<dyn Store>,
@@ -174,6 +177,19 @@ impl Worker {
                 }
                 free = 1;
             }
+            let settle_errors = this.settle_errors.load(Ordering::Relaxed);
+            if settle_errors > 0 {
+                // An attempt whose outcome the store could not record (a full disk) is due again
+                // at once; the receiver answers fine, so the breaker does not trip, and without
+                // this pause it would get the same message again and again for as long as the
+                // store cannot write. One at a time, and slower the longer it lasts (to 10 s).
+                let wait = Duration::from_millis(200 * u64::from(settle_errors.min(50)));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => continue,
+                }
+                free = 1;
+            }
             let leases = tokio::select! {
                 r = this.store.lease(&name, free, Duration::from_millis(500)) => r,
                 _ = shutdown.changed() => continue,
@@ -223,7 +239,12 @@ impl Worker {
         metrics::histogram!("lotse_attempt_seconds", "endpoint" => self.endpoint.name.clone())
             .record(started.elapsed().as_secs_f64());
         let id = lease.delivery_id;
-        if let Err(e) = settle_attempt(self.store.as_ref(), &self.retry, lease, result).await {
+        let settled = settle_attempt(self.store.as_ref(), &self.retry, lease, result).await;
+        if settled.is_ok() {
+            self.settle_errors.store(0, Ordering::Relaxed);
+        }
+        if let Err(e) = settled {
+            self.settle_errors.fetch_add(1, Ordering::Relaxed);
             // The delivery stays due in the store and will be sent again: at-least-once.
             static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
             if let Some(left_out) = LOG.allow() {
@@ -276,5 +297,96 @@ pub(crate) fn sample_lease(content_type: &str, payload: &str, message_id: Option
         content_type: content_type.into(),
         payload: payload.to_owned().into(),
         token: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    use crate::store::{Outcome, Store, StoreError};
+
+    /// The embedded store as on a full disk: every settle fails (the delivery is due again at
+    /// once, as when its outcome cannot be written), counting how often it was tried.
+    struct FullDisk {
+        inner: crate::store::embedded::EmbeddedStore,
+        settles: AtomicU32,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for FullDisk {
+        async fn intake(&self, s: crate::store::NewSubmission) -> Result<crate::store::Intake, StoreError> {
+            self.inner.intake(s).await
+        }
+        async fn lease(&self, e: &str, m: usize, w: Duration) -> Result<Vec<crate::store::Lease>, StoreError> {
+            self.inner.lease(e, m, w).await
+        }
+        async fn settle(&self, l: crate::store::Lease, _: Outcome) -> Result<(), StoreError> {
+            self.settles.fetch_add(1, Ordering::SeqCst);
+            let again = Outcome::Retry { not_before: 0, error: "not recorded".into() };
+            self.inner.settle(l, again).await?;
+            Err(StoreError::Unavailable("no space left on device".into()))
+        }
+        async fn submission(
+            &self,
+            id: crate::store::SubmissionId,
+        ) -> Result<Option<crate::store::SubmissionView>, StoreError> {
+            self.inner.submission(id).await
+        }
+        async fn submission_by_key(&self, k: &str) -> Result<Option<crate::store::SubmissionId>, StoreError> {
+            self.inner.submission_by_key(k).await
+        }
+        async fn delivery(
+            &self,
+            id: crate::store::DeliveryId,
+        ) -> Result<Option<crate::store::DeliveryView>, StoreError> {
+            self.inner.delivery(id).await
+        }
+        async fn deliveries(
+            &self,
+            f: &crate::store::DeliveryFilter,
+        ) -> Result<Vec<crate::store::DeliveryView>, StoreError> {
+            self.inner.deliveries(f).await
+        }
+        async fn replay(
+            &self,
+            id: crate::store::DeliveryId,
+            a: &str,
+            r: &str,
+        ) -> Result<crate::store::ReplayOutcome, StoreError> {
+            self.inner.replay(id, a, r).await
+        }
+        async fn counts(&self) -> Result<crate::store::Counts, StoreError> {
+            self.inner.counts().await
+        }
+    }
+
+    /// A delivery whose outcome cannot be recorded is sent again, but not in a tight loop: the
+    /// receiver (here a folder) got it a handful of times in two seconds, not hundreds.
+    #[tokio::test]
+    async fn an_outcome_the_store_cannot_record_does_not_repeat_the_send_in_a_loop() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let drop_dir = dir.path().join("eingang");
+        std::fs::create_dir(&drop_dir).expect("drop folder");
+        let config = crate::config::Config::parse(&format!(
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:1\"\ndata_dir = \"unused\"\n\
+             [[endpoints]]\nname = \"ablage\"\nkind = \"file\"\npath = \"{}\"\n\
+             [[routes]]\nname = \"r\"\nendpoints = [\"ablage\"]\n",
+            drop_dir.display()
+        ))
+        .expect("valid test config");
+        let inner = crate::store::embedded::EmbeddedStore::open(&dir.path().join("data")).expect("store");
+        let store = Arc::new(FullDisk { inner, settles: AtomicU32::new(0) });
+        store.intake(crate::store::conformance::submission(&[], &["ablage"])).await.expect("intake");
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let mut workers = super::spawn_workers(&config, store.clone(), Default::default(), shutdown).expect("workers");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let _ = stop.send(true);
+        while workers.join_next().await.is_some() {}
+        let sends = store.settles.load(Ordering::SeqCst);
+        assert!(sends >= 2, "sent again after the failed settle: {sends}");
+        assert!(sends <= 12, "sent {sends} times in 2 s while the store could not record an outcome");
     }
 }
