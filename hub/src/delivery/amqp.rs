@@ -19,6 +19,9 @@ use super::retry::AttemptResult;
 use crate::config::EndpointConfig;
 use crate::store::{Handover, Lease};
 
+/// How long closing a connection to an agency's broker may take (it is dropped after).
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
 pub struct AmqpTransport {
     name: String,
     url: String,
@@ -54,19 +57,35 @@ impl AmqpTransport {
         }
         let props = ConnectionProperties::default()
             .with_connection_name(format!("lotse endpoint {} pid {}", self.name, std::process::id()).into());
+        // Every step bounded by the endpoint's timeout, the session lock held meanwhile: a
+        // broker that accepts the connection and then stops answering must not stall every
+        // attempt of the endpoint (and shutdown) until heartbeats notice.
         let conn = tokio::time::timeout(self.timeout, Connection::connect(&self.url, props))
             .await
             .map_err(|_| format!("no connection to the broker within {:?}", self.timeout))?
             .map_err(|e| format!("cannot connect to the broker: {e}"))?;
-        let ch = conn.create_channel().await.map_err(|e| format!("cannot open a channel: {e}"))?;
-        ch.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| format!("confirm mode: {e}"))?;
+        let opened = tokio::time::timeout(self.timeout, async {
+            let ch = conn.create_channel().await.map_err(|e| format!("cannot open a channel: {e}"))?;
+            ch.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| format!("confirm mode: {e}"))?;
+            Ok::<_, String>(ch)
+        })
+        .await
+        .unwrap_or_else(|_| Err(format!("the broker did not open a channel within {:?}", self.timeout)));
+        let ch = match opened {
+            Ok(ch) => ch,
+            Err(e) => {
+                let _ = tokio::time::timeout(CLOSE_WAIT, conn.close(200, "lotse: channel setup failed".into())).await;
+                return Err(e);
+            }
+        };
         *session = Some((conn, ch.clone()));
         Ok(ch)
     }
 
     async fn forget(&self) {
         if let Some((conn, _)) = self.session.lock().await.take() {
-            let _ = conn.close(200, "lotse: starting over after a failed publish".into()).await;
+            let closing = conn.close(200, "lotse: starting over after a failed publish".into());
+            let _ = tokio::time::timeout(CLOSE_WAIT, closing).await;
         }
     }
 
