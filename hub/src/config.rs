@@ -528,7 +528,8 @@ impl RawConfig {
                             e.name,
                             u.scheme()
                         )),
-                        Err(err) => problems.push(format!("endpoint `{}`: url `{}`: {err}", e.name, e.url)),
+                        // Not echoed: an unparsable URL cannot be redacted, and it may hold a password.
+                        Err(err) => problems.push(format!("endpoint `{}`: `url` is not a URL: {err}", e.name)),
                     }
                     if e.path.is_some() {
                         problems.push(format!("endpoint `{}`: `path` is for `kind = \"file\"`", e.name));

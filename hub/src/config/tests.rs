@@ -64,6 +64,17 @@ fn partner_tokens_never_show_in_debug_output() {
     assert_eq!(c.partner_tokens.len(), 1);
 }
 
+/// An endpoint URL that cannot be parsed is refused without being echoed: it cannot be redacted,
+/// and it may hold a password.
+#[test]
+fn an_unparsable_endpoint_url_is_not_echoed() {
+    let text =
+        format!("{MINIMAL}\n[[endpoints]]\nname = \"x\"\nkind = \"http\"\nurl = \"https://user:pa55word@[bad\"\n");
+    let err = format!("{:#}", Config::parse(&text).expect_err("bad url"));
+    assert!(err.contains("endpoint `x`"), "{err}");
+    assert!(!err.contains("pa55word"), "the password is in the error: {err}");
+}
+
 #[test]
 fn rabbitmq_needs_a_url() {
     let text = format!("{MINIMAL}\n[queue]\nkind = \"rabbitmq\"\n");
