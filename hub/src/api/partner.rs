@@ -21,6 +21,12 @@ use crate::store::{Intake, SubmissionId};
 /// the async workers.
 const INLINE_PREPARE_BYTES: usize = 256 * 1024;
 
+/// At most this many bodies above [`INLINE_PREPARE_BYTES`] are prepared (parsed, converted,
+/// validated) at once; the others wait their turn with their bodies read. A JSON body's parsed
+/// form (`serde_json::Value`) alone takes many times the body's size (about 400 MB for a 16 MiB
+/// body of small items), so `max_in_flight` large JSON bodies at once could take all memory.
+static LARGE_PREPARES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
 pub fn router(state: Arc<AppState>) -> Router {
     // Load shedding: at most `max_in_flight` submissions are taken in at once; the rest get 503
     // at once instead of queueing (unbounded memory, latency for everybody).
@@ -198,6 +204,11 @@ async fn post_submission(
     // XSD validation blocks on a libxml2 worker; large bodies take long to read. Either way keep
     // the async workers free.
     let prepared = if sub.body.len() > INLINE_PREPARE_BYTES || state.pipeline.validates() {
+        let _turn = match sub.body.len() > INLINE_PREPARE_BYTES {
+            // The semaphore is never closed.
+            true => LARGE_PREPARES.acquire().await.ok(),
+            false => None,
+        };
         let st = state.clone();
         tokio::task::spawn_blocking(move || st.pipeline.prepare(sub)).await.map_err(|e| {
             // The log has what went wrong; a 5xx body carries no internals.
