@@ -147,13 +147,31 @@ fn actor_reason(b: &ReplayBody) -> Result<(String, String), Problem> {
     Ok((actor, reason))
 }
 
+/// A JSON request body (`None` when empty), read under the partner API's bounds: at most 64 KiB,
+/// complete within `read_timeout` (a client that never sends its body holds no connection).
+async fn json_body<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<Option<T>, Problem> {
+    let grace = state.config.raw.limits.read_timeout;
+    let bytes = super::partner::read_body(body, headers, 64 * 1024, grace).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        Problem::new(StatusCode::BAD_REQUEST, "malformed", "Malformed request", format!("the JSON body: {e}"))
+    })
+}
+
 async fn replay_one(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-    body: Option<axum::Json<ReplayBody>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
 ) -> Result<Response, Problem> {
     let id: DeliveryId = id.parse().map_err(|_| Problem::not_found("delivery"))?;
-    let body = body.map(|b| b.0).unwrap_or_default();
+    let body: ReplayBody = json_body(&state, &headers, body).await?.unwrap_or_default();
     let (actor, reason) = actor_reason(&body)?;
     tracing::info!(delivery_id = %id, actor = %actor, reason = %reason, "replay requested");
     let Some(delivery) = state.pipeline.store().delivery(id).await? else {
@@ -190,8 +208,17 @@ struct ReplayManyBody {
 /// Replays dead deliveries matching a filter; `dry_run` (the default) only lists them.
 async fn replay_many(
     State(state): State<Arc<AppState>>,
-    axum::Json(b): axum::Json<ReplayManyBody>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
 ) -> Result<Response, Problem> {
+    let Some(b) = json_body::<ReplayManyBody>(&state, &headers, body).await? else {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            "Malformed request",
+            "a JSON body is required (`{\"dry_run\": true}` lists what would be replayed)",
+        ));
+    };
     let dry_run = b.dry_run.unwrap_or(true);
     let filter = DeliveryFilter {
         state: Some(DeliveryState::Dead),

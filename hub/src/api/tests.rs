@@ -756,3 +756,26 @@ async fn a_partner_finds_its_own_submission_by_its_message_id() {
     let (s, _, _) = call(&h.partner, anonymous).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 }
+
+/// A replay request whose body never comes is answered `408` after `read_timeout`, not waited
+/// for while it holds its connection; an empty body is still a replay without a reason.
+#[tokio::test]
+async fn an_admin_request_whose_body_never_comes_is_answered_in_time() {
+    let h = harness("");
+    let stalled = |path: &str| {
+        let never = futures::stream::pending::<Result<bytes::Bytes, std::io::Error>>();
+        Request::post(path)
+            .header("content-type", "application/json")
+            .header("content-length", "100")
+            .body(Body::from_stream(never))
+            .expect("request")
+    };
+    for path in ["/v1/admin/replay", "/v1/admin/deliveries/0f0e0d0c-0000-4000-8000-000000000001/replay"] {
+        let answered = tokio::time::timeout(std::time::Duration::from_secs(6), call(&h.admin, stalled(path))).await;
+        let (s, hd, b) = answered.expect("a body that never comes is not waited for beyond read_timeout");
+        assert_problem(s, &hd, &b, StatusCode::REQUEST_TIMEOUT, "request-timeout");
+    }
+    let empty = Request::post("/v1/admin/replay").body(Body::empty()).expect("request");
+    let (s, hd, b) = call(&h.admin, empty).await;
+    assert_problem(s, &hd, &b, StatusCode::BAD_REQUEST, "malformed");
+}
