@@ -398,6 +398,21 @@ pub struct Config {
     pub mailbox_tokens: Vec<(String, String)>,
 }
 
+/// A TOML error without the source line the `toml` crate quotes in its message: the line may
+/// hold a token or a URL with a password (a typo in `tokn = "..."`), and the message goes to
+/// stderr and the journal. Where it is (line, column) and what is wrong are enough to find it.
+fn toml_error(text: &str, e: &toml::de::Error) -> anyhow::Error {
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            anyhow::anyhow!("line {line}, column {column}: {}", e.message())
+        }
+        None => anyhow::anyhow!("{}", e.message()),
+    }
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
@@ -408,7 +423,7 @@ impl Config {
     pub fn load_with_env(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config `{}`", path.display()))?;
         let raw: RawConfig = toml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{e}"))
+            .map_err(|e| toml_error(&text, &e))
             .with_context(|| format!("invalid config `{}`", path.display()))?;
         let mut config = raw.validate_with(env).with_context(|| format!("invalid config `{}`", path.display()))?;
         // Relative paths in the file are relative to the file, not to the working directory.
@@ -445,7 +460,7 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> anyhow::Result<Config> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
         raw.validate()
     }
 

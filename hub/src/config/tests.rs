@@ -75,6 +75,19 @@ fn an_unparsable_endpoint_url_is_not_echoed() {
     assert!(!err.contains("pa55word"), "the password is in the error: {err}");
 }
 
+/// A TOML error names the line and what is wrong, without quoting the line (a token there would
+/// reach stderr and the journal).
+#[test]
+fn a_config_syntax_error_does_not_quote_a_secret() {
+    let text = format!("{MINIMAL}\n[[partners]]\nname = \"land-a\"\ntokn = \"s3cr3t-t0ken-value-123\"\n");
+    let err = format!("{:#}", Config::parse(&text).expect_err("unknown key"));
+    assert!(err.contains("tokn") && err.contains("line "), "{err}");
+    assert!(!err.contains("s3cr3t"), "the token is in the error: {err}");
+    let broken = format!("{MINIMAL}\n[queue]\nkind = \"rabbitmq\"\nurl = \"amqp://lotse:pa55word@broker\n");
+    let err = format!("{:#}", Config::parse(&broken).expect_err("unterminated string"));
+    assert!(!err.contains("pa55word"), "the password is in the error: {err}");
+}
+
 #[test]
 fn rabbitmq_needs_a_url() {
     let text = format!("{MINIMAL}\n[queue]\nkind = \"rabbitmq\"\n");
