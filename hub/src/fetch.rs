@@ -44,21 +44,31 @@ pub async fn run(args: FetchArgs) -> anyhow::Result<ExitCode> {
     if !args.into.is_dir() {
         bail!("`--into {}` is not a folder", args.into.display());
     }
+    // A folder it cannot write to would make it fetch and give back every delivery, each
+    // counting as a failed attempt at the hub: find out before taking any.
+    let probe = args.into.join(format!(".lotse-fetch-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").with_context(|| format!("cannot write into `{}`", args.into.display()))?;
+    let _ = std::fs::remove_file(&probe);
     if args.wait > crate::api::mailbox::MAX_WAIT {
         bail!("`--wait` is at most 30s");
+    }
+    match reqwest::Url::parse(&args.from) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+        _ => bail!("`--from` must be an http:// or https:// URL, like https://lotse.example:8080"),
     }
     let client = reqwest::Client::builder()
         .timeout(args.wait + Duration::from_secs(30))
         .build()
         .context("cannot build the HTTP client")?;
     let base = format!("{}/v1/mailboxes/{}", args.from.trim_end_matches('/'), args.mailbox);
-    let next = format!("{base}/next?wait={}s", args.wait.as_secs());
+    let next = format!("{base}/next?wait={}ms", args.wait.as_millis());
     let folder = FileTransport::new(args.into.clone());
     let mut errors = 0u32;
     let mut fetched = 0u64;
     loop {
+        let asked = std::time::Instant::now();
         let failure = match client.get(&next).bearer_auth(&args.token).send().await {
-            Err(e) => format!("cannot reach the hub: {e}"),
+            Err(e) => format!("cannot reach the hub: {}", plain(&e)),
             Ok(resp) => match resp.status().as_u16() {
                 204 if args.once => {
                     println!("mailbox `{}` is empty; {fetched} fetched", args.mailbox);
@@ -66,36 +76,56 @@ pub async fn run(args: FetchArgs) -> anyhow::Result<ExitCode> {
                 }
                 204 => {
                     errors = 0;
-                    continue;
-                }
-                200 => {
-                    errors = 0;
-                    let lease = lease_of(resp, &args.mailbox).await?;
-                    let id = lease.delivery_id;
-                    match folder.send(&lease).await {
-                        AttemptResult::Delivered { .. } => {
-                            let ack = client.post(format!("{base}/deliveries/{id}/ack")).bearer_auth(&args.token);
-                            match ack.send().await.map(|r| r.status().as_u16()) {
-                                Ok(204) => {
-                                    fetched += 1;
-                                    println!("{id}: written to `{}` and acknowledged", args.into.display());
-                                }
-                                // Written all the same; the hub offers it again and the files
-                                // are replaced under the same names.
-                                other => eprintln!("{id}: written, but the acknowledgement failed ({other:?})"),
-                            }
-                        }
-                        AttemptResult::Transient { error, .. } | AttemptResult::Permanent { error } => {
-                            eprintln!("{id}: cannot write it: {error}; the hub will offer it again");
-                            let reason = serde_json::json!({ "reason": error, "retry": true });
-                            let reject = client.post(format!("{base}/deliveries/{id}/reject"));
-                            let _ = reject.bearer_auth(&args.token).json(&reason).send().await;
-                            // A full disk does not get better within a second.
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
+                    // Answered at once (a paused mailbox, a short `--wait`): not again at once.
+                    if asked.elapsed() < Duration::from_secs(1) {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                     continue;
                 }
+                200 => match lease_of(resp, &args.mailbox).await {
+                    // Cut off on the way: it comes again after the mailbox's deadline.
+                    Err(e) => format!("{e:#}"),
+                    Ok(lease) => {
+                        let id = lease.delivery_id;
+                        match folder.send(&lease).await {
+                            AttemptResult::Delivered { .. } => {
+                                let ack = client.post(format!("{base}/deliveries/{id}/ack")).bearer_auth(&args.token);
+                                match ack.send().await {
+                                    Ok(r) if r.status().as_u16() == 204 => {
+                                        errors = 0;
+                                        fetched += 1;
+                                        println!("{id}: written to `{}` and acknowledged", args.into.display());
+                                        continue;
+                                    }
+                                    // Written all the same; the hub offers it again and the files
+                                    // are replaced under the same names.
+                                    Ok(r) => format!(
+                                        "{id}: written, but the hub did not take the acknowledgement (HTTP {}); it will come again",
+                                        r.status().as_u16()
+                                    ),
+                                    Err(e) => format!(
+                                        "{id}: written, but the acknowledgement did not reach the hub ({}); it will come again",
+                                        plain(&e)
+                                    ),
+                                }
+                            }
+                            AttemptResult::Transient { error, .. } | AttemptResult::Permanent { error } => {
+                                let reason = serde_json::json!({ "reason": error, "retry": true });
+                                let reject = client.post(format!("{base}/deliveries/{id}/reject"));
+                                let _ = reject.bearer_auth(&args.token).json(&reason).send().await;
+                                if args.once {
+                                    // Every further delivery would fail the same way and count as a
+                                    // failed attempt at the hub.
+                                    eprintln!(
+                                        "{id}: cannot write it: {error}; given back, the hub will offer it again"
+                                    );
+                                    return Ok(ExitCode::from(1));
+                                }
+                                format!("{id}: cannot write it: {error}; given back, the hub will offer it again")
+                            }
+                        }
+                    }
+                },
                 401 => bail!("mailbox `{}` refused the token (401)", args.mailbox),
                 429 => {
                     let wait = resp
@@ -120,6 +150,23 @@ pub async fn run(args: FetchArgs) -> anyhow::Result<ExitCode> {
         }
         tokio::time::sleep(Duration::from_secs(u64::from(errors.min(30)))).await;
     }
+}
+
+/// A request error as one plain line: what failed and its innermost cause, without the URL
+/// (a mailbox URL is no secret, but the debug form reqwest gives is unreadable).
+fn plain(e: &reqwest::Error) -> String {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "no connection"
+    } else {
+        "request failed"
+    };
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    format!("{what}: {cause}")
 }
 
 /// The delivery a `200` from `next` carries, as the file transport writes it.

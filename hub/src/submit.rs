@@ -26,7 +26,13 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     if args.idempotency_key.is_some() && args.files.len() != 1 {
         anyhow::bail!("--idempotency-key needs exactly one file");
     }
-    let client = reqwest::Client::new();
+    // Bounded, so a hub that takes the connection and never answers is an error, not a hang:
+    // 10 s to connect, and no more than 60 s without a byte moving either way.
+    let client = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .read_timeout(std::time::Duration::from_secs(60))
+        .build()
+        .context("cannot build the HTTP client")?;
     let url = format!("{}/v1/submissions", args.to.trim_end_matches('/'));
     let mut all_ok = true;
     for file in &args.files {

@@ -614,4 +614,14 @@ async fn fetch_command_writes_a_mailbox_into_a_folder_and_acknowledges() {
 
     let (ok, out) = lotse(&[&args[..], &["--token", "wrong-token-0123456789"]].concat()).await;
     assert!(!ok && out.contains("refused the token"), "{out}");
+
+    // A folder it cannot write into is found before any delivery is taken (even root cannot
+    // create files in /proc), and a hub address without a scheme is an error, not a retry loop.
+    let unwritable = ["fetch", "--from", &from, "--mailbox", "standesamt", "--into", "/proc", "--once"];
+    let (ok, out) = lotse(&[&unwritable[..], &["--token", TOKEN]].concat()).await;
+    assert!(!ok && out.contains("cannot write into `/proc`"), "{out}");
+    let schemeless = from.trim_start_matches("http://").to_owned();
+    let bad_from = ["fetch", "--from", &schemeless, "--mailbox", "standesamt", "--into", &inbox_arg, "--token", TOKEN];
+    let (ok, out) = lotse(&bad_from).await;
+    assert!(!ok && out.contains("`--from` must be an http:// or https:// URL"), "{out}");
 }

@@ -57,7 +57,13 @@ pub enum DeliveriesCommand {
 }
 
 pub async fn run(args: DeliveriesArgs) -> anyhow::Result<ExitCode> {
-    let client = reqwest::Client::new();
+    // Bounded, so a hub that takes the connection and never answers is an error, not a hang:
+    // 10 s to connect, and no more than 60 s without a byte moving either way.
+    let client = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .read_timeout(std::time::Duration::from_secs(60))
+        .build()
+        .context("cannot build the HTTP client")?;
     let base = args.admin.trim_end_matches('/');
     let actor = std::env::var("USER").unwrap_or_else(|_| "operator".into());
     match args.command {
