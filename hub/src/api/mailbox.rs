@@ -67,6 +67,8 @@ pub struct Mailboxes {
     /// Fetches in progress per mailbox: they count toward its `concurrency` like held
     /// deliveries, so concurrent fetches cannot hold more than that between them.
     polling: Mutex<HashMap<String, usize>>,
+    /// The hub is stopping: what is held was given back, and nothing more is handed out.
+    closing: AtomicBool,
 }
 
 /// A fetch in progress, counted in [`Mailboxes::polling`] until dropped.
@@ -98,6 +100,7 @@ impl Mailboxes {
             tokens: config.mailbox_tokens.iter().map(|(t, n)| (token_digest(t), n.clone())).collect(),
             held: Mutex::default(),
             polling: Mutex::default(),
+            closing: AtomicBool::new(false),
         }
     }
 
@@ -158,6 +161,11 @@ pub async fn sweep(state: Arc<AppState>, mut shutdown: tokio::sync::watch::Recei
             _ = tokio::time::sleep(SWEEP) => *shutdown.borrow(),
             changed = shutdown.changed() => changed.is_err() || *shutdown.borrow(),
         };
+        if stopping {
+            // Before the holds are taken out: a fetch still waiting then hands nothing out
+            // (see `next`), so nothing is held after they were given back.
+            state.mailboxes.closing.store(true, Ordering::SeqCst);
+        }
         for lease in state.mailboxes.take_expired(stopping) {
             if stopping {
                 // Not the agency's failure: due again at once, never dead for it.
@@ -347,7 +355,7 @@ async fn next(
         let store = task_state.pipeline.store();
         let deadline = Instant::now() + wait;
         let lease = loop {
-            if gone.load(Ordering::SeqCst) {
+            if gone.load(Ordering::SeqCst) || task_state.mailboxes.closing.load(Ordering::SeqCst) {
                 return Ok(None);
             }
             let slice = deadline.saturating_duration_since(Instant::now()).min(POLL_SLICE);
@@ -358,10 +366,10 @@ async fn next(
                 return Ok(None);
             }
         };
+        let give_back = |error: &str| Outcome::Retry { not_before: now_millis(), error: error.to_owned() };
         if gone.load(Ordering::SeqCst) {
             // Taken in the last slice, with nobody left to hand it to: back, due at once.
-            let error = "the mailbox's poll ended before the delivery could be handed out".to_owned();
-            store.settle(lease, Outcome::Retry { not_before: now_millis(), error }).await?;
+            store.settle(lease, give_back("the mailbox's poll ended before the delivery could be handed out")).await?;
             return Ok(None);
         }
         // The agency's time to answer starts now that it has the delivery, not when its poll
@@ -374,8 +382,17 @@ async fn next(
             payload: lease.payload.clone(),
             ack_by,
         };
-        task_state.mailboxes.held().insert(lease.delivery_id, Held { lease, until, fetched_at: now_millis() });
-        Ok::<_, crate::store::StoreError>(Some(shown))
+        {
+            // `closing` is read under the held lock, which the stopping sweep takes after
+            // setting it: either this hold is in the map it gives back, or it is not made.
+            let mut held = task_state.mailboxes.held();
+            if !task_state.mailboxes.closing.load(Ordering::SeqCst) {
+                held.insert(lease.delivery_id, Held { lease, until, fetched_at: now_millis() });
+                return Ok(Some(shown));
+            }
+        }
+        store.settle(lease, give_back("the hub stopped before the mailbox could fetch it")).await?;
+        Ok::<_, crate::store::StoreError>(None)
     });
     let fetched = match leased.await {
         Ok(r) => r?,

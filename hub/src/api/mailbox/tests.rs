@@ -251,11 +251,32 @@ async fn a_stopping_hub_gives_back_what_is_held() {
     };
     assert_eq!(view.state, crate::store::DeliveryState::Pending);
     assert!(view.last_error.as_deref().unwrap_or("").contains("hub stopped"), "{view:?}");
-    // Due again at once: the next fetch gets it.
-    let (status, headers, _) = call(&h, next("?wait=5s", Some(TOKEN))).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(headers["lotse-delivery-id"], id.as_str());
-    assert_eq!(headers["lotse-attempt"], "2");
+    // A stopping hub hands nothing out any more (it could not give it back)...
+    let (status, _, _) = call(&h, next("?wait=1s", Some(TOKEN))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "handed out after the hub stopped");
+    assert_eq!(h.state.mailboxes.held_count("postfach"), 0);
+    // ...and the delivery is due again at once, for the next process.
+    let leased = h.state.pipeline.store().lease("postfach", 1, Duration::from_secs(2)).await.expect("lease");
+    assert_eq!(leased.first().map(|l| (l.delivery_id.to_string(), l.attempt)), Some((id.clone(), 2)));
+}
+
+/// A long poll that is waiting when the hub stops hands out nothing that comes afterwards:
+/// the holds were given back already, so a delivery held then would be held by nobody.
+#[tokio::test]
+async fn a_long_poll_waiting_when_the_hub_stops_hands_nothing_out() {
+    let h = Arc::new(harness("30s", 4));
+    let poll = tokio::spawn({
+        let h = h.clone();
+        async move { call(&h, next("?wait=5s", Some(TOKEN))).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    h.stop.send(true).expect("the sweeper listens");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let id = submit(&h, &message(&uuid::Uuid::new_v4().to_string())).await;
+    let (status, _, _) = poll.await.expect("poll task");
+    assert_eq!(status, StatusCode::NO_CONTENT, "a delivery was handed out after the hub stopped");
+    assert_eq!(h.state.mailboxes.held_count("postfach"), 0);
+    assert_eq!(delivery(&h, &id).await.state, crate::store::DeliveryState::Pending);
 }
 
 /// The embedded store with two things changed: `settle` waits until the gate lets it through
