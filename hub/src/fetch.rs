@@ -68,7 +68,7 @@ pub async fn run(args: FetchArgs) -> anyhow::Result<ExitCode> {
     loop {
         let asked = std::time::Instant::now();
         let failure = match client.get(&next).bearer_auth(&args.token).send().await {
-            Err(e) => format!("cannot reach the hub: {}", plain(&e)),
+            Err(e) => format!("cannot reach the hub: {}", crate::delivery::http::request_error(e)),
             Ok(resp) => match resp.status().as_u16() {
                 204 if args.once => {
                     println!("mailbox `{}` is empty; {fetched} fetched", args.mailbox);
@@ -105,7 +105,7 @@ pub async fn run(args: FetchArgs) -> anyhow::Result<ExitCode> {
                                     ),
                                     Err(e) => format!(
                                         "{id}: written, but the acknowledgement did not reach the hub ({}); it will come again",
-                                        plain(&e)
+                                        crate::delivery::http::request_error(e)
                                     ),
                                 }
                             }
@@ -150,23 +150,6 @@ pub async fn run(args: FetchArgs) -> anyhow::Result<ExitCode> {
         }
         tokio::time::sleep(Duration::from_secs(u64::from(errors.min(30)))).await;
     }
-}
-
-/// A request error as one plain line: what failed and its innermost cause, without the URL
-/// (a mailbox URL is no secret, but the debug form reqwest gives is unreadable).
-fn plain(e: &reqwest::Error) -> String {
-    let what = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "no connection"
-    } else {
-        "request failed"
-    };
-    let mut cause: &dyn std::error::Error = e;
-    while let Some(inner) = cause.source() {
-        cause = inner;
-    }
-    format!("{what}: {cause}")
 }
 
 /// The delivery a `200` from `next` carries, as the file transport writes it.

@@ -47,19 +47,9 @@ impl HttpTransport {
         }
         match req.send().await {
             Ok(resp) => classify(resp).await,
-            Err(e) => {
-                // Without the URL: its query may hold the receiver's token, and the event log
-                // (which the partner reads) names the endpoint anyway.
-                let e = e.without_url();
-                let kind = if e.is_timeout() {
-                    "timeout"
-                } else if e.is_connect() {
-                    "connect error"
-                } else {
-                    "request error"
-                };
-                AttemptResult::Transient { error: format!("{kind}: {}", error_chain(&e)), retry_after: None }
-            }
+            // Without the URL: its query may hold the receiver's token, and the event log
+            // (which the partner reads) names the endpoint anyway.
+            Err(e) => AttemptResult::Transient { error: request_error(e), retry_after: None },
         }
     }
 }
@@ -102,6 +92,20 @@ async fn snippet(mut resp: reqwest::Response) -> String {
         }
     }
     String::from_utf8_lossy(&head).chars().take(200).collect()
+}
+
+/// A request that got no answer, in one line: what kind of failure and its causes, without the
+/// URL (also for `lotse fetch`).
+pub(crate) fn request_error(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let kind = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect error"
+    } else {
+        "request error"
+    };
+    format!("{kind}: {}", error_chain(&e))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
