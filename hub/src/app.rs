@@ -549,7 +549,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // Tests and scripts read this line to learn the ports (the config may say port 0).
     println!("listening partner={} admin={}", running.partner_addr, running.admin_addr);
     shutdown_signal().await;
-    tracing::info!("shutting down: finishing attempts in flight");
+    tracing::info!("shutting down: finishing attempts in flight (a second signal stops at once)");
+    // A second signal ends the process at once. Nothing acknowledged is lost by that: a 202
+    // was stored before it was sent, an attempt not yet settled is made again (at least once).
+    tokio::spawn(async {
+        shutdown_signal().await;
+        tracing::warn!("second signal: stopping at once; attempts in flight will be made again");
+        std::process::exit(130);
+    });
     running.stop().await;
     Ok(())
 }

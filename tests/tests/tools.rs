@@ -625,3 +625,28 @@ async fn fetch_command_writes_a_mailbox_into_a_folder_and_acknowledges() {
     let (ok, out) = lotse(&bad_from).await;
     assert!(!ok && out.contains("`--from` must be an http:// or https:// URL"), "{out}");
 }
+
+/// SIGTERM lets attempts in flight finish; a second signal stops the process at once (exit 130)
+/// instead of waiting for a receiver that does not answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_stops_the_hub_at_once() {
+    // A receiver that takes connections and never answers (the kernel's backlog takes them).
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/agency", silent.local_addr().expect("addr"));
+    let routes = "[[routes]]\nname = \"all\"\nendpoints = [\"agency\"]\n";
+    let text = config(&[("agency", url)], routes, "").replace("timeout = \"5s\"", "timeout = \"20s\"");
+    let mut dir = HubDir::new(lotse_bin!(), &text).expect("hub dir");
+    let mut hub = dir.start().await.expect("lotse serve starts");
+    submit_antrag(&dir, &hub).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = hub.child.id().expect("running").to_string();
+    let term = || std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+    assert!(term().success());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(hub.is_running(), "stopped before the attempt in flight ended: {}", hub.log_tail());
+    assert!(term().success());
+    let status = tokio::time::timeout(Duration::from_secs(5), hub.child.wait()).await;
+    let status = status.expect("a second signal stops it at once").expect("wait");
+    assert_eq!(status.code(), Some(130), "{}", hub.log_tail());
+    drop(silent);
+}
