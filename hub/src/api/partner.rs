@@ -231,7 +231,23 @@ async fn post_submission(
             return Err(e.into());
         }
     };
-    let intake = state.pipeline.store().intake(prepared).await.map_err(IntakeError::from)?;
+    // In a task of its own: a partner that hangs up while the store takes the submission must
+    // not cut the store's work in half (on RabbitMQ: a claim in the stream without its work
+    // message, a submission `in_progress` until the partner sends it again). It is then stored
+    // whole or not at all, and a resend finds it as a duplicate.
+    let store = state.pipeline.store().clone();
+    let intake = match tokio::spawn(async move { store.intake(prepared).await }).await {
+        Ok(r) => r.map_err(IntakeError::from)?,
+        Err(e) => {
+            tracing::error!(error = %e, "taking a submission in failed");
+            return Err(Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+                "the submission could not be stored; nothing was accepted",
+            ));
+        }
+    };
     metrics::histogram!("lotse_intake_seconds").record(started.elapsed().as_secs_f64());
     let (receipt, duplicate) = match intake {
         Intake::Accepted(r) => (r, false),

@@ -576,7 +576,8 @@ fn limits_config(limits: &str, partners: &str) -> Config {
     .expect("valid test config")
 }
 
-/// A store whose intake waits until released (to hold a submission in flight).
+/// A store whose intake waits until released (to hold a submission in flight); each intake
+/// that finishes uses up the permit that released it.
 struct GatedStore(Arc<tokio::sync::Semaphore>);
 
 #[async_trait::async_trait]
@@ -585,7 +586,9 @@ impl crate::store::Store for GatedStore {
         Ok(None)
     }
     async fn intake(&self, _: crate::store::NewSubmission) -> Result<crate::store::Intake, crate::store::StoreError> {
-        let _permit = self.0.acquire().await;
+        if let Ok(permit) = self.0.acquire().await {
+            permit.forget();
+        }
         Err(crate::store::StoreError::Unavailable("released".into()))
     }
     async fn lease(
@@ -778,4 +781,18 @@ async fn an_admin_request_whose_body_never_comes_is_answered_in_time() {
     let empty = Request::post("/v1/admin/replay").body(Body::empty()).expect("request");
     let (s, hd, b) = call(&h.admin, empty).await;
     assert_problem(s, &hd, &b, StatusCode::BAD_REQUEST, "malformed");
+}
+
+/// A partner that hangs up while the store takes its submission does not cut the store's work
+/// off: the intake goes on without the request and finishes.
+#[tokio::test]
+async fn an_intake_finishes_when_the_partner_hangs_up() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let router = partner_router(limits_config("", ""), Arc::new(GatedStore(gate.clone())));
+    let req = submit(&message("0f0e0d0c-0000-4000-8000-000000000070", "bab:1"), &[]);
+    let hung_up = tokio::time::timeout(std::time::Duration::from_millis(200), call(&router, req)).await;
+    assert!(hung_up.is_err(), "answered before the store was released");
+    gate.add_permits(1);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(gate.available_permits(), 0, "the intake was dropped with its request");
 }
