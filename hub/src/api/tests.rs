@@ -581,7 +581,10 @@ fn limits_config(limits: &str, partners: &str) -> Config {
 struct GatedStore(Arc<tokio::sync::Semaphore>);
 
 #[async_trait::async_trait]
-impl crate::store::Store for GatedStore {
+impl crate::store::testing::Passthrough for GatedStore {
+    fn inner(&self) -> &dyn crate::store::Store {
+        &BrokenStore
+    }
     async fn submission_by_key(&self, _: &str) -> Result<Option<crate::store::SubmissionId>, crate::store::StoreError> {
         Ok(None)
     }
@@ -590,46 +593,6 @@ impl crate::store::Store for GatedStore {
             permit.forget();
         }
         Err(crate::store::StoreError::Unavailable("released".into()))
-    }
-    async fn lease(
-        &self,
-        e: &str,
-        m: usize,
-        w: std::time::Duration,
-    ) -> Result<Vec<crate::store::Lease>, crate::store::StoreError> {
-        BrokenStore.lease(e, m, w).await
-    }
-    async fn settle(&self, l: crate::store::Lease, o: crate::store::Outcome) -> Result<(), crate::store::StoreError> {
-        BrokenStore.settle(l, o).await
-    }
-    async fn submission(
-        &self,
-        id: crate::store::SubmissionId,
-    ) -> Result<Option<crate::store::SubmissionView>, crate::store::StoreError> {
-        BrokenStore.submission(id).await
-    }
-    async fn delivery(
-        &self,
-        id: crate::store::DeliveryId,
-    ) -> Result<Option<crate::store::DeliveryView>, crate::store::StoreError> {
-        BrokenStore.delivery(id).await
-    }
-    async fn deliveries(
-        &self,
-        f: &crate::store::DeliveryFilter,
-    ) -> Result<Vec<crate::store::DeliveryView>, crate::store::StoreError> {
-        BrokenStore.deliveries(f).await
-    }
-    async fn replay(
-        &self,
-        id: crate::store::DeliveryId,
-        a: &str,
-        r: &str,
-    ) -> Result<crate::store::ReplayOutcome, crate::store::StoreError> {
-        BrokenStore.replay(id, a, r).await
-    }
-    async fn counts(&self) -> Result<crate::store::Counts, crate::store::StoreError> {
-        BrokenStore.counts().await
     }
 }
 

@@ -316,50 +316,15 @@ mod tests {
     }
 
     #[async_trait::async_trait]
-    impl Store for FullDisk {
-        async fn intake(&self, s: crate::store::NewSubmission) -> Result<crate::store::Intake, StoreError> {
-            self.inner.intake(s).await
-        }
-        async fn lease(&self, e: &str, m: usize, w: Duration) -> Result<Vec<crate::store::Lease>, StoreError> {
-            self.inner.lease(e, m, w).await
+    impl crate::store::testing::Passthrough for FullDisk {
+        fn inner(&self) -> &dyn Store {
+            &self.inner
         }
         async fn settle(&self, l: crate::store::Lease, _: Outcome) -> Result<(), StoreError> {
             self.settles.fetch_add(1, Ordering::SeqCst);
             let again = Outcome::Retry { not_before: 0, error: "not recorded".into() };
             self.inner.settle(l, again).await?;
             Err(StoreError::Unavailable("no space left on device".into()))
-        }
-        async fn submission(
-            &self,
-            id: crate::store::SubmissionId,
-        ) -> Result<Option<crate::store::SubmissionView>, StoreError> {
-            self.inner.submission(id).await
-        }
-        async fn submission_by_key(&self, k: &str) -> Result<Option<crate::store::SubmissionId>, StoreError> {
-            self.inner.submission_by_key(k).await
-        }
-        async fn delivery(
-            &self,
-            id: crate::store::DeliveryId,
-        ) -> Result<Option<crate::store::DeliveryView>, StoreError> {
-            self.inner.delivery(id).await
-        }
-        async fn deliveries(
-            &self,
-            f: &crate::store::DeliveryFilter,
-        ) -> Result<Vec<crate::store::DeliveryView>, StoreError> {
-            self.inner.deliveries(f).await
-        }
-        async fn replay(
-            &self,
-            id: crate::store::DeliveryId,
-            a: &str,
-            r: &str,
-        ) -> Result<crate::store::ReplayOutcome, StoreError> {
-            self.inner.replay(id, a, r).await
-        }
-        async fn counts(&self) -> Result<crate::store::Counts, StoreError> {
-            self.inner.counts().await
         }
     }
 

@@ -20,6 +20,8 @@
 pub mod conformance;
 pub mod embedded;
 pub mod rabbitmq;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod types;
 
 pub use types::*;

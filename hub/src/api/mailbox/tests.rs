@@ -294,53 +294,13 @@ impl Wrapped {
 }
 
 #[async_trait::async_trait]
-impl crate::store::Store for Wrapped {
-    async fn intake(&self, s: crate::store::NewSubmission) -> Result<crate::store::Intake, crate::store::StoreError> {
-        self.inner.intake(s).await
-    }
-    async fn lease(
-        &self,
-        e: &str,
-        m: usize,
-        w: Duration,
-    ) -> Result<Vec<crate::store::Lease>, crate::store::StoreError> {
-        self.inner.lease(e, m, w).await
+impl crate::store::testing::Passthrough for Wrapped {
+    fn inner(&self) -> &dyn crate::store::Store {
+        self.inner.as_ref()
     }
     async fn settle(&self, l: crate::store::Lease, o: crate::store::Outcome) -> Result<(), crate::store::StoreError> {
         let _pass = self.gate.acquire().await;
         self.inner.settle(l, o).await
-    }
-    async fn submission(
-        &self,
-        id: crate::store::SubmissionId,
-    ) -> Result<Option<crate::store::SubmissionView>, crate::store::StoreError> {
-        self.inner.submission(id).await
-    }
-    async fn submission_by_key(&self, k: &str) -> Result<Option<crate::store::SubmissionId>, crate::store::StoreError> {
-        self.inner.submission_by_key(k).await
-    }
-    async fn delivery(
-        &self,
-        id: crate::store::DeliveryId,
-    ) -> Result<Option<crate::store::DeliveryView>, crate::store::StoreError> {
-        self.inner.delivery(id).await
-    }
-    async fn deliveries(
-        &self,
-        f: &crate::store::DeliveryFilter,
-    ) -> Result<Vec<crate::store::DeliveryView>, crate::store::StoreError> {
-        self.inner.deliveries(f).await
-    }
-    async fn replay(
-        &self,
-        id: crate::store::DeliveryId,
-        a: &str,
-        r: &str,
-    ) -> Result<crate::store::ReplayOutcome, crate::store::StoreError> {
-        self.inner.replay(id, a, r).await
-    }
-    async fn counts(&self) -> Result<crate::store::Counts, crate::store::StoreError> {
-        self.inner.counts().await
     }
     fn relayed_verdicts(&self) -> Option<tokio::sync::broadcast::Receiver<crate::store::MailboxVerdict>> {
         Some(self.verdicts.subscribe())
