@@ -85,46 +85,21 @@ pub async fn run(args: FetchArgs) -> anyhow::Result<ExitCode> {
                 200 => match lease_of(resp, &args.mailbox).await {
                     // Cut off on the way: it comes again after the mailbox's deadline.
                     Err(e) => format!("{e:#}"),
-                    Ok(lease) => {
-                        let id = lease.delivery_id;
-                        match folder.send(&lease).await {
-                            AttemptResult::Delivered { .. } => {
-                                let ack = client.post(format!("{base}/deliveries/{id}/ack")).bearer_auth(&args.token);
-                                match ack.send().await {
-                                    Ok(r) if r.status().as_u16() == 204 => {
-                                        errors = 0;
-                                        fetched += 1;
-                                        println!("{id}: written to `{}` and acknowledged", args.into.display());
-                                        continue;
-                                    }
-                                    // Written all the same; the hub offers it again and the files
-                                    // are replaced under the same names.
-                                    Ok(r) => format!(
-                                        "{id}: written, but the hub did not take the acknowledgement (HTTP {}); it will come again",
-                                        r.status().as_u16()
-                                    ),
-                                    Err(e) => format!(
-                                        "{id}: written, but the acknowledgement did not reach the hub ({}); it will come again",
-                                        crate::delivery::http::request_error(e)
-                                    ),
-                                }
-                            }
-                            AttemptResult::Transient { error, .. } | AttemptResult::Permanent { error } => {
-                                let reason = serde_json::json!({ "reason": error, "retry": true });
-                                let reject = client.post(format!("{base}/deliveries/{id}/reject"));
-                                let _ = reject.bearer_auth(&args.token).json(&reason).send().await;
-                                if args.once {
-                                    // Every further delivery would fail the same way and count as a
-                                    // failed attempt at the hub.
-                                    eprintln!(
-                                        "{id}: cannot write it: {error}; given back, the hub will offer it again"
-                                    );
-                                    return Ok(ExitCode::from(1));
-                                }
-                                format!("{id}: cannot write it: {error}; given back, the hub will offer it again")
-                            }
+                    Ok(lease) => match take(&client, &base, &args.token, &folder, lease).await {
+                        Taken::Acknowledged(id) => {
+                            errors = 0;
+                            fetched += 1;
+                            println!("{id}: written to `{}` and acknowledged", args.into.display());
+                            continue;
                         }
-                    }
+                        // Every further delivery would fail the same way and count as a failed
+                        // attempt at the hub.
+                        Taken::Unwritable(failure) if args.once => {
+                            eprintln!("{failure}");
+                            return Ok(ExitCode::from(1));
+                        }
+                        Taken::Unwritable(failure) | Taken::NotAcknowledged(failure) => failure,
+                    },
                 },
                 401 => bail!("mailbox `{}` refused the token (401)", args.mailbox),
                 429 => {
@@ -149,6 +124,44 @@ pub async fn run(args: FetchArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
         tokio::time::sleep(Duration::from_secs(u64::from(errors.min(30)))).await;
+    }
+}
+
+/// What became of one fetched delivery.
+enum Taken {
+    Acknowledged(crate::store::DeliveryId),
+    /// Written, but the acknowledgement did not go through: it comes again.
+    NotAcknowledged(String),
+    /// Not written; given back to the hub (rejected with `retry`).
+    Unwritable(String),
+}
+
+/// Writes one fetched delivery into the folder, then acknowledges it; one it cannot write it
+/// gives back.
+async fn take(client: &reqwest::Client, base: &str, token: &str, folder: &FileTransport, lease: Lease) -> Taken {
+    let id = lease.delivery_id;
+    match folder.send(&lease).await {
+        AttemptResult::Delivered { .. } => {
+            match client.post(format!("{base}/deliveries/{id}/ack")).bearer_auth(token).send().await {
+                Ok(r) if r.status().as_u16() == 204 => Taken::Acknowledged(id),
+                // Written all the same; the hub offers it again and the files are replaced
+                // under the same names.
+                Ok(r) => Taken::NotAcknowledged(format!(
+                    "{id}: written, but the hub did not take the acknowledgement (HTTP {}); it will come again",
+                    r.status().as_u16()
+                )),
+                Err(e) => Taken::NotAcknowledged(format!(
+                    "{id}: written, but the acknowledgement did not reach the hub ({}); it will come again",
+                    crate::delivery::http::request_error(e)
+                )),
+            }
+        }
+        AttemptResult::Transient { error, .. } | AttemptResult::Permanent { error } => {
+            let reason = serde_json::json!({ "reason": error, "retry": true });
+            let reject = client.post(format!("{base}/deliveries/{id}/reject")).bearer_auth(token).json(&reason);
+            let _ = reject.send().await;
+            Taken::Unwritable(format!("{id}: cannot write it: {error}; given back, the hub will offer it again"))
+        }
     }
 }
 
