@@ -154,6 +154,22 @@ async fn a_full_disk_answers_503_loses_nothing_and_intake_resumes_when_there_is_
     std::fs::remove_file(&filler).expect("remove filler");
     let free = gauge(&client, &metrics_url, "lotse_data_dir_free_bytes").await;
     assert!(free > 10_485_760.0, "lotse_data_dir_free_bytes {free} after the filler was removed");
+    // Ready again by itself, before any submission: a load balancer sends none to a process
+    // whose readiness says 503.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let health = client.get(hub.partner_url("/healthz")).send().await.expect("healthz");
+        if health.status().as_u16() == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/healthz still {} 60 s after the disk had room again, with no submission sent; log:\n{}",
+            health.status(),
+            hub.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         send(with_uuid(&template, &new_uuid()).expect("uuid")).await;

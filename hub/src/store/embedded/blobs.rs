@@ -343,6 +343,21 @@ impl BlobLog {
         Ok(())
     }
 
+    /// Whether the disk takes writes again: writes [`PROBE_BYTES`] to a scratch file beside the
+    /// segments, syncs and removes it. Used by the writer while intakes fail (a full disk), so
+    /// the store becomes ready again by itself, without waiting for a submission to try.
+    pub fn probe(&self) -> std::io::Result<()> {
+        let path = self.dir.join("probe.tmp");
+        let written = (|| {
+            let file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+            file.write_all_at(&vec![0u8; PROBE_BYTES], 0)?;
+            file.sync_data()
+        })();
+        let removed = std::fs::remove_file(&path);
+        written?;
+        removed
+    }
+
     /// Whether a failed write or sync lost the bytes of `r` (then a reference to them must not be
     /// committed). A reference appended before a sync that succeeded is never lost.
     pub fn is_lost(&self, r: &BlobRef) -> bool {
@@ -409,6 +424,9 @@ enum Source {
     Pending(Vec<u8>),
     File(Arc<File>),
 }
+
+/// What [`BlobLog::probe`] writes: room for a typical submission or two.
+const PROBE_BYTES: usize = 1 << 20;
 
 fn create_segment(dir: &Path, segment: u32) -> anyhow::Result<Arc<File>> {
     let path = segment_path(dir, segment);

@@ -143,8 +143,7 @@ impl EmbeddedStore {
         let writer = std::thread::Builder::new()
             .name("lotse-store-writer".into())
             .spawn(move || {
-                let failing = |f: bool| wshared.failing.store(f, std::sync::atomic::Ordering::Relaxed);
-                writer::run(wdb, wblobs, wdedup, rx, |endpoint| wshared.notify(endpoint).notify_waiters(), failing)
+                writer::run(wdb, wblobs, wdedup, rx, |endpoint| wshared.notify(endpoint).notify_waiters(), &wshared.failing)
             })
             .context("cannot start the store writer thread")?;
         Ok(EmbeddedStore { db, blobs, dedup, tx: Some(tx), writer: Some(writer), shared })

@@ -15,6 +15,7 @@
 //! one bad request cannot fail its neighbours.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use redb::{Database, ReadableTable, Table, WriteTransaction};
@@ -184,6 +185,7 @@ impl Reopens {
 static WRITE_FAILED: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
 static BATCH_FAILED: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
 static REOPEN_FAILED: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
+static PROBE_FAILED: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
 
 /// Runs the writer loop until every sender is dropped.
 pub fn run(
@@ -192,8 +194,10 @@ pub fn run(
     index: Arc<RwLock<DedupIndex>>,
     mut rx: mpsc::UnboundedReceiver<Op>,
     wake: impl Fn(&str),
-    failing: impl Fn(bool),
+    failing: &AtomicBool,
 ) {
+    let failing_flag = failing;
+    let failing = |f: bool| failing_flag.store(f, Ordering::Relaxed);
     let mut batch: Vec<Op> = Vec::with_capacity(MAX_BATCH);
     let mut reopens = Reopens { last: None, backoff: Reopens::FIRST };
     loop {
@@ -202,7 +206,12 @@ pub fn run(
         drain(&mut rx, &mut batch);
         let queued = batch.len();
         if queued == 0 {
-            match rx.blocking_recv() {
+            let next = if failing_flag.load(Ordering::Relaxed) || db.get().is_err() {
+                idle_while_failing(&mut rx, || probe(&db, &blobs, &index, &mut reopens), &failing)
+            } else {
+                rx.blocking_recv()
+            };
+            match next {
                 Some(first) => batch.push(first),
                 None => break,
             }
@@ -299,6 +308,57 @@ pub fn run(
             }
         }
     }
+}
+
+/// While the store cannot take submissions, how often the idle writer checks by itself whether
+/// it could again (see [`idle_while_failing`]).
+const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often the idle writer looks for requests meanwhile (a blocking receive cannot time out).
+const IDLE_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// The next request, waited for while the store is failing (the last intakes were refused, or
+/// the database is gone after an I/O error). Every [`PROBE_EVERY`] it runs `probe`; once that
+/// succeeds the store is ready again (`failing(false)`) and the wait goes on as usual. Without
+/// this, only a new submission could clear the failure, and a load balancer sends none to a
+/// process whose `/healthz` says 503: it would stay out for good after the disk had room again.
+fn idle_while_failing(
+    rx: &mut mpsc::UnboundedReceiver<Op>,
+    mut probe: impl FnMut() -> Result<(), String>,
+    failing: &impl Fn(bool),
+) -> Option<Op> {
+    let mut last_probe = std::time::Instant::now();
+    loop {
+        match rx.try_recv() {
+            Ok(op) => return Some(op),
+            Err(mpsc::error::TryRecvError::Disconnected) => return None,
+            Err(mpsc::error::TryRecvError::Empty) => {}
+        }
+        if last_probe.elapsed() >= PROBE_EVERY {
+            last_probe = std::time::Instant::now();
+            match probe() {
+                Ok(()) => {
+                    tracing::info!("the store takes writes again");
+                    failing(false);
+                    return rx.blocking_recv();
+                }
+                Err(e) => {
+                    if let Some(left_out) = PROBE_FAILED.allow() {
+                        tracing::warn!(error = %e, left_out, "the store still cannot take writes");
+                    }
+                }
+            }
+        }
+        std::thread::sleep(IDLE_POLL);
+    }
+}
+
+/// Whether the store could take a submission now: the database is open (reopened if it was
+/// dropped after an I/O error, within the reopen backoff) and the disk takes a write.
+fn probe(db: &Db, blobs: &BlobLog, index: &RwLock<DedupIndex>, reopens: &mut Reopens) -> Result<(), String> {
+    if db.get().is_err() {
+        reopens.attempt(db, index)?;
+    }
+    blobs.probe().map_err(|e| format!("a test write to the blob folder failed: {e}"))
 }
 
 /// Deletes those of `submissions` that `cutoffs` lets go, in one transaction; after the commit,
