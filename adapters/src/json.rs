@@ -22,6 +22,7 @@
 mod canon;
 mod emit;
 mod schema;
+mod strict;
 #[cfg(test)]
 mod tests;
 mod to_xml;
@@ -29,6 +30,7 @@ mod tree;
 
 pub use canon::canonical_form;
 pub use schema::{Hints, HintsError};
+pub use strict::parse_strict;
 
 use crate::{Limits, Meta};
 
