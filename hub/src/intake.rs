@@ -124,7 +124,9 @@ impl Pipeline {
         let (xml, meta): (Option<Bytes>, Meta) = match sub.media {
             Media::Xml => (Some(sub.body.clone()), adapters::read_meta(&sub.body, &self.limits)?),
             Media::Json => {
-                let value: serde_json::Value = serde_json::from_slice(&sub.body)
+                // Strict: a duplicate key or serde_json's `RawValue` key would let routing read
+                // one document while a `format = "json"` endpoint gets the bytes, another.
+                let value = adapters::json::parse_strict(&sub.body)
                     .map_err(|e| IntakeError::Malformed(format!("malformed JSON: {e}")))?;
                 if adapters::fitconnect::is_metadata(&value) {
                     let meta = adapters::fitconnect::read_metadata(&sub.body)
