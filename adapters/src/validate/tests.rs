@@ -162,6 +162,45 @@ fn many_threads_share_one_validator() {
     }
 }
 
+/// Regression: once a document was invalid, locating the violation recounted the column from the
+/// line's start for every element (quadratic on a minified, one-line document: over a minute for this
+/// one) and kept every element's full path.
+#[test]
+fn a_violation_after_200k_siblings_on_one_line_is_located_quickly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let xsd = r#"<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema" targetNamespace="urn:wide"
+      elementFormDefault="qualified">
+      <xs:element name="msg"><xs:complexType><xs:sequence>
+        <xs:element name="e" minOccurs="0" maxOccurs="unbounded"><xs:complexType/></xs:element>
+        <xs:element name="f" type="xs:int"/>
+      </xs:sequence></xs:complexType></xs:element>
+    </xs:schema>"#;
+    std::fs::write(dir.path().join("wide.xsd"), xsd).expect("write xsd");
+    std::fs::write(
+        dir.path().join(CATALOG_FILE),
+        "format = 1\n[[schema]]\nid = \"wide-1\"\nstandard = \"Wide\"\nversion = \"1\"\nnamespace = \"urn:wide\"\n\
+         entry = [\"wide.xsd\"]\n",
+    )
+    .expect("write catalog");
+    let catalog = Catalog::load(&[dir.path().to_path_buf()]).expect("catalog");
+    let v =
+        Validator::new(Arc::new(catalog), ValidatorOptions { workers: 1, ..Default::default() }).expect("validator");
+    let open = "<w:msg xmlns:w=\"urn:wide\">";
+    let mut doc = String::from(open);
+    for _ in 0..200_000 {
+        doc.push_str("<w:e/>");
+    }
+    doc.push_str("<w:f>x</w:f></w:msg>");
+    let started = std::time::Instant::now();
+    let Ok(Verdict::Invalid { violations, .. }) = v.validate(doc.as_bytes()) else { panic!("expected invalid") };
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    let column = u32::try_from(open.len() + 200_000 * "<w:e/>".len() + 1).expect("fits");
+    assert_eq!((violations[0].line, violations[0].column), (1, column));
+    assert_eq!(violations[0].path, "/w:msg/w:f");
+    // Generous: linear work takes well under a second; the quadratic recount took over 90 s.
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
+}
+
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
 

@@ -151,7 +151,9 @@ fn violations(xml: &[u8], errors: &[StructuredError], max: usize) -> Vec<Violati
     let serious: Vec<&StructuredError> =
         errors.iter().filter(|e| matches!(e.level, XmlErrorLevel::Error | XmlErrorLevel::Fatal)).collect();
     let chosen: Vec<&StructuredError> = if serious.is_empty() { errors.iter().collect() } else { serious };
-    let mut locator = path::Locator::new(xml);
+    // Elements below the last line a shown violation names are never looked at.
+    let last_line = chosen.iter().take(max).map(|e| to_u32(e.line)).max().unwrap_or(0);
+    let mut locator = path::Locator::new(xml, last_line);
     let mut out = Vec::new();
     for e in chosen.iter().take(max) {
         let message = message_of(e);
