@@ -39,7 +39,9 @@ struct ListQuery {
     state: Option<String>,
     endpoint: Option<String>,
     submission: Option<String>,
-    limit: Option<usize>,
+    /// Text, read by [`query_limit`]: axum's own reading of a number would refuse `abc` or `-1`
+    /// with a bare 400 rather than the `bad-filter` problem that names the range.
+    limit: Option<String>,
 }
 
 fn filter_from(q: ListQuery) -> Result<DeliveryFilter, Problem> {
@@ -59,7 +61,16 @@ fn filter_from(q: ListQuery) -> Result<DeliveryFilter, Problem> {
         state,
         endpoint: q.endpoint.filter(|e| !e.is_empty()),
         submission_id,
-        limit: limit(q.limit, DeliveryFilter::DEFAULT_LIMIT)?,
+        limit: limit(query_limit(q.limit.as_deref())?, DeliveryFilter::DEFAULT_LIMIT)?,
+    })
+}
+
+/// A query string's `limit` as a number; anything else (`abc`, `-1`, nothing after `=`) is a
+/// `bad-filter` naming the range, like a number out of it.
+fn query_limit(given: Option<&str>) -> Result<Option<usize>, Problem> {
+    let Some(text) = given else { return Ok(None) };
+    text.parse().map(Some).map_err(|_| {
+        Problem::bad_filter(format!("limit `{text}` is not a number: give 1 to {}", DeliveryFilter::MAX_LIMIT))
     })
 }
 

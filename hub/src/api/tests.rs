@@ -382,10 +382,18 @@ async fn a_body_that_stops_arriving_times_out_with_408() {
 
 /// A listing or a bulk replay is always bounded: `limit` 0 (which a store could read as "no
 /// limit") and anything over 10,000 are refused with a problem saying the range; 1 works.
+/// A listing's `limit` that is no number (`abc`, `-1`, empty) is the same `bad-filter`, not
+/// axum's bare 400 for a query it cannot read.
 #[tokio::test]
 async fn admin_limits_out_of_range_are_refused() {
     let h = harness("");
     call(&h.partner, submit(&message("0f0e0d0c-0000-4000-8000-000000000031", "bab:09162000"), &[])).await;
+    for limit in ["abc", "", "-1", "1.5"] {
+        let req = Request::get(format!("/v1/admin/deliveries?limit={limit}")).body(Body::empty()).expect("request");
+        let (s, headers, b) = call(&h.admin, req).await;
+        assert_problem(s, &headers, &b, StatusCode::BAD_REQUEST, "bad-filter");
+        assert!(b["detail"].as_str().is_some_and(|d| d.contains("1 to 10000")), "limit={limit}: {b}");
+    }
     for limit in ["0", "10001"] {
         let req = Request::get(format!("/v1/admin/deliveries?limit={limit}")).body(Body::empty()).expect("request");
         let (s, headers, b) = call(&h.admin, req).await;
