@@ -8,8 +8,15 @@ use serde_json::{Value, json};
 
 #[derive(Debug, Args)]
 pub struct DeliveriesArgs {
-    /// Base URL of the hub's admin API.
-    #[arg(long, global = true, default_value = "http://127.0.0.1:8081", env = "LOTSE_ADMIN_URL")]
+    /// Base URL of the hub's admin API (it may hold a password: `--help` does not show the
+    /// environment's value, and errors show the URL with the password as `***`).
+    #[arg(
+        long,
+        global = true,
+        default_value = "http://127.0.0.1:8081",
+        env = "LOTSE_ADMIN_URL",
+        hide_env_values = true
+    )]
     pub admin: String,
     #[command(subcommand)]
     pub command: DeliveriesCommand,
@@ -168,14 +175,22 @@ fn urlencode(s: &str) -> String {
 }
 
 async fn get(client: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
-    let resp = client.get(url).send().await.with_context(|| format!("cannot reach the admin API at {url}"))?;
+    let resp = client.get(url).send().await.map_err(|e| unreachable(url, e))?;
     answer(resp).await
 }
 
 async fn post(client: &reqwest::Client, url: &str, body: &Value) -> anyhow::Result<Value> {
-    let resp =
-        client.post(url).json(body).send().await.with_context(|| format!("cannot reach the admin API at {url}"))?;
+    let resp = client.post(url).json(body).send().await.map_err(|e| unreachable(url, e))?;
     answer(resp).await
+}
+
+/// The admin API did not answer: the URL named with its password as `***` (the URL comes from
+/// `LOTSE_ADMIN_URL`, which may hold the admin proxy's credentials), and reqwest's error without
+/// the URL it would repeat (reqwest moves the credentials into a header and out of that URL
+/// today; that is its choice, not a promise).
+fn unreachable(url: &str, e: reqwest::Error) -> anyhow::Error {
+    anyhow::Error::new(e.without_url())
+        .context(format!("cannot reach the admin API at {}", crate::config::redacted_url(url)))
 }
 
 async fn answer(resp: reqwest::Response) -> anyhow::Result<Value> {
