@@ -185,3 +185,21 @@ fn the_xml_of_a_json_form_is_bounded_while_it_is_built() {
     assert!(xml.ends_with(b"<r><a/><a/></r>"), "{}", String::from_utf8_lossy(&xml));
     assert!(matches!(super::json_to_xml_within(&small, 10), Err(ConvertError::TooLarge)));
 }
+
+/// Regression: the XML of a JSON form was re-read with no attribute limit, so one object with
+/// a million `@` keys cost the reader's duplicate check 10^12 comparisons. It is held to the
+/// XML intake's default limit now.
+#[test]
+fn more_attributes_on_one_element_than_the_default_limit_are_refused() {
+    let max = crate::Limits::default().max_attributes;
+    let attrs = |n: usize| {
+        let map: serde_json::Map<String, serde_json::Value> =
+            (0..n).map(|i| (format!("@a{i}"), serde_json::Value::from(0))).collect();
+        json!({ "r": map })
+    };
+    assert!(json_to_xml(&attrs(max)).is_ok());
+    let err = json_to_xml(&attrs(max + 1)).expect_err("one attribute too many");
+    assert!(matches!(err, ConvertError::Read(crate::ReadError::LimitExceeded(ref m)) if m.contains("attributes")));
+    let err = super::json_to_xml_within(&attrs(200_000), 16 << 20).expect_err("far too many");
+    assert!(matches!(err, ConvertError::Read(crate::ReadError::LimitExceeded(_))), "{err}");
+}

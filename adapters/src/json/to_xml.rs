@@ -9,8 +9,8 @@ use serde_json::{Map, Value};
 
 use super::ConvertError;
 use super::tree::JSON_MAX_DEPTH;
-use crate::Limits;
 use crate::reader::{Guard, Tok, is_name_char, is_name_start};
+use crate::{Limits, ReadError};
 
 fn invalid(message: impl Into<String>) -> ConvertError {
     ConvertError::InvalidJson(message.into())
@@ -37,13 +37,21 @@ pub(crate) fn write_xml(json: &Value, out: &mut Vec<u8>, max_bytes: usize) -> Re
     check_well_formed(&out[body..])
 }
 
+/// Re-reads the XML with the reader's default attribute limit (the XML intake's default): one
+/// JSON object can hold any number of `@` keys, and XML sent directly could not carry them.
+/// Element count stays open: `max_bytes` bounds it.
 fn check_well_formed(xml: &[u8]) -> Result<(), ConvertError> {
-    let limits = Limits { max_depth: JSON_MAX_DEPTH, max_attributes: usize::MAX, max_elements: usize::MAX };
+    let limits = Limits {
+        max_depth: JSON_MAX_DEPTH,
+        max_attributes: Limits::default().max_attributes,
+        max_elements: usize::MAX,
+    };
     let mut guard = Guard::new(xml, &limits);
     loop {
         match guard.next() {
             Ok(Tok::Eof) => return Ok(()),
             Ok(_) => {}
+            Err(e @ ReadError::LimitExceeded(_)) => return Err(ConvertError::Read(e)),
             Err(e) => return Err(invalid(format!("the XML it gives is not well-formed: {e}"))),
         }
     }

@@ -23,6 +23,7 @@
 //! `NsReader::from_str(&"<a>".repeat(70_000))`, then `read_event()` until it fails.)
 
 use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 
 use quick_xml::Reader;
 use quick_xml::events::Event;
@@ -66,8 +67,19 @@ enum Phase {
 
 const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
 
+/// Up to this many namespace declarations in scope, a prefix is looked up by a scan.
+const SCAN_BINDINGS: usize = 8;
+
+/// Up to this many attributes on a tag, duplicates are found by a scan.
+const SCAN_ATTRIBUTES: usize = 8;
+
 /// One namespace declaration in scope: prefix (`""` for the default namespace), URI, and the
 /// depth of the element that declared it.
+///
+/// Lookups scan the declarations from the innermost when there are a few (the common case: all
+/// on the root); past [`SCAN_BINDINGS`] they go through `Guard::scopes`, a stack of declarations
+/// per prefix, because an element may declare any number of prefixes (up to `max_attributes`,
+/// which the JSON form's check leaves high) and every prefixed name would scan them all.
 #[derive(Debug)]
 struct Binding<'a> {
     prefix: &'a str,
@@ -79,6 +91,8 @@ struct Binding<'a> {
 pub(crate) struct Guard<'a> {
     reader: Reader<&'a [u8]>,
     bindings: Vec<Binding<'a>>,
+    /// Per prefix: indexes into `bindings` of its declarations in scope, innermost last.
+    scopes: HashMap<&'a str, Vec<usize>>,
     input: &'a [u8],
     /// The input as text: validated as UTF-8 once, up front, so every name, value and text
     /// is a plain slice of it (no per-token UTF-8 check). Up to the first bad byte if any.
@@ -115,6 +129,7 @@ impl<'a> Guard<'a> {
         Guard {
             reader,
             bindings: Vec::new(),
+            scopes: HashMap::new(),
             input,
             doc,
             bad_utf8,
@@ -156,7 +171,11 @@ impl<'a> Guard<'a> {
         if prefix == "xml" {
             return Some(XML_NS);
         }
-        self.bindings.iter().rev().find(|b| b.prefix == prefix).map(|b| b.uri.as_ref())
+        if self.bindings.len() <= SCAN_BINDINGS {
+            return self.bindings.iter().rev().find(|b| b.prefix == prefix).map(|b| b.uri.as_ref());
+        }
+        let &innermost = self.scopes.get(prefix)?.last()?;
+        Some(self.bindings[innermost].uri.as_ref())
     }
 
     /// The namespace URI of a qualified attribute name of the last `Start` token (`None` for
@@ -302,7 +321,14 @@ impl<'a> Guard<'a> {
 
     fn close(&mut self) -> Tok<'a> {
         while self.bindings.last().is_some_and(|b| b.depth == self.depth) {
-            self.bindings.pop();
+            if let Some(b) = self.bindings.pop()
+                && let Some(stack) = self.scopes.get_mut(b.prefix)
+            {
+                stack.pop();
+                if stack.is_empty() {
+                    self.scopes.remove(b.prefix);
+                }
+            }
         }
         self.depth -= 1;
         if self.depth == 0 {
@@ -332,7 +358,10 @@ impl<'a> Guard<'a> {
         let (name, colon) = qname(raw_name).map_err(|m| self.malformed(format!("element name: {m}")))?;
         self.attrs.clear();
         let mut prefixed_attrs = false;
-        // quick-xml's duplicate check allocates per tag; the one below does not
+        // quick-xml's duplicate check allocates per tag; the one below does not while a tag has
+        // a few attributes, and switches to a set past that (a scan per attribute is quadratic:
+        // 10^12 comparisons for the 1.8M attributes a 16 MiB JSON form can put on one element)
+        let mut seen: Option<HashSet<&'a str>> = None;
         for attr in e.attributes().with_checks(false) {
             let attr = attr.map_err(|err| self.malformed(err.to_string()))?;
             if self.attrs.len() == self.limits.max_attributes {
@@ -343,7 +372,17 @@ impl<'a> Guard<'a> {
             }
             let key = self.rebase(attr.key.into_inner())?;
             let (key, key_colon) = qname(key).map_err(|m| self.malformed(format!("attribute name: {m}")))?;
-            if self.attrs.iter().any(|a| a.name == key) {
+            let duplicate = match seen.as_mut() {
+                Some(seen) => !seen.insert(key),
+                None if self.attrs.len() < SCAN_ATTRIBUTES => self.attrs.iter().any(|a| a.name == key),
+                None => {
+                    let mut set: HashSet<&'a str> = self.attrs.iter().map(|a| a.name).collect();
+                    let duplicate = !set.insert(key);
+                    seen = Some(set);
+                    duplicate
+                }
+            };
+            if duplicate {
                 return Err(self.malformed(format!("duplicated attribute `{key}`")));
             }
             let value = attribute_value(self.rebase(&attr.value)?).map_err(|e| self.reference_error(e))?;
@@ -363,6 +402,7 @@ impl<'a> Guard<'a> {
                 if prefix == "xmlns" || (prefix == "xml" && value != XML_NS) {
                     return Err(self.malformed(format!("reserved prefix `{prefix}` cannot be declared")));
                 }
+                self.scopes.entry(prefix).or_default().push(self.bindings.len());
                 self.bindings.push(Binding { prefix, uri: value.clone(), depth: self.depth });
             }
             self.attrs.push(Attr { name: key, value });

@@ -454,3 +454,80 @@ fn full_path_checks_every_token_after_the_header() {
     let many = doc(&format!("{}</x:m.0001>", "<b/>".repeat(8)));
     assert!(matches!(read_meta(many.as_bytes(), &limits), Err(ReadError::LimitExceeded(_))));
 }
+
+/// Regression: the duplicate-attribute check compared each attribute with every earlier one
+/// (quadratic: the JSON form's check reads with no attribute limit, and 16 MiB of JSON held
+/// 1.8M attributes on one element). Past a few attributes a set finds the duplicate.
+#[test]
+fn two_hundred_thousand_attributes_on_one_element_are_checked_for_duplicates_quickly() {
+    let unlimited = Limits { max_attributes: usize::MAX, ..Limits::default() };
+    let mut xml = String::from("<r");
+    for i in 0..200_000 {
+        xml.push_str(&format!(" a{i}=\"\""));
+    }
+    let fine = format!("{xml}/>");
+    let dup = format!("{xml} a0=\"\"/>");
+    let started = std::time::Instant::now();
+    assert_eq!(read_meta(fine.as_bytes(), &unlimited).map(|m| m.root), Ok("r".to_owned()));
+    let err = read_meta(dup.as_bytes(), &unlimited).expect_err("duplicate");
+    assert!(matches!(err, ReadError::Malformed { ref message, .. } if message.contains("duplicated attribute `a0`")));
+    // Generous: a few hundred milliseconds now; the pairwise scan took minutes.
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
+}
+
+/// Regression: a prefix was looked up by scanning every namespace declaration in scope; within
+/// the default limits that is 127 levels × 64 declarations for each prefixed name. Here a million
+/// prefixed attributes resolve `a`, declared on the root under 8,000 other declarations.
+#[test]
+fn prefix_lookups_do_not_scan_every_declaration_in_scope() {
+    let limits = Limits::default();
+    let mut xml = String::from("<a:r xmlns:a=\"urn:a\">");
+    let levels = limits.max_depth - 2;
+    for level in 0..levels {
+        xml.push_str("<a:n");
+        for i in 0..limits.max_attributes {
+            xml.push_str(&format!(" xmlns:p{level}_{i}=\"urn:p\""));
+        }
+        xml.push('>');
+    }
+    for _ in 0..16_000 {
+        xml.push_str("<a:c");
+        for i in 0..limits.max_attributes {
+            xml.push_str(&format!(" a:k{i}=\"\""));
+        }
+        xml.push_str("/>");
+    }
+    xml.push_str(&"</a:n>".repeat(levels));
+    xml.push_str("</a:r>");
+    let started = std::time::Instant::now();
+    let meta = read_meta(xml.as_bytes(), &limits).expect("within the limits");
+    assert_eq!(meta.namespace.as_deref(), Some("urn:a"));
+    // A shadowed prefix still resolves to the innermost declaration, and one goes out of scope
+    // with its element, past the number of declarations a scan handles.
+    let mut shadow = String::from("<r xmlns:a=\"urn:outer\">");
+    for i in 0..20 {
+        shadow.push_str(&format!("<a:x xmlns:q{i}=\"urn:q\" xmlns:a=\"urn:inner{i}\">"));
+    }
+    shadow.push_str("<a:z/>");
+    shadow.push_str(&"</a:x>".repeat(10));
+    shadow.push_str("<a:w/>");
+    shadow.push_str(&"</a:x>".repeat(10));
+    shadow.push_str("<a:y/></r>");
+    let mut guard = crate::reader::Guard::new(shadow.as_bytes(), &limits);
+    let mut seen = Vec::new();
+    loop {
+        match guard.next().expect("well-formed") {
+            crate::reader::Tok::Start { name } => {
+                seen.push((name, guard.element_namespace(name).map(str::to_owned)));
+            }
+            crate::reader::Tok::Eof => break,
+            _ => {}
+        }
+    }
+    let ns = |name: &str| seen.iter().find(|(n, _)| *n == name).and_then(|(_, ns)| ns.clone());
+    assert_eq!(ns("a:z").as_deref(), Some("urn:inner19"));
+    assert_eq!(ns("a:w").as_deref(), Some("urn:inner9"));
+    assert_eq!(ns("a:y").as_deref(), Some("urn:outer"));
+    // Generous: about a second now in a debug build; the scans took far longer.
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
+}
