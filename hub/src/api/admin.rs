@@ -216,7 +216,12 @@ struct ReplayManyBody {
     limit: Option<usize>,
 }
 
-/// Replays dead deliveries matching a filter; `dry_run` (the default) only lists them.
+/// How many dead deliveries one bulk replay takes when the request names no `limit`.
+const REPLAY_DEFAULT_LIMIT: usize = 1000;
+
+/// Replays dead deliveries matching a filter; `dry_run` (the default) only lists them. The answer
+/// says whether more matched than `limit` took (`truncated`), so "replay every dead delivery"
+/// never stops at the limit silently.
 async fn replay_many(
     State(state): State<Arc<AppState>>,
     headers: axum::http::HeaderMap,
@@ -231,34 +236,98 @@ async fn replay_many(
         ));
     };
     let dry_run = b.dry_run.unwrap_or(true);
-    let filter = DeliveryFilter {
-        state: Some(DeliveryState::Dead),
-        endpoint: b.endpoint.clone(),
-        submission_id: None,
-        limit: limit(b.limit, 1000)?,
-    };
-    let dead = state.pipeline.store().deliveries(&filter).await?;
+    let limit = limit(b.limit, REPLAY_DEFAULT_LIMIT)?;
+    let (dead, truncated) = dead_deliveries(&state, b.endpoint.clone(), limit).await?;
     // Deliveries of endpoints the config no longer has would wait for ever: left out, and named.
     let (ids, skipped): (Vec<_>, Vec<_>) = dead.iter().partition(|d| configured(&state, &d.endpoint));
     let ids: Vec<DeliveryId> = ids.iter().map(|d| d.id).collect();
     let skipped: Vec<_> = skipped.iter().map(|d| json!({ "id": d.id, "endpoint": d.endpoint })).collect();
     if dry_run {
-        return Ok(axum::Json(json!({ "dry_run": true, "would_replay": ids, "skipped_unknown_endpoint": skipped }))
-            .into_response());
+        return Ok(axum::Json(json!({
+            "dry_run": true,
+            "would_replay": ids,
+            "skipped_unknown_endpoint": skipped,
+            "limit": limit,
+            "truncated": truncated,
+        }))
+        .into_response());
     }
     let (actor, reason) = actor_reason(&ReplayBody { actor: b.actor, reason: b.reason })?;
     let mut replayed = Vec::new();
-    for id in ids {
-        if state.pipeline.store().replay(id, &actor, &reason).await? == ReplayOutcome::Replayed {
-            replayed.push(id);
+    // Plain loop, stopped at the first store error: those before it are replayed (and in their
+    // submissions' logs), so the answer and the audit line must name them rather than claim
+    // nothing happened.
+    let mut failure = None;
+    for &id in &ids {
+        match state.pipeline.store().replay(id, &actor, &reason).await {
+            Ok(ReplayOutcome::Replayed) => replayed.push(id),
+            // Replayed or settled by someone else since the listing: not ours to count.
+            Ok(ReplayOutcome::NotDead { .. } | ReplayOutcome::NotFound) => {}
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
         }
     }
-    tracing::info!(count = replayed.len(), actor = %actor, reason = %reason, "bulk replay");
-    Ok((
-        StatusCode::ACCEPTED,
-        axum::Json(json!({ "dry_run": false, "replayed": replayed, "skipped_unknown_endpoint": skipped })),
-    )
-        .into_response())
+    let Some(e) = failure else {
+        tracing::info!(count = replayed.len(), truncated, actor = %actor, reason = %reason, "bulk replay");
+        return Ok((
+            StatusCode::ACCEPTED,
+            axum::Json(json!({
+                "dry_run": false,
+                "replayed": replayed,
+                "skipped_unknown_endpoint": skipped,
+                "limit": limit,
+                "truncated": truncated,
+            })),
+        )
+            .into_response());
+    };
+    tracing::warn!(
+        count = replayed.len(),
+        of = ids.len(),
+        actor = %actor,
+        reason = %reason,
+        error = %e,
+        "bulk replay stopped by a store error"
+    );
+    let mut problem = Problem::from(e);
+    problem.detail = format!(
+        "the store failed after {} of {} replays: those in `replayed` are replayed, the rest are still dead; ask again later for the rest",
+        replayed.len(),
+        ids.len()
+    );
+    Err(problem.with("replayed", json!(replayed)).with("skipped_unknown_endpoint", json!(skipped)))
+}
+
+/// The newest `limit` dead deliveries (of `endpoint`), and whether more are dead than that.
+///
+/// One more than the limit is asked for, so the listing itself tells; a store gives at most
+/// [`DeliveryFilter::MAX_LIMIT`], so at that limit the dead count (one counter) decides. That
+/// count is of every endpoint: with an `endpoint` it can say "truncated" when the rest are
+/// another endpoint's, never the reverse.
+async fn dead_deliveries(
+    state: &AppState,
+    endpoint: Option<String>,
+    limit: usize,
+) -> Result<(Vec<crate::store::DeliveryView>, bool), Problem> {
+    let store = state.pipeline.store();
+    let filter = DeliveryFilter {
+        state: Some(DeliveryState::Dead),
+        endpoint,
+        submission_id: None,
+        limit: (limit + 1).min(DeliveryFilter::MAX_LIMIT),
+    };
+    let mut dead = store.deliveries(&filter).await?;
+    let truncated = if dead.len() > limit {
+        dead.truncate(limit);
+        true
+    } else if dead.len() == DeliveryFilter::MAX_LIMIT {
+        store.counts().await?.dead > dead.len() as u64
+    } else {
+        false
+    };
+    Ok((dead, truncated))
 }
 
 /// Whether this hub's config has the endpoint (and so a worker that delivers to it).

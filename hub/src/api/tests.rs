@@ -318,6 +318,143 @@ async fn replays_to_an_endpoint_no_longer_configured_are_refused() {
     assert_eq!(state(kept).await, DeliveryState::Pending);
 }
 
+/// One dead delivery per endpoint named, in that order (dead at its first attempt).
+async fn dead_deliveries(store: &dyn crate::store::Store, endpoints: &[&str]) -> Vec<crate::store::DeliveryId> {
+    use crate::store::Outcome;
+    use crate::store::conformance::submission;
+
+    let mut dead = Vec::new();
+    for endpoint in endpoints {
+        store.intake(submission(&[], &[endpoint])).await.expect("intake");
+        let lease =
+            store.lease(endpoint, 1, std::time::Duration::from_secs(5)).await.expect("lease").pop().expect("due");
+        dead.push(lease.delivery_id);
+        store.settle(lease, Outcome::Dead { error: "HTTP 400".into() }).await.expect("settle");
+    }
+    dead
+}
+
+fn bulk_replay(body: &str) -> Request<Body> {
+    Request::post("/v1/admin/replay")
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_owned()))
+        .expect("request")
+}
+
+/// Regression: "replay every dead delivery" took the newest 1,000 (or `limit`) and answered as
+/// if that were all. The answer says `truncated` when more were dead, in a dry run and for real,
+/// and a second run takes the rest.
+#[tokio::test]
+async fn a_bulk_replay_says_when_more_matched_than_its_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(EmbeddedStore::open(dir.path()).expect("store"));
+    dead_deliveries(store.as_ref(), &["a", "a", "a"]).await;
+    let h = harness_on(store, dir, "");
+
+    for (limit, would, truncated) in [(2, 2, true), (3, 3, false), (4, 3, false)] {
+        let (s, _, b) = call(&h.admin, bulk_replay(&format!(r#"{{"dry_run": true, "limit": {limit}}}"#))).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert_eq!(b["would_replay"].as_array().map(Vec::len), Some(would), "limit {limit}: {b}");
+        assert_eq!(b["truncated"], truncated, "limit {limit}: {b}");
+    }
+    let (s, _, b) = call(&h.admin, bulk_replay(r#"{"reason": "r", "dry_run": false, "limit": 2}"#)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+    assert_eq!((b["replayed"].as_array().map(Vec::len), &b["truncated"]), (Some(2), &Value::Bool(true)), "{b}");
+    let (s, _, b) = call(&h.admin, bulk_replay(r#"{"reason": "r", "dry_run": false, "limit": 2}"#)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+    assert_eq!((b["replayed"].as_array().map(Vec::len), &b["truncated"]), (Some(1), &Value::Bool(false)), "{b}");
+}
+
+/// An embedded store whose second replay fails (a disk that filled up half way through).
+struct FailsSecondReplay {
+    inner: EmbeddedStore,
+    replays: std::sync::atomic::AtomicUsize,
+}
+
+// `store::testing::Passthrough` cannot override `replay`, so every call is passed on here.
+#[async_trait::async_trait]
+impl crate::store::Store for FailsSecondReplay {
+    async fn intake(&self, s: crate::store::NewSubmission) -> Result<crate::store::Intake, crate::store::StoreError> {
+        self.inner.intake(s).await
+    }
+    async fn lease(
+        &self,
+        endpoint: &str,
+        max: usize,
+        wait: std::time::Duration,
+    ) -> Result<Vec<crate::store::Lease>, crate::store::StoreError> {
+        self.inner.lease(endpoint, max, wait).await
+    }
+    async fn settle(&self, l: crate::store::Lease, o: crate::store::Outcome) -> Result<(), crate::store::StoreError> {
+        self.inner.settle(l, o).await
+    }
+    async fn submission(
+        &self,
+        id: crate::store::SubmissionId,
+    ) -> Result<Option<crate::store::SubmissionView>, crate::store::StoreError> {
+        self.inner.submission(id).await
+    }
+    async fn submission_by_key(&self, k: &str) -> Result<Option<crate::store::SubmissionId>, crate::store::StoreError> {
+        self.inner.submission_by_key(k).await
+    }
+    async fn delivery(
+        &self,
+        id: crate::store::DeliveryId,
+    ) -> Result<Option<crate::store::DeliveryView>, crate::store::StoreError> {
+        self.inner.delivery(id).await
+    }
+    async fn deliveries(
+        &self,
+        f: &crate::store::DeliveryFilter,
+    ) -> Result<Vec<crate::store::DeliveryView>, crate::store::StoreError> {
+        self.inner.deliveries(f).await
+    }
+    async fn replay(
+        &self,
+        id: crate::store::DeliveryId,
+        actor: &str,
+        reason: &str,
+    ) -> Result<crate::store::ReplayOutcome, crate::store::StoreError> {
+        if self.replays.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            return Err(crate::store::StoreError::Unavailable("disk full".into()));
+        }
+        self.inner.replay(id, actor, reason).await
+    }
+    async fn counts(&self) -> Result<crate::store::Counts, crate::store::StoreError> {
+        self.inner.counts().await
+    }
+}
+
+/// Regression: a bulk replay whose store failed at the second delivery answered 503 "nothing was
+/// accepted" although the first was replayed. The problem names what was replayed; the rest
+/// stays dead.
+#[tokio::test]
+async fn a_bulk_replay_stopped_by_the_store_names_what_it_replayed() {
+    use crate::store::{DeliveryState, Store};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inner = EmbeddedStore::open(dir.path()).expect("store");
+    let dead = dead_deliveries(&inner, &["a", "a", "a"]).await;
+    let store = Arc::new(FailsSecondReplay { inner, replays: Default::default() });
+    let h = harness_on(store.clone(), dir, "");
+    let (s, headers, b) = call(&h.admin, bulk_replay(r#"{"reason": "r", "dry_run": false}"#)).await;
+    assert_problem(s, &headers, &b, StatusCode::SERVICE_UNAVAILABLE, "store-unavailable");
+    let detail = b["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("after 1 of 3") && !detail.contains("nothing was accepted"), "{b}");
+    let replayed: Vec<_> = b["replayed"].as_array().expect("replayed ids").iter().map(|v| v.to_string()).collect();
+    assert_eq!(replayed.len(), 1, "{b}");
+    let mut pending = Vec::new();
+    for id in dead {
+        let state = store.delivery(id).await.expect("read").expect("known").state;
+        if state == DeliveryState::Pending {
+            pending.push(format!("\"{id}\""));
+        } else {
+            assert_eq!(state, DeliveryState::Dead, "{id}");
+        }
+    }
+    assert_eq!(pending, replayed, "the one replayed is the one named");
+}
+
 /// An operator finds a case by what the partner knows: its message id (`nachrichtenUUID`) or
 /// its `Idempotency-Key`, for one partner or all; the answer carries the event log.
 #[tokio::test]
