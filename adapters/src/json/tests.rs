@@ -203,3 +203,19 @@ fn more_attributes_on_one_element_than_the_default_limit_are_refused() {
     let err = super::json_to_xml_within(&attrs(200_000), 16 << 20).expect_err("far too many");
     assert!(matches!(err, ConvertError::Read(crate::ReadError::LimitExceeded(_))), "{err}");
 }
+
+/// Regression: the size limit was checked only between elements, and escaping grows a byte up
+/// to six (`"` -> `&quot;`), so one value could take six times its size past the limit first.
+#[test]
+fn escaping_one_large_value_stops_at_the_limit() {
+    for json in [json!({ "r": "<".repeat(100_000) }), json!({ "r": { "@a": "\"".repeat(100_000) } })] {
+        let mut out = Vec::new();
+        let result = super::to_xml::write_xml(&json, &mut out, 1_000);
+        assert!(matches!(result, Err(ConvertError::TooLarge)), "{result:?}");
+        assert!(out.len() < 2_000, "the buffer grew to {} bytes", out.len());
+    }
+    // A value that needs escaping but fits is written whole.
+    let xml = super::json_to_xml_within(&json!({ "r": "<".repeat(100) }), 1_000).expect("fits");
+    assert!(xml.ends_with(format!("<r>{}</r>", "&lt;".repeat(100)).as_bytes()));
+    assert!(matches!(super::json_to_xml_within(&json!({ "r": "<".repeat(300) }), 1_000), Err(ConvertError::TooLarge)));
+}

@@ -77,7 +77,7 @@ fn element(name: &str, value: &Value, depth: usize, out: &mut Vec<u8>, limit: us
                 out.extend_from_slice(b"/>");
             } else {
                 out.push(b'>');
-                escape_text(&text, out)?;
+                escape_text(&text, out, limit)?;
                 end_tag(name, out);
             }
         }
@@ -103,7 +103,7 @@ fn object(
             out.push(b' ');
             out.extend_from_slice(attr.as_bytes());
             out.extend_from_slice(b"=\"");
-            escape_attr(&text, out)?;
+            escape_attr(&text, out, limit)?;
             out.push(b'"');
         }
     }
@@ -134,7 +134,7 @@ fn object(
                     element(child, value, depth + 1, out, limit)?;
                 }
                 Value::Array(_) => return Err(invalid(format!("`{name}`: nested array in `#content`"))),
-                scalar => escape_text(&scalar_text(scalar, name)?, out)?,
+                scalar => escape_text(&scalar_text(scalar, name)?, out, limit)?,
             }
         }
     } else {
@@ -143,7 +143,7 @@ fn object(
                 continue;
             }
             if key == "#text" {
-                escape_text(&scalar_text(value, key)?, out)?;
+                escape_text(&scalar_text(value, key)?, out, limit)?;
                 continue;
             }
             if key.starts_with('#') {
@@ -207,18 +207,28 @@ static XML_ESCAPE: [u8; 256] = {
     t
 };
 
-fn escape_text(s: &str, out: &mut Vec<u8>) -> Result<(), ConvertError> {
-    escape(s, 1, out)
+fn escape_text(s: &str, out: &mut Vec<u8>, limit: usize) -> Result<(), ConvertError> {
+    escape(s, 1, out, limit)
 }
 
-fn escape_attr(s: &str, out: &mut Vec<u8>) -> Result<(), ConvertError> {
-    escape(s, 2, out)
+fn escape_attr(s: &str, out: &mut Vec<u8>, limit: usize) -> Result<(), ConvertError> {
+    escape(s, 2, out, limit)
 }
 
 /// Escapes `s` for text (`class` 1) or a double-quoted attribute value (`class` 2), byte-wise:
 /// every character that needs care is ASCII or starts with a byte the table marks.
-fn escape(s: &str, class: u8, out: &mut Vec<u8>) -> Result<(), ConvertError> {
+///
+/// Stops with [`ConvertError::TooLarge`] once `out` passes `limit`: an escape grows a byte up to
+/// six (`"` -> `&quot;`), so one value could otherwise take six times its size before the next
+/// check between elements. The value fits as written or not at all, so that is checked first;
+/// then each escape is, and `out` never passes the limit by more than one escape.
+fn escape(s: &str, class: u8, out: &mut Vec<u8>, limit: usize) -> Result<(), ConvertError> {
     let bytes = s.as_bytes();
+    if out.len().saturating_add(bytes.len()) > limit {
+        return Err(ConvertError::TooLarge);
+    }
+    // Room for the worst case: no need to watch each escape.
+    let watch = out.len().saturating_add(bytes.len().saturating_mul(6)) > limit;
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let c = XML_ESCAPE[b as usize];
@@ -247,6 +257,9 @@ fn escape(s: &str, class: u8, out: &mut Vec<u8>) -> Result<(), ConvertError> {
         out.extend_from_slice(&bytes[start..i]);
         out.extend_from_slice(rep);
         start = i + 1;
+        if watch && out.len() > limit {
+            return Err(ConvertError::TooLarge);
+        }
     }
     out.extend_from_slice(&bytes[start..]);
     Ok(())
