@@ -48,16 +48,27 @@ pub enum DeliveriesCommand {
         #[arg(long)]
         partner: Option<String>,
     },
-    /// Send dead deliveries again (same bytes, same delivery id). Without ids, replays every dead
-    /// delivery (of `--endpoint`) and needs `--yes`; otherwise it only lists them (dry run).
+    /// Send dead deliveries again (same bytes, same delivery id). Without ids, replays the newest
+    /// dead deliveries (of `--endpoint`), at most `--limit`, and needs `--yes`; otherwise it only
+    /// lists them (dry run). When more are dead than the limit took, it says so on stderr and
+    /// exits 1 (also in a dry run): run it again for the rest (each run takes the newest still
+    /// dead), or raise `--limit`. Exit 2 when the hub could not replay them all (the ones replayed
+    /// before the error are printed).
     Replay {
+        /// Exactly these deliveries; without ids, dead deliveries by filter.
         ids: Vec<String>,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "ids")]
         endpoint: Option<String>,
         /// Why; recorded in the audit log.
         #[arg(long)]
         reason: String,
-        /// Really replay by filter (without it: dry run).
+        /// Without ids: take at most this many (1 to 10,000; default: the hub's, 1,000).
+        #[arg(long, conflicts_with = "ids", value_parser = clap::value_parser!(u16).range(1..=10_000))]
+        limit: Option<u16>,
+        /// Really replay by filter (without it: dry run). The hub runs the query again: it
+        /// replays what is dead at that moment, which may differ from what a dry run listed
+        /// (deliveries dead since, or replayed since); to replay exactly the listed ones, pass
+        /// their ids.
         #[arg(long)]
         yes: bool,
     },
@@ -136,15 +147,11 @@ pub async fn run(args: DeliveriesArgs) -> anyhow::Result<ExitCode> {
             println!("{} submissions", found.len());
             Ok(if found.is_empty() { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
-        DeliveriesCommand::Replay { ids, endpoint, reason, yes } => {
+        DeliveriesCommand::Replay { ids, endpoint, reason, limit, yes } => {
             if ids.is_empty() {
-                let body = json!({ "actor": actor, "reason": reason, "endpoint": endpoint, "dry_run": !yes });
-                let v = post(&client, &format!("{base}/v1/admin/replay"), &body).await?;
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                if !yes {
-                    eprintln!("dry run: nothing replayed; add --yes to replay these");
-                }
-                return Ok(ExitCode::SUCCESS);
+                let body =
+                    json!({ "actor": actor, "reason": reason, "endpoint": endpoint, "dry_run": !yes, "limit": limit });
+                return replay_by_filter(&client, &format!("{base}/v1/admin/replay"), &body, yes).await;
             }
             let mut failed = false;
             for id in ids {
@@ -160,6 +167,35 @@ pub async fn run(args: DeliveriesArgs) -> anyhow::Result<ExitCode> {
             Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
     }
+}
+
+/// `replay` without ids: prints the hub's answer; exit 1 when more were dead than the limit took
+/// (a "replay every dead delivery" that stopped at 1,000 of 3,000 must not look done).
+async fn replay_by_filter(client: &reqwest::Client, url: &str, body: &Value, yes: bool) -> anyhow::Result<ExitCode> {
+    let resp = client.post(url).json(body).send().await.map_err(|e| unreachable(url, e))?;
+    let (status, v) = read(resp).await;
+    if !status.is_success() {
+        // Stopped part way (a store error): those replayed before it are replayed for good.
+        for id in v["replayed"].as_array().into_iter().flatten() {
+            println!("{}: replayed", id.as_str().unwrap_or_default());
+        }
+        anyhow::bail!("{status}: {}", v["detail"].as_str().unwrap_or("no detail"));
+    }
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    if !yes {
+        eprintln!(
+            "dry run: nothing replayed; add --yes to replay what is dead then (the hub looks again), or pass these ids"
+        );
+    }
+    if v["truncated"] == Value::Bool(true) {
+        let taken = v["limit"].as_u64().map_or_else(|| "limit".to_owned(), |n| n.to_string());
+        let what = if yes { "replayed; the rest are still dead" } else { "listed" };
+        eprintln!(
+            "more dead deliveries match than the {taken} this run took: only those were {what}; run the command again, or raise --limit (at most 10000)"
+        );
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn urlencode(s: &str) -> String {
@@ -194,10 +230,15 @@ fn unreachable(url: &str, e: reqwest::Error) -> anyhow::Error {
 }
 
 async fn answer(resp: reqwest::Response) -> anyhow::Result<Value> {
-    let status = resp.status();
-    let v: Value = resp.json().await.unwrap_or(Value::Null);
+    let (status, v) = read(resp).await;
     if !status.is_success() {
         anyhow::bail!("{status}: {}", v["detail"].as_str().unwrap_or("no detail"));
     }
     Ok(v)
+}
+
+/// The status and JSON body (a problem's, on an error; null when there is none).
+async fn read(resp: reqwest::Response) -> (reqwest::StatusCode, Value) {
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(Value::Null))
 }
