@@ -228,27 +228,67 @@ impl Drop for Validator {
 
 /// Refuses a DOCTYPE in the prolog. libxml2 would parse an internal subset (and its entity
 /// declarations); Lotse accepts none, like the reader. Scans only up to the root start tag.
-/// UTF-16 input (which libxml2 reads too) is transcoded for the scan, so it cannot hide one.
+///
+/// The scan must read the bytes as libxml2 will, so only encodings it can read are let through:
+/// UTF-8, and UTF-16 (which libxml2 reads too; transcoded for the scan). Anything else is
+/// `Malformed`: libxml2 also reads EBCDIC, UCS-4 and whatever a declaration names through iconv
+/// (`<?xml version="1.0" encoding="IBM037"?>` in cp037 bytes is no XML to the scan, and a DOCTYPE
+/// in it would reach libxml2). So is a prolog the scan cannot read: it cannot vouch for it.
 fn refuse_doctype(xml: &[u8]) -> Result<(), ValidateError> {
     use quick_xml::events::Event;
+    let refused = |message: String| ValidateError::Malformed { line: 0, column: 0, message };
     let transcoded;
-    let xml = match utf16(xml) {
+    let (text, utf16) = match utf16(xml) {
         Some(little_endian) => {
+            if !xml.len().is_multiple_of(2) {
+                return Err(refused("UTF-16 input with an odd number of bytes".into()));
+            }
             let units = xml.chunks_exact(2).map(|c| {
                 if little_endian { u16::from_le_bytes([c[0], c[1]]) } else { u16::from_be_bytes([c[0], c[1]]) }
             });
-            transcoded = char::decode_utf16(units).map(|c| c.unwrap_or('\u{fffd}')).collect::<String>();
-            transcoded.as_bytes()
+            transcoded = char::decode_utf16(units)
+                .collect::<Result<String, _>>()
+                .map_err(|_| refused("invalid UTF-16 (an unpaired surrogate)".into()))?;
+            (transcoded.as_str(), true)
         }
-        None => xml,
+        None => match std::str::from_utf8(xml) {
+            Ok(text) => (text, false),
+            Err(e) => {
+                let message = format!("invalid UTF-8 at byte {} (only UTF-8 and UTF-16 are accepted)", e.valid_up_to());
+                return Err(refused(message));
+            }
+        },
     };
-    let mut reader = quick_xml::Reader::from_reader(xml);
+    // U+0000 is no XML character: text full of it is another encoding read as this one (UCS-4
+    // looks like UTF-16 with every other unit zero).
+    if text.contains('\0') {
+        return Err(refused("NUL character (only UTF-8 and UTF-16 are accepted)".into()));
+    }
+    let mut reader = quick_xml::Reader::from_reader(text.as_bytes());
     loop {
         match reader.read_event() {
             Ok(Event::DocType(_)) => {
                 return Err(ValidateError::Forbidden("DOCTYPE declarations are not accepted".into()));
             }
-            Ok(Event::Start(_) | Event::Empty(_) | Event::Eof) | Err(_) => return Ok(()), // libxml2 reports errors
+            Ok(Event::Decl(d)) => {
+                let encoding = match d.encoding() {
+                    None => continue,
+                    Some(Ok(e)) => String::from_utf8_lossy(&e).to_ascii_lowercase(),
+                    Some(Err(e)) => return Err(refused(format!("xml declaration: {e}"))),
+                };
+                let ok = if utf16 {
+                    matches!(encoding.as_str(), "utf-16" | "utf-16le" | "utf-16be")
+                } else {
+                    encoding == "utf-8"
+                };
+                if !ok {
+                    return Err(refused(format!(
+                        "declared encoding `{encoding}` is not accepted (only UTF-8 and UTF-16)"
+                    )));
+                }
+            }
+            Ok(Event::Start(_) | Event::Empty(_) | Event::Eof) => return Ok(()),
+            Err(e) => return Err(refused(format!("before the root element: {e}"))),
             Ok(_) => {}
         }
     }

@@ -108,6 +108,55 @@ fn malformed_input_and_doctypes_are_errors_not_verdicts() {
     assert_eq!(v.validate(&le), Ok(Verdict::Valid { schema: "tiny-1".into() }));
 }
 
+/// Regression: the DOCTYPE scan read anything that was not UTF-16 as UTF-8 and let through
+/// what it could not read, but libxml2 reads EBCDIC too: this cp037 document's entity was
+/// declared and expanded. Only UTF-8 and UTF-16 get to libxml2 now.
+#[test]
+fn a_doctype_in_another_encoding_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v = validator(dir.path(), ValidatorOptions { workers: 1, ..Default::default() });
+    let text = r#"<?xml version="1.0" encoding="IBM037"?><!DOCTYPE r [<!ENTITY e "EXPANDED">]><r>&e;</r>"#;
+    let ebcdic: Vec<u8> = text.chars().map(cp037).collect();
+    assert_eq!(&ebcdic[..5], b"\x4c\x6f\xa7\x94\x93", "`<?xml` in cp037");
+    let result = v.validate(&ebcdic);
+    assert!(matches!(result, Err(ValidateError::Malformed { .. })), "{result:?}");
+    // The same characters as UTF-8 under that declaration: refused for the declaration.
+    let declared = br#"<?xml version="1.0" encoding="IBM037"?><t:msg xmlns:t="urn:tiny"/>"#;
+    assert!(matches!(v.validate(declared), Err(ValidateError::Malformed { .. })));
+    let utf8 =
+        br#"<?xml version="1.0" encoding="utf-8"?><t:msg xmlns:t="urn:tiny"><t:head v="1"/><t:n>1</t:n></t:msg>"#;
+    assert_eq!(v.validate(utf8), Ok(Verdict::Valid { schema: "tiny-1".into() }));
+    // A prolog the scan cannot read is refused, not passed on.
+    assert!(matches!(v.validate(b"<!-- open"), Err(ValidateError::Malformed { .. })));
+}
+
+/// cp037 (EBCDIC) for the characters the test document uses.
+fn cp037(c: char) -> u8 {
+    match c {
+        ' ' => 0x40,
+        '<' => 0x4C,
+        '>' => 0x6E,
+        '?' => 0x6F,
+        '!' => 0x5A,
+        '[' => 0xBA,
+        ']' => 0xBB,
+        '&' => 0x50,
+        ';' => 0x5E,
+        '=' => 0x7E,
+        '"' => 0x7F,
+        '.' => 0x4B,
+        '/' => 0x61,
+        '0'..='9' => 0xF0 + (c as u8 - b'0'),
+        'a'..='i' => 0x81 + (c as u8 - b'a'),
+        'j'..='r' => 0x91 + (c as u8 - b'j'),
+        's'..='z' => 0xA2 + (c as u8 - b's'),
+        'A'..='I' => 0xC1 + (c as u8 - b'A'),
+        'J'..='R' => 0xD1 + (c as u8 - b'J'),
+        'S'..='Z' => 0xE2 + (c as u8 - b'S'),
+        _ => panic!("{c:?} is not in the table"),
+    }
+}
+
 #[test]
 fn a_broken_schema_fails_startup_with_precompile_and_requests_without() {
     let dir = tempfile::tempdir().expect("tempdir");
