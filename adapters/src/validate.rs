@@ -165,9 +165,20 @@ impl Validator {
                 .spawn(move || {
                     // libxml2 contexts never leave the thread that made them.
                     let mut worker = worker::Worker::new(catalog, max_violations);
-                    let started = if precompile { worker.compile_all() } else { Ok(()) };
+                    // A panic while compiling becomes an answer: `new` waits for one from every
+                    // worker.
+                    let started = if precompile {
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.compile_all())).unwrap_or_else(
+                            |_| Err(ValidateError::Unavailable("a worker panicked while compiling schemas".into())),
+                        )
+                    } else {
+                        Ok(())
+                    };
                     let failed = started.is_err();
                     let _ = ready.send(started);
+                    // Dropped before serving: a worker that kept its sender while it serves would
+                    // keep `new` waiting forever for a worker that died without answering.
+                    drop(ready);
                     if !failed {
                         worker.serve(&rx);
                     }
