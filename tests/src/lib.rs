@@ -34,7 +34,7 @@ macro_rules! lotse_bin {
 
 /// True when running under CI (`CI=true`): missing corpus or broker is then a failure.
 pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+    std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
 /// The repository root (the folder holding the workspace `Cargo.toml`).
