@@ -63,6 +63,9 @@ struct Shared {
     /// Set by the writer when a round of writes committed none of its intakes (a full disk, an
     /// I/O error), cleared when one commits an intake.
     failing: std::sync::atomic::AtomicBool,
+    /// Run once by the next `due` between its scan and its leases (tests only).
+    #[cfg(test)]
+    after_scan: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl Shared {
@@ -143,7 +146,14 @@ impl EmbeddedStore {
         let writer = std::thread::Builder::new()
             .name("lotse-store-writer".into())
             .spawn(move || {
-                writer::run(wdb, wblobs, wdedup, rx, |endpoint| wshared.notify(endpoint).notify_waiters(), &wshared.failing)
+                writer::run(
+                    wdb,
+                    wblobs,
+                    wdedup,
+                    rx,
+                    |endpoint| wshared.notify(endpoint).notify_waiters(),
+                    &wshared.failing,
+                )
             })
             .context("cannot start the store writer thread")?;
         Ok(EmbeddedStore { db, blobs, dedup, tx: Some(tx), writer: Some(writer), shared })
@@ -163,64 +173,68 @@ impl EmbeddedStore {
     /// Due deliveries of `endpoint` not leased yet (up to `max`), and the earliest future
     /// not-before if none is due.
     fn due(&self, endpoint: &str, max: usize) -> Result<(Vec<Lease>, Option<Millis>), StoreError> {
-        let now = now_millis();
-        let mut picked = Vec::new();
-        let mut next_due = None;
-        // The snapshot is taken under the `leased` lock: a settle commits before it releases its
-        // delivery, so a delivery not in `leased` now has its settle (its new not-before) in
-        // this snapshot. Taken before the lock, a settle could commit and release in between,
-        // and the stale snapshot would lease the delivery again at once with its old attempt
-        // number (a duplicate send, ahead of its backoff).
-        let leased = self.shared.leased();
-        let txn = self.read()?;
-        let ready = txn.open_table(READY).map_err(unavailable)?;
-        let start = ready_key(endpoint, 0, DeliveryId(uuid::Uuid::nil()));
-        let end = ready_key(endpoint, u64::MAX, DeliveryId(uuid::Uuid::max()));
-        for entry in ready.range(start.as_slice()..=end.as_slice()).map_err(unavailable)? {
-            let (k, _) = entry.map_err(unavailable)?;
-            let Some((not_before, id)) = parse_ready_key(endpoint, k.value()) else { continue };
-            if not_before > now {
-                next_due = Some(not_before);
-                break;
-            }
-            if !leased.contains(&id) {
-                picked.push(id);
-                if picked.len() >= max {
-                    break;
-                }
-            }
-        }
-        drop(leased);
+        // The snapshot is taken, and the due deliveries it shows are marked as leased, under one
+        // hold of the `leased` lock. A settle commits before it releases its delivery, so a
+        // delivery not in `leased` now has its settle (its new not-before) in this snapshot.
+        // (Marked under a second hold, as before, another worker could lease, settle and release
+        // one in between, and the stale snapshot leased it again at once with its old attempt
+        // number: a duplicate send, ahead of its backoff.)
+        let (txn, picked, next_due) = {
+            let mut leased = self.shared.leased();
+            let txn = self.read()?;
+            let (picked, next_due) = due_entries(&txn, endpoint, now_millis(), max, &leased)?;
+            leased.extend(picked.iter().copied());
+            (txn, picked, next_due)
+        };
         if picked.is_empty() {
             return Ok((Vec::new(), next_due));
         }
+        #[cfg(test)]
+        {
+            // Taken out first: the hook must not run under the hook's own lock.
+            let hook = self.shared.after_scan.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(hook) = hook {
+                hook();
+            }
+        }
+        // Outside the lock: the bytes are read from the blob log (blocking I/O that other workers
+        // must not wait for), and `send_dead` takes the lock itself.
+        let mut leases = Vec::with_capacity(picked.len());
+        let mut done = 0;
+        if let Err(e) = self.lease_picked(&txn, &picked, &mut leases, &mut done) {
+            // Nothing of this call is handed out, so every delivery it took is free again: one
+            // left in `leased` would never be leased again (until a restart). Those it has gone
+            // through and not handed out stay (see `lease_picked`).
+            let mut leased = self.shared.leased();
+            for id in leases.iter().map(|l| &l.delivery_id).chain(&picked[done..]) {
+                leased.remove(id);
+            }
+            return Err(e);
+        }
+        Ok((leases, None))
+    }
+
+    /// Leases each of `picked` (already marked as leased) into `leases`; `done` counts those
+    /// gone through. One that yields no lease stays marked: it is gone (so a broken entry cannot
+    /// block its endpoint), or being sent dead (released when that is written).
+    fn lease_picked(
+        &self,
+        txn: &redb::ReadTransaction,
+        picked: &[DeliveryId],
+        leases: &mut Vec<Lease>,
+        done: &mut usize,
+    ) -> Result<(), StoreError> {
         let deliveries = txn.open_table(DELIVERIES).map_err(unavailable)?;
         let subs = txn.open_table(SUBMISSIONS).map_err(unavailable)?;
         let payloads = txn.open_table(PAYLOADS).map_err(unavailable)?;
         let renditions = txn.open_table(RENDITIONS).map_err(unavailable)?;
-        let mut leases = Vec::with_capacity(picked.len());
-        let mut leased = self.shared.leased();
         for id in picked {
-            // Another worker of the same endpoint may have taken it since the scan.
-            if !leased.insert(id) {
-                continue;
+            if let Some(lease) = self.lease_one(&deliveries, &subs, &payloads, &renditions, *id)? {
+                leases.push(lease);
             }
-            match self.lease_one(&deliveries, &subs, &payloads, &renditions, id) {
-                Ok(Some(lease)) => leases.push(lease),
-                // Gone, or being sent dead (it stays in `leased` until that is written).
-                Ok(None) => {}
-                Err(e) => {
-                    // Nothing of this call is handed out, so every delivery it took is free again:
-                    // one left in `leased` would never be leased again (until a restart).
-                    leased.remove(&id);
-                    for l in &leases {
-                        leased.remove(&l.delivery_id);
-                    }
-                    return Err(e);
-                }
-            }
+            *done += 1;
         }
-        Ok((leases, None))
+        Ok(())
     }
 
     /// The lease of one due delivery, `None` if it is gone or its bytes are unreadable (then it
@@ -360,6 +374,35 @@ impl EmbeddedStore {
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+/// The due entries of `endpoint` in `txn` that `leased` does not hold (up to `max`, in work
+/// order), and the earliest future not-before if the scan reached one.
+fn due_entries(
+    txn: &redb::ReadTransaction,
+    endpoint: &str,
+    now: Millis,
+    max: usize,
+    leased: &HashSet<DeliveryId>,
+) -> Result<(Vec<DeliveryId>, Option<Millis>), StoreError> {
+    let ready = txn.open_table(READY).map_err(unavailable)?;
+    let start = ready_key(endpoint, 0, DeliveryId(uuid::Uuid::nil()));
+    let end = ready_key(endpoint, u64::MAX, DeliveryId(uuid::Uuid::max()));
+    let mut picked = Vec::new();
+    for entry in ready.range(start.as_slice()..=end.as_slice()).map_err(unavailable)? {
+        let (k, _) = entry.map_err(unavailable)?;
+        let Some((not_before, id)) = parse_ready_key(endpoint, k.value()) else { continue };
+        if not_before > now {
+            return Ok((picked, Some(not_before)));
+        }
+        if !leased.contains(&id) {
+            picked.push(id);
+            if picked.len() >= max {
+                break;
+            }
+        }
+    }
+    Ok((picked, None))
 }
 
 /// Every blob reference the database holds (payloads and renditions); an error if one cannot

@@ -521,3 +521,75 @@ async fn retention_deletes_a_blob_segment_once_nothing_refers_to_it() {
     assert_eq!(leases[0].submission_id, fourth.submission_id);
     assert_eq!(&leases[0].payload[..], b"<r/>");
 }
+
+/// Flips one byte of the payload `marker` (4 bytes) in the only blob segment of `dir`.
+fn rot_payload(dir: &std::path::Path, marker: &[u8]) {
+    let segments: Vec<_> = std::fs::read_dir(dir.join("blobs")).expect("blobs dir").collect();
+    assert_eq!(segments.len(), 1);
+    let segment = segments.into_iter().next().expect("one").expect("entry").path();
+    let mut content = std::fs::read(&segment).expect("read segment");
+    let at = content.windows(marker.len()).position(|w| w == marker).expect("payload bytes in the segment");
+    content[at] ^= 0x20;
+    std::fs::write(&segment, &content).expect("corrupt");
+}
+
+/// Runs `lease` on a thread of its own (a lease that deadlocks cannot hang the test's runtime);
+/// its answer, or `None` if none came within 10 s.
+fn lease_on_a_thread(store: Arc<EmbeddedStore>, max: usize, wait: Duration) -> Option<Result<Vec<Lease>, StoreError>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let _ = tx.send(rt.block_on(store.lease("a", max, wait)));
+    });
+    rx.recv_timeout(Duration::from_secs(10)).ok()
+}
+
+// An unreadable payload is sent dead from within the lease; with the writer gone (its channel
+// closed) the delivery is released at once instead, which took the `leased` lock the lease
+// still held: the lease never returned (a deadlock), and every later lease of the store hung.
+#[tokio::test]
+async fn an_unreadable_payload_with_the_writer_gone_does_not_hang_the_lease() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = EmbeddedStore::open(dir.path()).expect("open");
+    let mut bad = new_sub(&["a"], &[]);
+    bad.original = Bytes::from_static(b"<r>rots on disk</r>");
+    let Intake::Accepted(bad) = store.intake(bad).await.expect("intake") else { panic!("accepted") };
+    rot_payload(dir.path(), b"rots");
+    store.tx.take();
+    let store = Arc::new(store);
+    let answer = lease_on_a_thread(store.clone(), 10, Duration::ZERO).expect("the lease hung");
+    assert!(answer.expect("lease").is_empty(), "an unreadable payload was handed out");
+    // It could not be written dead, so it is not held either: due again (and dead) later.
+    assert!(!store.shared.leased().contains(&bad.deliveries[0].id), "held as leased");
+}
+
+// A delivery another worker leases, settles (a retry an hour away) and releases while a lease is
+// between its scan and its leases must not be handed out again by that lease from its older
+// snapshot: that was a second send at once, with the old attempt number, ahead of the backoff.
+#[tokio::test]
+async fn a_delivery_settled_during_another_lease_is_not_leased_again_from_its_stale_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(EmbeddedStore::open(dir.path()).expect("open"));
+    store.intake(new_sub(&["a"], &[])).await.expect("intake");
+    let (scanned, scanned_rx) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel::<()>();
+    *store.shared.after_scan.lock().expect("hook") = Some(Box::new(move || {
+        let _ = scanned.send(());
+        let _ = go_rx.recv_timeout(Duration::from_secs(10));
+    }));
+    let first = {
+        let store = store.clone();
+        std::thread::spawn(move || lease_on_a_thread(store, 1, Duration::ZERO))
+    };
+    scanned_rx.recv_timeout(Duration::from_secs(10)).expect("the first lease scanned");
+    // The second worker, meanwhile.
+    let second = store.lease("a", 1, Duration::from_millis(100)).await.expect("lease");
+    for l in &second {
+        let retry = Outcome::Retry { not_before: now_millis() + 3_600_000, error: "HTTP 503".into() };
+        store.settle(l.clone(), retry).await.expect("settle");
+    }
+    go.send(()).expect("go");
+    let first = first.join().expect("thread").expect("the first lease hung").expect("lease");
+    let attempts: Vec<u32> = first.iter().chain(&second).map(|l| l.attempt).collect();
+    assert_eq!(attempts, [1], "handed out twice (first lease, second lease)");
+}
