@@ -36,6 +36,24 @@ mod json_strict {
         assert!(e.contains("reserved key"), "{e}");
     }
 
+    /// Under the workspace's `arbitrary_precision`, serde_json hands each non-integer or big
+    /// number to the visitor as `{"$serde_json::private::Number": "<text>"}`. The parser must
+    /// take that for the number it is, and still refuse the same key written in the input
+    /// (serde_json's own `Value` would read it as a number: routing would see `1`, a
+    /// `format = "json"` endpoint an object).
+    #[test]
+    fn number_magic_key_is_refused_and_numbers_keep_their_text() {
+        let e = refused(r#"{"r":{"betrag":{"$serde_json::private::Number":"1"}}}"#);
+        assert!(e.contains("reserved key `$serde_json::private::Number`"), "{e}");
+        let e = refused(r#"{"r":{"$serde_json::private::Numb\u0065r":"1.5"}}"#);
+        assert!(e.contains("reserved key `$serde_json::private::Number`"), "{e}");
+        let e = refused(r#"{"$serde_json::private::Number":"1"}"#);
+        assert!(e.contains("reserved key"), "{e}");
+        let doc = r#"{"r":[12345678901234567890123,1234567890.123456789012,-0,1.50,0.1,-7,18446744073709551615]}"#;
+        let got = parse_strict(doc.as_bytes()).unwrap_or_else(|e| panic!("refused {doc}: {e}"));
+        assert_eq!(got.to_string(), doc);
+    }
+
     /// The magic key restarted serde_json's 128-level limit inside its string.
     #[test]
     fn raw_value_cannot_restart_the_depth_limit() {

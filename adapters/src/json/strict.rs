@@ -13,6 +13,14 @@
 //! (`$serde_json::private::…`; no XML name can start with `$`). It reads through
 //! `serde_json::Deserializer`, so serde_json's recursion limit still bounds the nesting (and
 //! with it this visitor's recursion), and refuses trailing bytes.
+//!
+//! Numbers keep their text: with the workspace's `arbitrary_precision` feature, serde_json hands
+//! a number that is not an integer within 64 bits to the visitor as a one-entry map,
+//! `$serde_json::private::Number` -> the number's text. That key cannot be told from the same
+//! key in the input by its text, so [`Key`] tells them apart by how their deserializers answer
+//! `deserialize_option`: serde_json's map-key deserializer answers `visit_some` (an object key
+//! is never null), its number-key deserializer answers everything with the token string.
+//! `tests/json_strict.rs` pins both (numbers keep their text; the key in the input is refused).
 
 use std::fmt;
 
@@ -21,6 +29,9 @@ use serde_json::{Map, Number, Value};
 
 /// The prefix of serde_json's magic keys (`RawValue`, and `Number` under `arbitrary_precision`).
 const PRIVATE_KEY_PREFIX: &str = "$serde_json::private::";
+
+/// The key serde_json gives a number it hands over as text (`arbitrary_precision`).
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 
 /// Parses a JSON document, refusing duplicate keys, serde_json's private keys, nesting deeper
 /// than serde_json's limit (128) and anything after the value. The error is serde_json's
@@ -99,7 +110,16 @@ impl<'de> Visitor<'de> for StrictValue {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut object = Map::new();
         // Keys arrive unescaped, so `Raw\u0056alue` is seen here as `RawValue`.
-        while let Some(key) = map.next_key::<String>()? {
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            let key = match key {
+                Key::Input(key) => key,
+                // serde_json's number map has this one entry (see the module note).
+                Key::Number => {
+                    let text: String = map.next_value()?;
+                    let number = text.parse::<Number>().map_err(de::Error::custom)?;
+                    return Ok(Value::Number(number));
+                }
+            };
             if key.starts_with(PRIVATE_KEY_PREFIX) {
                 return Err(de::Error::custom(format_args!("reserved key `{key}` is not allowed")));
             }
@@ -110,5 +130,40 @@ impl<'de> Visitor<'de> for StrictValue {
             object.insert(key, value);
         }
         Ok(Value::Object(object))
+    }
+}
+
+/// An object key: one from the input, or serde_json's number token (see the module note).
+enum Key {
+    Input(String),
+    Number,
+}
+
+/// Seed (and visitor) for an object key.
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Key;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Key, D::Error> {
+        deserializer.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed {
+    type Value = Key;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    /// A key from the input: serde_json's map-key deserializer answers `deserialize_option` so.
+    fn visit_some<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Key, D::Error> {
+        <String as serde::Deserialize>::deserialize(deserializer).map(Key::Input)
+    }
+
+    /// serde_json's number-key deserializer answers every request with its token.
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
+        if v == NUMBER_TOKEN { Ok(Key::Number) } else { Err(E::custom(format_args!("unexpected key `{v}`"))) }
     }
 }

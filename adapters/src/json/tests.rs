@@ -107,6 +107,32 @@ fn json_senders_may_use_numbers_booleans_and_null() {
     );
 }
 
+/// Regression: numbers went through `f64` (non-integers, integers beyond 64 bits), so an amount
+/// of `1234567890.123456789012` reached the XML rounded and `1.50` as `1.5`. The text of a JSON
+/// number is the XML text now (exponents as serde_json writes them: `1E2` is `1e+2`).
+#[test]
+fn json_numbers_reach_the_xml_as_written() {
+    let cases = [
+        ("12345678901234567890123", "12345678901234567890123"),
+        ("1234567890.123456789012", "1234567890.123456789012"),
+        ("-98765432109876543210.00", "-98765432109876543210.00"),
+        ("1.50", "1.50"),
+        ("100.0", "100.0"),
+        ("-0", "-0"),
+        ("0.1", "0.1"),
+        ("1e2", "1e+2"),
+        ("1E-7", "1e-7"),
+        ("2.5e+300", "2.5e+300"),
+        ("1e400", "1e+400"),
+    ];
+    for (number, text) in cases {
+        let body = format!(r#"{{"r":{{"@a":{number},"b":{number}}}}}"#);
+        let value = super::parse_strict(body.as_bytes()).unwrap_or_else(|e| panic!("{body}: {e}"));
+        let xml = String::from_utf8(json_to_xml(&value).expect("valid form")).expect("utf-8");
+        assert!(xml.ends_with(&format!(r#"<r a="{text}"><b>{text}</b></r>"#)), "{number}: {xml}");
+    }
+}
+
 #[test]
 fn invalid_json_forms_are_refused() {
     let cases = [
