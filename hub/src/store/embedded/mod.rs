@@ -683,6 +683,10 @@ impl Store for EmbeddedStore {
     }
 
     fn health(&self) -> Result<(), StoreError> {
+        // A writer that stopped (it panicked) takes no write again: every intake would get 503.
+        if self.tx.as_ref().is_none_or(|tx| tx.is_closed()) || self.writer.as_ref().is_none_or(|w| w.is_finished()) {
+            return Err(StoreError::Unavailable("store writer stopped".into()));
+        }
         self.db.get()?;
         if self.shared.failing.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(StoreError::Unavailable("the last intakes could not be stored (is the disk full?)".into()));

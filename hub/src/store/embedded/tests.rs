@@ -593,3 +593,66 @@ async fn a_delivery_settled_during_another_lease_is_not_leased_again_from_its_st
     let attempts: Vec<u32> = first.iter().chain(&second).map(|l| l.attempt).collect();
     assert_eq!(attempts, [1], "handed out twice (first lease, second lease)");
 }
+
+/// A redb backend on a file that panics once, at the next sync after `panic` is set: a bug in
+/// the writer's path, as far as the store can tell.
+#[derive(Debug)]
+struct PanicsOnce {
+    file: redb::backends::FileBackend,
+    panic: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl redb::StorageBackend for PanicsOnce {
+    fn len(&self) -> std::io::Result<u64> {
+        self.file.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.file.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.file.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        if self.panic.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            panic!("the writer's bug (test)");
+        }
+        self.file.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.file.write(offset, data)
+    }
+    fn close(&self) -> std::io::Result<()> {
+        self.file.close()
+    }
+}
+
+// A writer thread that died (a panic) takes no write again, so the store must not say it is
+// ready: before, `/healthz` answered 200 for good while every intake got 503.
+#[tokio::test]
+async fn a_stopped_writer_makes_the_store_unhealthy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("lotse.redb");
+    let panic = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (p, flag) = (path.clone(), panic.clone());
+    let opener: db::Opener = Box::new(move || {
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&p)?;
+        let file = redb::backends::FileBackend::new(file)?;
+        redb::Database::builder().create_with_backend(PanicsOnce { file, panic: flag.clone() })
+    });
+    let db = db::Db::with_opener(&path, opener).expect("open");
+    let store = EmbeddedStore::start(dir.path(), Arc::new(db)).expect("start");
+    store.intake(new_sub(&["a"], &[])).await.expect("intake");
+    assert!(store.health().is_ok(), "{:?}", store.health());
+
+    panic.store(true, std::sync::atomic::Ordering::SeqCst);
+    let refused = store.intake(new_sub(&["a"], &[])).await;
+    assert!(matches!(refused, Err(StoreError::Unavailable(_))), "intake with the writer dead: {refused:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !store.writer.as_ref().is_some_and(|w| w.is_finished()) {
+        assert!(std::time::Instant::now() < deadline, "the writer thread did not stop");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(matches!(store.health(), Err(StoreError::Unavailable(_))), "healthy without a writer");
+    // The panic in its commit poisoned redb's own locks, and dropping the database would panic.
+    std::mem::forget(store);
+}
