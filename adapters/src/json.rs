@@ -17,7 +17,8 @@
 //! instructions and indentation in element-only content are not part of it).
 //!
 //! Modules: `tree` (borrowed document tree, shape decisions), `emit` (tree -> JSON text or
-//! `Value`), `to_xml` (JSON -> XML), `canon` (canonical form), `schema` (type hints).
+//! `Value`), `to_xml` (JSON -> XML), `canon` (canonical form), `schema` (type hints), `strict`
+//! (the strict JSON parse of partner bodies).
 
 mod canon;
 mod emit;
@@ -92,9 +93,24 @@ pub fn json_to_xml(json: &serde_json::Value) -> Result<Vec<u8>, ConvertError> {
 
 /// [`json_to_xml`], refusing with [`ConvertError::TooLarge`] once the XML (after its
 /// declaration) grows past `max_bytes`: XML from a partner's JSON is held to the same size
-/// limit as XML sent directly, and is not built in full first.
+/// limit as XML sent directly, and is not built in full first. The XML is re-read with the
+/// default attribute limit; see [`json_to_xml_with_limits`].
 pub fn json_to_xml_within(json: &serde_json::Value, max_bytes: usize) -> Result<Vec<u8>, ConvertError> {
+    // Element count open: `max_bytes` bounds it.
+    let limits = Limits { max_depth: tree::JSON_MAX_DEPTH, max_elements: usize::MAX, ..Limits::default() };
+    json_to_xml_with_limits(json, max_bytes, &limits)
+}
+
+/// [`json_to_xml_within`], re-reading the XML under `limits` (depth at most the JSON form's
+/// 1,024): the caller's XML intake limits, so that a JSON body is refused exactly when the same
+/// message sent as XML would be (a deployment that allows more attributes than the default
+/// allows them in JSON too).
+pub fn json_to_xml_with_limits(
+    json: &serde_json::Value,
+    max_bytes: usize,
+    limits: &Limits,
+) -> Result<Vec<u8>, ConvertError> {
     let mut out = Vec::with_capacity(4096);
-    to_xml::write_xml(json, &mut out, max_bytes)?;
+    to_xml::write_xml(json, &mut out, max_bytes, limits)?;
     Ok(out)
 }

@@ -135,14 +135,17 @@ impl Pipeline {
                 } else {
                     // Its XML is held to the body limit too, and refused while it is built (a
                     // JSON array repeats its element's name per item: a few hundred KB of JSON
-                    // could otherwise become gigabytes of XML).
+                    // could otherwise become gigabytes of XML); and re-read under this intake's
+                    // limits, so JSON is refused exactly where the same XML would be.
                     let max = self.config.raw.limits.max_body_bytes;
-                    let xml = adapters::json::json_to_xml_within(&value, max).map_err(|e| match e {
-                        adapters::json::ConvertError::TooLarge => IntakeError::TooLarge(format!(
-                            "the XML form of this JSON is larger than the limit of {max} bytes"
-                        )),
-                        e => IntakeError::Malformed(format!("JSON is not a Lotse JSON form: {e}")),
-                    })?;
+                    let xml =
+                        adapters::json::json_to_xml_with_limits(&value, max, &self.limits).map_err(|e| match e {
+                            adapters::json::ConvertError::TooLarge => IntakeError::TooLarge(format!(
+                                "the XML form of this JSON is larger than the limit of {max} bytes"
+                            )),
+                            adapters::json::ConvertError::Read(e @ ReadError::LimitExceeded(_)) => IntakeError::from(e),
+                            e => IntakeError::Malformed(format!("JSON is not a Lotse JSON form: {e}")),
+                        })?;
                     let meta = adapters::read_meta(&xml, &self.limits)?;
                     (Some(Bytes::from(xml)), meta)
                 }

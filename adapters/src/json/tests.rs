@@ -230,13 +230,30 @@ fn more_attributes_on_one_element_than_the_default_limit_are_refused() {
     assert!(matches!(err, ConvertError::Read(crate::ReadError::LimitExceeded(_))), "{err}");
 }
 
+/// Regression: the JSON form's XML was re-read with the default attribute limit (64) whatever
+/// the caller's limits: a deployment allowing more refused as JSON what it took as XML.
+#[test]
+fn the_xml_of_a_json_form_is_read_under_the_callers_limits() {
+    let attrs = |n: usize| {
+        let map: serde_json::Map<String, serde_json::Value> =
+            (0..n).map(|i| (format!("@a{i}"), serde_json::Value::from(0))).collect();
+        json!({ "r": map })
+    };
+    let limits = crate::Limits { max_attributes: 100, ..crate::Limits::default() };
+    assert!(super::json_to_xml_with_limits(&attrs(100), 1 << 20, &limits).is_ok());
+    let err = super::json_to_xml_with_limits(&attrs(101), 1 << 20, &limits).expect_err("one too many");
+    assert!(matches!(err, ConvertError::Read(crate::ReadError::LimitExceeded(ref m)) if m.contains("attributes")));
+    let limits = crate::Limits { max_attributes: 3, ..crate::Limits::default() };
+    assert!(super::json_to_xml_with_limits(&attrs(4), 1 << 20, &limits).is_err());
+}
+
 /// Regression: the size limit was checked only between elements, and escaping grows a byte up
 /// to six (`"` -> `&quot;`), so one value could take six times its size past the limit first.
 #[test]
 fn escaping_one_large_value_stops_at_the_limit() {
     for json in [json!({ "r": "<".repeat(100_000) }), json!({ "r": { "@a": "\"".repeat(100_000) } })] {
         let mut out = Vec::new();
-        let result = super::to_xml::write_xml(&json, &mut out, 1_000);
+        let result = super::to_xml::write_xml(&json, &mut out, 1_000, &crate::Limits::default());
         assert!(matches!(result, Err(ConvertError::TooLarge)), "{result:?}");
         assert!(out.len() < 2_000, "the buffer grew to {} bytes", out.len());
     }

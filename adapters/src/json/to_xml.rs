@@ -16,10 +16,15 @@ fn invalid(message: impl Into<String>) -> ConvertError {
     ConvertError::InvalidJson(message.into())
 }
 
-/// Writes the XML document for `json` (UTF-8, with an XML declaration).
+/// Writes the XML document for `json` (UTF-8, with an XML declaration), re-read under `limits`.
 /// Stops with [`ConvertError::TooLarge`] once the XML grows past `max_bytes` (a JSON array of
 /// `null`s repeats its element name per item: a small body could otherwise make a huge document).
-pub(crate) fn write_xml(json: &Value, out: &mut Vec<u8>, max_bytes: usize) -> Result<(), ConvertError> {
+pub(crate) fn write_xml(
+    json: &Value,
+    out: &mut Vec<u8>,
+    max_bytes: usize,
+    limits: &Limits,
+) -> Result<(), ConvertError> {
     let Value::Object(top) = json else {
         return Err(invalid("the JSON form is an object with one key, the root element"));
     };
@@ -34,18 +39,13 @@ pub(crate) fn write_xml(json: &Value, out: &mut Vec<u8>, max_bytes: usize) -> Re
     if out.len() > limit {
         return Err(ConvertError::TooLarge);
     }
-    check_well_formed(&out[body..])
+    check_well_formed(&out[body..], limits)
 }
 
-/// Re-reads the XML with the reader's default attribute limit (the XML intake's default): one
-/// JSON object can hold any number of `@` keys, and XML sent directly could not carry them.
-/// Element count stays open: `max_bytes` bounds it.
-fn check_well_formed(xml: &[u8]) -> Result<(), ConvertError> {
-    let limits = Limits {
-        max_depth: JSON_MAX_DEPTH,
-        max_attributes: Limits::default().max_attributes,
-        max_elements: usize::MAX,
-    };
+/// Re-reads the XML under the caller's limits (the XML intake's): one JSON object can hold any
+/// number of `@` keys, and XML sent directly could not carry more than `max_attributes`.
+fn check_well_formed(xml: &[u8], limits: &Limits) -> Result<(), ConvertError> {
+    let limits = Limits { max_depth: limits.max_depth.min(JSON_MAX_DEPTH), ..*limits };
     let mut guard = Guard::new(xml, &limits);
     loop {
         match guard.next() {
