@@ -137,7 +137,7 @@ pub async fn start(
         tracing::warn!("no [[partners]] configured: the partner API accepts submissions from anyone, as `anonymous`");
     }
     warn_orphaned(store.as_ref(), &config).await;
-    let paused = Paused::default();
+    let paused = Paused::new(store.clone());
     let pipeline = Pipeline::new(config.clone(), store.clone(), schemas);
     let state = Arc::new(AppState::new(config.clone(), pipeline, metrics_handle(), paused.clone()));
     let (shutdown, rx) = watch::channel(false);

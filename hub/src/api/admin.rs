@@ -348,6 +348,7 @@ fn unknown_endpoint(id: DeliveryId, endpoint: &str) -> Problem {
 }
 
 async fn endpoints(State(state): State<Arc<AppState>>) -> Response {
+    let pauses = state.paused.all();
     let list: Vec<_> = state
         .config
         .raw
@@ -362,7 +363,11 @@ async fn endpoints(State(state): State<Arc<AppState>>) -> Response {
                 "exchange": e.exchange,
                 "routing_key": e.routing_key,
                 "format": format!("{:?}", e.format).to_lowercase(),
-                "paused": state.paused.is_paused(&e.name),
+                "paused": pauses.contains_key(&e.name),
+                // Who paused it, when and why (any process's pause, on a store that shares them).
+                "paused_by": pauses.get(&e.name).map(|p| &p.actor),
+                "paused_at": pauses.get(&e.name).map(|p| crate::store::rfc3339(p.at)),
+                "pause_reason": pauses.get(&e.name).and_then(|p| p.reason.as_ref()),
                 // A mailbox's deliveries fetched and not acknowledged yet.
                 "held": (e.kind == crate::config::EndpointKind::Mailbox).then(|| state.mailboxes.held_count(&e.name)),
             })
@@ -371,21 +376,55 @@ async fn endpoints(State(state): State<Arc<AppState>>) -> Response {
     axum::Json(json!({ "endpoints": list })).into_response()
 }
 
-async fn pause(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Result<Response, Problem> {
-    set_paused(&state, &name, true)
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PauseBody {
+    /// Who asks; logged, and kept with the pause (shown by `GET /v1/admin/endpoints`).
+    actor: Option<String>,
+    /// Why, if they say (optional: a pause is often urgent).
+    reason: Option<String>,
 }
 
-async fn resume(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Result<Response, Problem> {
-    set_paused(&state, &name, false)
+async fn pause(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, Problem> {
+    set_paused(&state, &name, true, &headers, body).await
 }
 
-fn set_paused(state: &AppState, name: &str, paused: bool) -> Result<Response, Problem> {
+async fn resume(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, Problem> {
+    set_paused(&state, &name, false, &headers, body).await
+}
+
+/// Pauses or resumes an endpoint: on every process that shares the store when it keeps pauses
+/// (RabbitMQ), else on this one. Logged with the actor, as a replay is.
+async fn set_paused(
+    state: &AppState,
+    name: &str,
+    paused: bool,
+    headers: &axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, Problem> {
     if state.config.endpoint(name).is_none() {
         return Err(Problem::not_found("endpoint"));
     }
-    state.paused.set(name, paused);
-    tracing::info!(endpoint = %name, paused, "endpoint pause changed by operator");
-    Ok(axum::Json(json!({ "endpoint": name, "paused": paused })).into_response())
+    let body: PauseBody = json_body(state, headers, body).await?.unwrap_or_default();
+    let actor = body.actor.filter(|a| !a.trim().is_empty()).unwrap_or_else(|| "operator".to_owned());
+    let reason = body.reason.filter(|r| !r.trim().is_empty());
+    if let Err(e) = state.paused.set(name, paused, &actor, reason.as_deref()).await {
+        tracing::warn!(endpoint = %name, paused, actor = %actor, error = %e, "endpoint pause not changed: store error");
+        return Err(e.into());
+    }
+    let what = if paused { "endpoint paused by operator" } else { "endpoint resumed by operator" };
+    tracing::info!(endpoint = %name, paused, actor = %actor, reason = reason.as_deref().unwrap_or(""), "{what}");
+    Ok(axum::Json(json!({ "endpoint": name, "paused": paused, "actor": actor })).into_response())
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {

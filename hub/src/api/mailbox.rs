@@ -355,7 +355,12 @@ async fn next(
         let store = task_state.pipeline.store();
         let deadline = Instant::now() + wait;
         let lease = loop {
-            if gone.load(Ordering::SeqCst) || task_state.mailboxes.closing.load(Ordering::SeqCst) {
+            // Paused meanwhile (here or, through the store, on another process): hand nothing
+            // out for the rest of the wait.
+            if gone.load(Ordering::SeqCst)
+                || task_state.mailboxes.closing.load(Ordering::SeqCst)
+                || task_state.paused.is_paused(&name)
+            {
                 return Ok(None);
             }
             let slice = deadline.saturating_duration_since(Instant::now()).min(POLL_SLICE);

@@ -16,7 +16,7 @@ pub mod file;
 pub mod http;
 pub mod retry;
 
-use std::collections::HashSet;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,31 +26,78 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::config::{Config, EndpointConfig, EndpointKind, RetryConfig};
-use crate::store::{Lease, Outcome, Store, now_millis};
+use crate::store::{Lease, Outcome, Pause, Store, now_millis};
 use retry::AttemptResult;
 
-/// Endpoints an operator paused (in memory: a restart resumes them, which the admin docs say).
-#[derive(Debug, Clone, Default)]
-pub struct Paused(Arc<Mutex<HashSet<String>>>);
+/// Endpoints an operator paused: the delivery workers lease nothing for them, and their
+/// mailboxes hand nothing out.
+///
+/// Kept by the store when it keeps pauses ([`Store::set_paused`]; RabbitMQ: in its event
+/// stream, so a pause holds on every process sharing the broker and survives restarts), else
+/// here in memory (the embedded store, one process: a restart resumes every endpoint). Reads
+/// are cheap (a small map), so workers and mailboxes ask before every lease.
+#[derive(Clone, Default)]
+pub struct Paused {
+    local: Arc<Mutex<BTreeMap<String, Pause>>>,
+    /// The store that keeps pauses, if it does (`None`: only `local`, as in unit tests).
+    store: Option<Arc<dyn Store>>,
+}
 
 impl Paused {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    /// The pauses of `store`, kept by it if it keeps pauses, else in memory.
+    pub fn new(store: Arc<dyn Store>) -> Paused {
+        Paused { local: Arc::default(), store: Some(store) }
     }
-    pub fn set(&self, endpoint: &str, paused: bool) {
+
+    fn local(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Pause>> {
+        self.local.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Pauses (`paused`) or resumes `endpoint`, on every process when the store keeps pauses.
+    pub async fn set(
+        &self,
+        endpoint: &str,
+        paused: bool,
+        actor: &str,
+        reason: Option<&str>,
+    ) -> Result<(), crate::store::StoreError> {
+        if let Some(store) = &self.store
+            && store.set_paused(endpoint, paused, actor, reason).await?
+        {
+            return Ok(());
+        }
         if paused {
-            self.lock().insert(endpoint.to_owned());
+            let pause = Pause { actor: actor.to_owned(), at: now_millis(), reason: reason.map(str::to_owned) };
+            self.local().insert(endpoint.to_owned(), pause);
         } else {
-            self.lock().remove(endpoint);
+            self.local().remove(endpoint);
+        }
+        Ok(())
+    }
+
+    /// Every paused endpoint, with who paused it and when.
+    pub fn all(&self) -> BTreeMap<String, Pause> {
+        match self.store.as_ref().and_then(|s| s.pauses()) {
+            Some(kept) => kept,
+            None => self.local().clone(),
         }
     }
-    pub fn is_paused(&self, endpoint: &str) -> bool {
-        self.lock().contains(endpoint)
+
+    /// The pause of `endpoint`, if it is paused.
+    pub fn get(&self, endpoint: &str) -> Option<Pause> {
+        match self.store.as_ref().and_then(|s| s.pauses()) {
+            Some(mut kept) => kept.remove(endpoint),
+            None => self.local().get(endpoint).cloned(),
+        }
     }
+
+    pub fn is_paused(&self, endpoint: &str) -> bool {
+        self.get(endpoint).is_some()
+    }
+
+    /// The paused endpoints' names, sorted.
     pub fn list(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.lock().iter().cloned().collect();
-        v.sort();
-        v
+        self.all().into_keys().collect()
     }
 }
 
@@ -149,13 +196,23 @@ impl Worker {
         let this = Arc::new(self);
         let mut store_errors = 0u32;
         tracing::info!(endpoint = %name, "delivery worker started");
+        // Said once per change, on every process: a pause made on another one shows here too.
+        let mut holding = false;
         while !*shutdown.borrow() {
             if this.paused.is_paused(&name) {
+                if !holding {
+                    holding = true;
+                    tracing::info!(endpoint = %name, "endpoint paused: its deliveries are held");
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                     _ = shutdown.changed() => {}
                 }
                 continue;
+            }
+            if holding {
+                holding = false;
+                tracing::info!(endpoint = %name, "endpoint resumed: delivering again");
             }
             // Wait for one free slot, then lease as many deliveries as there are free slots.
             let first = tokio::select! {
@@ -308,6 +365,54 @@ mod tests {
 
     use crate::store::{Outcome, Store, StoreError};
 
+    /// A hub config with one endpoint, `ablage`, writing to the folder `drop_dir`.
+    fn file_config(drop_dir: &std::path::Path) -> crate::config::Config {
+        crate::config::Config::parse(&format!(
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:1\"\ndata_dir = \"unused\"\n\
+             [[endpoints]]\nname = \"ablage\"\nkind = \"file\"\npath = \"{}\"\n\
+             [[routes]]\nname = \"r\"\nendpoints = [\"ablage\"]\n",
+            drop_dir.display()
+        ))
+        .expect("valid test config")
+    }
+
+    /// A paused endpoint leases nothing: its delivery waits until the endpoint is resumed. The
+    /// embedded store keeps no pauses, so `Paused` keeps this one in memory (one process).
+    #[tokio::test]
+    async fn a_paused_endpoint_is_held_until_it_is_resumed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let drop_dir = dir.path().join("eingang");
+        std::fs::create_dir(&drop_dir).expect("drop folder");
+        let config = file_config(&drop_dir);
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::embedded::EmbeddedStore::open(&dir.path().join("data")).expect("store"));
+        let paused = super::Paused::new(store.clone());
+        paused.set("ablage", true, "oncall", Some("receiver down")).await.expect("pause");
+        assert!(store.pauses().is_none(), "the embedded store keeps no pauses");
+        let pause = paused.get("ablage").expect("paused");
+        assert_eq!((pause.actor.as_str(), pause.reason.as_deref()), ("oncall", Some("receiver down")));
+        assert_eq!(paused.list(), ["ablage"]);
+        store.intake(crate::store::conformance::submission(&[], &["ablage"])).await.expect("intake");
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let mut workers = super::spawn_workers(&config, store.clone(), paused.clone(), shutdown).expect("workers");
+        let files = || std::fs::read_dir(&drop_dir).expect("read folder").count();
+        // Held means nothing happens: five of the worker's pause checks, two lease waits.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(files(), 0, "delivered while paused");
+        assert_eq!(store.counts().await.expect("counts").pending, 1);
+
+        paused.set("ablage", false, "oncall", None).await.expect("resume");
+        assert!(!paused.is_paused("ablage"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.counts().await.expect("counts").pending > 0 {
+            assert!(std::time::Instant::now() < deadline, "not delivered within 10 s of the resume");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(files() >= 1, "the delivery's files are in the folder");
+        let _ = stop.send(true);
+        while workers.join_next().await.is_some() {}
+    }
+
     /// The embedded store as on a full disk: every settle fails (the delivery is due again at
     /// once, as when its outcome cannot be written), counting how often it was tried.
     struct FullDisk {
@@ -335,13 +440,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let drop_dir = dir.path().join("eingang");
         std::fs::create_dir(&drop_dir).expect("drop folder");
-        let config = crate::config::Config::parse(&format!(
-            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:1\"\ndata_dir = \"unused\"\n\
-             [[endpoints]]\nname = \"ablage\"\nkind = \"file\"\npath = \"{}\"\n\
-             [[routes]]\nname = \"r\"\nendpoints = [\"ablage\"]\n",
-            drop_dir.display()
-        ))
-        .expect("valid test config");
+        let config = file_config(&drop_dir);
         let inner = crate::store::embedded::EmbeddedStore::open(&dir.path().join("data")).expect("store");
         let store = Arc::new(FullDisk { inner, settles: AtomicU32::new(0) });
         store.intake(crate::store::conformance::submission(&[], &["ablage"])).await.expect("intake");

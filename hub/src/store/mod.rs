@@ -85,6 +85,30 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// Pauses (`paused`) or resumes deliveries to `endpoint` on every process that shares this
+    /// store, recorded with the `actor` who asked (and their `reason`, if given), and keeps the
+    /// pause as long as the store keeps its history (RabbitMQ: a record in the event stream that
+    /// every process folds, again after a restart). `Ok(false)` when the store keeps no pauses:
+    /// it has one process (the embedded store), and the caller keeps the pause in memory
+    /// ([`crate::delivery::Paused`]).
+    async fn set_paused(
+        &self,
+        endpoint: &str,
+        paused: bool,
+        actor: &str,
+        reason: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let _ = (endpoint, paused, actor, reason);
+        Ok(false)
+    }
+
+    /// The endpoints paused through [`Store::set_paused`] as this process knows them now (on
+    /// RabbitMQ a pause on another process shows once this one has folded its record, the lag
+    /// of `docs/rabbitmq.md`); `None` when the store keeps no pauses.
+    fn pauses(&self) -> Option<std::collections::BTreeMap<String, Pause>> {
+        None
+    }
+
     /// Whether the store takes writes now, as far as it knows without trying (the partner port's
     /// `/healthz`, for a load balancer): `Err` while it is known not to (a full disk, no broker).
     fn health(&self) -> Result<(), StoreError> {

@@ -65,6 +65,18 @@ impl<T: Passthrough + 'static> Store for T {
     fn relayed_verdicts(&self) -> Option<tokio::sync::broadcast::Receiver<MailboxVerdict>> {
         Passthrough::relayed_verdicts(self)
     }
+    async fn set_paused(
+        &self,
+        endpoint: &str,
+        paused: bool,
+        actor: &str,
+        reason: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        self.inner().set_paused(endpoint, paused, actor, reason).await
+    }
+    fn pauses(&self) -> Option<std::collections::BTreeMap<String, Pause>> {
+        self.inner().pauses()
+    }
     fn health(&self) -> Result<(), StoreError> {
         self.inner().health()
     }

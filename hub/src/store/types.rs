@@ -57,6 +57,17 @@ pub fn now_millis() -> Millis {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// RFC 3339 in UTC with milliseconds, as the RabbitMQ store's views and the admin API show times.
+pub fn rfc3339(ms: Millis) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
 /// What retention may delete (see [`Store::expire`](super::Store::expire)): a submission whose
 /// every delivery is final (delivered or dead) and was last changed at or before the cutoff of
 /// its state. A state without a cutoff keeps its submissions (a pending delivery always does).
@@ -237,6 +248,16 @@ pub enum Verdict {
     Ack,
     /// Refused: dead, or (`retry`) offered again later.
     Reject { reason: String, retry: bool },
+}
+
+/// An operator's pause of an endpoint: its deliveries are held (nothing is leased for it) until
+/// it is resumed. Who paused it, when, and why if they said.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pause {
+    pub actor: String,
+    pub at: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The words of the event log that both stores write, so a submission's history reads the same

@@ -12,11 +12,11 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 use super::record::{
-    Envelope, OutcomeRecord, Record, RecordedOutcome, ReplayVoidRecord, ReplayedRecord, SubmittedRecord,
+    Envelope, OutcomeRecord, PauseRecord, Record, RecordedOutcome, ReplayVoidRecord, ReplayedRecord, SubmittedRecord,
 };
 use crate::store::{
-    Counts, Cutoffs, DeliveryFilter, DeliveryId, DeliveryState, DeliveryView, EventView, Handover, Millis, Receipt,
-    ReceiptDelivery, SubmissionId, SubmissionState, SubmissionView, dedup_digest, event_hash, words,
+    Counts, Cutoffs, DeliveryFilter, DeliveryId, DeliveryState, DeliveryView, EventView, Handover, Millis, Pause,
+    Receipt, ReceiptDelivery, SubmissionId, SubmissionState, SubmissionView, dedup_digest, event_hash, words,
 };
 
 /// Maps and sets keyed by ids this hub made (v7 UUIDs) or by dedup digests: foldhash instead of
@@ -138,6 +138,8 @@ pub struct Index {
     /// Replay claims that lost, and replays voided by a tombstone before their claim: their
     /// work messages are dropped at lease, and a claim folded later loses.
     void_replays: FastSet<Uuid>,
+    /// Endpoints an operator paused, as the last `Pause` record of each left them.
+    paused: BTreeMap<String, Pause>,
 }
 
 impl Index {
@@ -163,10 +165,29 @@ impl Index {
                 Applied::Done
             }
             Record::Mark | Record::Verdict(_) => Applied::Done,
+            Record::Pause(record) => {
+                self.apply_pause(at, record);
+                Applied::Done
+            }
             Record::Expire { delivered, dead, limit } => {
                 Applied::Expired(self.apply_expire(Cutoffs { delivered, dead }, limit))
             }
         }
+    }
+
+    /// A pause replaces an earlier one of the endpoint (the newest actor and time show); a resume
+    /// of an endpoint that is not paused changes nothing. Retention leaves pauses alone.
+    fn apply_pause(&mut self, at: Millis, r: PauseRecord) {
+        if r.paused {
+            self.paused.insert(r.endpoint, Pause { actor: r.actor, at, reason: r.reason });
+        } else {
+            self.paused.remove(&r.endpoint);
+        }
+    }
+
+    /// The endpoints paused now, with who paused them and when.
+    pub fn pauses(&self) -> &BTreeMap<String, Pause> {
+        &self.paused
     }
 
     /// Deletes the submissions `cutoffs` lets go (at most `limit`, those of the smallest ids),
@@ -580,16 +601,7 @@ impl Log {
     }
 }
 
-/// RFC 3339 in UTC with milliseconds.
-pub fn rfc3339(ms: Millis) -> String {
-    let nanos = i128::from(ms) * 1_000_000;
-    let format =
-        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|t| t.format(&format).ok())
-        .unwrap_or_else(|| ms.to_string())
-}
+pub use crate::store::rfc3339;
 
 #[cfg(test)]
 mod tests {

@@ -57,6 +57,12 @@
 //! (the work is delivered), a claim folded after it loses, so the delivery is never left pending
 //! without work, nor queued without an audited `replayed` event.
 //!
+//! Pauses: an operator's pause or resume of an endpoint is a `Pause` record in the stream; every
+//! node folds it into its index's paused endpoints, which the delivery workers and mailboxes ask
+//! before they lease and `lease` asks again while it waits (a message received after the pause
+//! is kept back, unacked, for the first lease after the resume). As durable as the stream: a
+//! node that starts folds it again, so a pause holds on every process and after restarts.
+//!
 //! Status: any process answers for any submission from its index; the lag is the time a stream
 //! record takes to reach a consumer (milliseconds; see `docs/rabbitmq.md`). The node that wrote
 //! a record waits until its own fold has it, so it reads its own writes.
@@ -99,7 +105,7 @@ use uuid::Uuid;
 
 use self::index::{Applied, Claim, FastMap, Index, ReplaySource};
 use self::record::{
-    Envelope, OutcomeRecord, Record, RecordedOutcome, ReplayVoidRecord, ReplayedRecord, SubmittedRecord,
+    Envelope, OutcomeRecord, PauseRecord, Record, RecordedOutcome, ReplayVoidRecord, ReplayedRecord, SubmittedRecord,
 };
 use self::shared::unavailable;
 use self::tasks::{append_batches, flush_queued, supervise};
@@ -107,8 +113,8 @@ use self::topology::{Names, short};
 use self::work::{WorkMessage, rung_for};
 use crate::store::{
     Counts, Cutoffs, DeliveryFilter, DeliveryId, DeliveryState, DeliveryView, Intake, Lease, MailboxVerdict,
-    NewSubmission, Outcome, Receipt, ReceiptDelivery, ReplayOutcome, Store, StoreError, SubmissionId, SubmissionView,
-    dedup_digest, now_millis,
+    NewSubmission, Outcome, Pause, Receipt, ReceiptDelivery, ReplayOutcome, Store, StoreError, SubmissionId,
+    SubmissionView, dedup_digest, now_millis,
 };
 
 /// Longest wait for a broker confirm before a write counts as failed.
@@ -227,7 +233,15 @@ struct Session {
 
 struct WorkQueue {
     tx: mpsc::Sender<Incoming>,
-    rx: tokio::sync::Mutex<mpsc::Receiver<Incoming>>,
+    inbox: tokio::sync::Mutex<Inbox>,
+}
+
+/// What a lease takes an endpoint's work from (one lease at a time).
+struct Inbox {
+    rx: mpsc::Receiver<Incoming>,
+    /// A message received just after the endpoint was paused: kept here, unacked, for the first
+    /// lease after the resume (given back to the broker it would come straight back, prefetched).
+    stashed: Option<Incoming>,
 }
 
 struct Incoming {
@@ -276,7 +290,7 @@ impl RabbitStore {
         let mut queues = HashMap::new();
         for e in endpoints {
             let (tx, rx) = mpsc::channel(usize::from(PREFETCH));
-            queues.insert(e.clone(), WorkQueue { tx, rx: tokio::sync::Mutex::new(rx) });
+            queues.insert(e.clone(), WorkQueue { tx, inbox: tokio::sync::Mutex::new(Inbox { rx, stashed: None }) });
         }
         let (broken, broken_rx) = mpsc::unbounded_channel();
         let (appends, appends_rx) = mpsc::unbounded_channel();

@@ -49,9 +49,14 @@ pub enum Record {
     /// No state: an agency's answer to a mailbox delivery, for the process that holds it (it
     /// settles the delivery; every other process ignores it).
     Verdict(MailboxVerdict),
+    /// An operator paused or resumed an endpoint: from this point of the stream on, every node
+    /// holds its deliveries (leases nothing for it), or lets them go again. The stream keeps it,
+    /// so a pause outlives a restart of every process.
+    Pause(PauseRecord),
 }
 
-const VARIANTS: &[&str] = &["submitted", "queued", "outcome", "replayed", "replay_void", "mark", "expire", "verdict"];
+const VARIANTS: &[&str] =
+    &["submitted", "queued", "outcome", "replayed", "replay_void", "mark", "expire", "verdict", "pause"];
 
 impl<'de> Deserialize<'de> for Record {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -108,6 +113,7 @@ impl<'de> serde::de::Visitor<'de> for RecordVisitor {
                 })
             }
             "verdict" => MailboxVerdict::deserialize(rest).map(Record::Verdict),
+            "pause" => PauseRecord::deserialize(rest).map(Record::Pause),
             other => Err(A::Error::unknown_variant(other, VARIANTS)),
         }
     }
@@ -186,6 +192,17 @@ pub struct ReplayVoidRecord {
     pub delivery_id: DeliveryId,
     pub generation: u32,
     pub replay_id: Uuid,
+}
+
+/// An endpoint paused (`paused`) or resumed, by whom (and why, if they said); the time is the
+/// envelope's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PauseRecord {
+    pub endpoint: String,
+    pub paused: bool,
+    pub actor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Body of a stream message: the envelope as JSON, then, for a dead outcome, a NUL byte and the

@@ -89,6 +89,12 @@ impl Shared {
         self.current().is_ok_and(|s| s.conn.status().blocked())
     }
 
+    /// Whether an operator paused `endpoint`, as this node's fold knows now.
+    pub(super) fn is_paused(&self, endpoint: &str) -> bool {
+        // A poisoned lock (a fold that panicked) still holds the pauses folded before it.
+        self.index.lock().unwrap_or_else(|e| e.into_inner()).pauses().contains_key(endpoint)
+    }
+
     /// Publishes one persistent message to a queue and waits for the broker's confirm.
     pub(super) async fn publish(&self, queue: &str, body: &[u8], props: BasicProperties) -> Result<(), StoreError> {
         let session = self.current()?;
@@ -325,6 +331,9 @@ impl Shared {
     pub(super) async fn pull(&self, endpoint: &str, until: Option<Instant>) -> Result<Option<Incoming>, StoreError> {
         let queue = short(&self.names.work(endpoint)).map_err(unavailable)?;
         loop {
+            if self.is_paused(endpoint) {
+                return Ok(None);
+            }
             let session = self.current()?;
             let Some(ch) = session.getters.get(endpoint) else {
                 return Err(unavailable(format!("no work channel for endpoint `{endpoint}`")));

@@ -76,11 +76,17 @@ impl Store for RabbitStore {
             }
             tokio::time::sleep(BLOCKED_POLL.min(deadline - now)).await;
         }
-        let Ok(mut rx) = tokio::time::timeout_at(deadline, queue.rx.lock()).await else {
+        let Ok(mut inbox) = tokio::time::timeout_at(deadline, queue.inbox.lock()).await else {
             return Ok(out);
         };
         let pulled = shared.pulled.iter().any(|p| p == endpoint);
         while out.len() < max {
+            // Paused (on any process: the pause is a stream record) while this lease waited:
+            // nothing more goes out. The callers ask before they lease; this closes the window
+            // of a lease that began before the pause was folded.
+            if shared.is_paused(endpoint) {
+                break;
+            }
             let incoming = if pulled {
                 match shared.pull(endpoint, if out.is_empty() { Some(deadline) } else { None }).await {
                     Ok(Some(i)) => i,
@@ -89,17 +95,29 @@ impl Store for RabbitStore {
                     // What is leased already goes out (and is settled); the error shows again.
                     Err(_) => break,
                 }
+            } else if let Some(i) = inbox.stashed.take() {
+                i
             } else if out.is_empty() {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                match tokio::time::timeout_at(deadline, inbox.rx.recv()).await {
                     Ok(Some(i)) => i,
                     _ => break,
                 }
             } else {
-                match rx.try_recv() {
+                match inbox.rx.try_recv() {
                     Ok(i) => i,
                     Err(_) => break,
                 }
             };
+            if shared.is_paused(endpoint) {
+                if pulled {
+                    // Nobody pulls again while the endpoint is paused.
+                    let requeue = BasicNackOptions { requeue: true, ..Default::default() };
+                    let _ = incoming.delivery.acker.nack(requeue).await;
+                } else {
+                    inbox.stashed = Some(incoming);
+                }
+                break;
+            }
             let current = shared.current().map(|s| s.id).ok();
             if current != Some(incoming.session) {
                 // Its channel is gone, and with it the broker's record of our holding it: the
@@ -349,6 +367,34 @@ impl Store for RabbitStore {
 
     fn relayed_verdicts(&self) -> Option<tokio::sync::broadcast::Receiver<MailboxVerdict>> {
         Some(self.shared.verdicts.subscribe())
+    }
+
+    /// Through the stream, like every change: each node folds the record into its paused set,
+    /// and folds it again when it starts, so the pause holds on every process and after restarts.
+    async fn set_paused(
+        &self,
+        endpoint: &str,
+        paused: bool,
+        actor: &str,
+        reason: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        self.shared.writable()?;
+        let record = Record::Pause(PauseRecord {
+            endpoint: endpoint.to_owned(),
+            paused,
+            actor: actor.to_owned(),
+            reason: reason.map(str::to_owned),
+        });
+        // Folded here before the answer: this process holds the endpoint once the operator
+        // reads "paused" (the others within the stream's lag).
+        self.shared.append_and_fold(record, None).await?;
+        Ok(true)
+    }
+
+    fn pauses(&self) -> Option<std::collections::BTreeMap<String, Pause>> {
+        // A poisoned lock (a fold that panicked) still holds the pauses folded before it.
+        let index = self.shared.index.lock().unwrap_or_else(|e| e.into_inner());
+        Some(index.pauses().clone())
     }
 
     fn health(&self) -> Result<(), StoreError> {

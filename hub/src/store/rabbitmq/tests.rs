@@ -6,7 +6,8 @@ use uuid::Uuid;
 
 use super::index::{Applied, Claim, Index, ReplaySource};
 use super::record::{
-    self, Envelope, OutcomeRecord, Record, RecordedOutcome, ReplayVoidRecord, ReplayedRecord, SubmittedRecord,
+    self, Envelope, OutcomeRecord, PauseRecord, Record, RecordedOutcome, ReplayVoidRecord, ReplayedRecord,
+    SubmittedRecord,
 };
 use super::work::{LADDER_MS, WorkMessage, rung_for};
 use crate::store::{DeliveryId, DeliveryState, Handover, ReceiptDelivery, SubmissionId, SubmissionState, dedup_digest};
@@ -414,6 +415,8 @@ fn every_record_variant_round_trips_through_the_decoder() {
         }),
         Record::Mark,
         Record::Expire { delivered: Some(5), dead: None, limit: 1_000_000 },
+        pause("a", true, Some("receiver down")),
+        pause("a", false, None),
     ];
     for r in records {
         let e = env(3, r);
@@ -430,6 +433,46 @@ fn every_record_variant_round_trips_through_the_decoder() {
     let untagged_first =
         br#"{"rid":"0190a3c2-1234-7abc-9def-0123456789ab","at":1,"record":{"submission_ids":[],"type":"queued"}}"#;
     assert!(record::decode(untagged_first).is_err());
+}
+
+fn pause(endpoint: &str, paused: bool, reason: Option<&str>) -> Record {
+    Record::Pause(PauseRecord {
+        endpoint: endpoint.into(),
+        paused,
+        actor: format!("actor-{}", u8::from(paused)),
+        reason: reason.map(str::to_owned),
+    })
+}
+
+// Every node folds the same pauses: the last record of an endpoint decides, a later pause shows
+// its own actor and time, a resume of an endpoint that is not paused changes nothing, and
+// claims and outcomes leave pauses alone.
+#[test]
+fn the_last_pause_record_of_an_endpoint_decides_on_every_node() {
+    let s = claim(&["k"]);
+    let records = vec![
+        env(1, pause("b", false, None)),
+        env(2, pause("a", true, None)),
+        env(3, Record::Submitted(s.clone())),
+        env(4, pause("c", true, None)),
+        env(5, pause("a", true, Some("again"))),
+        env(6, outcome(&s, 1, 0, dead("gone"))),
+        env(7, pause("c", false, None)),
+    ];
+    let mut nodes = [Index::default(), Index::default()];
+    for node in &mut nodes {
+        for r in records.clone() {
+            let is_pause = matches!(r.record, Record::Pause(_));
+            let applied = node.apply(r, Bytes::new());
+            assert!(!is_pause || applied == Applied::Done, "a pause folded as {applied:?}");
+        }
+    }
+    for node in &nodes {
+        let pauses = node.pauses();
+        assert_eq!(pauses.keys().collect::<Vec<_>>(), ["a"], "{pauses:?}");
+        let a = &pauses["a"];
+        assert_eq!((a.at, a.actor.as_str(), a.reason.as_deref()), (5, "actor-1", Some("again")));
+    }
 }
 
 #[test]
