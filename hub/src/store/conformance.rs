@@ -421,6 +421,27 @@ pub async fn listings_and_counts<F: StoreFactory>(f: &F) -> anyhow::Result<()> {
     let pending =
         store.deliveries(&DeliveryFilter { state: Some(DeliveryState::Pending), ..Default::default() }).await?;
     ensure!(pending.is_empty(), "pending listing not empty after draining: {}", pending.len());
+
+    // Newest first across states: a pending delivery, then a delivered one, then a dead one.
+    // (The embedded store listed every pending delivery before any dead one, and dead before
+    // delivered, whatever their age.)
+    let waits = accept(&store, submission(&[], &ENDPOINTS[1..])).await?;
+    let delivered = accept(&store, submission(&[], &ENDPOINTS[..1])).await?;
+    let lease = lease_one(&store, ENDPOINTS[0]).await?;
+    ensure!(lease.submission_id == delivered.submission_id, "leased {} first", lease.submission_id);
+    store.settle(lease, Outcome::Delivered { via: Handover::Http(200) }).await?;
+    let dead = accept(&store, submission(&[], &ENDPOINTS[..1])).await?;
+    let lease = lease_one(&store, ENDPOINTS[0]).await?;
+    ensure!(lease.submission_id == dead.submission_id, "leased {} first", lease.submission_id);
+    store.settle(lease, Outcome::Dead { error: "HTTP 400".into() }).await?;
+    let ids = |listed: &[super::DeliveryView]| listed.iter().map(|v| v.id).collect::<Vec<_>>();
+    let newest = ids(&store.deliveries(&DeliveryFilter { limit: 3, ..Default::default() }).await?);
+    let expected = [dead.deliveries[0].id, delivered.deliveries[0].id, waits.deliveries[0].id];
+    ensure!(newest == expected, "newest three across states: {newest:?}, expected {expected:?}");
+    let two = ids(&store.deliveries(&DeliveryFilter { limit: 2, ..Default::default() }).await?);
+    ensure!(two == expected[..2], "newest two across states: {two:?}, expected {:?}", &expected[..2]);
+    let all = ids(&store.deliveries(&DeliveryFilter::default()).await?);
+    ensure!(all.windows(2).all(|w| w[0] > w[1]), "a listing is not newest first: {all:?}");
     Ok(())
 }
 

@@ -617,30 +617,31 @@ impl Store for EmbeddedStore {
             Some(s) => vec![s],
             None => vec![DeliveryState::Pending, DeliveryState::Dead, DeliveryState::Delivered],
         };
+        // Newest first across the states: each state's range of the index is walked from its
+        // newest id (ids are v7, so in time order), and the newest of their heads is taken next.
         let by_state = txn.open_table(BY_STATE).map_err(unavailable)?;
+        let mut ranges = Vec::with_capacity(states.len());
         for s in states {
-            let b = state_byte(s);
             let lo = state_key(s, DeliveryId(uuid::Uuid::nil()));
             let hi = state_key(s, DeliveryId(uuid::Uuid::max()));
-            for entry in by_state.range(lo.as_slice()..=hi.as_slice()).map_err(unavailable)?.rev() {
-                let (k, _) = entry.map_err(unavailable)?;
-                let key = k.value();
-                if key.first() != Some(&b) {
-                    continue;
-                }
-                let Ok(u) = uuid::Uuid::from_slice(&key[1..]) else { continue };
-                let id = DeliveryId(u);
-                if let Some(r) = get_delivery(&t, id)?
-                    && matches_filter(&r, filter)
-                {
-                    out.push(self.delivery_view(id, &r));
-                    if out.len() >= limit {
-                        return Ok(out);
-                    }
+            let mut range = by_state.range(lo.as_slice()..=hi.as_slice()).map_err(unavailable)?.rev();
+            let head = next_in_state(&mut range, s)?;
+            ranges.push((range, s, head));
+        }
+        loop {
+            // `None` sorts before every id: no head left in any state ends the walk.
+            let Some((range, s, head)) = ranges.iter_mut().max_by_key(|(_, _, head)| *head) else { return Ok(out) };
+            let Some(id) = head.take() else { return Ok(out) };
+            *head = next_in_state(range, *s)?;
+            if let Some(r) = get_delivery(&t, id)?
+                && matches_filter(&r, filter)
+            {
+                out.push(self.delivery_view(id, &r));
+                if out.len() >= limit {
+                    return Ok(out);
                 }
             }
         }
-        Ok(out)
     }
 
     async fn replay(&self, id: DeliveryId, actor: &str, reason: &str) -> Result<ReplayOutcome, StoreError> {
@@ -693,6 +694,30 @@ impl Store for EmbeddedStore {
         }
         Ok(())
     }
+}
+
+/// An entry of `BY_STATE` as a range yields it.
+type StateEntry =
+    Result<(redb::AccessGuard<'static, &'static [u8]>, redb::AccessGuard<'static, ()>), redb::StorageError>;
+
+/// The next delivery id of a walk over the `state` range of `BY_STATE` (keys that are not
+/// one are skipped).
+fn next_in_state(
+    range: &mut impl Iterator<Item = StateEntry>,
+    state: DeliveryState,
+) -> Result<Option<DeliveryId>, StoreError> {
+    let b = state_byte(state);
+    for entry in range {
+        let (k, _) = entry.map_err(unavailable)?;
+        let key = k.value();
+        if key.first() != Some(&b) {
+            continue;
+        }
+        if let Ok(u) = uuid::Uuid::from_slice(&key[1..]) {
+            return Ok(Some(DeliveryId(u)));
+        }
+    }
+    Ok(None)
 }
 
 fn matches_filter(d: &DeliveryRecord, f: &DeliveryFilter) -> bool {
