@@ -51,6 +51,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Context;
 
+use super::sync_dir;
+
 /// A segment that has grown past this size is closed, and the next write starts a new one.
 pub const SEGMENT_BYTES: u64 = 128 * 1024 * 1024;
 
@@ -438,11 +440,6 @@ fn create_segment(dir: &Path, segment: u32) -> anyhow::Result<Arc<File>> {
         .open(&path)
         .with_context(|| format!("cannot create blob segment `{}`", path.display()))?;
     Ok(Arc::new(file))
-}
-
-/// A new file's directory entry is durable only once the directory itself is synced.
-fn sync_dir(dir: &Path) -> anyhow::Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("cannot sync directory `{}`", dir.display()))
 }
 
 #[cfg(test)]

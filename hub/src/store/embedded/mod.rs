@@ -83,12 +83,30 @@ impl Shared {
 /// Creates `dir` (and its parents) for the process owner only: messages carry personal data, so a
 /// folder Lotse creates, and every file in it, is `0700`/`0600`. An existing folder keeps the
 /// permissions its operator gave it. `what` names it in the error.
+///
+/// A new folder's entry is durable only once its parent is synced: without that, a power loss
+/// could take the folder (and the fsync'd files in it) away after the store had answered 202.
 fn create_private_dir(dir: &Path, what: &str) -> anyhow::Result<()> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.as_os_str().is_empty() && !d.exists()).collect();
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .with_context(|| format!("cannot create {what} `{}`", dir.display()))
+        .with_context(|| format!("cannot create {what} `{}`", dir.display()))?;
+    for made in missing {
+        // A relative path's outermost folder is made in the working directory.
+        let parent = made.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Makes the entries of `dir` durable: a new file or folder in it survives a power loss only
+/// once the directory itself is synced.
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync directory `{}`", dir.display()))
 }
 
 impl EmbeddedStore {
@@ -104,6 +122,8 @@ impl EmbeddedStore {
             .mode(0o600)
             .open(&path)
             .with_context(|| format!("cannot create store `{}`", path.display()))?;
+        // The file's entry in `dir`, before redb commits anything into it.
+        sync_dir(dir)?;
         let db = db::Db::open(&path).with_context(|| format!("cannot open store `{}`", path.display()))?;
         EmbeddedStore::start(dir, Arc::new(db))
     }
