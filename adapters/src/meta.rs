@@ -19,6 +19,29 @@ impl Default for Limits {
     }
 }
 
+/// The longest value a header field may have (characters), other than the message id (256,
+/// see the reader). Header fields are keys, codes, dates and URIs: the corpus's longest is a
+/// 126-character XRechnung `CustomizationID`. They reach log lines and problem details (a
+/// refused submission names its message type, reader, author, root and namespace), so they are
+/// bounded, and a control character is refused: a line break would forge a log line.
+pub const MAX_FIELD_CHARS: usize = 1024;
+
+/// `Err` naming `field` when `value` is longer than [`MAX_FIELD_CHARS`] or holds a control
+/// character (C0, DEL, C1: line breaks and tabs included) or a line or paragraph separator
+/// (U+2028, U+2029, which some log viewers break lines at).
+pub(crate) fn check_field(field: &str, value: &str) -> Result<(), String> {
+    if let Some(c) = value.chars().find(|&c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')) {
+        return Err(format!(
+            "header field `{field}` holds the control character U+{:04X} (line breaks, tabs and other control characters are not allowed)",
+            c as u32
+        ));
+    }
+    if value.chars().nth(MAX_FIELD_CHARS).is_some() {
+        return Err(format!("header field `{field}` is longer than {MAX_FIELD_CHARS} characters"));
+    }
+    Ok(())
+}
+
 /// Routing meta of one message. Every field but `root` is optional: a message without a
 /// known header yields namespace and root name only.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

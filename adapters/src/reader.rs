@@ -72,11 +72,14 @@ fn scan(xml: &[u8], limits: &Limits, stop_early: bool) -> Result<Meta, ReadError
     let mut sink: Option<HeaderSink<'_>> = None;
     loop {
         match guard.next()? {
-            Tok::Start { name } => match sink.as_mut() {
-                Some(sink) if sink.is_done() => {}
-                Some(sink) => sink.start(name, guard.depth(), guard.attrs()),
-                None => sink = Some(HeaderSink::new(name, guard.element_namespace(name), guard.attrs())),
-            },
+            Tok::Start { name } => {
+                let started = match sink.as_mut() {
+                    Some(sink) if sink.is_done() => Ok(()),
+                    Some(sink) => sink.start(name, guard.depth(), guard.attrs()),
+                    None => HeaderSink::new(name, guard.element_namespace(name), guard.attrs()).map(|s| sink = Some(s)),
+                };
+                started.map_err(|m| ReadError::malformed(xml, guard.token_pos(), m))?;
+            }
             Tok::Text { text, .. } => {
                 if let Some(sink) = sink.as_mut() {
                     sink.text(&text);
@@ -84,7 +87,7 @@ fn scan(xml: &[u8], limits: &Limits, stop_early: bool) -> Result<Meta, ReadError
             }
             Tok::End => {
                 if let Some(sink) = sink.as_mut() {
-                    sink.end(guard.depth() + 1);
+                    sink.end(guard.depth() + 1).map_err(|m| ReadError::malformed(xml, guard.token_pos(), m))?;
                     if sink.is_done() {
                         if stop_early {
                             break;

@@ -92,11 +92,12 @@ pub(crate) fn build<'a>(xml: &'a [u8], limits: &Limits) -> Result<(Tree<'a>, Met
         match guard.next()? {
             Tok::Start { name } => {
                 let depth = guard.depth();
-                match sink.as_mut() {
-                    Some(s) if s.is_done() => {}
+                let started = match sink.as_mut() {
+                    Some(s) if s.is_done() => Ok(()),
                     Some(s) => s.start(name, depth, guard.attrs()),
-                    None => sink = Some(HeaderSink::new(name, guard.element_namespace(name), guard.attrs())),
-                }
+                    None => HeaderSink::new(name, guard.element_namespace(name), guard.attrs()).map(|s| sink = Some(s)),
+                };
+                started.map_err(|m| ReadError::malformed(xml, guard.token_pos(), m))?;
                 let a0 = tree.attrs.len() as u32;
                 guard.take_attrs(&mut tree.attrs);
                 let idx = tree.elems.len() as u32;
@@ -138,7 +139,7 @@ pub(crate) fn build<'a>(xml: &'a [u8], limits: &Limits) -> Result<(Tree<'a>, Met
             Tok::End => {
                 let depth = open.len();
                 if let Some(s) = sink.as_mut().filter(|s| !s.is_done()) {
-                    s.end(depth);
+                    s.end(depth).map_err(|m| ReadError::malformed(xml, guard.token_pos(), m))?;
                 }
                 let Some(idx) = open.pop() else {
                     // unreachable: the guard never closes more than it opened

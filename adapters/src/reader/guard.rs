@@ -154,6 +154,11 @@ impl<'a> Guard<'a> {
         out.append(&mut self.attrs);
     }
 
+    /// Byte offset of the last token (for errors found by the token's consumer).
+    pub(crate) fn token_pos(&self) -> u64 {
+        self.token_pos
+    }
+
     /// Current nesting depth (1 inside the root element).
     pub(crate) fn depth(&self) -> usize {
         self.depth

@@ -5,9 +5,15 @@
 //! One table covers the XÖV family (G2G `nachrichtenkopf.g2g`, xdomea 4.0 and XGewerbeanzeige
 //! `nachrichtenkopf`, XJustiz `nachrichtenkopf`, xdomea 2.x/3.0 `Kopf`); a second one the
 //! e-invoice syntaxes (UBL, CII). Values are taken from leaf elements only.
+//!
+//! Every value kept (root name, namespace, root attributes, header fields) is checked by
+//! [`check_field`]: at most [`crate::meta::MAX_FIELD_CHARS`] characters, no control character.
+//! A bad one is an error naming the field, which the caller positions at the current token.
+//! The message id alone has its own, softer rule (left out with a warning, see `finish`).
 
 use super::guard::Attr;
 use crate::Meta;
+use crate::meta::check_field;
 
 /// Longest path (below the root) any pattern needs.
 const MAX_PATH: usize = 5;
@@ -31,6 +37,23 @@ enum Field {
     Version,
     ReaderKind(&'static str),
     AuthorKind(&'static str),
+}
+
+impl Field {
+    /// The [`Meta`] field this one fills, as errors name it.
+    fn name(self) -> &'static str {
+        match self {
+            Field::MessageId => "message_id",
+            Field::MessageType => "message_type",
+            Field::CreatedAt => "created_at",
+            Field::Reader | Field::ReaderPrefix | Field::ReaderKind(_) => "reader",
+            Field::Author | Field::AuthorPrefix | Field::AuthorKind(_) => "author",
+            Field::ProcessId => "process_id",
+            Field::ReferenceId => "reference_id",
+            Field::DvdvService => "dvdv_service",
+            Field::Version => "version",
+        }
+    }
 }
 
 /// `(path below the root, field)`; a path segment may list two alternatives with `|`.
@@ -125,18 +148,25 @@ pub(crate) struct HeaderSink<'a> {
 }
 
 impl<'a> HeaderSink<'a> {
-    /// Starts with the root element: qualified name, namespace URI, attributes.
-    pub(crate) fn new(qname: &str, namespace: Option<&str>, attrs: &[Attr<'_>]) -> Self {
+    /// Starts with the root element: qualified name, namespace URI, attributes. `Err` names a
+    /// value [`check_field`] refuses.
+    pub(crate) fn new(qname: &str, namespace: Option<&str>, attrs: &[Attr<'_>]) -> Result<Self, String> {
         let root = local(qname);
+        check_field("root", root)?;
+        if let Some(ns) = namespace {
+            check_field("namespace", ns)?;
+        }
         let namespace = namespace.map(str::to_owned);
         let mut meta = Meta { root: root.to_owned(), namespace, ..Meta::default() };
         for a in attrs {
-            match local(a.name) {
-                "standard" if !a.name.contains(':') => meta.standard = Some(a.value.to_string()),
-                "version" if !a.name.contains(':') => meta.version = Some(a.value.to_string()),
-                "produkt" if !a.name.contains(':') => meta.product = Some(a.value.to_string()),
-                _ => {}
-            }
+            let (field, slot) = match local(a.name) {
+                "standard" if !a.name.contains(':') => ("standard", &mut meta.standard),
+                "version" if !a.name.contains(':') => ("version", &mut meta.version),
+                "produkt" if !a.name.contains(':') => ("product", &mut meta.product),
+                _ => continue,
+            };
+            check_field(field, &a.value)?;
+            *slot = Some(a.value.to_string());
         }
         let ns = meta.namespace.as_deref().unwrap_or("");
         let (flavour, patterns) = match ns {
@@ -146,7 +176,7 @@ impl<'a> HeaderSink<'a> {
             _ => (Flavour::Xoev, XOEV),
         };
         let standard_from_root = meta.standard.is_some();
-        HeaderSink {
+        Ok(HeaderSink {
             meta,
             flavour,
             patterns,
@@ -158,7 +188,7 @@ impl<'a> HeaderSink<'a> {
             reader_prefix: None,
             author_prefix: None,
             standard_from_root,
-        }
+        })
     }
 
     /// True once nothing more can be learnt from the rest of the document.
@@ -166,26 +196,27 @@ impl<'a> HeaderSink<'a> {
         self.done
     }
 
-    /// A start tag at `depth` (root = 1).
-    pub(crate) fn start(&mut self, qname: &'a str, depth: usize, attrs: &[Attr<'_>]) {
+    /// A start tag at `depth` (root = 1). `Err` names a value [`check_field`] refuses.
+    pub(crate) fn start(&mut self, qname: &'a str, depth: usize, attrs: &[Attr<'_>]) -> Result<(), String> {
         if self.done {
-            return;
+            return Ok(());
         }
         self.want = None;
         let rel = depth - 1;
         if rel > MAX_PATH {
-            return;
+            return Ok(());
         }
         let name = local(qname);
         if rel == 1 && self.flavour == Flavour::Xoev {
             if !is_header_element(name) {
                 // The header is the first child of the root in every XÖV message.
                 self.done = true;
-                return;
+                return Ok(());
             }
             if name == "nachrichtenkopf"
                 && let Some(v) = attrs.iter().find(|a| a.name == "xjustizVersion")
             {
+                check_field("version", &v.value)?;
                 self.meta.version = Some(v.value.to_string());
             }
         }
@@ -193,6 +224,7 @@ impl<'a> HeaderSink<'a> {
         self.path.push(name);
         self.want = self.patterns.iter().find(|(p, _)| path_matches(p, &self.path)).map(|(_, f)| *f);
         self.text.clear();
+        Ok(())
     }
 
     /// Character data inside the current element.
@@ -202,13 +234,18 @@ impl<'a> HeaderSink<'a> {
         }
     }
 
-    /// An end tag; `depth` is the depth of the element that closes (root = 1).
-    pub(crate) fn end(&mut self, depth: usize) {
+    /// An end tag; `depth` is the depth of the element that closes (root = 1). `Err` names a
+    /// value [`check_field`] refuses.
+    pub(crate) fn end(&mut self, depth: usize) -> Result<(), String> {
         if self.done {
-            return;
+            return Ok(());
         }
         if let Some(field) = self.want.take() {
             let value = self.text.trim().to_owned();
+            // The message id has its own rule (a warning, in `finish`).
+            if field != Field::MessageId {
+                check_field(field.name(), &value)?;
+            }
             self.set(field, value);
         }
         if depth == 2 && self.flavour == Flavour::Xoev {
@@ -218,6 +255,7 @@ impl<'a> HeaderSink<'a> {
         if self.missing == 0 {
             self.done = true;
         }
+        Ok(())
     }
 
     fn set(&mut self, field: Field, value: String) {

@@ -74,6 +74,55 @@ fn an_unusable_nachrichten_uuid_is_left_out_with_a_warning() {
     assert!(m.warnings.is_empty(), "{:?}", m.warnings);
 }
 
+/// Regression: header fields other than the message id were taken at any length and with any
+/// character, and they reach log lines (a refusal names message type, reader, author, root and
+/// namespace): a line break in `leser/kennung` forged a log line. A control character (or
+/// U+2028/U+2029) is refused, and so is a value past `MAX_FIELD_CHARS`, naming the field.
+#[test]
+fn header_fields_with_a_line_break_or_over_long_are_refused_by_name() {
+    let message = |ns: &str, standard: &str, code: &str, reader: &str| {
+        format!(
+            r#"<t:antrag.0200 xmlns:t="{ns}" standard="{standard}"><nachrichtenkopf.g2g><identifikation.nachricht><nachrichtentyp><code>{code}</code></nachrichtentyp></identifikation.nachricht><leser><kennung>{reader}</kennung></leser></nachrichtenkopf.g2g><inhalt/></t:antrag.0200>"#
+        )
+    };
+    let max = crate::meta::MAX_FIELD_CHARS;
+    let long = "b".repeat(max + 1);
+    let cases = [
+        (message("urn:t", "T", "0200", "bab:1\n2026-01-01T00:00:00Z INFO forged"), "reader"),
+        (message("urn:t", "T", "0200", "bab:1&#10;2026-01-01T00:00:00Z INFO forged"), "reader"),
+        (message("urn:t", "T", "0200", "bab:1&#13;x"), "reader"),
+        (message("urn:t", "T", "02&#9;00", "bab:1"), "message_type"),
+        (message("urn:t", "T", "0200", "bab:1\u{2028}x"), "reader"),
+        (message("urn:t", "T", "0200", &long), "reader"),
+        (message("urn:t", "T&#10;x", "0200", "bab:1"), "standard"),
+        (message("urn:t&#10;x", "T", "0200", "bab:1"), "namespace"),
+        (message(&format!("urn:{long}"), "T", "0200", "bab:1"), "namespace"),
+    ];
+    for (xml, field) in cases {
+        for result in [
+            read_meta(xml.as_bytes(), &Limits::default()),
+            read_header(xml.as_bytes(), &Limits::default()),
+            crate::json::xml_to_json_with_meta(xml.as_bytes(), &Limits::default()).map(|(m, _)| m).map_err(
+                |e| match e {
+                    crate::json::ConvertError::Read(e) => e,
+                    other => panic!("{other}"),
+                },
+            ),
+        ] {
+            match result {
+                Err(ReadError::Malformed { message, .. }) => {
+                    assert!(message.contains(&format!("header field `{field}`")), "{field}: {message}")
+                }
+                other => panic!("{field} in {xml}: {other:?}"),
+            }
+        }
+    }
+    // At the limit, and with the indentation around a value (trimmed), a field is fine.
+    let ok = message(&format!("urn:{}", "n".repeat(max - 4)), "T", "0200", &format!("\n    {}\n  ", "b".repeat(max)));
+    let m = read_meta(ok.as_bytes(), &Limits::default()).expect("at the limit");
+    assert_eq!(m.reader, Some("b".repeat(max)));
+}
+
 #[test]
 fn root_and_header_type_disagree_gives_a_warning() {
     let Some(m) = meta_of("xbeteiligung-demosplan/tests/res/example402FromCockpit.xml") else {
