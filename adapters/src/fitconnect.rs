@@ -30,6 +30,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
+use crate::meta::check_field;
 use crate::{Meta, ReadError};
 
 /// Every FIT-Connect metadata schema URI starts with this; the version follows.
@@ -77,6 +78,9 @@ fn read_value(doc: &Value) -> Result<Meta, ReadError> {
     let Some(rest) = schema.strip_prefix(SCHEMA_PREFIX) else {
         return Err(shape(&format!("not FIT-Connect metadata: `$schema` is `{schema}`")));
     };
+    // `$schema`, the data schema URI and the application date become meta fields, which reach
+    // log lines as XML header fields do: held to the same rule (length, no control character).
+    check_field("namespace", schema).map_err(|m| shape(&m))?;
     let version = rest.split('/').next().unwrap_or_default();
     if !is_semver(version) {
         return Err(shape(&format!("no x.y.z version in `$schema` `{schema}`")));
@@ -97,7 +101,11 @@ fn read_value(doc: &Value) -> Result<Meta, ReadError> {
     if let Some(data) = object(content.get("data"), "contentStructure.data")? {
         let schema = object(data.get("submissionSchema"), "contentStructure.data.submissionSchema")?;
         if let Some(schema) = schema {
-            meta.message_type = string(schema.get("schemaUri"), "submissionSchema.schemaUri")?.map(str::to_owned);
+            let uri = string(schema.get("schemaUri"), "submissionSchema.schemaUri")?;
+            if let Some(uri) = uri {
+                check_field("message_type", uri).map_err(|m| shape(&m))?;
+            }
+            meta.message_type = uri.map(str::to_owned);
         }
     }
     let attachments = match content.get("attachments") {
@@ -118,6 +126,7 @@ fn read_value(doc: &Value) -> Result<Meta, ReadError> {
     if let Some(info) = object(doc.get("additionalReferenceInfo"), "additionalReferenceInfo")?
         && let Some(date) = string(info.get("applicationDate"), "additionalReferenceInfo.applicationDate")?
     {
+        check_field("created_at", date).map_err(|m| shape(&m))?;
         if !is_date(date) {
             meta.warnings.push(format!("applicationDate `{date}` is not a date (YYYY-MM-DD)"));
         }
@@ -144,7 +153,8 @@ fn check_attachments(items: &[Value], warnings: &mut Vec<String>) -> Result<(), 
             continue;
         };
         if !seen.insert(id) && reported.insert(id) {
-            warnings.push(format!("duplicate attachmentId `{id}`"));
+            // Escaped: an id is any string, and warnings are shown and stored as lines.
+            warnings.push(format!("duplicate attachmentId `{}`", id.escape_debug()));
         }
     }
     Ok(())

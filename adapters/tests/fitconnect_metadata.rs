@@ -283,6 +283,49 @@ mod fitconnect {
         assert!(has_warning(&meta, "is not a date"), "{:?}", meta.warnings);
     }
 
+    /// Regression: the fields read into the meta (`$schema`, the data schema URI, the
+    /// application date) were taken with any length and character, and they reach log lines as
+    /// XML header fields do (a refusal names message type and namespace): a line break forged a
+    /// log line. They are held to the XML header's rule; attachment ids in warnings are escaped.
+    #[test]
+    fn fields_that_reach_log_lines_are_bounded() {
+        let with = |schema: &str, schema_uri: &str, date: &str| {
+            json!({
+                "$schema": schema,
+                "contentStructure": {
+                    "data": { "submissionSchema": { "schemaUri": schema_uri } },
+                    "attachments": [],
+                },
+                "additionalReferenceInfo": { "applicationDate": date },
+            })
+        };
+        let long = format!("urn:x:{}", "y".repeat(adapters::meta::MAX_FIELD_CHARS));
+        let cases = [
+            (with(&format!("{SCHEMA}\n2026-01-01 INFO forged"), "urn:x", "2026-01-01"), "namespace"),
+            (with(SCHEMA, "urn:x\n2026-01-01 INFO forged", "2026-01-01"), "message_type"),
+            (with(SCHEMA, "urn:x", "2026-01-01\r\nINFO forged"), "created_at"),
+            (with(SCHEMA, &long, "2026-01-01"), "message_type"),
+        ];
+        for (doc, field) in cases {
+            match read_value(&doc) {
+                Err(ReadError::Malformed { message, .. }) => {
+                    assert!(message.contains(&format!("header field `{field}`")), "{field}: {message}")
+                }
+                other => panic!("{field}: expected Malformed, got {other:?}"),
+            }
+        }
+        let meta =
+            read_value(&with(SCHEMA, &long[..adapters::meta::MAX_FIELD_CHARS], "2026-01-01")).expect("at the limit");
+        assert_eq!(meta.message_type.map(|t| t.chars().count()), Some(adapters::meta::MAX_FIELD_CHARS));
+        let doc = json!({
+            "$schema": SCHEMA,
+            "contentStructure": { "attachments": [ { "attachmentId": "a\nb" }, { "attachmentId": "a\nb" } ] },
+        });
+        let meta = read_value(&doc).expect("a duplicate id is a warning");
+        assert!(meta.warnings.iter().all(|w| !w.contains('\n')), "{:?}", meta.warnings);
+        assert!(has_warning(&meta, "a\\nb"), "{:?}", meta.warnings);
+    }
+
     mod no_panic {
         use super::*;
         use proptest::prelude::*;
