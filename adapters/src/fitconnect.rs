@@ -20,12 +20,15 @@
 //! This is not a JSON Schema validator: it checks the shape of what it reads (and that
 //! `contentStructure.attachments` exists, the one thing the schema requires) and nothing else.
 //! Input is untrusted: at most [`MAX_BYTES`] bytes and [`MAX_DEPTH`] levels of nesting, checked
-//! before anything is parsed.
+//! before anything is parsed ([`check_limits`]). A caller that holds a body of unknown kind
+//! learns whether it is metadata without parsing it first ([`declares_metadata`], a byte scan),
+//! so it can apply these limits before its own parse too (intake does).
 
 pub mod jwt;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use serde_json::Value;
@@ -54,6 +57,15 @@ pub fn is_metadata(json: &Value) -> bool {
 /// field read here. JSON syntax errors carry their line and column; shape errors point at the
 /// start of the document (a parsed value has no positions).
 pub fn read_metadata(json: &[u8]) -> Result<Meta, ReadError> {
+    check_limits(json)?;
+    let value: Value = serde_json::from_slice(json).map_err(|e| json_error(json, &e))?;
+    read_value(&value)
+}
+
+/// The limits of a metadata document, checked on its bytes without parsing them:
+/// `LimitExceeded` above [`MAX_BYTES`], or with objects and arrays nested deeper than
+/// [`MAX_DEPTH`] (a byte scan; strings are skipped, the syntax is not otherwise checked).
+pub fn check_limits(json: &[u8]) -> Result<(), ReadError> {
     if json.len() > MAX_BYTES {
         return Err(ReadError::LimitExceeded(format!(
             "FIT-Connect metadata is {} bytes, more than {MAX_BYTES}",
@@ -62,9 +74,109 @@ pub fn read_metadata(json: &[u8]) -> Result<Meta, ReadError> {
     }
     check_depth(json, MAX_DEPTH).map_err(|position| {
         ReadError::LimitExceeded(format!("JSON nested deeper than {MAX_DEPTH} levels at byte {position}"))
-    })?;
-    let value: Value = serde_json::from_slice(json).map_err(|e| json_error(json, &e))?;
-    read_value(&value)
+    })
+}
+
+/// True when `json` is an object whose `$schema` names a FIT-Connect metadata schema, found
+/// without parsing the document: a byte scan over the top-level object's keys, each other
+/// value skipped by counting brackets (nothing recursed into, nothing built; only a key or the
+/// `$schema` value that holds an escape is unescaped through serde_json, as a single string).
+///
+/// On a document without duplicate keys it agrees with [`is_metadata`] of the parsed value;
+/// on text that is not JSON it may say either (the parse after it refuses that text anyway).
+/// The first `$schema` key counts: a strict parse refuses a second one.
+pub fn declares_metadata(json: &[u8]) -> bool {
+    let mut i = skip_ws(json, 0);
+    if json.get(i) != Some(&b'{') {
+        return false;
+    }
+    i += 1;
+    loop {
+        i = skip_ws(json, i);
+        // `}` (no `$schema`) or not JSON
+        if json.get(i) != Some(&b'"') {
+            return false;
+        }
+        let Some(end) = string_end(json, i) else { return false };
+        let key = &json[i..end];
+        i = skip_ws(json, end);
+        if json.get(i) != Some(&b':') {
+            return false;
+        }
+        i = skip_ws(json, i + 1);
+        if unescape(key).as_deref() == Some("$schema") {
+            if json.get(i) != Some(&b'"') {
+                return false;
+            }
+            let Some(end) = string_end(json, i) else { return false };
+            return unescape(&json[i..end]).is_some_and(|s| s.starts_with(SCHEMA_PREFIX));
+        }
+        let Some(next) = skip_value(json, i) else { return false };
+        i = skip_ws(json, next);
+        if json.get(i) != Some(&b',') {
+            return false;
+        }
+        i += 1;
+    }
+}
+
+fn skip_ws(json: &[u8], mut i: usize) -> usize {
+    while json.get(i).is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
+        i += 1;
+    }
+    i
+}
+
+/// The index just past the JSON string that starts (with its `"`) at `start`.
+fn string_end(json: &[u8], start: usize) -> Option<usize> {
+    let mut i = start + 1;
+    while let Some(&b) = json.get(i) {
+        match b {
+            b'\\' => i += 2,
+            b'"' => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// The index just past the value that starts at `start` (a scalar ends before the `,` or `}`
+/// that follows it). Brackets are counted, not matched: the parse checks the syntax.
+fn skip_value(json: &[u8], start: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut i = start;
+    while let Some(&b) = json.get(i) {
+        match b {
+            b'"' => {
+                i = string_end(json, i)?;
+                if depth == 0 {
+                    return Some(i);
+                }
+                continue;
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' if depth == 0 => return Some(i),
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            b',' if depth == 0 => return Some(i),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The text of the JSON string `quoted` (quotes included); `None` when it is not one.
+fn unescape(quoted: &[u8]) -> Option<Cow<'_, str>> {
+    let inner = quoted.get(1..quoted.len().checked_sub(1)?)?;
+    if !inner.contains(&b'\\') {
+        return std::str::from_utf8(inner).ok().map(Cow::Borrowed);
+    }
+    serde_json::from_slice::<String>(quoted).ok().map(Cow::Owned)
 }
 
 /// The meta of an already parsed document (the caller bounds its size and depth).

@@ -124,6 +124,12 @@ impl Pipeline {
         let (xml, meta): (Option<Bytes>, Meta) = match sub.media {
             Media::Xml => (Some(sub.body.clone()), adapters::read_meta(&sub.body, &self.limits)?),
             Media::Json => {
+                // FIT-Connect metadata is held to its own limits (1 MiB, 64 levels) before
+                // anything parses it: a byte scan finds its `$schema`.
+                if adapters::fitconnect::declares_metadata(&sub.body) {
+                    adapters::fitconnect::check_limits(&sub.body)
+                        .map_err(|e| IntakeError::Malformed(format!("malformed FIT-Connect metadata: {e}")))?;
+                }
                 // Strict: a duplicate key or serde_json's `RawValue` key would let routing read
                 // one document while a `format = "json"` endpoint gets the bytes, another.
                 let value = adapters::json::parse_strict(&sub.body)

@@ -80,3 +80,42 @@ fn json_intake_takes_the_configured_attribute_limit() {
     let e = prepare(&config, Media::Json, json_form(&message(11))).expect_err("11 attributes");
     assert!(matches!(&e, IntakeError::Malformed(m) if m.contains("limit exceeded")), "{e:?}");
 }
+
+const FIT_SCHEMA: &str = "https://schema.fitko.de/fit-connect/metadata/1.0.0/metadata.schema.json";
+
+/// Regression: intake parsed a JSON body in full (serde_json, up to `max_body_bytes` and 128
+/// levels) before it knew the body was FIT-Connect metadata, so the metadata's own limits (1 MiB,
+/// 64 levels, "checked before parsing") came after a parse: a 200-level body got serde_json's
+/// recursion error, an oversize one was parsed first. Each body below also has a flaw a parse
+/// would report first (too deep for serde_json, a duplicate key at its end).
+#[test]
+fn fitconnect_metadata_is_held_to_its_limits_before_it_is_parsed() {
+    let config = config("");
+    let deep = format!(
+        r#"{{"$schema":"{FIT_SCHEMA}","contentStructure":{{"attachments":[]}},"extra":{}{}}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    let e = prepare(&config, Media::Json, deep).expect_err("200 levels");
+    assert!(
+        matches!(&e, IntakeError::Malformed(m) if m.contains("nested deeper than 64") && !m.contains("recursion")),
+        "{e:?}"
+    );
+    let pad = "x".repeat(adapters::fitconnect::MAX_BYTES);
+    let big = format!(r#"{{"$schema":"{FIT_SCHEMA}","contentStructure":{{"attachments":[]}},"pad":"{pad}","pad":""}}"#);
+    let e = prepare(&config, Media::Json, big).expect_err("over 1 MiB");
+    assert!(matches!(&e, IntakeError::Malformed(m) if m.contains("more than 1048576")), "{e:?}");
+    // `$schema` found after a deep value and written with escapes: the same.
+    let late = format!(
+        r#"{{"extra":{}{},"\u0024schema":"{}","contentStructure":{{"attachments":[]}}}}"#,
+        "[".repeat(100),
+        "]".repeat(100),
+        FIT_SCHEMA.replace('/', "\\/")
+    );
+    let e = prepare(&config, Media::Json, late).expect_err("100 levels");
+    assert!(matches!(&e, IntakeError::Malformed(m) if m.contains("nested deeper than 64")), "{e:?}");
+    // Within the limits, metadata is read as before (no route for it here).
+    let fine = format!(r#"{{"$schema":"{FIT_SCHEMA}","contentStructure":{{"attachments":[]}}}}"#);
+    let e = prepare(&config, Media::Json, fine).expect_err("no route");
+    assert!(matches!(e, IntakeError::NoRoute { .. }), "{e:?}");
+}

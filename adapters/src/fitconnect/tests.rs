@@ -91,3 +91,45 @@ fn jwt_payload_is_read_from_three_parts_only() {
     // payload `[1]`: JSON, but not an object
     assert!(unverified_payload("eyJhbGciOiJub25lIn0.WzFd.eA").expect_err("refused").contains("object"));
 }
+
+/// The byte scan that tells intake a body is metadata before any parse agrees with
+/// `is_metadata` of the parsed document, whatever comes before `$schema` and however it is
+/// escaped.
+#[test]
+fn declares_metadata_agrees_with_the_parsed_document() {
+    let s = "https://schema.fitko.de/fit-connect/metadata/1.0.0/metadata.schema.json";
+    let escaped = s.replace('/', "\\/");
+    let docs = [
+        (format!(r#"{{"$schema":"{s}"}}"#), true),
+        (format!(" \n{{ \"$schema\" :\t\"{s}\" , \"x\":1}}"), true),
+        (
+            format!(
+                r#"{{"a":1,"b":-2.5e3,"c":true,"d":null,"e":"}}\"{{","f":[{{"$schema":"x"}},[]],"$schema":"{s}"}}"#
+            ),
+            true,
+        ),
+        (format!(r#"{{"g":{{"$schema":"{s}"}},"$schema":"{escaped}"}}"#), true),
+        (format!(r#"{{"\u0024schema":"{s}"}}"#), true),
+        (format!(r#"{{"x":{}{},"$schema":"{s}"}}"#, "[".repeat(100), "]".repeat(100)), true),
+        (format!(r#"{{"g":{{"$schema":"{s}"}}}}"#), false),
+        (format!(r#"{{"$schema":"https://example.org/{s}"}}"#), false),
+        (r#"{"$schema":7}"#.to_owned(), false),
+        (r#"{"$schemas":"https://schema.fitko.de/fit-connect/metadata/1.0.0/"}"#.to_owned(), false),
+        (format!(r#"["$schema","{s}"]"#), false),
+        ("{}".to_owned(), false),
+        (r#""$schema""#.to_owned(), false),
+    ];
+    for (doc, expected) in docs {
+        let parsed: serde_json::Value = serde_json::from_str(&doc).expect("test documents are JSON");
+        assert_eq!(super::is_metadata(&parsed), expected, "{doc}");
+        assert_eq!(super::declares_metadata(doc.as_bytes()), expected, "{doc}");
+    }
+    // Deeper than serde_json parses: the scan still finds `$schema` (and the depth check then
+    // refuses the body before any parse).
+    let deep = format!(r#"{{"x":{}{},"$schema":"{s}"}}"#, "[".repeat(300), "]".repeat(300));
+    assert!(super::declares_metadata(deep.as_bytes()));
+    // Not JSON: no panic, whatever the answer.
+    for junk in [&b""[..], b"{", b"{\"", b"{\"$schema\"", b"{\"$schema\":", b"{\"a\":[", b"{\"a\":\"\\", b"\xff{"] {
+        let _ = super::declares_metadata(junk);
+    }
+}
