@@ -133,6 +133,25 @@ fn json_numbers_reach_the_xml_as_written() {
     }
 }
 
+/// Regression: the re-read of a JSON form's XML checked well-formedness only, so `json_to_xml`
+/// wrote XML whose header the reader then refused (a line break in `@standard`), breaking its
+/// promise (the `json_form` fuzz target asserts the reader accepts what it writes).
+#[test]
+fn json_forms_whose_header_the_reader_refuses_are_refused() {
+    for case in [
+        json!({"a": {"@standard": "x\ny"}}),
+        json!({"t:a": {"@xmlns:t": "urn:x\ny", "b": ""}}),
+        json!({"a": {"nachrichtenkopf.g2g": {"leser": {"kennung": "bab:1\r\nforged"}}}}),
+        json!({"a": {"@version": "v".repeat(crate::meta::MAX_FIELD_CHARS + 1)}}),
+    ] {
+        match json_to_xml(&case) {
+            Err(ConvertError::InvalidJson(m)) => assert!(m.contains("header field"), "{m}"),
+            other => panic!("{case}: {other:?}"),
+        }
+    }
+    assert!(json_to_xml(&json!({"a": {"@standard": "x y"}})).is_ok());
+}
+
 #[test]
 fn invalid_json_forms_are_refused() {
     let cases = [

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::ConvertError;
 use super::tree::JSON_MAX_DEPTH;
-use crate::reader::{Guard, Tok, is_name_char, is_name_start};
+use crate::reader::{is_name_char, is_name_start};
 use crate::{Limits, ReadError};
 
 fn invalid(message: impl Into<String>) -> ConvertError {
@@ -42,18 +42,16 @@ pub(crate) fn write_xml(
     check_well_formed(&out[body..], limits)
 }
 
-/// Re-reads the XML under the caller's limits (the XML intake's): one JSON object can hold any
-/// number of `@` keys, and XML sent directly could not carry more than `max_attributes`.
+/// Re-reads the XML as intake reads XML ([`crate::read_meta`]) under the caller's limits (the
+/// XML intake's): one JSON object can hold any number of `@` keys, and XML sent directly could
+/// not carry more than `max_attributes`; and a header value the reader refuses (a line break in
+/// `@standard`, say) is refused here, so the reader accepts whatever this function writes.
 fn check_well_formed(xml: &[u8], limits: &Limits) -> Result<(), ConvertError> {
     let limits = Limits { max_depth: limits.max_depth.min(JSON_MAX_DEPTH), ..*limits };
-    let mut guard = Guard::new(xml, &limits);
-    loop {
-        match guard.next() {
-            Ok(Tok::Eof) => return Ok(()),
-            Ok(_) => {}
-            Err(e @ ReadError::LimitExceeded(_)) => return Err(ConvertError::Read(e)),
-            Err(e) => return Err(invalid(format!("the XML it gives is not well-formed: {e}"))),
-        }
+    match crate::read_meta(xml, &limits) {
+        Ok(_) => Ok(()),
+        Err(e @ ReadError::LimitExceeded(_)) => Err(ConvertError::Read(e)),
+        Err(e) => Err(invalid(format!("the XML it gives is refused by the reader: {e}"))),
     }
 }
 
