@@ -119,7 +119,17 @@ pub struct ReceiverCounts {
 #[derive(Debug, Default)]
 struct PerDelivery {
     arrivals: u32,
-    accepted: bool,
+    kept: Kept,
+}
+
+/// Whether a delivery's body is kept (answered 2xx) yet.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Kept {
+    #[default]
+    No,
+    /// Its first accepted arrival is writing the body to `out_dir` now.
+    Storing,
+    Yes,
 }
 
 #[derive(Debug, Default)]
@@ -132,7 +142,8 @@ struct Log {
 struct Shared {
     opts: ReceiverOptions,
     /// Keep every [`Arrival`] in memory (in-process users read them); the long-running CLI
-    /// receiver keeps only counts, so its memory does not grow with traffic.
+    /// receiver keeps only counts and, per delivery id, how often it came and whether its body is
+    /// kept (about 100 bytes each: a sample receiver, not one for millions of deliveries).
     keep_arrivals: bool,
     log: Mutex<Log>,
     counts: watch::Sender<ReceiverCounts>,
@@ -294,11 +305,18 @@ async fn receive(
         let per = log.per_delivery.entry(key.clone()).or_default();
         per.arrivals += 1;
         let nth = per.arrivals;
-        let status = if nth <= shared.opts.fail_first { shared.opts.fail_status } else { shared.opts.status };
+        let mut status = if nth <= shared.opts.fail_first { shared.opts.fail_status } else { shared.opts.status };
+        if per.kept == Kept::Storing && (200..300).contains(&status) {
+            // The first accepted arrival is still writing the body, and its write may yet fail:
+            // a 2xx now would tell the hub the body is kept before it is. Ask again later.
+            status = 503;
+        }
         let ok = (200..300).contains(&status);
-        let first_accept = ok && !per.accepted;
-        let repeat = ok && per.accepted;
-        per.accepted |= ok;
+        let first_accept = ok && per.kept == Kept::No;
+        let repeat = ok && per.kept == Kept::Yes;
+        if first_accept {
+            per.kept = if shared.opts.out_dir.is_some() { Kept::Storing } else { Kept::Yes };
+        }
         let arrival = Arrival {
             path: uri.path().to_owned(),
             delivery_id,
@@ -337,11 +355,8 @@ async fn receive(
     // arrival in the list); publish the current totals, never a stale snapshot.
     {
         let mut log = shared.log.lock().unwrap_or_else(|p| p.into_inner());
-        if first_accept
-            && !stored_ok
-            && let Some(per) = log.per_delivery.get_mut(&key)
-        {
-            per.accepted = false;
+        if first_accept && let Some(per) = log.per_delivery.get_mut(&key) {
+            per.kept = if stored_ok { Kept::Yes } else { Kept::No };
         }
         if shared.keep_arrivals {
             log.arrivals.push(arrival.clone());
@@ -395,7 +410,10 @@ async fn store_body(dir: &Path, arrival: &Arrival, body: &[u8]) -> anyhow::Resul
     let folder = dir.join(folder_for_path(&arrival.path));
     tokio::fs::create_dir_all(&folder).await.with_context(|| format!("cannot create `{}`", folder.display()))?;
     let file = folder.join(format!("{}.{}", file_stem(arrival), extension_for(arrival.content_type.as_deref())));
-    tokio::fs::write(&file, body).await.with_context(|| format!("cannot write `{}`", file.display()))?;
+    // On disk before the 2xx: an agency that answers 200 has taken the case over.
+    let mut f = tokio::fs::File::create(&file).await.with_context(|| format!("cannot create `{}`", file.display()))?;
+    f.write_all(body).await.with_context(|| format!("cannot write `{}`", file.display()))?;
+    f.sync_all().await.with_context(|| format!("cannot sync `{}`", file.display()))?;
     Ok(file)
 }
 

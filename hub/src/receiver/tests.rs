@@ -98,3 +98,44 @@ fn extensions_follow_the_media_type() {
     assert_eq!(extension_for(Some("application/octet-stream")), "bin");
     assert_eq!(extension_for(None), "bin");
 }
+
+#[tokio::test]
+async fn a_repeat_while_the_first_body_is_being_written_is_not_answered_2xx() {
+    // The first accepted arrival's write is held open: its file is a named pipe nobody reads yet.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id = "0195a3e4-0000-7000-8000-0000000000dd";
+    let folder = dir.path().join("bauamt");
+    std::fs::create_dir_all(&folder).expect("folder");
+    let fifo = folder.join(format!("{id}.xml"));
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo runs");
+    assert!(made.success(), "mkfifo failed");
+    let receiver = spawn(ReceiverOptions { out_dir: Some(dir.path().to_owned()), ..ReceiverOptions::default() })
+        .await
+        .expect("spawn");
+    let client = reqwest::Client::new();
+    let url = receiver.url("/bauamt");
+    let first = {
+        let (client, url) = (client.clone(), url.clone());
+        tokio::spawn(async move { post(&client, &url, id, "<x>1</x>").await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while receiver.with_log(|l| l.per_delivery.get(id).map(|p| p.kept)) != Some(Kept::Storing) {
+        assert!(Instant::now() < deadline, "the first arrival never started writing its body");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(post(&client, &url, id, "<x>1</x>").await, 503, "a repeat during the first write");
+    // Let the first write through; whether it is kept (200) or not (500: a pipe takes no fsync),
+    // the receiver must then say so truthfully, and a later attempt must keep the body.
+    let pipe = fifo.clone();
+    let read = tokio::task::spawn_blocking(move || std::fs::read(pipe)).await.expect("reader").expect("read pipe");
+    assert_eq!(read, b"<x>1</x>");
+    let first = first.await.expect("first request");
+    assert!(first == 200 || first == 500, "first answered {first}");
+    if first == 500 {
+        std::fs::remove_file(&fifo).expect("remove the pipe");
+        assert_eq!(post(&client, &url, id, "<x>1</x>").await, 200);
+    }
+    assert_eq!(receiver.counts().delivered, 1);
+    assert_eq!(std::fs::read(&fifo).expect("stored body"), b"<x>1</x>");
+    receiver.shutdown().await.expect("shutdown");
+}
