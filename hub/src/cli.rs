@@ -43,6 +43,8 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Operator commands on deliveries (through the admin API).
     Deliveries(crate::api::admin_cli::DeliveriesArgs),
+    /// Operator commands on endpoints: list, pause, resume (through the admin API).
+    Endpoints(crate::api::admin_cli::EndpointsArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -76,5 +78,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Fetch(args) => crate::fetch::run(args).await,
         Command::Bench(args) => crate::bench::run(args).await,
         Command::Deliveries(args) => crate::api::admin_cli::run(args).await,
+        Command::Endpoints(args) => crate::api::admin_cli::run_endpoints(args).await,
     }
 }

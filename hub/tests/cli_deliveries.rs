@@ -25,13 +25,14 @@ fn closed_port() -> u16 {
 #[test]
 fn the_admin_urls_password_is_never_printed() {
     let url = format!("http://ops:{SECRET}@127.0.0.1:{}", closed_port());
-    for help in [&["deliveries", "--help"][..], &["deliveries", "replay", "--help"]] {
+    for help in [&["deliveries", "--help"][..], &["deliveries", "replay", "--help"], &["endpoints", "pause", "--help"]]
+    {
         let out = lotse(help, &url);
         assert!(out.status.success(), "{}", text(&out));
         assert!(text(&out).contains("LOTSE_ADMIN_URL"), "the variable is still named: {}", text(&out));
         assert!(!text(&out).contains(SECRET), "{help:?} shows the password: {}", text(&out));
     }
-    for command in [&["deliveries", "list"][..], &["deliveries", "replay", "--reason", "r"]] {
+    for command in [&["deliveries", "list"][..], &["deliveries", "replay", "--reason", "r"], &["endpoints", "list"]] {
         let out = lotse(command, &url);
         assert!(!out.status.success(), "{command:?} against a closed port: {}", text(&out));
         let shown = text(&out);

@@ -1,4 +1,5 @@
-//! `lotse deliveries list | show | find | replay`: operator commands, talking to the admin API.
+//! `lotse deliveries list | show | find | replay` and `lotse endpoints list | pause | resume`:
+//! operator commands, talking to the admin API.
 
 use std::process::ExitCode;
 
@@ -6,8 +7,9 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
+/// Where the admin API is: shared by every operator command.
 #[derive(Debug, Args)]
-pub struct DeliveriesArgs {
+pub struct AdminUrl {
     /// Base URL of the hub's admin API (it may hold a password: `--help` does not show the
     /// environment's value, and errors show the URL with the password as `***`).
     #[arg(
@@ -18,6 +20,12 @@ pub struct DeliveriesArgs {
         hide_env_values = true
     )]
     pub admin: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DeliveriesArgs {
+    #[command(flatten)]
+    pub admin: AdminUrl,
     #[command(subcommand)]
     pub command: DeliveriesCommand,
 }
@@ -74,16 +82,66 @@ pub enum DeliveriesCommand {
     },
 }
 
-pub async fn run(args: DeliveriesArgs) -> anyhow::Result<ExitCode> {
-    // Bounded, so a hub that takes the connection and never answers is an error, not a hang:
-    // 10 s to connect, and no more than 60 s without a byte moving either way.
-    let client = reqwest::Client::builder()
+#[derive(Debug, Args)]
+pub struct EndpointsArgs {
+    #[command(flatten)]
+    pub admin: AdminUrl,
+    #[command(subcommand)]
+    pub command: EndpointsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EndpointsCommand {
+    /// List the hub's endpoints: kind, whether paused (since when, by whom, why) and, for a
+    /// mailbox, how many deliveries its agency fetched and has not acknowledged yet (`held`).
+    List,
+    /// Pause an endpoint: its workers take no more deliveries and its mailbox hands none out
+    /// (attempts under way finish); its deliveries wait for `lotse endpoints resume`
+    /// (docs/api.md says how each store keeps a pause). Exit 1 when the hub has no endpoint of
+    /// that name.
+    Pause {
+        /// The endpoint's name in the hub's config.
+        name: String,
+        /// Why; kept with the pause and shown by `lotse endpoints list`.
+        #[arg(long)]
+        reason: String,
+        /// Who pauses, kept with the pause (default: the login name, `$USER`).
+        #[arg(long)]
+        actor: Option<String>,
+    },
+    /// Resume an endpoint: its deliveries go out again. Exit 1 when the hub has no endpoint of
+    /// that name.
+    Resume {
+        /// The endpoint's name in the hub's config.
+        name: String,
+        /// Why; in the hub's log line of the resume.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Who resumes, in the hub's log line (default: the login name, `$USER`).
+        #[arg(long)]
+        actor: Option<String>,
+    },
+}
+
+/// Bounded, so a hub that takes the connection and never answers is an error, not a hang:
+/// 10 s to connect, and no more than 60 s without a byte moving either way.
+fn client() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(10))
         .read_timeout(std::time::Duration::from_secs(60))
         .build()
-        .context("cannot build the HTTP client")?;
-    let base = args.admin.trim_end_matches('/');
-    let actor = std::env::var("USER").unwrap_or_else(|_| "operator".into());
+        .context("cannot build the HTTP client")
+}
+
+/// Who runs the command, for the audit log: the login name, else `operator`.
+fn login_name() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "operator".into())
+}
+
+pub async fn run(args: DeliveriesArgs) -> anyhow::Result<ExitCode> {
+    let client = client()?;
+    let base = args.admin.admin.trim_end_matches('/');
+    let actor = login_name();
     match args.command {
         DeliveriesCommand::List { state, endpoint, limit } => {
             let mut q = vec![("limit", limit.to_string())];
@@ -167,6 +225,71 @@ pub async fn run(args: DeliveriesArgs) -> anyhow::Result<ExitCode> {
             Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
     }
+}
+
+pub async fn run_endpoints(args: EndpointsArgs) -> anyhow::Result<ExitCode> {
+    let client = client()?;
+    let base = args.admin.admin.trim_end_matches('/');
+    let (name, verb, body) = match args.command {
+        EndpointsCommand::List => return list_endpoints(&client, base).await,
+        EndpointsCommand::Pause { name, reason, actor } => {
+            let body = json!({ "actor": actor.unwrap_or_else(login_name), "reason": reason });
+            (name, "pause", body)
+        }
+        EndpointsCommand::Resume { name, reason, actor } => {
+            let body = json!({ "actor": actor.unwrap_or_else(login_name), "reason": reason });
+            (name, "resume", body)
+        }
+    };
+    let url = format!("{base}/v1/admin/endpoints/{}/{verb}", urlencode(&name));
+    let resp = client.post(&url).json(&body).send().await.map_err(|e| unreachable(&url, e))?;
+    let (status, v) = read(resp).await;
+    if status == reqwest::StatusCode::NOT_FOUND {
+        eprintln!("lotse: the hub has no endpoint `{}` (`lotse endpoints list` names its endpoints)", shown(&name));
+        return Ok(ExitCode::from(1));
+    }
+    if !status.is_success() {
+        anyhow::bail!("{status}: {}", v["detail"].as_str().unwrap_or("no detail"));
+    }
+    let done = if v["paused"] == Value::Bool(true) { "paused" } else { "resumed" };
+    println!("endpoint `{}` {done} by {}", shown(&name), shown(v["actor"].as_str().unwrap_or("operator")));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list_endpoints(client: &reqwest::Client, base: &str) -> anyhow::Result<ExitCode> {
+    let v = get(client, &format!("{base}/v1/admin/endpoints")).await?;
+    let list = v["endpoints"].as_array().cloned().unwrap_or_default();
+    println!("{:<16}  {:<8}  {:<6}  {:>4}  paused since, by, reason", "endpoint", "kind", "paused", "held");
+    let mut paused = 0;
+    for e in &list {
+        let text = |key: &str| shown(e[key].as_str().unwrap_or(""));
+        let held = e["held"].as_u64().map_or_else(|| "-".to_owned(), |n| n.to_string());
+        let why = if e["paused"] == Value::Bool(true) {
+            paused += 1;
+            let reason = e["pause_reason"].as_str().map(|r| format!(": {}", shown(r))).unwrap_or_default();
+            format!("{} by {}{reason}", text("paused_at"), text("paused_by"))
+        } else {
+            String::new()
+        };
+        let yes_no = if e["paused"] == Value::Bool(true) { "yes" } else { "no" };
+        println!("{:<16}  {:<8}  {yes_no:<6}  {held:>4}  {why}", text("name"), text("kind"));
+    }
+    println!("{} endpoints, {paused} paused", list.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Text from the hub (or the operator) for a terminal: control characters escaped, so a pause
+/// reason with a line break or an escape sequence prints as one visible line.
+fn shown(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// `replay` without ids: prints the hub's answer; exit 1 when more were dead than the limit took
