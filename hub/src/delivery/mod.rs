@@ -33,9 +33,10 @@ use retry::AttemptResult;
 /// mailboxes hand nothing out.
 ///
 /// Kept by the store when it keeps pauses ([`Store::set_paused`]; RabbitMQ: in its event
-/// stream, so a pause holds on every process sharing the broker and survives restarts), else
-/// here in memory (the embedded store, one process: a restart resumes every endpoint). Reads
-/// are cheap (a small map), so workers and mailboxes ask before every lease.
+/// stream, so a pause holds on every process sharing the broker and survives restarts; the
+/// embedded store: in its database, so a pause survives a restart), else here in memory (a
+/// store that keeps none, as a test's). Reads are cheap (a small map), so workers and
+/// mailboxes ask before every lease.
 #[derive(Clone, Default)]
 pub struct Paused {
     local: Arc<Mutex<BTreeMap<String, Pause>>>,
@@ -377,7 +378,7 @@ mod tests {
     }
 
     /// A paused endpoint leases nothing: its delivery waits until the endpoint is resumed. The
-    /// embedded store keeps no pauses, so `Paused` keeps this one in memory (one process).
+    /// embedded store keeps the pause (in its database, so it survives a restart).
     #[tokio::test]
     async fn a_paused_endpoint_is_held_until_it_is_resumed() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -388,7 +389,7 @@ mod tests {
             Arc::new(crate::store::embedded::EmbeddedStore::open(&dir.path().join("data")).expect("store"));
         let paused = super::Paused::new(store.clone());
         paused.set("ablage", true, "oncall", Some("receiver down")).await.expect("pause");
-        assert!(store.pauses().is_none(), "the embedded store keeps no pauses");
+        assert!(store.pauses().is_some_and(|p| p.contains_key("ablage")), "the embedded store keeps the pause");
         let pause = paused.get("ablage").expect("paused");
         assert_eq!((pause.actor.as_str(), pause.reason.as_deref()), ("oncall", Some("receiver down")));
         assert_eq!(paused.list(), ["ablage"]);

@@ -13,6 +13,9 @@
 //!   restart, with the same delivery id (at-least-once).
 //! - Waiting for work: per-endpoint `Notify`, woken after a commit that made work due, plus a
 //!   timer for the earliest future not-before.
+//! - Endpoint pauses are the `PAUSES` table, committed through the writer before
+//!   [`Store::set_paused`] answers, and read back at open: a restart keeps them. Workers ask
+//!   before every lease, so they read an in-memory copy that follows each commit.
 
 mod blobs;
 mod db;
@@ -43,6 +46,11 @@ pub struct EmbeddedStore {
     tx: Option<mpsc::UnboundedSender<Op>>,
     writer: Option<std::thread::JoinHandle<()>>,
     shared: Arc<Shared>,
+    /// The committed pauses (read at open, changed after each committed pause or resume).
+    pauses: Mutex<std::collections::BTreeMap<String, Pause>>,
+    /// Held from a pause's write until `pauses` shows it, so two operators' changes of one
+    /// endpoint end in memory as they were committed.
+    pause_writes: tokio::sync::Mutex<()>,
 }
 
 impl Drop for EmbeddedStore {
@@ -144,6 +152,7 @@ impl EmbeddedStore {
             txn.open_table(DEDUP_LOG)?;
             txn.open_table(COUNTERS)?;
             txn.open_table(CHAIN)?;
+            txn.open_table(PAUSES)?;
             txn.commit()?;
         }
         let blobs = Arc::new(blobs::BlobLog::open(&dir.join("blobs"))?);
@@ -161,6 +170,10 @@ impl EmbeddedStore {
         let (tx, rx) = mpsc::unbounded_channel();
         let dedup =
             Arc::new(std::sync::RwLock::new(writer::load_dedup_index(&database).context("cannot read the dedup log")?));
+        let pauses = writer::load_pauses(&database).context("cannot read the endpoint pauses")?;
+        if !pauses.is_empty() {
+            tracing::info!(endpoints = ?pauses.keys().collect::<Vec<_>>(), "paused endpoints stay paused until resumed");
+        }
         drop(database);
         let (wdb, wblobs, wdedup, wshared) = (db.clone(), blobs.clone(), dedup.clone(), shared.clone());
         let writer = std::thread::Builder::new()
@@ -176,7 +189,16 @@ impl EmbeddedStore {
                 )
             })
             .context("cannot start the store writer thread")?;
-        Ok(EmbeddedStore { db, blobs, dedup, tx: Some(tx), writer: Some(writer), shared })
+        Ok(EmbeddedStore {
+            db,
+            blobs,
+            dedup,
+            tx: Some(tx),
+            writer: Some(writer),
+            shared,
+            pauses: Mutex::new(pauses),
+            pause_writes: tokio::sync::Mutex::new(()),
+        })
     }
 
     async fn write<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Op) -> Result<T, StoreError> {
@@ -701,6 +723,33 @@ impl Store for EmbeddedStore {
             }
         }
         Ok(deleted)
+    }
+
+    /// In `PAUSES`, committed before the answer: a pause the operator was told of holds after a
+    /// restart, until a resume.
+    async fn set_paused(
+        &self,
+        endpoint: &str,
+        paused: bool,
+        actor: &str,
+        reason: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let pause =
+            paused.then(|| Pause { actor: actor.to_owned(), at: now_millis(), reason: reason.map(str::to_owned) });
+        let _order = self.pause_writes.lock().await;
+        let kept = pause.clone();
+        self.write(|reply| Op::Pause { endpoint: endpoint.to_owned(), pause: kept, reply }).await?;
+        // A poisoned lock (a panic elsewhere) still holds a consistent map.
+        let mut pauses = self.pauses.lock().unwrap_or_else(|e| e.into_inner());
+        match pause {
+            Some(p) => pauses.insert(endpoint.to_owned(), p),
+            None => pauses.remove(endpoint),
+        };
+        Ok(true)
+    }
+
+    fn pauses(&self) -> Option<std::collections::BTreeMap<String, Pause>> {
+        Some(self.pauses.lock().unwrap_or_else(|e| e.into_inner()).clone())
     }
 
     fn health(&self) -> Result<(), StoreError> {

@@ -33,6 +33,9 @@ pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters"
 /// hash (64 hex bytes). Kept apart from the submission record so appending an event does not
 /// rewrite the record.
 pub const CHAIN: TableDefinition<&[u8], &[u8]> = TableDefinition::new("chain");
+/// endpoint name -> its operator's [`crate::store::Pause`] (JSON), while it is paused: a pause
+/// holds across restarts until someone resumes the endpoint (the entry is then removed).
+pub const PAUSES: TableDefinition<&str, &[u8]> = TableDefinition::new("pauses");
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SubmissionRecord {

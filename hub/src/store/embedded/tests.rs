@@ -656,3 +656,34 @@ async fn a_stopped_writer_makes_the_store_unhealthy() {
     // The panic in its commit poisoned redb's own locks, and dropping the database would panic.
     std::mem::forget(store);
 }
+
+/// A pause is committed before `set_paused` answers and read back at open: an endpoint an
+/// operator paused for maintenance stays paused after a restart (it was in memory only, so a
+/// restart resumed it), with who paused it and why; a resume survives a restart too.
+#[tokio::test]
+async fn a_pause_and_a_resume_survive_a_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        assert_eq!(store.pauses(), Some(Default::default()), "a new store has no pauses");
+        assert!(store.set_paused("a", true, "oncall", Some("Wartung")).await.expect("pause"), "kept by the store");
+        assert!(store.set_paused("b", true, "oncall", None).await.expect("pause"));
+        assert!(store.pauses().expect("kept").contains_key("a"));
+    }
+    let store = EmbeddedStore::open(dir.path()).expect("reopen");
+    let pauses = store.pauses().expect("kept");
+    assert_eq!(pauses.keys().collect::<Vec<_>>(), ["a", "b"], "forgotten after a reopen");
+    let a = &pauses["a"];
+    assert_eq!((a.actor.as_str(), a.reason.as_deref()), ("oncall", Some("Wartung")));
+    assert!(a.at > 0 && a.at <= now_millis());
+    assert_eq!(pauses["b"].reason, None);
+    // No lease is affected by a pause here (the workers ask `pauses`): a lease still works.
+    store.intake(new_sub(&["a"], &[])).await.expect("intake");
+    assert_eq!(store.lease("a", 1, Duration::from_millis(100)).await.expect("lease").len(), 1);
+
+    assert!(store.set_paused("a", false, "oncall", None).await.expect("resume"));
+    assert_eq!(store.pauses().expect("kept").keys().collect::<Vec<_>>(), ["b"]);
+    drop(store);
+    let store = EmbeddedStore::open(dir.path()).expect("reopen");
+    assert_eq!(store.pauses().expect("kept").keys().collect::<Vec<_>>(), ["b"], "the resume was lost on reopen");
+}

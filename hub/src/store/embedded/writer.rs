@@ -26,8 +26,8 @@ use super::db::Db;
 use super::prepare::PreparedIntake;
 use super::tables::*;
 use crate::store::{
-    Cutoffs, DeliveryId, DeliveryState, Intake, Millis, Outcome, Receipt, ReplayOutcome, StoreError, SubmissionId,
-    words,
+    Cutoffs, DeliveryId, DeliveryState, Intake, Millis, Outcome, Pause, Receipt, ReplayOutcome, StoreError,
+    SubmissionId, words,
 };
 
 /// Most requests in one transaction; bounds the latency a batch adds to its first member.
@@ -71,6 +71,14 @@ pub enum Op {
         reason: String,
         reply: oneshot::Sender<Result<ReplayOutcome, StoreError>>,
     },
+    /// Pauses `endpoint` (`Some`: the pause is kept in `PAUSES`) or resumes it (`None`: the
+    /// entry is removed). Answered once committed, so a pause the operator was told of survives
+    /// a restart.
+    Pause {
+        endpoint: String,
+        pause: Option<Pause>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     /// Retention: deletes those of `submissions` that `cutoffs` lets go (checked again here, in
     /// the write transaction: one may have been replayed since it was picked). Committed in a
     /// transaction of its own, so the dedup index never names a deleted submission to a batch.
@@ -88,6 +96,7 @@ enum Reply {
     Intake(oneshot::Sender<Result<Intake, StoreError>>, Result<Intake, StoreError>),
     Settle(oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
     Replay(oneshot::Sender<Result<ReplayOutcome, StoreError>>, Result<ReplayOutcome, StoreError>),
+    Pause(oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
     Expire(oneshot::Sender<Result<u64, StoreError>>, Result<u64, StoreError>),
 }
 
@@ -97,6 +106,7 @@ impl Reply {
             Reply::Intake(tx, _) => Reply::Intake(tx, failed(e)),
             Reply::Settle(tx, _) => Reply::Settle(tx, failed(e)),
             Reply::Replay(tx, _) => Reply::Replay(tx, failed(e)),
+            Reply::Pause(tx, _) => Reply::Pause(tx, failed(e)),
             Reply::Expire(tx, _) => Reply::Expire(tx, failed(e)),
         }
     }
@@ -107,6 +117,7 @@ impl Reply {
             Reply::Intake(tx, r) => drop(tx.send(r)),
             Reply::Settle(tx, r) => drop(tx.send(r)),
             Reply::Replay(tx, r) => drop(tx.send(r)),
+            Reply::Pause(tx, r) => drop(tx.send(r)),
             Reply::Expire(tx, r) => drop(tx.send(r)),
         }
     }
@@ -449,6 +460,7 @@ fn placeholder_reply(op: Op) -> Reply {
         Op::Intake(_, tx) => Reply::Intake(tx, failed("not applied")),
         Op::Settle { reply, .. } => Reply::Settle(reply, failed("not applied")),
         Op::Replay { reply, .. } => Reply::Replay(reply, failed("not applied")),
+        Op::Pause { reply, .. } => Reply::Pause(reply, failed("not applied")),
         Op::Expire { reply, .. } => Reply::Expire(reply, failed("not applied")),
     }
 }
@@ -523,6 +535,7 @@ fn apply_and_commit(
                 w.settle(*delivery, *attempt, outcome).map(|_| Applied::Unit)
             }
             Op::Replay { delivery, actor, reason, .. } => w.replay(*delivery, actor, reason).map(Applied::Replay),
+            Op::Pause { endpoint, pause, .. } => w.pause(endpoint, pause.as_ref()).map(|_| Applied::Unit),
             // `run` commits expiries apart (see `Op::Expire`).
             Op::Expire { .. } => Err(StoreError::Corrupt("an expiry in a batch".into())),
         };
@@ -579,6 +592,7 @@ fn apply_and_commit(
                     _ => Err(StoreError::Corrupt("mismatched reply".into())),
                 }),
             ),
+            (Op::Pause { reply, .. }, r) => Reply::Pause(reply, r.map(|_| ())),
             (Op::Expire { reply, .. }, r) => Reply::Expire(reply, r.map(|_| 0)),
         });
     }
@@ -611,6 +625,7 @@ struct Tables<'t> {
     dedup_log: Table<'t, &'static [u8], &'static [u8]>,
     counters: Table<'t, &'static str, u64>,
     chain: Table<'t, &'static [u8], &'static [u8]>,
+    pauses: Table<'t, &'static str, &'static [u8]>,
 }
 
 impl<'t> Tables<'t> {
@@ -626,6 +641,7 @@ impl<'t> Tables<'t> {
             dedup_log: txn.open_table(DEDUP_LOG)?,
             counters: txn.open_table(COUNTERS)?,
             chain: txn.open_table(CHAIN)?,
+            pauses: txn.open_table(PAUSES)?,
         })
     }
 }
@@ -760,6 +776,20 @@ impl Batch<'_, '_> {
         Ok(ReplayOutcome::Replayed)
     }
 
+    /// Keeps `pause` of `endpoint`, or forgets its pause (`None`: resumed).
+    fn pause(&mut self, endpoint: &str, pause: Option<&Pause>) -> Result<(), StoreError> {
+        match pause {
+            Some(p) => {
+                let bytes = serde_json::to_vec(p).map_err(|e| corrupt("pause", e))?;
+                self.t.pauses.insert(endpoint, bytes.as_slice()).map_err(unavailable)?;
+            }
+            None => {
+                self.t.pauses.remove(endpoint).map_err(unavailable)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes submission `id` with everything that belongs to it, if `cutoffs` lets it go.
     fn expire(&mut self, id: SubmissionId, cutoffs: Cutoffs, gone: &mut Expired) -> Result<(), StoreError> {
         let sid = id.0.as_bytes().as_slice();
@@ -840,6 +870,20 @@ pub fn rfc3339(ms: Millis) -> String {
         .ok()
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_else(|| ms.to_string())
+}
+
+/// Every kept pause (endpoint -> pause), as read at open.
+pub fn load_pauses(db: &Database) -> Result<std::collections::BTreeMap<String, Pause>, StoreError> {
+    use redb::ReadableDatabase;
+    let txn = db.begin_read().map_err(unavailable)?;
+    let table = txn.open_table(PAUSES).map_err(unavailable)?;
+    let mut pauses = std::collections::BTreeMap::new();
+    for entry in table.iter().map_err(unavailable)? {
+        let (k, v) = entry.map_err(unavailable)?;
+        let pause: Pause = serde_json::from_slice(v.value()).map_err(|e| corrupt("pause", e))?;
+        pauses.insert(k.value().to_owned(), pause);
+    }
+    Ok(pauses)
 }
 
 /// The receipt of submission `id`, which a dedup key names (so it must exist).
