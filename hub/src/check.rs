@@ -182,6 +182,11 @@ fn as_xml(bytes: Vec<u8>) -> Result<Vec<u8>, String> {
     if !is_json(&bytes) {
         return Ok(bytes);
     }
+    // As intake does: FIT-Connect metadata is held to its limits before anything parses it,
+    // so a body too deep is refused for that, not with serde_json's recursion error.
+    if adapters::fitconnect::declares_metadata(&bytes) {
+        adapters::fitconnect::check_limits(&bytes).map_err(|e| format!("FIT-Connect metadata: {e}"))?;
+    }
     let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| format!("not JSON: {e}"))?;
     adapters::json::json_to_xml(&value).map_err(|e| format!("cannot convert the JSON form to XML: {e}"))
 }
@@ -317,12 +322,13 @@ fn inspect_blocking(args: &InspectArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `Some` when the bytes are JSON whose `$schema` names FIT-Connect metadata (read it as such).
+///
+/// Found as intake finds it, by a byte scan (`declares_metadata`), not a parse: a parse first
+/// would meet a body too deep before its limits did, and report serde_json's recursion error
+/// (or take it for the JSON form) where intake says which limit it exceeds. `read_metadata`
+/// checks those limits (`check_limits`) before it parses.
 fn fitconnect_meta(bytes: &[u8]) -> Option<Result<adapters::Meta, adapters::ReadError>> {
-    if !is_json(bytes) {
-        return None;
-    }
-    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-    adapters::fitconnect::is_metadata(&value).then(|| adapters::fitconnect::read_metadata(bytes))
+    adapters::fitconnect::declares_metadata(bytes).then(|| adapters::fitconnect::read_metadata(bytes))
 }
 
 /// `lotse inspect` of FIT-Connect metadata: its meta; JSON Schema validation is not done.
@@ -386,4 +392,34 @@ fn print_meta(out: &mut impl Write, file: &str, meta: &adapters::Meta) -> std::i
         writeln!(out, "warning:      {w}")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A FIT-Connect metadata body with `levels` levels of arrays in one field.
+    fn deep_metadata(levels: usize) -> Vec<u8> {
+        let schema = "https://schema.fitko.de/fit-connect/metadata/1.0.0/metadata.schema.json";
+        format!(
+            r#"{{"$schema":"{schema}","contentStructure":{{"attachments":[]}},"extra":{}{}}}"#,
+            "[".repeat(levels),
+            "]".repeat(levels)
+        )
+        .into_bytes()
+    }
+
+    /// Regression: `lotse inspect` and `validate` parsed a FIT-Connect body in full before its
+    /// limits were checked, so a 200-level body got serde_json's "recursion limit exceeded"
+    /// (as "not JSON") where intake says it is nested deeper than 64 levels.
+    #[test]
+    fn a_too_deep_fitconnect_body_gets_the_depth_limit_not_a_recursion_error() {
+        let body = deep_metadata(200);
+        let Some(Err(e)) = fitconnect_meta(&body) else { panic!("inspect reads it as FIT-Connect metadata and fails") };
+        assert!(matches!(&e, adapters::ReadError::LimitExceeded(m) if m.contains("nested deeper than 64")), "{e:?}");
+        let e = as_xml(body).expect_err("validate refuses it");
+        assert!(e.contains("nested deeper than 64") && !e.contains("recursion"), "{e}");
+        // Within the limits it is read as before.
+        assert!(matches!(fitconnect_meta(&deep_metadata(10)), Some(Ok(_))));
+    }
 }
