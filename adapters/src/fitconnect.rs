@@ -14,7 +14,7 @@
 //! | `service` | `publicServiceType.identifier` (a URN; LeiKa: `urn:de:fim:leika:leistung:<14 digits>`) |
 //! | `message_type` | `contentStructure.data.submissionSchema.schemaUri` |
 //! | `created_at` | `additionalReferenceInfo.applicationDate` |
-//! | `trust_level` | a level claim inside an `identificationReport` JWT, **not verified** (see [`jwt`]) |
+//! | `trust_level` | a level claim inside an `identificationReport` JWT, verified against [`trust`] keys when configured, else **not verified** (see [`jwt`]) |
 //! | `warnings` | duplicate attachment ids, unverified or unreadable reports, non-LeiKa keys, … |
 //!
 //! This is not a JSON Schema validator: it checks the shape of what it reads (and that
@@ -27,6 +27,7 @@
 pub mod jwt;
 #[cfg(test)]
 mod tests;
+pub mod trust;
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
@@ -35,6 +36,8 @@ use serde_json::Value;
 
 use crate::meta::check_field;
 use crate::{Meta, ReadError};
+pub use jwt::{Assurance, Level};
+pub use trust::TrustKeys;
 
 /// Every FIT-Connect metadata schema URI starts with this; the version follows.
 pub const SCHEMA_PREFIX: &str = "https://schema.fitko.de/fit-connect/metadata/";
@@ -57,9 +60,24 @@ pub fn is_metadata(json: &Value) -> bool {
 /// field read here. JSON syntax errors carry their line and column; shape errors point at the
 /// start of the document (a parsed value has no positions).
 pub fn read_metadata(json: &[u8]) -> Result<Meta, ReadError> {
+    read_metadata_with(json, &TrustKeys::none()).map(|m| m.meta)
+}
+
+/// What [`read_metadata_with`] read.
+#[derive(Debug, Clone)]
+pub struct Metadata {
+    pub meta: Meta,
+    /// The level of the identification reports (also in `meta.trust_level`, as text) and
+    /// whether it was verified. Only a verified level may decide access.
+    pub assurance: Option<Assurance>,
+}
+
+/// [`read_metadata`], verifying identification reports against `keys`: with keys, only a
+/// report whose signature verifies gives a level; without, the level is read unverified.
+pub fn read_metadata_with(json: &[u8], keys: &TrustKeys) -> Result<Metadata, ReadError> {
     check_limits(json)?;
     let value: Value = serde_json::from_slice(json).map_err(|e| json_error(json, &e))?;
-    read_value(&value)
+    read_value(&value, keys)
 }
 
 /// The limits of a metadata document, checked on its bytes without parsing them:
@@ -180,7 +198,7 @@ fn unescape(quoted: &[u8]) -> Option<Cow<'_, str>> {
 }
 
 /// The meta of an already parsed document (the caller bounds its size and depth).
-fn read_value(doc: &Value) -> Result<Meta, ReadError> {
+fn read_value(doc: &Value, keys: &TrustKeys) -> Result<Metadata, ReadError> {
     let doc = doc.as_object().ok_or_else(|| shape("the document is not a JSON object"))?;
     let schema = match doc.get("$schema") {
         Some(Value::String(s)) => s.as_str(),
@@ -245,12 +263,14 @@ fn read_value(doc: &Value) -> Result<Meta, ReadError> {
         meta.created_at = Some(date.into());
     }
 
+    let mut assurance = None;
     match doc.get("authenticationInformation") {
         None => {}
-        Some(Value::Array(reports)) => meta.trust_level = jwt::trust_level(reports, &mut meta.warnings),
+        Some(Value::Array(reports)) => assurance = jwt::trust_level(reports, keys, &mut meta.warnings),
         Some(_) => return Err(shape("`authenticationInformation` is not an array")),
     }
-    Ok(meta)
+    meta.trust_level = assurance.map(|a| a.level.as_str().to_owned());
+    Ok(Metadata { meta, assurance })
 }
 
 /// Attachment ids must be unique within a submission (the fitconnect 0.4.2 SDK gives every

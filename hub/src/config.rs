@@ -7,8 +7,10 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use adapters::fitconnect::TrustKeys;
 use anyhow::Context;
 use routing::{Router, RuleConfig};
 use serde::Deserialize;
@@ -34,6 +36,9 @@ pub struct RawConfig {
     pub retention: Option<RetentionConfig>,
     #[serde(default)]
     pub schemas: SchemasConfig,
+    /// `[trust]`: keys that identification reports (trust levels) are verified against.
+    #[serde(default)]
+    pub trust: TrustConfig,
     #[serde(default)]
     pub partners: Vec<PartnerConfig>,
     #[serde(default)]
@@ -184,6 +189,17 @@ impl Default for SchemasConfig {
     fn default() -> Self {
         SchemasConfig { validate: true, extra_dirs: Vec::new(), require_known: false }
     }
+}
+
+/// `[trust]`: the public keys of the identity providers whose FIT-Connect `identificationReport`s
+/// are trusted (`docs/fitconnect.md`, "Trust level"). Without keys a level is read but not
+/// verified, and no route with `min_trust_level` accepts it.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrustConfig {
+    /// Key files: a JWK set, a JWK, or PEM public keys. Read at load; an unreadable or
+    /// unsupported one stops the start.
+    pub keys: Vec<PathBuf>,
 }
 
 /// `[[partners]]`: who may submit. Without any, the partner API is open and every submission
@@ -396,6 +412,9 @@ pub struct Config {
     pub partner_tokens: Vec<(String, String)>,
     /// Endpoint name by mailbox bearer token (`kind = "mailbox"`).
     pub mailbox_tokens: Vec<(String, String)>,
+    /// The keys of `[trust]`, read by [`Config::load`] and [`Config::parse`] (empty after
+    /// [`RawConfig::validate`], which does no I/O).
+    pub trust_keys: Arc<TrustKeys>,
 }
 
 /// A TOML error without the source line the `toml` crate quotes in its message: the line may
@@ -449,6 +468,15 @@ impl Config {
                 problems.push(format!("- endpoint `{}`: {err:#}", e.name));
             }
         }
+        for file in &mut config.raw.trust.keys {
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
+        }
+        match config.read_trust_keys() {
+            Ok(keys) => config.trust_keys = Arc::new(keys),
+            Err(errs) => problems.extend(errs.iter().map(|e| format!("- {e}"))),
+        }
         anyhow::ensure!(
             problems.is_empty(),
             "invalid config `{}`: {} problem(s):\n{}",
@@ -459,9 +487,30 @@ impl Config {
         Ok(config)
     }
 
+    /// A config from text; `[trust]` key paths are relative to the working directory.
     pub fn parse(text: &str) -> anyhow::Result<Config> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
-        raw.validate()
+        let mut config = raw.validate()?;
+        match config.read_trust_keys() {
+            Ok(keys) => config.trust_keys = Arc::new(keys),
+            Err(errs) => {
+                let list: Vec<String> = errs.iter().map(|e| format!("  - {e}")).collect();
+                anyhow::bail!("{} problem(s):\n{}", errs.len(), list.join("\n"))
+            }
+        }
+        Ok(config)
+    }
+
+    /// The keys of `[trust] keys`, or every file that cannot be used.
+    fn read_trust_keys(&self) -> Result<TrustKeys, Vec<adapters::fitconnect::trust::KeyError>> {
+        let mut keys = TrustKeys::none();
+        let mut errors = Vec::new();
+        for file in &self.raw.trust.keys {
+            if let Err(e) = keys.add_file(file) {
+                errors.push(e);
+            }
+        }
+        if errors.is_empty() { Ok(keys) } else { Err(errors) }
     }
 
     pub fn endpoint(&self, name: &str) -> Option<&EndpointConfig> {
@@ -644,7 +693,9 @@ impl RawConfig {
             }
         }
         match (problems.is_empty(), router) {
-            (true, Some(router)) => Ok(Config { raw: self, router, partner_tokens, mailbox_tokens }),
+            (true, Some(router)) => {
+                Ok(Config { raw: self, router, partner_tokens, mailbox_tokens, trust_keys: Arc::default() })
+            }
             _ => {
                 let list: Vec<String> = problems.iter().map(|p| format!("  - {p}")).collect();
                 anyhow::bail!("{} problem(s):\n{}", problems.len(), list.join("\n"))

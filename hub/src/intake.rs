@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use std::collections::HashMap;
 
+use adapters::fitconnect::Assurance;
 use adapters::json::Hints;
 use adapters::validate::{ValidateError, Validator, Verdict};
 use adapters::{Limits, Meta, ReadError};
@@ -121,8 +122,10 @@ impl Pipeline {
     pub fn prepare(&self, sub: Submission) -> Result<NewSubmission, IntakeError> {
         // What the body is: XML, the JSON form of XML (converted first: the header lives in the
         // XML), or FIT-Connect metadata (JSON with its own meta; it has no XML form).
-        let (xml, meta): (Option<Bytes>, Meta) = match sub.media {
-            Media::Xml => (Some(sub.body.clone()), adapters::read_meta(&sub.body, &self.limits)?),
+        // `assurance`: the trust level of FIT-Connect identification reports, and whether it was
+        // verified (XÖV headers state none).
+        let (xml, meta, assurance): (Option<Bytes>, Meta, Option<Assurance>) = match sub.media {
+            Media::Xml => (Some(sub.body.clone()), adapters::read_meta(&sub.body, &self.limits)?, None),
             Media::Json => {
                 // FIT-Connect metadata is held to its own limits (1 MiB, 64 levels) before
                 // anything parses it: a byte scan finds its `$schema`.
@@ -135,9 +138,9 @@ impl Pipeline {
                 let value = adapters::json::parse_strict(&sub.body)
                     .map_err(|e| IntakeError::Malformed(format!("malformed JSON: {e}")))?;
                 if adapters::fitconnect::is_metadata(&value) {
-                    let meta = adapters::fitconnect::read_metadata(&sub.body)
+                    let read = adapters::fitconnect::read_metadata_with(&sub.body, &self.config.trust_keys)
                         .map_err(|e| IntakeError::Malformed(format!("malformed FIT-Connect metadata: {e}")))?;
-                    (None, meta)
+                    (None, read.meta, read.assurance)
                 } else {
                     // Its XML is held to the body limit too, and refused while it is built (a
                     // JSON array repeats its element's name per item: a few hundred KB of JSON
@@ -153,7 +156,7 @@ impl Pipeline {
                             e => IntakeError::Malformed(format!("JSON is not a Lotse JSON form: {e}")),
                         })?;
                     let meta = adapters::read_meta(&xml, &self.limits)?;
-                    (Some(Bytes::from(xml)), meta)
+                    (Some(Bytes::from(xml)), meta, None)
                 }
             }
         };
@@ -172,17 +175,29 @@ impl Pipeline {
                 reader: meta.reader.clone(),
             });
         };
-        if let Some(min) = route.min_trust_level {
-            let stated = meta.trust_level.as_deref().and_then(routing::TrustLevel::parse);
-            if stated.is_none_or(|s| s < min) {
-                return Err(IntakeError::TrustLevel(format!(
-                    "route `{}` requires trust level `{min:?}`; the message states `{}`",
-                    route.name,
-                    meta.trust_level.as_deref().unwrap_or("none")
-                )));
-            }
+        // Only a verified level counts: an unverified one is a claim anyone can forge.
+        let verified_assurance = assurance.filter(|a| a.verified);
+        let verified = verified_assurance.and_then(|a| routing::TrustLevel::parse(a.level.as_str()));
+        if let Some(min) = route.min_trust_level
+            && verified.is_none_or(|s| s < min)
+        {
+            let stated = match (&meta.trust_level, verified) {
+                (Some(level), Some(_)) => format!("`{level}`"),
+                (Some(level), None) => format!("`{level}`, not verified (no trust key in `[trust]` checked it)"),
+                (None, _) => "no verified level".to_owned(),
+            };
+            return Err(IntakeError::TrustLevel(format!(
+                "route `{}` requires trust level `{min:?}`; the message states {stated}",
+                route.name
+            )));
         }
         let mut notes: Vec<String> = Vec::new();
+        if let Some(a) = verified_assurance {
+            notes.push(format!(
+                "trust level `{}` verified: identificationReport signed by a `[trust]` key",
+                a.level.as_str()
+            ));
+        }
         if !meta.warnings.is_empty() {
             // An inconsistent XÖV header is refused unless the route accepts it. FIT-Connect
             // metadata warnings (e.g. an unverified trust level) are information: recorded only.

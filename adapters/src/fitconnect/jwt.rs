@@ -1,12 +1,14 @@
-//! The trust level an `identificationReport` claims, read from its JWT payload WITHOUT checking
-//! its signature.
+//! The trust level an `identificationReport` claims, read from its JWT payload, and verified
+//! against the configured trust keys when there are any ([`super::trust`]).
 //!
-//! **Nothing here is verified.** An `identificationReport` is a JWT signed by an identity
-//! provider; Lotse has no trust anchors for those signatures and does not check them. The
-//! payload is decoded as plain base64url JSON, so anyone who can write the metadata can claim
-//! any level. The level is a routing hint and a number for statistics; an access decision
-//! must verify the report itself. Every level read this way comes with a `warnings` entry that
-//! says so.
+//! **Without trust keys nothing here is verified.** An `identificationReport` is a JWT signed by
+//! an identity provider; with no keys configured Lotse cannot check that signature, so the
+//! payload is decoded as plain base64url JSON and anyone who can write the metadata can claim
+//! any level. Such a level comes with a `warnings` entry that says so, and [`Assurance::verified`]
+//! is false: intake never lets it satisfy a route's `min_trust_level`.
+//!
+//! With trust keys, only reports whose signature verifies (and whose `exp`/`nbf` hold) give a
+//! level; every other report gives a warning naming why, and no level.
 //!
 //! Claims looked for, anywhere in the payload (names compared without case, `_` and `-`):
 //! `trustLevel`, `levelOfAssurance`, `loa`, `vertrauensniveau`, `acr`. Values mapped to the
@@ -17,6 +19,7 @@
 
 use serde_json::Value;
 
+use super::trust::TrustKeys;
 use super::{MAX_DEPTH, check_depth};
 
 /// An eIDAS level of assurance, ordered low < substantial < high.
@@ -57,9 +60,19 @@ impl Level {
 /// Claim names (lowercase, without `_` and `-`) that may hold a level.
 const LEVEL_CLAIMS: &[&str] = &["trustlevel", "levelofassurance", "loa", "vertrauensniveau", "acr"];
 
+/// The level of the identification reports, and whether their signatures were verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Assurance {
+    pub level: Level,
+    /// True when every report this level comes from verified against a trust key; false when
+    /// no trust keys are configured and the level was read unverified.
+    pub verified: bool,
+}
+
 /// The lowest level claimed by the `identificationReport`s of `authenticationInformation`,
-/// with warnings for everything unverified, unreadable or contradictory.
-pub fn trust_level(reports: &[Value], warnings: &mut Vec<String>) -> Option<String> {
+/// with warnings for everything unverified, unreadable or contradictory. With `keys`, only
+/// reports that verify against them count.
+pub fn trust_level(reports: &[Value], keys: &TrustKeys, warnings: &mut Vec<String>) -> Option<Assurance> {
     let mut levels: Vec<Level> = Vec::new();
     for (i, report) in reports.iter().enumerate() {
         let kind = report.get("type").and_then(Value::as_str);
@@ -78,6 +91,12 @@ pub fn trust_level(reports: &[Value], warnings: &mut Vec<String>) -> Option<Stri
                 continue;
             }
         };
+        if !keys.is_empty()
+            && let Err(why) = keys.verify(content)
+        {
+            warnings.push(format!("identificationReport {i}: {why}; no trust level read"));
+            continue;
+        }
         let mut found = Vec::new();
         collect_claims(&payload, &mut found);
         if found.is_empty() {
@@ -95,11 +114,13 @@ pub fn trust_level(reports: &[Value], warnings: &mut Vec<String>) -> Option<Stri
         let all: Vec<&str> = levels.iter().map(|l| l.as_str()).collect();
         warnings.push(format!("identificationReports claim different levels ({}); kept the lowest", all.join(", ")));
     }
-    warnings.push(format!(
-        "trust level `{}` read from an identificationReport JWT whose signature was NOT verified",
-        lowest.as_str()
-    ));
-    Some(lowest.as_str().to_string())
+    if keys.is_empty() {
+        warnings.push(format!(
+            "trust level `{}` read from an identificationReport JWT whose signature was NOT verified",
+            lowest.as_str()
+        ));
+    }
+    Some(Assurance { level: lowest, verified: !keys.is_empty() })
 }
 
 /// The payload of a compact JWS (`header.payload.signature`) as JSON, signature ignored.
