@@ -17,10 +17,12 @@ pub mod http;
 pub mod retry;
 
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
 use rand::Rng;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -276,7 +278,7 @@ impl Worker {
                 };
                 let w = this.clone();
                 tokio::spawn(async move {
-                    w.attempt(lease).await;
+                    w.attempt_or_recover(lease).await;
                     drop(permit);
                 });
             }
@@ -284,6 +286,34 @@ impl Worker {
         // Wait for in-flight attempts: every permit back means every attempt settled.
         let _ = slots.acquire_many(this.endpoint.concurrency as u32).await;
         tracing::info!(endpoint = %name, "delivery worker stopped");
+    }
+
+    /// Runs [`Worker::attempt`]; if it panics (a bug in a transport or the store), settles the
+    /// delivery as a transient failure, so it is sent again after the usual backoff (and goes
+    /// dead when its budget is spent). Without this the lease was dropped unsettled, and the
+    /// embedded store kept the delivery leased until a restart: pending, and never sent again.
+    async fn attempt_or_recover(&self, lease: Lease) {
+        // A lease is cheap to copy (the payload is shared): this one settles after a panic.
+        let kept = lease.clone();
+        // What the attempt shares with later ones is atomics, the transport (its only lock, the
+        // AMQP session's, is tokio's and is not poisoned) and the store: usable after a panic as
+        // after any other failed attempt.
+        let Err(panic) = AssertUnwindSafe(self.attempt(lease)).catch_unwind().await else { return };
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_owned());
+        let (id, attempt) = (kept.delivery_id, kept.attempt);
+        tracing::error!(delivery_id = %id, attempt, endpoint = %self.endpoint.name, panic = %message, "the attempt panicked; it will be repeated");
+        // If the panic came after the store had settled the attempt, this settlement is stale
+        // and the store ignores it (the first one stands).
+        let error = format!("internal error during the attempt (panic: {message})");
+        let result = AttemptResult::Transient { error, retry_after: None };
+        if let Err(e) = settle_attempt(self.store.as_ref(), &self.retry, kept, result).await {
+            self.settle_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(delivery_id = %id, error = %e, "cannot record the attempt that panicked; it will be repeated");
+        }
     }
 
     async fn attempt(&self, lease: Lease) {
@@ -410,6 +440,52 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(files() >= 1, "the delivery's files are in the folder");
+        let _ = stop.send(true);
+        while workers.join_next().await.is_some() {}
+    }
+
+    /// The embedded store, except that the first settle panics (as a bug in a store or a
+    /// transport would), before the store has recorded anything.
+    struct PanicsOnce {
+        inner: crate::store::embedded::EmbeddedStore,
+        panicked: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::store::testing::Passthrough for PanicsOnce {
+        fn inner(&self) -> &dyn Store {
+            &self.inner
+        }
+        async fn settle(&self, l: crate::store::Lease, outcome: Outcome) -> Result<(), StoreError> {
+            if !self.panicked.swap(true, Ordering::SeqCst) {
+                panic!("settle panicked (test)");
+            }
+            self.inner.settle(l, outcome).await
+        }
+    }
+
+    /// An attempt that panics is settled as a retry, and the delivery is delivered afterwards:
+    /// the panic dropped its lease unsettled, and the embedded store kept the delivery leased
+    /// (pending, never sent again) until a restart.
+    #[tokio::test]
+    async fn an_attempt_that_panics_is_retried_not_stuck() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let drop_dir = dir.path().join("eingang");
+        std::fs::create_dir(&drop_dir).expect("drop folder");
+        let config = file_config(&drop_dir);
+        let inner = crate::store::embedded::EmbeddedStore::open(&dir.path().join("data")).expect("store");
+        let store = Arc::new(PanicsOnce { inner, panicked: Default::default() });
+        store.intake(crate::store::conformance::submission(&[], &["ablage"])).await.expect("intake");
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let mut workers = super::spawn_workers(&config, store.clone(), Default::default(), shutdown).expect("workers");
+        // The first retry's backoff is at most `initial_backoff` (1 s by default).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while store.counts().await.expect("counts").delivered < 1 {
+            assert!(std::time::Instant::now() < deadline, "still pending 5 s after the attempt panicked");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(store.panicked.load(Ordering::SeqCst), "the first settle panicked");
+        assert_eq!(store.counts().await.expect("counts").pending, 0);
         let _ = stop.send(true);
         while workers.join_next().await.is_some() {}
     }
