@@ -88,9 +88,9 @@ pub trait Store: Send + Sync + 'static {
     /// Pauses (`paused`) or resumes deliveries to `endpoint` on every process that shares this
     /// store, recorded with the `actor` who asked (and their `reason`, if given), and keeps the
     /// pause as long as the store keeps its history (RabbitMQ: a record in the event stream that
-    /// every process folds, again after a restart). `Ok(false)` when the store keeps no pauses:
-    /// it has one process (the embedded store), and the caller keeps the pause in memory
-    /// ([`crate::delivery::Paused`]).
+    /// every process folds, again after a restart; embedded: a row in its database, committed
+    /// before this returns). `Ok(false)` when the store keeps no pauses (a test store): the
+    /// caller then keeps the pause in memory ([`crate::delivery::Paused`]).
     async fn set_paused(
         &self,
         endpoint: &str,
