@@ -686,10 +686,11 @@ async fn fit_connect_metadata_reaches_its_route_and_keeps_its_bytes() {
 [[routes]]
 name = "leika"
 service = "urn:de:fim:leika:leistung:99001004*"
-min_trust_level = "substantial"
 endpoints = ["gewerbeamt"]
 "#,
     );
+    // No `min_trust_level`: the fixture's report is unsigned, and an unverified level meets none
+    // (tests/intake_trust_level.rs covers signed reports).
     let body = std::fs::read(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../adapters/tests/fixtures/fitconnect/full.json"),
     )
