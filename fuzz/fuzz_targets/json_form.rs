@@ -13,10 +13,19 @@ use adapters::{Limits, ReadError, read_meta};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else {
+    // As intake: FIT-Connect metadata, found by a byte scan, is held to its limits before any
+    // parse; then the strict parse (no duplicate keys).
+    let declared = adapters::fitconnect::declares_metadata(data);
+    if declared && adapters::fitconnect::check_limits(data).is_err() {
+        return;
+    }
+    let Ok(value) = adapters::json::parse_strict(data) else {
         return;
     };
-    if adapters::fitconnect::is_metadata(&value) {
+    // The byte scan decides whether the limits apply: it must agree with the parsed document
+    // (no duplicate keys here), or intake would parse a metadata body before its limits held.
+    assert_eq!(declared, adapters::fitconnect::is_metadata(&value), "declares_metadata disagrees with the parse");
+    if declared {
         let _ = adapters::fitconnect::read_metadata(data);
         return;
     }
