@@ -130,8 +130,14 @@ impl Pipeline {
                 // FIT-Connect metadata is held to its own limits (1 MiB, 64 levels) before
                 // anything parses it: a byte scan finds its `$schema`.
                 if adapters::fitconnect::declares_metadata(&sub.body) {
-                    adapters::fitconnect::check_limits(&sub.body)
-                        .map_err(|e| IntakeError::Malformed(format!("malformed FIT-Connect metadata: {e}")))?;
+                    adapters::fitconnect::check_limits(&sub.body).map_err(|e| {
+                        // Too many bytes is 413, as for any body over its limit; too deep, 400.
+                        if sub.body.len() > adapters::fitconnect::MAX_BYTES {
+                            IntakeError::TooLarge(e.to_string())
+                        } else {
+                            IntakeError::Malformed(format!("malformed FIT-Connect metadata: {e}"))
+                        }
+                    })?;
                 }
                 // Strict: a duplicate key or serde_json's `RawValue` key would let routing read
                 // one document while a `format = "json"` endpoint gets the bytes, another.

@@ -104,7 +104,7 @@ fn fitconnect_metadata_is_held_to_its_limits_before_it_is_parsed() {
     let pad = "x".repeat(adapters::fitconnect::MAX_BYTES);
     let big = format!(r#"{{"$schema":"{FIT_SCHEMA}","contentStructure":{{"attachments":[]}},"pad":"{pad}","pad":""}}"#);
     let e = prepare(&config, Media::Json, big).expect_err("over 1 MiB");
-    assert!(matches!(&e, IntakeError::Malformed(m) if m.contains("more than 1048576")), "{e:?}");
+    assert!(matches!(&e, IntakeError::TooLarge(m) if m.contains("more than 1048576")), "{e:?}");
     // `$schema` found after a deep value and written with escapes: the same.
     let late = format!(
         r#"{{"extra":{}{},"\u0024schema":"{}","contentStructure":{{"attachments":[]}}}}"#,
