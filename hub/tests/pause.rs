@@ -192,6 +192,110 @@ async fn pause_on_two_hubs(url: &str, prefix: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+const MAILBOX: &str = "postfach";
+const MAILBOX_TOKEN: &str = "postfach-token-0123456789";
+
+/// A hub on RabbitMQ (`prefix`) with one mailbox endpoint that its agency fetches from.
+async fn start_mailbox_hub(url: &str, prefix: &str, data: &Path) -> anyhow::Result<hub::app::Running> {
+    let config = Config::parse(&format!(
+        r#"
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:1"
+data_dir = "{data}"
+[queue]
+kind = "rabbitmq"
+url = "{url}"
+prefix = "{prefix}"
+[schemas]
+validate = false
+[[endpoints]]
+name = "{MAILBOX}"
+kind = "mailbox"
+token = "{MAILBOX_TOKEN}"
+[[routes]]
+name = "all"
+endpoints = ["{MAILBOX}"]
+"#,
+        data = data.display(),
+    ))?;
+    let partner = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let store = hub::app::open_store(&config).await?;
+    hub::app::start(config, store, partner, admin).await
+}
+
+/// A mailbox is held on every process too: paused on one process, the other's mailbox hands
+/// nothing out (204) though a delivery waits; resumed there, the agency fetches it from the
+/// other process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_a_mailbox_paused_on_one_process_hands_nothing_out_on_another() -> anyhow::Result<()> {
+    let url = amqp_url();
+    if !broker_answers(&url).await {
+        return Ok(());
+    }
+    let prefix = format!("lotse-test-{}", uuid::Uuid::new_v4().simple());
+    let result = async {
+        let dir = tempfile::tempdir()?;
+        let a = start_mailbox_hub(&url, &prefix, &dir.path().join("a")).await?;
+        let b = start_mailbox_hub(&url, &prefix, &dir.path().join("b")).await?;
+        let client = reqwest::Client::new();
+        let set = |hub: &hub::app::Running, verb: &str| {
+            client
+                .post(format!("http://{}/v1/admin/endpoints/{MAILBOX}/{verb}", hub.admin_addr))
+                .json(&serde_json::json!({"actor": "oncall-anna", "reason": "agency migrating"}))
+                .send()
+        };
+        let r = set(&a, "pause").await?;
+        anyhow::ensure!(r.status() == 200, "pause: {}", r.status());
+        let r = client
+            .post(format!("http://{}/v1/submissions", a.partner_addr))
+            .header("content-type", "application/xml")
+            .body(message(1))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status() == 202, "submission: {}", r.status());
+        let fetch = |wait: &str| {
+            client
+                .get(format!("http://{}/v1/mailboxes/{MAILBOX}/next?wait={wait}", b.partner_addr))
+                .bearer_auth(MAILBOX_TOKEN)
+                .send()
+        };
+        // The pause reaches b within the stream's lag; from then on b hands nothing out. Polls
+        // are short (1 s) so that each one sees the pause as b knows it when it starts.
+        eventually(Duration::from_secs(5), "process b shows the pause made on a", || async {
+            let r: Value =
+                client.get(format!("http://{}/v1/admin/endpoints", b.admin_addr)).send().await?.json().await?;
+            Ok(r["endpoints"]
+                .as_array()
+                .and_then(|l| l.iter().find(|e| e["name"] == MAILBOX))
+                .is_some_and(|e| e["paused"] == true))
+        })
+        .await?;
+        for _ in 0..2 {
+            let r = fetch("1s").await?;
+            anyhow::ensure!(r.status() == 204, "b's mailbox handed out while paused: {}", r.status());
+        }
+        anyhow::ensure!(b.store.counts().await?.pending == 1, "the delivery waits");
+        let r = set(&a, "resume").await?;
+        anyhow::ensure!(r.status() == 200, "resume: {}", r.status());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let got = loop {
+            let r = fetch("1s").await?;
+            if r.status() == 200 {
+                break r.text().await?;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "b's mailbox handed nothing out after the resume");
+        };
+        anyhow::ensure!(got == message(1), "the fetched body: {got}");
+        a.stop().await;
+        b.stop().await;
+        Ok(())
+    }
+    .await;
+    RabbitStore::delete_topology(&url, &prefix, &[MAILBOX.to_owned()]).await?;
+    result
+}
+
 /// A pause is a record in the durable event stream: a process that starts later (a restart)
 /// folds it and holds the endpoint too, and a resume is kept the same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
