@@ -51,6 +51,19 @@ fn message(n: u32) -> String {
 
 /// A hub on RabbitMQ (`prefix`) delivering to the folder `out`.
 async fn start_hub(url: &str, prefix: &str, data: &Path, out: &Path) -> anyhow::Result<hub::app::Running> {
+    let endpoint = format!("name = \"{ENDPOINT}\"\nkind = \"file\"\npath = \"{}\"", out.display());
+    start_hub_with(url, prefix, data, ENDPOINT, &endpoint).await
+}
+
+/// A hub on RabbitMQ (`prefix`) with one endpoint, `name`, configured by `endpoint` (its TOML
+/// keys), and one route to it.
+async fn start_hub_with(
+    url: &str,
+    prefix: &str,
+    data: &Path,
+    name: &str,
+    endpoint: &str,
+) -> anyhow::Result<hub::app::Running> {
     let config = Config::parse(&format!(
         r#"
 listen = "127.0.0.1:0"
@@ -63,15 +76,12 @@ prefix = "{prefix}"
 [schemas]
 validate = false
 [[endpoints]]
-name = "{ENDPOINT}"
-kind = "file"
-path = "{out}"
+{endpoint}
 [[routes]]
 name = "all"
-endpoints = ["{ENDPOINT}"]
+endpoints = ["{name}"]
 "#,
         data = data.display(),
-        out = out.display(),
     ))?;
     let partner = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -197,31 +207,8 @@ const MAILBOX_TOKEN: &str = "postfach-token-0123456789";
 
 /// A hub on RabbitMQ (`prefix`) with one mailbox endpoint that its agency fetches from.
 async fn start_mailbox_hub(url: &str, prefix: &str, data: &Path) -> anyhow::Result<hub::app::Running> {
-    let config = Config::parse(&format!(
-        r#"
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:1"
-data_dir = "{data}"
-[queue]
-kind = "rabbitmq"
-url = "{url}"
-prefix = "{prefix}"
-[schemas]
-validate = false
-[[endpoints]]
-name = "{MAILBOX}"
-kind = "mailbox"
-token = "{MAILBOX_TOKEN}"
-[[routes]]
-name = "all"
-endpoints = ["{MAILBOX}"]
-"#,
-        data = data.display(),
-    ))?;
-    let partner = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let store = hub::app::open_store(&config).await?;
-    hub::app::start(config, store, partner, admin).await
+    let endpoint = format!("name = \"{MAILBOX}\"\nkind = \"mailbox\"\ntoken = \"{MAILBOX_TOKEN}\"");
+    start_hub_with(url, prefix, data, MAILBOX, &endpoint).await
 }
 
 /// A mailbox is held on every process too: paused on one process, the other's mailbox hands
@@ -308,12 +295,12 @@ async fn rabbitmq_a_pause_survives_a_restart() -> anyhow::Result<()> {
     let endpoints = [ENDPOINT.to_owned()];
     let result = async {
         let first = RabbitStore::open(&url, &prefix, &endpoints).await?;
-        anyhow::ensure!(first.set_paused(ENDPOINT, true, "oncall-anna", None).await?, "the store keeps pauses");
+        first.set_paused(ENDPOINT, true, "oncall-anna", None).await?;
         first.close().await;
         drop(first);
 
         let second = RabbitStore::open(&url, &prefix, &endpoints).await?;
-        let pauses = second.pauses().unwrap_or_default();
+        let pauses = second.pauses();
         let pause = pauses.get(ENDPOINT).ok_or_else(|| anyhow::anyhow!("forgotten after a restart: {pauses:?}"))?;
         anyhow::ensure!(pause.actor == "oncall-anna", "{pause:?}");
         second.set_paused(ENDPOINT, false, "oncall-ben", None).await?;
@@ -321,7 +308,7 @@ async fn rabbitmq_a_pause_survives_a_restart() -> anyhow::Result<()> {
         drop(second);
 
         let third = RabbitStore::open(&url, &prefix, &endpoints).await?;
-        let pauses = third.pauses().unwrap_or_default();
+        let pauses = third.pauses();
         third.close().await;
         anyhow::ensure!(pauses.is_empty(), "the resume was not kept: {pauses:?}");
         Ok(())

@@ -65,8 +65,9 @@ fn partner_router(config: Config, store: Arc<dyn crate::store::Store>) -> axum::
 /// The handlers' state over `store`, with no schemas and no metrics recorder.
 fn state(config: Config, store: Arc<dyn crate::store::Store>) -> Arc<AppState> {
     let config = Arc::new(config);
+    let paused = crate::delivery::Paused::new(store.clone());
     let pipeline = crate::intake::Pipeline::new(config.clone(), store, None);
-    Arc::new(AppState::new(config, pipeline, None, Default::default()))
+    Arc::new(AppState::new(config, pipeline, None, paused))
 }
 
 struct Harness {
@@ -388,6 +389,18 @@ impl crate::store::Store for FailsSecondReplay {
     async fn settle(&self, l: crate::store::Lease, o: crate::store::Outcome) -> Result<(), crate::store::StoreError> {
         self.inner.settle(l, o).await
     }
+    async fn set_paused(
+        &self,
+        endpoint: &str,
+        paused: bool,
+        actor: &str,
+        reason: Option<&str>,
+    ) -> Result<(), crate::store::StoreError> {
+        self.inner.set_paused(endpoint, paused, actor, reason).await
+    }
+    fn pauses(&self) -> std::collections::BTreeMap<String, crate::store::Pause> {
+        self.inner.pauses()
+    }
     async fn submission(
         &self,
         id: crate::store::SubmissionId,
@@ -588,6 +601,12 @@ impl crate::store::Store for BrokenStore {
     }
     async fn settle(&self, _: crate::store::Lease, _: crate::store::Outcome) -> Result<(), crate::store::StoreError> {
         Err(crate::store::StoreError::Unavailable("disk gone".into()))
+    }
+    async fn set_paused(&self, _: &str, _: bool, _: &str, _: Option<&str>) -> Result<(), crate::store::StoreError> {
+        Err(crate::store::StoreError::Unavailable("disk gone".into()))
+    }
+    fn pauses(&self) -> std::collections::BTreeMap<String, crate::store::Pause> {
+        Default::default()
     }
     async fn submission(
         &self,

@@ -18,8 +18,8 @@ pub mod retry;
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -34,29 +34,20 @@ use retry::AttemptResult;
 /// Endpoints an operator paused: the delivery workers lease nothing for them, and their
 /// mailboxes hand nothing out.
 ///
-/// Kept by the store when it keeps pauses ([`Store::set_paused`]; RabbitMQ: in its event
-/// stream, so a pause holds on every process sharing the broker and survives restarts; the
-/// embedded store: in its database, so a pause survives a restart), else here in memory (a
-/// store that keeps none, as a test's). Reads are cheap (a small map), so workers and
+/// Kept by the store ([`Store::set_paused`]; RabbitMQ: in its event stream, so a pause holds on
+/// every process sharing the broker and survives restarts; the embedded store: in its
+/// database, so a pause survives a restart). Reads are cheap (a small map), so workers and
 /// mailboxes ask before every lease.
-#[derive(Clone, Default)]
-pub struct Paused {
-    local: Arc<Mutex<BTreeMap<String, Pause>>>,
-    /// The store that keeps pauses, if it does (`None`: only `local`, as in unit tests).
-    store: Option<Arc<dyn Store>>,
-}
+#[derive(Clone)]
+pub struct Paused(Arc<dyn Store>);
 
 impl Paused {
-    /// The pauses of `store`, kept by it if it keeps pauses, else in memory.
+    /// The pauses `store` keeps.
     pub fn new(store: Arc<dyn Store>) -> Paused {
-        Paused { local: Arc::default(), store: Some(store) }
+        Paused(store)
     }
 
-    fn local(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Pause>> {
-        self.local.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Pauses (`paused`) or resumes `endpoint`, on every process when the store keeps pauses.
+    /// Pauses (`paused`) or resumes `endpoint`, on every process that shares the store.
     pub async fn set(
         &self,
         endpoint: &str,
@@ -64,38 +55,21 @@ impl Paused {
         actor: &str,
         reason: Option<&str>,
     ) -> Result<(), crate::store::StoreError> {
-        if let Some(store) = &self.store
-            && store.set_paused(endpoint, paused, actor, reason).await?
-        {
-            return Ok(());
-        }
-        if paused {
-            let pause = Pause { actor: actor.to_owned(), at: now_millis(), reason: reason.map(str::to_owned) };
-            self.local().insert(endpoint.to_owned(), pause);
-        } else {
-            self.local().remove(endpoint);
-        }
-        Ok(())
+        self.0.set_paused(endpoint, paused, actor, reason).await
     }
 
     /// Every paused endpoint, with who paused it and when.
     pub fn all(&self) -> BTreeMap<String, Pause> {
-        match self.store.as_ref().and_then(|s| s.pauses()) {
-            Some(kept) => kept,
-            None => self.local().clone(),
-        }
+        self.0.pauses()
     }
 
     /// The pause of `endpoint`, if it is paused.
     pub fn get(&self, endpoint: &str) -> Option<Pause> {
-        match self.store.as_ref().and_then(|s| s.pauses()) {
-            Some(mut kept) => kept.remove(endpoint),
-            None => self.local().get(endpoint).cloned(),
-        }
+        self.0.pauses().remove(endpoint)
     }
 
     pub fn is_paused(&self, endpoint: &str) -> bool {
-        self.get(endpoint).is_some()
+        self.0.pauses().contains_key(endpoint)
     }
 
     /// The paused endpoints' names, sorted.
@@ -419,7 +393,7 @@ mod tests {
             Arc::new(crate::store::embedded::EmbeddedStore::open(&dir.path().join("data")).expect("store"));
         let paused = super::Paused::new(store.clone());
         paused.set("ablage", true, "oncall", Some("receiver down")).await.expect("pause");
-        assert!(store.pauses().is_some_and(|p| p.contains_key("ablage")), "the embedded store keeps the pause");
+        assert!(store.pauses().contains_key("ablage"), "the embedded store keeps the pause");
         let pause = paused.get("ablage").expect("paused");
         assert_eq!((pause.actor.as_str(), pause.reason.as_deref()), ("oncall", Some("receiver down")));
         assert_eq!(paused.list(), ["ablage"]);
@@ -477,7 +451,8 @@ mod tests {
         let store = Arc::new(PanicsOnce { inner, panicked: Default::default() });
         store.intake(crate::store::conformance::submission(&[], &["ablage"])).await.expect("intake");
         let (stop, shutdown) = tokio::sync::watch::channel(false);
-        let mut workers = super::spawn_workers(&config, store.clone(), Default::default(), shutdown).expect("workers");
+        let mut workers =
+            super::spawn_workers(&config, store.clone(), super::Paused::new(store.clone()), shutdown).expect("workers");
         // The first retry's backoff is at most `initial_backoff` (1 s by default).
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while store.counts().await.expect("counts").delivered < 1 {
@@ -522,7 +497,8 @@ mod tests {
         let store = Arc::new(FullDisk { inner, settles: AtomicU32::new(0) });
         store.intake(crate::store::conformance::submission(&[], &["ablage"])).await.expect("intake");
         let (stop, shutdown) = tokio::sync::watch::channel(false);
-        let mut workers = super::spawn_workers(&config, store.clone(), Default::default(), shutdown).expect("workers");
+        let mut workers =
+            super::spawn_workers(&config, store.clone(), super::Paused::new(store.clone()), shutdown).expect("workers");
         tokio::time::sleep(Duration::from_secs(2)).await;
         let _ = stop.send(true);
         while workers.join_next().await.is_some() {}

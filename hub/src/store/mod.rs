@@ -89,25 +89,19 @@ pub trait Store: Send + Sync + 'static {
     /// store, recorded with the `actor` who asked (and their `reason`, if given), and keeps the
     /// pause as long as the store keeps its history (RabbitMQ: a record in the event stream that
     /// every process folds, again after a restart; embedded: a row in its database, committed
-    /// before this returns). `Ok(false)` when the store keeps no pauses (a test store): the
-    /// caller then keeps the pause in memory ([`crate::delivery::Paused`]).
+    /// before this returns).
     async fn set_paused(
         &self,
         endpoint: &str,
         paused: bool,
         actor: &str,
         reason: Option<&str>,
-    ) -> Result<bool, StoreError> {
-        let _ = (endpoint, paused, actor, reason);
-        Ok(false)
-    }
+    ) -> Result<(), StoreError>;
 
     /// The endpoints paused through [`Store::set_paused`] as this process knows them now (on
     /// RabbitMQ a pause on another process shows once this one has folded its record, the lag
-    /// of `docs/rabbitmq.md`); `None` when the store keeps no pauses.
-    fn pauses(&self) -> Option<std::collections::BTreeMap<String, Pause>> {
-        None
-    }
+    /// of `docs/rabbitmq.md`).
+    fn pauses(&self) -> std::collections::BTreeMap<String, Pause>;
 
     /// Whether the store takes writes now, as far as it knows without trying (the partner port's
     /// `/healthz`, for a load balancer): `Err` while it is known not to (a full disk, no broker).

@@ -71,10 +71,10 @@ impl<T: Passthrough + 'static> Store for T {
         paused: bool,
         actor: &str,
         reason: Option<&str>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<(), StoreError> {
         self.inner().set_paused(endpoint, paused, actor, reason).await
     }
-    fn pauses(&self) -> Option<std::collections::BTreeMap<String, Pause>> {
+    fn pauses(&self) -> std::collections::BTreeMap<String, Pause> {
         self.inner().pauses()
     }
     fn health(&self) -> Result<(), StoreError> {

@@ -69,8 +69,9 @@ endpoints = ["postfach"]
     let dir = tempfile::tempdir().expect("tempdir");
     let store: Arc<dyn crate::store::Store> = wrap(Arc::new(EmbeddedStore::open(dir.path()).expect("store")));
     let config = Arc::new(config);
+    let paused = crate::delivery::Paused::new(store.clone());
     let pipeline = crate::intake::Pipeline::new(config.clone(), store, None);
-    let state = Arc::new(AppState::new(config, pipeline, None, Default::default()));
+    let state = Arc::new(AppState::new(config, pipeline, None, paused));
     let (stop, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(super::sweep(state.clone(), rx));
     Harness { router: partner::router(state.clone()), state, stop, _dir: dir }

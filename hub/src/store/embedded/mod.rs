@@ -733,7 +733,7 @@ impl Store for EmbeddedStore {
         paused: bool,
         actor: &str,
         reason: Option<&str>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<(), StoreError> {
         let pause =
             paused.then(|| Pause { actor: actor.to_owned(), at: now_millis(), reason: reason.map(str::to_owned) });
         let _order = self.pause_writes.lock().await;
@@ -745,11 +745,11 @@ impl Store for EmbeddedStore {
             Some(p) => pauses.insert(endpoint.to_owned(), p),
             None => pauses.remove(endpoint),
         };
-        Ok(true)
+        Ok(())
     }
 
-    fn pauses(&self) -> Option<std::collections::BTreeMap<String, Pause>> {
-        Some(self.pauses.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    fn pauses(&self) -> std::collections::BTreeMap<String, Pause> {
+        self.pauses.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn health(&self) -> Result<(), StoreError> {

@@ -665,13 +665,13 @@ async fn a_pause_and_a_resume_survive_a_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let store = EmbeddedStore::open(dir.path()).expect("open");
-        assert_eq!(store.pauses(), Some(Default::default()), "a new store has no pauses");
-        assert!(store.set_paused("a", true, "oncall", Some("Wartung")).await.expect("pause"), "kept by the store");
-        assert!(store.set_paused("b", true, "oncall", None).await.expect("pause"));
-        assert!(store.pauses().expect("kept").contains_key("a"));
+        assert!(store.pauses().is_empty(), "a new store has no pauses");
+        store.set_paused("a", true, "oncall", Some("Wartung")).await.expect("pause");
+        store.set_paused("b", true, "oncall", None).await.expect("pause");
+        assert!(store.pauses().contains_key("a"));
     }
     let store = EmbeddedStore::open(dir.path()).expect("reopen");
-    let pauses = store.pauses().expect("kept");
+    let pauses = store.pauses();
     assert_eq!(pauses.keys().collect::<Vec<_>>(), ["a", "b"], "forgotten after a reopen");
     let a = &pauses["a"];
     assert_eq!((a.actor.as_str(), a.reason.as_deref()), ("oncall", Some("Wartung")));
@@ -681,9 +681,9 @@ async fn a_pause_and_a_resume_survive_a_reopen() {
     store.intake(new_sub(&["a"], &[])).await.expect("intake");
     assert_eq!(store.lease("a", 1, Duration::from_millis(100)).await.expect("lease").len(), 1);
 
-    assert!(store.set_paused("a", false, "oncall", None).await.expect("resume"));
-    assert_eq!(store.pauses().expect("kept").keys().collect::<Vec<_>>(), ["b"]);
+    store.set_paused("a", false, "oncall", None).await.expect("resume");
+    assert_eq!(store.pauses().keys().collect::<Vec<_>>(), ["b"]);
     drop(store);
     let store = EmbeddedStore::open(dir.path()).expect("reopen");
-    assert_eq!(store.pauses().expect("kept").keys().collect::<Vec<_>>(), ["b"], "the resume was lost on reopen");
+    assert_eq!(store.pauses().keys().collect::<Vec<_>>(), ["b"], "the resume was lost on reopen");
 }

@@ -377,7 +377,7 @@ impl Store for RabbitStore {
         paused: bool,
         actor: &str,
         reason: Option<&str>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<(), StoreError> {
         self.shared.writable()?;
         let record = Record::Pause(PauseRecord {
             endpoint: endpoint.to_owned(),
@@ -388,13 +388,13 @@ impl Store for RabbitStore {
         // Folded here before the answer: this process holds the endpoint once the operator
         // reads "paused" (the others within the stream's lag).
         self.shared.append_and_fold(record, None).await?;
-        Ok(true)
+        Ok(())
     }
 
-    fn pauses(&self) -> Option<std::collections::BTreeMap<String, Pause>> {
+    fn pauses(&self) -> std::collections::BTreeMap<String, Pause> {
         // A poisoned lock (a fold that panicked) still holds the pauses folded before it.
         let index = self.shared.index.lock().unwrap_or_else(|e| e.into_inner());
-        Some(index.pauses().clone())
+        index.pauses().clone()
     }
 
     fn health(&self) -> Result<(), StoreError> {
