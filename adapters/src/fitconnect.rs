@@ -77,7 +77,7 @@ pub struct Metadata {
 pub fn read_metadata_with(json: &[u8], keys: &TrustKeys) -> Result<Metadata, ReadError> {
     check_limits(json)?;
     let value: Value = serde_json::from_slice(json).map_err(|e| json_error(json, &e))?;
-    read_value(&value, keys)
+    read_parsed(&value, keys)
 }
 
 /// The limits of a metadata document, checked on its bytes without parsing them:
@@ -197,8 +197,9 @@ fn unescape(quoted: &[u8]) -> Option<Cow<'_, str>> {
     serde_json::from_slice::<String>(quoted).ok().map(Cow::Owned)
 }
 
-/// The meta of an already parsed document (the caller bounds its size and depth).
-fn read_value(doc: &Value, keys: &TrustKeys) -> Result<Metadata, ReadError> {
+/// [`read_metadata_with`] of a document the caller has parsed already, after holding its bytes
+/// to [`check_limits`] (intake: found by [`declares_metadata`], then parsed strictly).
+pub fn read_parsed(doc: &Value, keys: &TrustKeys) -> Result<Metadata, ReadError> {
     let doc = doc.as_object().ok_or_else(|| shape("the document is not a JSON object"))?;
     let schema = match doc.get("$schema") {
         Some(Value::String(s)) => s.as_str(),

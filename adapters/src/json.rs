@@ -110,7 +110,18 @@ pub fn json_to_xml_with_limits(
     max_bytes: usize,
     limits: &Limits,
 ) -> Result<Vec<u8>, ConvertError> {
+    json_to_xml_and_meta(json, max_bytes, limits).map(|(xml, _)| xml)
+}
+
+/// [`json_to_xml_with_limits`] with the XML's [`Meta`], read from it under `limits` as
+/// [`crate::read_meta`] reads XML (the re-read that checks the XML gives it; intake uses it
+/// instead of reading the XML a second time).
+pub fn json_to_xml_and_meta(
+    json: &serde_json::Value,
+    max_bytes: usize,
+    limits: &Limits,
+) -> Result<(Vec<u8>, Meta), ConvertError> {
     let mut out = Vec::with_capacity(4096);
-    to_xml::write_xml(json, &mut out, max_bytes, limits)?;
-    Ok(out)
+    let meta = to_xml::write_xml(json, &mut out, max_bytes, limits)?;
+    Ok((out, meta))
 }

@@ -144,7 +144,9 @@ impl Pipeline {
                 let value = adapters::json::parse_strict(&sub.body)
                     .map_err(|e| IntakeError::Malformed(format!("malformed JSON: {e}")))?;
                 if adapters::fitconnect::is_metadata(&value) {
-                    let read = adapters::fitconnect::read_metadata_with(&sub.body, &self.config.trust_keys)
+                    // Held to its limits above: `declares_metadata` agrees with `is_metadata` on
+                    // a strictly parsed document (the json_form fuzz target asserts it).
+                    let read = adapters::fitconnect::read_parsed(&value, &self.config.trust_keys)
                         .map_err(|e| IntakeError::Malformed(format!("malformed FIT-Connect metadata: {e}")))?;
                     (None, read.meta, read.assurance)
                 } else {
@@ -153,15 +155,14 @@ impl Pipeline {
                     // could otherwise become gigabytes of XML); and re-read under this intake's
                     // limits, so JSON is refused exactly where the same XML would be.
                     let max = self.config.raw.limits.max_body_bytes;
-                    let xml =
-                        adapters::json::json_to_xml_with_limits(&value, max, &self.limits).map_err(|e| match e {
+                    let (xml, meta) =
+                        adapters::json::json_to_xml_and_meta(&value, max, &self.limits).map_err(|e| match e {
                             adapters::json::ConvertError::TooLarge => IntakeError::TooLarge(format!(
                                 "the XML form of this JSON is larger than the limit of {max} bytes"
                             )),
                             adapters::json::ConvertError::Read(e @ ReadError::LimitExceeded(_)) => IntakeError::from(e),
                             e => IntakeError::Malformed(format!("JSON is not a Lotse JSON form: {e}")),
                         })?;
-                    let meta = adapters::read_meta(&xml, &self.limits)?;
                     (Some(Bytes::from(xml)), meta, None)
                 }
             }

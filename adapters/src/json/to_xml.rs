@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use super::ConvertError;
 use super::tree::JSON_MAX_DEPTH;
 use crate::reader::{is_name_char, is_name_start};
-use crate::{Limits, ReadError};
+use crate::{Limits, Meta, ReadError};
 
 fn invalid(message: impl Into<String>) -> ConvertError {
     ConvertError::InvalidJson(message.into())
@@ -24,7 +24,7 @@ pub(crate) fn write_xml(
     out: &mut Vec<u8>,
     max_bytes: usize,
     limits: &Limits,
-) -> Result<(), ConvertError> {
+) -> Result<Meta, ConvertError> {
     let Value::Object(top) = json else {
         return Err(invalid("the JSON form is an object with one key, the root element"));
     };
@@ -46,10 +46,11 @@ pub(crate) fn write_xml(
 /// XML intake's): one JSON object can hold any number of `@` keys, and XML sent directly could
 /// not carry more than `max_attributes`; and a header value the reader refuses (a line break in
 /// `@standard`, say) is refused here, so the reader accepts whatever this function writes.
-fn check_well_formed(xml: &[u8], limits: &Limits) -> Result<(), ConvertError> {
+/// Its meta is what intake would read from the XML, so intake need not read it again.
+fn check_well_formed(xml: &[u8], limits: &Limits) -> Result<Meta, ConvertError> {
     let limits = Limits { max_depth: limits.max_depth.min(JSON_MAX_DEPTH), ..*limits };
     match crate::read_meta(xml, &limits) {
-        Ok(_) => Ok(()),
+        Ok(meta) => Ok(meta),
         Err(e @ ReadError::LimitExceeded(_)) => Err(ConvertError::Read(e)),
         Err(e) => Err(invalid(format!("the XML it gives is refused by the reader: {e}"))),
     }
