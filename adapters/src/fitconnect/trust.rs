@@ -238,17 +238,10 @@ fn jwk_keys(text: &str, name: &str) -> Result<Vec<TrustKey>, String> {
 
 /// The PEM public keys of a file, in order.
 fn pem_keys(text: &str, name: &str) -> Result<Vec<TrustKey>, String> {
+    let blocks = pem::parse_many(text).map_err(|e| format!("not readable as PEM: {e}"))?;
     let mut keys = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("-----BEGIN ") {
-        let block = &rest[start..];
-        let label_end = block["-----BEGIN ".len()..].find("-----").ok_or("a PEM header is not closed")?;
-        let label = &block["-----BEGIN ".len()..][..label_end];
-        let end_marker = format!("-----END {label}-----");
-        let end = block.find(&end_marker).ok_or_else(|| format!("PEM block `{label}` has no END line"))?;
-        let pem = &block[..end + end_marker.len()];
-        rest = &block[end + end_marker.len()..];
-        let n = keys.len() + 1;
+    for (i, block) in blocks.iter().enumerate() {
+        let (n, label) = (i + 1, block.tag());
         if label.contains("PRIVATE") {
             return Err(format!("PEM block {n} is a private key; give the public key only"));
         }
@@ -257,6 +250,7 @@ fn pem_keys(text: &str, name: &str) -> Result<Vec<TrustKey>, String> {
                 "PEM block {n} is `{label}`, not `PUBLIC KEY` (for a certificate: `openssl x509 -pubkey -noout`)"
             ));
         }
+        let pem = pem::encode(block);
         let key = DecodingKey::from_rsa_pem(pem.as_bytes())
             .or_else(|_| DecodingKey::from_ec_pem(pem.as_bytes()))
             .or_else(|_| DecodingKey::from_ed_pem(pem.as_bytes()))
