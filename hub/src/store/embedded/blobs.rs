@@ -33,9 +33,12 @@
 //! one). When retention deletes submissions, the writer hands their references to
 //! [`BlobLog::release`] after the commit; a segment whose count reaches zero, and that is not the
 //! one being appended to, is deleted. An append is counted before its reference can be
-//! committed, so a segment with a request in flight is never deleted. Bytes that are never
-//! committed (see above) keep their count until the next start, which counts only committed
-//! references: a segment holding nothing else is deleted then.
+//! committed, so a segment with a request in flight is never deleted. The writer gives back the
+//! references it will never commit, too: a duplicate's (found in the batch, its twin came at the
+//! same moment) and an intake's whose bytes a failed sync lost; so does an intake whose later
+//! append failed, for its earlier ones. Bytes appended when the process died keep their count
+//! until the next start, which counts only committed references: a segment holding nothing
+//! else is deleted then.
 //!
 //! A process always starts a new segment, so a torn write at the end of an old segment (kill -9
 //! in the middle of a `write`) is never appended to; it lies past every committed reference.
@@ -298,9 +301,9 @@ impl BlobLog {
         Ok(unreferenced)
     }
 
-    /// Gives back references whose deletion is committed; deletes each segment that no
-    /// reference may point into any more (never the one being appended to). Returns the deleted
-    /// segments.
+    /// Gives back references whose deletion is committed, or that will never be committed (a
+    /// duplicate's, an intake refused after its append); deletes each segment that no reference
+    /// may point into any more (never the one being appended to). Returns the deleted segments.
     pub fn release(&self, refs: &[BlobRef]) -> anyhow::Result<Vec<u32>> {
         let mut empty = Vec::new();
         {
@@ -321,6 +324,12 @@ impl BlobLog {
         // No append can reach these any more (appends go to the current segment only).
         self.delete(&empty)?;
         Ok(empty)
+    }
+
+    /// The references counted for `segment` (see the module documentation).
+    #[cfg(test)]
+    pub fn live(&self, segment: u32) -> u64 {
+        lock(&self.appender).live.get(&segment).copied().unwrap_or(0)
     }
 
     /// Removes segment files (and their cached read handles, which would keep the space).

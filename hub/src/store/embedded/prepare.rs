@@ -75,6 +75,21 @@ pub fn prepare(
         serialized.push(serde_json::to_vec(&e).map_err(corrupt)?);
         last_hash = e.hash;
     }
+    // What this intake appended so far: given back if a later append fails (the intake never
+    // reaches the writer, so nothing would give its references back before the next start).
+    let mut appended = Vec::new();
+    let mut store = |bytes: &[u8]| {
+        let r = store_blob(log, bytes);
+        match &r {
+            Ok(r) => appended.extend(blobs::decode(r.as_slice())),
+            Err(_) => {
+                if let Err(e) = log.release(&appended) {
+                    tracing::warn!(error = %e, "cannot delete a blob segment");
+                }
+            }
+        }
+        r
+    };
     let mut deliveries = Vec::with_capacity(sub.deliveries.len());
     for d in sub.deliveries {
         let record = DeliveryRecord {
@@ -95,7 +110,7 @@ pub fn prepare(
             endpoint: d.endpoint,
             record: serde_json::to_vec(&record).map_err(corrupt)?,
             rendition: match d.rendition {
-                Some(r) => Some(store_blob(log, &encode_rendition(&r.content_type, &r.body))?),
+                Some(r) => Some(store(&encode_rendition(&r.content_type, &r.body))?),
                 None => None,
             },
         });
@@ -114,7 +129,7 @@ pub fn prepare(
         dedup,
         receipt,
         record: serde_json::to_vec(&record).map_err(corrupt)?,
-        payload: store_blob(log, &sub.original)?,
+        payload: store(&sub.original)?,
         deliveries,
         events: serialized,
         last_hash,

@@ -522,6 +522,24 @@ async fn retention_deletes_a_blob_segment_once_nothing_refers_to_it() {
     assert_eq!(&leases[0].payload[..], b"<r/>");
 }
 
+// Twins sent at the same moment both pass the known-duplicate check and append their bytes; the
+// writer finds the later ones in the batch. Their references must not count for the segment,
+// or it is never deleted while the process runs (only the next start would find it unused).
+#[tokio::test]
+async fn a_duplicate_found_by_the_writer_gives_its_bytes_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(dir.path()).expect("open");
+    let twins = (0..8).map(|_| store.intake(new_sub(&["a"], &["msg:p:twin"])));
+    let results: Vec<Intake> = futures::future::join_all(twins).await.into_iter().map(|r| r.expect("intake")).collect();
+    let first = results.iter().filter(|i| matches!(i, Intake::Accepted(_))).count();
+    assert_eq!(first, 1, "one of the twins is stored");
+    // The fresh store appends to segment 1; only the stored twin refers to it.
+    assert_eq!(store.blobs.live(1), 1, "a duplicate still counts for its segment");
+    let leases = store.lease("a", 8, Duration::from_millis(100)).await.expect("lease");
+    assert_eq!(leases.len(), 1);
+    assert_eq!(&leases[0].payload[..], b"<r/>");
+}
+
 /// Flips one byte of the payload `marker` (4 bytes) in the only blob segment of `dir`.
 fn rot_payload(dir: &std::path::Path, marker: &[u8]) {
     let segments: Vec<_> = std::fs::read_dir(dir.join("blobs")).expect("blobs dir").collect();

@@ -408,14 +408,7 @@ fn expire(
             }
         }
     }
-    match blobs.release(&gone.blobs) {
-        Ok(segments) if !segments.is_empty() => {
-            tracing::info!(?segments, "blob segments deleted: nothing refers to them any more")
-        }
-        Ok(_) => {}
-        // The deletion is committed; the space comes back at the next start.
-        Err(e) => tracing::warn!(error = %e, "cannot delete a blob segment"),
-    }
+    give_back_blobs(blobs, &gone.blobs);
     Ok(gone.submissions)
 }
 
@@ -442,17 +435,42 @@ fn refuse_all(ops: Vec<Op>, e: &str) {
 fn refuse_lost(blobs: &BlobLog, ops: Vec<Op>) -> Vec<Op> {
     let lost = |r: &[u8; 21]| super::blobs::decode(r).is_some_and(|r| blobs.is_lost(&r));
     let mut kept = Vec::with_capacity(ops.len());
+    let mut refused = Vec::new();
     for op in ops {
         match op {
             Op::Intake(p, reply)
                 if lost(&p.payload) || p.deliveries.iter().filter_map(|d| d.rendition.as_ref()).any(lost) =>
             {
                 let _ = reply.send(failed("its bytes were lost when the blob log could not be written"));
+                refused.extend(blob_refs(&p));
             }
             op => kept.push(op),
         }
     }
+    // Never committed: their segments need not wait for a restart to be reclaimed.
+    give_back_blobs(blobs, &refused);
     kept
+}
+
+/// The blob references an intake appended (its payload, its renditions).
+fn blob_refs(p: &PreparedIntake) -> impl Iterator<Item = super::blobs::BlobRef> + '_ {
+    std::iter::once(&p.payload)
+        .chain(p.deliveries.iter().filter_map(|d| d.rendition.as_ref()))
+        .filter_map(|r| super::blobs::decode(r))
+}
+
+/// Hands the log references that will never be committed (a duplicate's, a refused intake's)
+/// or whose deletion is committed: a segment nothing else refers to is deleted now, not at the
+/// next start (see the module documentation of `blobs`).
+fn give_back_blobs(blobs: &BlobLog, refs: &[super::blobs::BlobRef]) {
+    match blobs.release(refs) {
+        Ok(segments) if !segments.is_empty() => {
+            tracing::info!(?segments, "blob segments deleted: nothing refers to them any more")
+        }
+        Ok(_) => {}
+        // The space comes back at the next start.
+        Err(e) => tracing::warn!(error = %e, "cannot delete a blob segment"),
+    }
 }
 
 fn placeholder_reply(op: Op) -> Reply {
@@ -493,7 +511,7 @@ fn commit_batch(
                 r
             })
         });
-        apply_and_commit(db, index, ops, || match sync.map(|h| h.join()) {
+        apply_and_commit(db, blobs, index, ops, || match sync.map(|h| h.join()) {
             None | Some(Ok(Ok(()))) => Ok(()),
             Some(Ok(Err(e))) => Err(format!("cannot sync the blob log: {e}")),
             Some(Err(_)) => Err("the blob log sync panicked".to_owned()),
@@ -504,6 +522,7 @@ fn commit_batch(
 #[allow(clippy::type_complexity)]
 fn apply_and_commit(
     db: &Database,
+    blobs: &BlobLog,
     index: &RwLock<DedupIndex>,
     ops: Vec<Op>,
     before_commit: impl FnOnce() -> Result<(), String>,
@@ -575,12 +594,20 @@ fn apply_and_commit(
     // Only what is committed may answer later lookups.
     index.write().unwrap_or_else(|e| e.into_inner()).extend(new_keys);
     let mut replies = Vec::with_capacity(ops.len());
+    // A duplicate found in the batch (its twin came in at the same time, past the known
+    // duplicate check) appended its bytes for nothing.
+    let mut unreferenced = Vec::new();
     for (op, r) in ops.into_iter().zip(results) {
         replies.push(match (op, r) {
-            (Op::Intake(_, tx), r) => Reply::Intake(
+            (Op::Intake(p, tx), r) => Reply::Intake(
                 tx,
                 r.and_then(|a| match a {
-                    Applied::Intake(i) => Ok(i),
+                    Applied::Intake(i) => {
+                        if matches!(i, Intake::Duplicate(_)) {
+                            unreferenced.extend(blob_refs(&p));
+                        }
+                        Ok(i)
+                    }
                     _ => Err(StoreError::Corrupt("mismatched reply".into())),
                 }),
             ),
@@ -596,6 +623,7 @@ fn apply_and_commit(
             (Op::Expire { reply, .. }, r) => Reply::Expire(reply, r.map(|_| 0)),
         });
     }
+    give_back_blobs(blobs, &unreferenced);
     Ok((replies, wakeups))
 }
 
