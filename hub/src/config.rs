@@ -13,7 +13,7 @@ use std::time::Duration;
 use adapters::fitconnect::TrustKeys;
 use anyhow::Context;
 use routing::{Router, RuleConfig};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The file as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -70,7 +70,7 @@ fn default_prefix() -> String {
     "lotse".to_owned()
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum QueueKind {
     /// redb in `data_dir`: one process, no other service needed.

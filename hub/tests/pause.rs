@@ -197,6 +197,33 @@ async fn pause_on_two_hubs(url: &str, prefix: &str) -> anyhow::Result<()> {
         Ok(endpoint_view(&client, &a).await?["paused"] == false)
     })
     .await?;
+
+    // Each process's link to the broker, for operators: connected, one connection so far, and,
+    // with nothing written any more, both as far in the event stream.
+    let store_of = |hub: &hub::app::Running| {
+        let url = format!("http://{}/v1/admin/overview", hub.admin_addr);
+        let client = client.clone();
+        async move { anyhow::Ok(client.get(url).send().await?.json::<Value>().await?["store"].clone()) }
+    };
+    eventually(Duration::from_secs(5), "both processes show the same stream offset", || async {
+        let (sa, sb) = (store_of(&a).await?, store_of(&b).await?);
+        Ok(sa["broker"]["stream_offset"] == sb["broker"]["stream_offset"])
+    })
+    .await?;
+    for (name, hub) in [("a", &a), ("b", &b)] {
+        let store = store_of(hub).await?;
+        anyhow::ensure!(store["kind"] == "rabbitmq" && store["ready"] == true, "{name}: {store}");
+        let broker = &store["broker"];
+        anyhow::ensure!(broker["connected"] == true && broker["blocked"] == false, "{name}: {store}");
+        anyhow::ensure!(broker["connections"] == 1 && broker["rereads"] == 0, "{name}: {store}");
+        // Past every submission's claim (each in a stream message of its own: sent one by one).
+        anyhow::ensure!(broker["stream_offset"].as_u64() > Some(u64::from(N)), "{name}: {store}");
+    }
+    let metrics = client.get(format!("http://{}/metrics", a.admin_addr)).send().await?.text().await?;
+    for line in ["lotse_rabbitmq_connected 1", "lotse_rabbitmq_blocked 0", "lotse_rabbitmq_connections_total 1"] {
+        anyhow::ensure!(metrics.lines().any(|l| l == line), "no `{line}` in /metrics");
+    }
+    anyhow::ensure!(metrics.contains("lotse_event_stream_offset "), "no stream offset in /metrics");
     a.stop().await;
     b.stop().await;
     Ok(())

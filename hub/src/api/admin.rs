@@ -87,8 +87,19 @@ fn limit(given: Option<usize>, default: usize) -> Result<usize, Problem> {
 }
 
 async fn overview(State(state): State<Arc<AppState>>) -> Result<Response, Problem> {
-    let counts = state.pipeline.store().counts().await?;
-    Ok(axum::Json(json!({ "counts": counts, "paused_endpoints": state.paused.list() })).into_response())
+    let store = state.pipeline.store();
+    let counts = store.counts().await?;
+    // What an operator on call asks first: does this process take submissions, and (on a
+    // shared store) is it linked to the broker and as far in the event stream as the others.
+    let health = store.health();
+    let status = json!({
+        "kind": state.config.raw.queue.kind,
+        "ready": health.is_ok(),
+        "not_ready_because": health.err().map(|e| e.to_string()),
+        "broker": store.broker(),
+    });
+    Ok(axum::Json(json!({ "counts": counts, "paused_endpoints": state.paused.list(), "store": status }))
+        .into_response())
 }
 
 async fn list_deliveries(State(state): State<Arc<AppState>>, Query(q): Query<ListQuery>) -> Result<Response, Problem> {
@@ -441,6 +452,16 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     }
     let ready = state.pipeline.store().health().is_ok();
     metrics::gauge!("lotse_store_ready").set(if ready { 1.0 } else { 0.0 });
+    if let Some(b) = state.pipeline.store().broker() {
+        // For alerts: a process cut off from the broker, blocked by it, or behind the others
+        // in the event stream (compare the offsets of the processes).
+        let flag = |on: bool| if on { 1.0 } else { 0.0 };
+        metrics::gauge!("lotse_rabbitmq_connected").set(flag(b.connected));
+        metrics::gauge!("lotse_rabbitmq_blocked").set(flag(b.blocked));
+        metrics::counter!("lotse_rabbitmq_connections_total").absolute(b.connections);
+        metrics::gauge!("lotse_event_stream_offset").set(b.stream_offset as f64);
+        metrics::gauge!("lotse_event_stream_rereading").set(flag(b.rereading));
+    }
     if state.config.raw.queue.kind == crate::config::QueueKind::Embedded {
         // For an alert before the disk is full (then intake answers 503 until there is room).
         match rustix::fs::statvfs(&state.config.raw.data_dir) {

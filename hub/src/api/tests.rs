@@ -276,6 +276,22 @@ async fn admin_routes_exist_only_on_the_admin_router() {
     assert_eq!(s, StatusCode::BAD_REQUEST);
 }
 
+/// The overview says which store this process runs on and whether it takes submissions; a
+/// store no other process shares has no broker link to show.
+#[tokio::test]
+async fn the_overview_shows_the_store_and_whether_it_is_ready() {
+    let h = harness("");
+    call(&h.partner, submit(&message("0f0e0d0c-0000-4000-8000-000000000031", "bab:09162000"), &[])).await;
+    let req = Request::get("/v1/admin/overview").body(Body::empty()).expect("request");
+    let (s, _, b) = call(&h.admin, req).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["counts"]["submissions"], 1, "{b}");
+    assert_eq!(
+        b["store"],
+        serde_json::json!({"kind": "embedded", "ready": true, "not_ready_because": null, "broker": null})
+    );
+}
+
 /// A dead delivery whose endpoint has left the config: a replay would queue it for no worker,
 /// so the single replay is refused (409 `endpoint-unknown`) and the bulk replay leaves it out
 /// and names it; deliveries of configured endpoints are replayed as before.

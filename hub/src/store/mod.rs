@@ -108,4 +108,10 @@ pub trait Store: Send + Sync + 'static {
     fn health(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    /// This process's link to the broker that several processes share (the admin overview and
+    /// `/metrics`, for operators); `None` for a store no other process shares.
+    fn broker(&self) -> Option<BrokerStatus> {
+        None
+    }
 }

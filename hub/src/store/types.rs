@@ -484,3 +484,22 @@ pub enum StoreError {
     #[error("store corrupt: {0}")]
     Corrupt(String),
 }
+
+/// A process's link to the broker of a shared store, as it knows it now ([`crate::store::Store::broker`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BrokerStatus {
+    /// Connected to the broker now (writes answer 503 while not).
+    pub connected: bool,
+    /// The broker blocks this process's publishes (a resource alarm: low memory or disk).
+    pub blocked: bool,
+    /// Connections this process opened since it started: 1 until its first reconnect.
+    pub connections: u64,
+    /// The next offset of the event stream this process folds. Processes that have read up to
+    /// now show the same; one that stays behind the others does not see their latest changes.
+    pub stream_offset: u64,
+    /// Reading the event stream again from its start (it lost records this process had read):
+    /// not ready until done.
+    pub rereading: bool,
+    /// How often this process did that since it started.
+    pub rereads: u64,
+}

@@ -241,6 +241,8 @@ async fn during_alarm(store: &RabbitStore, alarm: MemoryAlarm, second: &NewSubmi
         Err(StoreError::Unavailable(m)) if m.contains("blocking publishers") => {}
         other => anyhow::bail!("health during the alarm: {other:?}"),
     }
+    let link = store.broker().expect("a RabbitMQ store reports its broker link");
+    anyhow::ensure!(link.connected && link.blocked, "broker link during the alarm: {link:?}");
 
     match store.intake(second.clone()).await {
         Err(StoreError::Unavailable(m)) if m.contains("blocking publishers") => {}
@@ -253,6 +255,59 @@ async fn during_alarm(store: &RabbitStore, alarm: MemoryAlarm, second: &NewSubmi
     drop(alarm);
     let ready = eventually(Duration::from_secs(20), || store.health().is_ok()).await;
     anyhow::ensure!(ready, "health not ready 20 s after the alarm cleared: {:?}", store.health());
+    anyhow::ensure!(store.broker().is_some_and(|l| !l.blocked), "still blocked: {:?}", store.broker());
+    Ok(())
+}
+
+/// A connection the broker closes (an operator's `rabbitmqctl close_connection`, a broker node
+/// going away) is opened again: the store reports the link down, then up with a second
+/// connection, and intake works again, its claim folded past the offset the first connection
+/// reached. (`/v1/admin/overview` and `/metrics` show these figures.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_a_connection_closed_by_the_broker_is_opened_again_and_reported() -> anyhow::Result<()> {
+    let Some((store, url, prefix)) = open().await? else { return Ok(()) };
+    let result = reconnect(&store, &prefix).await;
+    store.close().await;
+    RabbitStore::delete_topology(&url, &prefix, &[ENDPOINT.to_owned()]).await?;
+    result
+}
+
+async fn reconnect(store: &RabbitStore, prefix: &str) -> anyhow::Result<()> {
+    let first = store.broker().expect("a RabbitMQ store reports its broker link");
+    // The start mark is folded before `open` returns.
+    anyhow::ensure!(first.connected && first.connections == 1 && first.stream_offset > 0, "{first:?}");
+    anyhow::ensure!(!first.blocked && !first.rereading && first.rereads == 0, "{first:?}");
+    anyhow::ensure!(matches!(store.intake(submission(&[], &[ENDPOINT])).await?, Intake::Accepted(_)));
+    let before = store.broker().expect("link").stream_offset;
+    anyhow::ensure!(before > first.stream_offset, "the claim's message was not folded: {before}");
+
+    // The connection's name carries the prefix (and this process's id).
+    let listed = match rabbitmqctl(&["list_connections", "-q", "pid", "user_provided_name"]) {
+        Ok(l) => l,
+        Err(e) => {
+            anyhow::ensure!(std::env::var("CI").as_deref() != Ok("true"), "CI=true needs a local rabbitmqctl: {e:#}");
+            eprintln!("skipped: no local `rabbitmqctl` to close a connection ({e:#})");
+            return Ok(());
+        }
+    };
+    let ours = format!("{prefix}.events pid {}", std::process::id());
+    let pid = listed
+        .lines()
+        .find(|l| l.ends_with(&ours))
+        .and_then(|l| l.split_whitespace().next())
+        .ok_or_else(|| anyhow::anyhow!("no connection named `{ours}` in {listed}"))?;
+    rabbitmqctl(&["close_connection", pid, "closed by a test"])?;
+
+    let reopened = eventually(Duration::from_secs(20), || {
+        store.broker().is_some_and(|l| l.connected && l.connections == 2) && store.health().is_ok()
+    })
+    .await;
+    anyhow::ensure!(reopened, "not connected again within 20 s: {:?}", store.broker());
+    let s = submission(&[], &[ENDPOINT]);
+    anyhow::ensure!(matches!(store.intake(s.clone()).await?, Intake::Accepted(_)), "intake after the reconnect");
+    let after = store.broker().expect("link");
+    anyhow::ensure!(after.stream_offset > before && after.rereads == 0, "after the reconnect: {after:?}");
+    anyhow::ensure!(store.submission(s.id).await?.is_some(), "the new submission is known");
     Ok(())
 }
 

@@ -186,6 +186,8 @@ struct Shared {
     catching_up: AtomicBool,
     /// How often this process dropped its index to read a stream that lost records again.
     rereads: AtomicU64,
+    /// Connections opened (sessions set up) since start.
+    connections: AtomicU64,
     leases: Mutex<FastMap<u64, Held>>,
     next_token: AtomicU64,
     queues: HashMap<String, WorkQueue>,
@@ -307,6 +309,7 @@ impl RabbitStore {
             last_digest: AtomicU64::new(0),
             catching_up: AtomicBool::new(false),
             rereads: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
             leases: Mutex::new(FastMap::default()),
             next_token: AtomicU64::new(1),
             queues,

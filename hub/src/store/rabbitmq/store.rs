@@ -397,6 +397,18 @@ impl Store for RabbitStore {
         index.pauses().clone()
     }
 
+    fn broker(&self) -> Option<crate::store::BrokerStatus> {
+        let shared = &self.shared;
+        Some(crate::store::BrokerStatus {
+            connected: shared.current().is_ok(),
+            blocked: shared.blocked(),
+            connections: shared.connections.load(Ordering::SeqCst),
+            stream_offset: shared.next_offset.load(Ordering::SeqCst),
+            rereading: shared.catching_up.load(Ordering::SeqCst),
+            rereads: shared.rereads.load(Ordering::SeqCst),
+        })
+    }
+
     fn health(&self) -> Result<(), StoreError> {
         self.shared.writable()?;
         if self.shared.catching_up.load(Ordering::SeqCst) {

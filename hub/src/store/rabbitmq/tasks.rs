@@ -21,6 +21,7 @@ pub(super) async fn supervise(
         match open_session(&shared, id).await {
             Ok((session, tasks)) => {
                 backoff = Duration::from_millis(200);
+                shared.connections.fetch_add(1, Ordering::SeqCst);
                 if let Ok(mut s) = shared.session.write() {
                     *s = Some(session.clone());
                 }
