@@ -45,6 +45,11 @@ pub enum Command {
     Deliveries(crate::api::admin_cli::DeliveriesArgs),
     /// Operator commands on endpoints: list, pause, resume (through the admin API).
     Endpoints(crate::api::admin_cli::EndpointsArgs),
+    /// What a hub process says about itself (through the admin API): whether it takes
+    /// submissions (and why not), its store, on RabbitMQ its link to the broker, counts per
+    /// state, paused endpoints. Exit 0 when it takes submissions, 1 when it does not, 2 when
+    /// the admin API does not answer.
+    Status(crate::api::admin_cli::StatusArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -79,5 +84,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => crate::bench::run(args).await,
         Command::Deliveries(args) => crate::api::admin_cli::run(args).await,
         Command::Endpoints(args) => crate::api::admin_cli::run_endpoints(args).await,
+        Command::Status(args) => crate::api::admin_cli::run_status(args).await,
     }
 }

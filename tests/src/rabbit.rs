@@ -42,3 +42,43 @@ pub async fn delete_queues(url: &str, prefix: &str, endpoints: &[&str]) {
         eprintln!("cannot delete the queues of `{prefix}`: {e:#}");
     }
 }
+
+/// A memory alarm on the local broker (its high watermark set near zero), so it blocks every
+/// publishing connection; the watermark goes back when this is dropped (also after a failed
+/// assertion). `None` (skip) without a local `rabbitmqctl`, unless CI is set.
+pub struct MemoryAlarm {
+    watermark: String,
+}
+
+impl MemoryAlarm {
+    pub fn raise() -> Option<MemoryAlarm> {
+        let read = std::process::Command::new("rabbitmqctl")
+            .args(["eval", "vm_memory_monitor:get_vm_memory_high_watermark()."])
+            .output();
+        let watermark = match read {
+            Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            failed => {
+                assert!(!tests::in_ci(), "CI=true needs a local rabbitmqctl: {failed:?}");
+                eprintln!("skipped: no local `rabbitmqctl` to raise a resource alarm ({failed:?})");
+                return None;
+            }
+        };
+        let set = std::process::Command::new("rabbitmqctl").args(["set_vm_memory_high_watermark", "0.000001"]).status();
+        assert!(set.is_ok_and(|s| s.success()), "cannot set the memory watermark");
+        Some(MemoryAlarm { watermark })
+    }
+}
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        // A relative watermark prints as a float (`0.4`); an absolute one as `{absolute,N}`.
+        let args: Vec<&str> = match self.watermark.strip_prefix("{absolute,").and_then(|w| w.strip_suffix('}')) {
+            Some(bytes) => vec!["set_vm_memory_high_watermark", "absolute", bytes],
+            None => vec!["set_vm_memory_high_watermark", &self.watermark],
+        };
+        let restored = std::process::Command::new("rabbitmqctl").args(&args).status();
+        if !restored.is_ok_and(|s| s.success()) {
+            eprintln!("could not set the broker's memory watermark back to {}", self.watermark);
+        }
+    }
+}

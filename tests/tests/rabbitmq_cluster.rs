@@ -11,6 +11,8 @@
 //! `LOTSE_TEST_AMQP_URL` and a local `rabbitmqctl`; skipped with a reason without them, failing
 //! with `CI=true`.
 
+// Not every piece of the harness is used here (the memory alarm is `tools`').
+#[allow(dead_code)]
 #[path = "../src/rabbit.rs"]
 mod rabbit;
 

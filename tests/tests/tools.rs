@@ -225,6 +225,92 @@ async fn deliveries_commands_find_list_and_replay_a_dead_case() {
     }
 }
 
+/// `lotse status <args>` against the hub's admin API: its exit code and output.
+async fn status(hub: &tests::Hub) -> (Option<i32>, String) {
+    let admin = hub.admin_url("");
+    let output = Command::new(lotse_bin!())
+        .args(["status", "--admin", admin.trim_end_matches('/')])
+        .output()
+        .await
+        .expect("lotse runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.code(), text)
+}
+
+/// Polls `lotse status` every 200 ms until `done` holds for its exit code and output.
+async fn status_until(hub: &tests::Hub, within: Duration, done: impl Fn(Option<i32>, &str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let (code, out) = status(hub).await;
+        if done(code, &out) {
+            return out;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {within:?}: exit {code:?}\n{out}\n{}",
+            hub.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// An operator on call asks a hub how it is: ready, its store, what it holds per state. A hub
+/// whose admin API does not answer exits 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_command_says_whether_the_hub_takes_submissions_and_what_it_holds() {
+    let port = refusing_receiver().await;
+    let routes = "[[routes]]\nname = \"all\"\nendpoints = [\"a\"]\n";
+    let mut dir = HubDir::new(lotse_bin!(), &config(&[("a", format!("http://127.0.0.1:{port}/a"))], routes, ""))
+        .expect("hub dir");
+    let hub = dir.start().await.expect("lotse serve starts");
+    submit_antrag(&dir, &hub).await;
+    // Refused by the receiver (400): dead at the first attempt.
+    let out = status_until(&hub, Duration::from_secs(30), |code, out| code == Some(0) && out.contains("1 dead")).await;
+    assert!(out.contains("store     embedded, ready"), "{out}");
+    assert!(out.contains("1 submissions; deliveries: 0 pending, 0 delivered, 1 dead"), "{out}");
+    assert!(out.contains("paused    none"), "{out}");
+    assert!(!out.contains("broker"), "an embedded hub has no broker link: {out}");
+
+    let gone =
+        format!("http://{}", std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr"));
+    let output = Command::new(lotse_bin!()).args(["status", "--admin", &gone]).output().await.expect("lotse runs");
+    assert_eq!(output.status.code(), Some(2), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// On RabbitMQ the status shows the process's link to the broker, and says "not ready" with the
+/// reason (exit 1) while a broker resource alarm blocks publishing, and ready again after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_command_on_rabbitmq_shows_the_broker_link_and_a_resource_alarm() {
+    on_rabbitmq("status", &["a"], status_on_rabbitmq).await;
+}
+
+async fn status_on_rabbitmq(queue: String) {
+    let port = refusing_receiver().await;
+    let routes = "[[routes]]\nname = \"all\"\nendpoints = [\"a\"]\n";
+    let mut dir = HubDir::new(lotse_bin!(), &config(&[("a", format!("http://127.0.0.1:{port}/a"))], routes, &queue))
+        .expect("hub dir");
+    let hub = dir.start().await.expect("lotse serve starts");
+    let (code, out) = status(&hub).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("store     rabbitmq, ready"), "{out}");
+    assert!(out.contains("broker    connected, not blocked, 1 connection(s) since start"), "{out}");
+
+    let Some(alarm) = rabbit::MemoryAlarm::raise() else { return };
+    // RabbitMQ 3.10 tells a connection it is blocked when it next publishes: a submission's.
+    let file = dir.path().join("antrag.xml");
+    std::fs::write(&file, with_uuid(&load(ANTRAG).expect("fixture"), &new_uuid()).expect("uuid")).expect("write");
+    let partner = hub.partner_url("");
+    let submit = tokio::spawn(async move {
+        Command::new(lotse_bin!()).arg("submit").arg(&file).args(["--to", &partner]).output().await
+    });
+    let out = status_until(&hub, Duration::from_secs(20), |code, out| code == Some(1) && out.contains("BLOCKED")).await;
+    assert!(out.contains("NOT READY (partners get 503)") && out.contains("blocking publishers"), "{out}");
+    drop(alarm);
+    let out = status_until(&hub, Duration::from_secs(20), |code, _| code == Some(0)).await;
+    assert!(out.contains("connected, not blocked"), "{out}");
+    let _ = submit.await;
+}
+
 /// Pending deliveries whose endpoint was taken out of the config are named when the hub starts
 /// again (nothing sends them until the endpoint is back).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

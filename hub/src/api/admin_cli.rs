@@ -1,5 +1,5 @@
-//! `lotse deliveries list | show | find | replay` and `lotse endpoints list | pause | resume`:
-//! operator commands, talking to the admin API.
+//! `lotse deliveries list | show | find | replay`, `lotse endpoints list | pause | resume` and
+//! `lotse status`: operator commands, talking to the admin API.
 
 use std::process::ExitCode;
 
@@ -23,6 +23,12 @@ pub struct AdminUrl {
 }
 
 #[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub admin: AdminUrl,
+}
+
+#[derive(Debug, Args)]
 pub struct DeliveriesArgs {
     #[command(flatten)]
     pub admin: AdminUrl,
@@ -37,6 +43,7 @@ pub enum DeliveriesCommand {
         /// pending, delivered or dead.
         #[arg(long)]
         state: Option<String>,
+        /// Only this endpoint's (its name in the hub's config).
         #[arg(long)]
         endpoint: Option<String>,
         /// At most this many (1 to 10,000).
@@ -65,6 +72,7 @@ pub enum DeliveriesCommand {
     Replay {
         /// Exactly these deliveries; without ids, dead deliveries by filter.
         ids: Vec<String>,
+        /// Without ids: only this endpoint's dead deliveries.
         #[arg(long, conflicts_with = "ids")]
         endpoint: Option<String>,
         /// Why; recorded in the audit log.
@@ -254,6 +262,51 @@ pub async fn run_endpoints(args: EndpointsArgs) -> anyhow::Result<ExitCode> {
     let done = if v["paused"] == Value::Bool(true) { "paused" } else { "resumed" };
     println!("endpoint `{}` {done} by {}", shown(&name), shown(v["actor"].as_str().unwrap_or("operator")));
     Ok(ExitCode::SUCCESS)
+}
+
+/// `lotse status`: what the hub process says about itself (`GET /v1/admin/overview`). Exit 0
+/// when it takes submissions, 1 when it does not (the reason is printed).
+pub async fn run_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let client = client()?;
+    let base = args.admin.admin.trim_end_matches('/');
+    let v = get(&client, &format!("{base}/v1/admin/overview")).await?;
+    let store = &v["store"];
+    let kind = shown(store["kind"].as_str().unwrap_or("unknown"));
+    let ready = store["ready"] == Value::Bool(true);
+    if ready {
+        println!("store     {kind}, ready");
+    } else {
+        let why = shown(store["not_ready_because"].as_str().unwrap_or("no reason given"));
+        println!("store     {kind}, NOT READY (partners get 503): {why}");
+    }
+    let broker = &store["broker"];
+    if broker.is_object() {
+        let number = |key: &str| broker[key].as_u64().unwrap_or(0);
+        let flag = |key: &str| broker[key] == Value::Bool(true);
+        let mut link = vec![
+            if flag("connected") { "connected" } else { "NOT CONNECTED" }.to_owned(),
+            if flag("blocked") { "BLOCKED by a broker resource alarm" } else { "not blocked" }.to_owned(),
+            format!("{} connection(s) since start", number("connections")),
+            format!("event stream folded up to offset {}", number("stream_offset")),
+        ];
+        if flag("rereading") {
+            link.push("READING THE EVENT STREAM AGAIN from its start".to_owned());
+        }
+        if number("rereads") > 0 {
+            link.push(format!("read it again {} time(s) since start", number("rereads")));
+        }
+        println!("broker    {}", link.join(", "));
+    }
+    let c = &v["counts"];
+    println!(
+        "counts    {} submissions; deliveries: {} pending, {} delivered, {} dead",
+        c["submissions"], c["pending"], c["delivered"], c["dead"]
+    );
+    let paused: Vec<String> =
+        v["paused_endpoints"].as_array().into_iter().flatten().filter_map(|e| e.as_str()).map(shown).collect();
+    let paused = if paused.is_empty() { "none".to_owned() } else { paused.join(", ") };
+    println!("paused    {paused} (`lotse endpoints list` says by whom and why)");
+    Ok(if ready { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 async fn list_endpoints(client: &reqwest::Client, base: &str) -> anyhow::Result<ExitCode> {
