@@ -224,3 +224,92 @@ async fn run(url: &str, prefix: &str, restart: bool) -> anyhow::Result<()> {
     eprintln!("cluster: every status delivered on processes 0 and 2 ({:?})", started.elapsed());
     Ok(())
 }
+
+/// Retries across processes under load: every delivery is refused twice (503) and taken the
+/// third time. Two processes share the work; a retry goes to the wait queues and comes back to
+/// whichever process takes it. Every delivery must arrive at attempt 3, after attempts 1 and 2
+/// (never skipped, never twice taken), none may end dead or pending, and both processes must
+/// read every submission `delivered` after 3 attempts. (Two failures in three requests trip
+/// each process's circuit breaker, which then probes one delivery at a time: about 30 s here
+/// for the 600 requests.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_retry_every_delivery_through_the_wait_queues() -> anyhow::Result<()> {
+    let Some(url) = tests::require_rabbitmq().await else { return Ok(()) };
+    let prefix = rabbit::unique_prefix("retry");
+    let result = retry_under_load(&url, &prefix).await;
+    rabbit::delete_queues(&url, &prefix, &[ENDPOINT]).await;
+    result
+}
+
+async fn retry_under_load(url: &str, prefix: &str) -> anyhow::Result<()> {
+    const N: usize = 200;
+    let receiver = spawn(ReceiverOptions { fail_first: 2, fail_status: 503, ..ReceiverOptions::default() }).await?;
+    let routes = "[[routes]]\nname = \"all\"\nnamespace = \"urn:lotse:test:synthetik:1\"\nendpoints = [\"a\"]\n";
+    // The harness config retries after 50 ms to 200 ms: through the shortest wait queue.
+    let extra = rabbit::queue_section(url, prefix);
+    let text = config(&[(ENDPOINT, receiver.url("/a"))], routes, &extra);
+    let mut dirs = Vec::new();
+    let mut hubs: Vec<Hub> = Vec::new();
+    for _ in 0..2 {
+        let mut dir = HubDir::new(lotse_bin!(), &text)?;
+        hubs.push(dir.start().await.context("lotse serve on RabbitMQ starts")?);
+        dirs.push(dir);
+    }
+    let hubs = Arc::new(hubs);
+    let api = Api::new();
+    let template = load(ANTRAG)?;
+    let gate = Arc::new(tokio::sync::Semaphore::new(16));
+    let mut tasks = Vec::with_capacity(N);
+    for i in 0..N {
+        let (api, gate, hubs) = (api.clone(), gate.clone(), hubs.clone());
+        let body = with_uuid(&template, &new_uuid())?;
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await?;
+            let answer = api.submit_xml(&hubs[i % 2], body).await?;
+            ensure!(answer.status == 202, "submission {i}: {} {}", answer.status, answer.raw);
+            let submission = answer.body["submission_id"].as_str().unwrap_or_default().to_owned();
+            let delivery = answer.body["deliveries"][0]["id"].as_str().unwrap_or_default().to_owned();
+            anyhow::Ok((submission, delivery))
+        }));
+    }
+    let mut accepted = Vec::with_capacity(N);
+    for t in tasks {
+        accepted.push(t.await??);
+    }
+
+    let started = Instant::now();
+    ensure!(
+        receiver.wait_delivered(N as u64, Duration::from_secs(180)).await,
+        "{} of {N} delivered in 180 s; log of process 0:\n{}",
+        receiver.counts().delivered,
+        hubs[0].log_tail()
+    );
+    eprintln!("retry: {N} deliveries, each refused twice, all delivered {:?} after the last 202", started.elapsed());
+    let want: HashSet<&str> = accepted.iter().map(|(_, d)| d.as_str()).collect();
+    receiver.with_arrivals(|arrivals| -> anyhow::Result<()> {
+        for d in &want {
+            let seen: Vec<(Option<u32>, u16)> = arrivals
+                .iter()
+                .filter(|a| a.delivery_id.as_deref() == Some(*d))
+                .map(|a| (a.attempt, a.status))
+                .collect();
+            ensure!(seen == [(Some(1), 503), (Some(2), 503), (Some(3), 200)], "delivery {d}: {seen:?}");
+        }
+        ensure!(arrivals.len() == 3 * N, "{} requests for {N} deliveries", arrivals.len());
+        Ok(())
+    })?;
+    for (n, hub) in hubs.iter().enumerate() {
+        for (submission, _) in &accepted {
+            let view = api
+                .wait_submission(hub, submission, Duration::from_secs(10), |v| v["state"] == "delivered")
+                .await
+                .with_context(|| format!("status of {submission} on process {n}"))?;
+            ensure!(view["deliveries"][0]["attempts"] == 3, "process {n}: {view:#}");
+        }
+        for state in ["pending", "dead"] {
+            let listed = api.get(&hub.admin_url(&format!("/v1/admin/deliveries?state={state}&limit=5"))).await?;
+            ensure!(listed.body["deliveries"].as_array().is_some_and(Vec::is_empty), "{state} on {n}: {}", listed.raw);
+        }
+    }
+    Ok(())
+}
