@@ -513,3 +513,38 @@ async fn lease_while_catching_up(store: &RabbitStore) -> anyhow::Result<()> {
     anyhow::ensure!(leased.first().map(|l| l.submission_id) == Some(s.id), "the work was not leased once caught up");
     Ok(())
 }
+
+/// A queue of the prefix that exists with other arguments (made by hand as a classic queue, by
+/// another program, or by an older version) stops the start at once, with a message that names
+/// it and says what to do, instead of being retried as if the broker were away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_a_queue_declared_with_other_arguments_stops_the_start_and_is_named() -> anyhow::Result<()> {
+    let url = std::env::var("LOTSE_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let prefix = format!("lotse-test-{}", Uuid::new_v4().simple());
+    let work = format!("{prefix}.work.{ENDPOINT}");
+    let conn = match lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await {
+        Ok(c) => c,
+        Err(e) => {
+            anyhow::ensure!(std::env::var("CI").as_deref() != Ok("true"), "CI=true needs RabbitMQ: {e}");
+            eprintln!("skipped: no RabbitMQ at LOTSE_TEST_AMQP_URL ({e})");
+            return Ok(());
+        }
+    };
+    let ch = conn.create_channel().await?;
+    let durable = lapin::options::QueueDeclareOptions { durable: true, ..Default::default() };
+    ch.queue_declare(work.as_str().into(), durable, lapin::types::FieldTable::default()).await?;
+    let started = std::time::Instant::now();
+    let opened =
+        tokio::time::timeout(Duration::from_secs(30), RabbitStore::open(&url, &prefix, &[ENDPOINT.to_owned()])).await;
+    let took = started.elapsed();
+    let _ = conn.close(200, "bye".into()).await;
+    RabbitStore::delete_topology(&url, &prefix, &[ENDPOINT.to_owned()]).await?;
+    let error = match opened {
+        Ok(Err(e)) => format!("{e:#}"),
+        Ok(Ok(_)) => anyhow::bail!("the store opened over a classic queue `{work}`"),
+        Err(_) => anyhow::bail!("the start neither failed nor finished within 30 s"),
+    };
+    anyhow::ensure!(took < Duration::from_secs(5), "the start failed only after {took:?}: {error}");
+    anyhow::ensure!(error.contains(&work) && error.contains("other arguments"), "{error}");
+    Ok(())
+}

@@ -109,7 +109,7 @@ use self::record::{
 };
 use self::shared::unavailable;
 use self::tasks::{append_batches, flush_queued, supervise};
-use self::topology::{Names, short};
+use self::topology::{Names, SessionError, short};
 use self::work::{WorkMessage, rung_for};
 use crate::store::{
     Counts, Cutoffs, DeliveryFilter, DeliveryId, DeliveryState, DeliveryView, Intake, Lease, MailboxVerdict,
@@ -330,7 +330,7 @@ impl RabbitStore {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 store.close().await;
-                anyhow::bail!("cannot connect to RabbitMQ at {}: {e}", crate::config::redacted_url(url));
+                anyhow::bail!("cannot start on RabbitMQ at {}: {e}", crate::config::redacted_url(url));
             }
             Err(_) => anyhow::bail!("the RabbitMQ supervisor stopped during start"),
         }

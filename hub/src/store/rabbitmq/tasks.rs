@@ -54,10 +54,16 @@ pub(super) async fn supervise(
                 tracing::warn!(session = id, "lost the RabbitMQ connection; reconnecting");
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot connect to RabbitMQ");
-                if first.is_some() && started.elapsed() > Duration::from_secs(15) {
+                if e.lasting {
+                    tracing::error!(error = %e, retry_in = ?backoff, "cannot set up the RabbitMQ topology");
+                } else {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot connect to RabbitMQ");
+                }
+                // A start gives up after 15 s of trying, or at once for what only an operator
+                // can resolve; a running process tries on (the operator may be at it).
+                if first.is_some() && (e.lasting || started.elapsed() > Duration::from_secs(15)) {
                     if let Some(f) = first.take() {
-                        let _ = f.send(Err(e));
+                        let _ = f.send(Err(e.message));
                     }
                     break;
                 }
@@ -73,7 +79,7 @@ pub(super) async fn supervise(
 
 pub(super) type Tasks = Vec<tokio::task::JoinHandle<()>>;
 
-pub(super) async fn open_session(shared: &Arc<Shared>, id: u64) -> Result<(Arc<Session>, Tasks), String> {
+pub(super) async fn open_session(shared: &Arc<Shared>, id: u64) -> Result<(Arc<Session>, Tasks), SessionError> {
     let props = ConnectionProperties::default()
         .with_connection_name(format!("lotse {} pid {}", shared.names.events(), std::process::id()).into());
     let conn = tokio::time::timeout(CONFIRM_TIMEOUT, Connection::connect(&shared.url, props))
@@ -125,7 +131,7 @@ pub(super) async fn open_session(shared: &Arc<Shared>, id: u64) -> Result<(Arc<S
                 .map_err(|e| format!("consume `{work}`: {e}"))?;
             tasks.push(tokio::spawn(pump(shared.clone(), id, ch, consumer, queue.tx.clone())));
         }
-        Ok::<_, String>((publishers, tasks, getters))
+        Ok::<_, SessionError>((publishers, tasks, getters))
     };
     match setup.await {
         Ok((publishers, tasks, getters)) => {

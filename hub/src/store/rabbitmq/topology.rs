@@ -68,17 +68,17 @@ fn quorum() -> FieldTable {
 /// Declares the stream and every endpoint's queues. Idempotent: declaring a queue that exists
 /// with the same arguments is a no-op (different arguments fail with PRECONDITION_FAILED,
 /// which names the queue).
-pub async fn declare(ch: &Channel, names: &Names, endpoints: &[String]) -> Result<(), String> {
+pub async fn declare(ch: &Channel, names: &Names, endpoints: &[String]) -> Result<(), SessionError> {
     let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
     let mut stream = FieldTable::default();
     stream.insert("x-queue-type".into(), text("stream"));
     let events = names.events();
-    ch.queue_declare(short(&events)?, durable, stream).await.map_err(|e| format!("declare `{events}`: {e}"))?;
+    ch.queue_declare(short(&events)?, durable, stream).await.map_err(|e| declare_failed(&events, e))?;
     for endpoint in endpoints {
         let work = names.work(endpoint);
-        ch.queue_declare(short(&work)?, durable, quorum()).await.map_err(|e| format!("declare `{work}`: {e}"))?;
+        ch.queue_declare(short(&work)?, durable, quorum()).await.map_err(|e| declare_failed(&work, e))?;
         let dead = names.dead(endpoint);
-        ch.queue_declare(short(&dead)?, durable, quorum()).await.map_err(|e| format!("declare `{dead}`: {e}"))?;
+        ch.queue_declare(short(&dead)?, durable, quorum()).await.map_err(|e| declare_failed(&dead, e))?;
         for ms in LADDER_MS {
             let wait = names.wait(endpoint, ms);
             let mut args = quorum();
@@ -89,10 +89,49 @@ pub async fn declare(ch: &Channel, names: &Names, endpoints: &[String]) -> Resul
             // only once the work queue has it. It requires `reject-publish` overflow.
             args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
             args.insert("x-overflow".into(), text("reject-publish"));
-            ch.queue_declare(short(&wait)?, durable, args).await.map_err(|e| format!("declare `{wait}`: {e}"))?;
+            ch.queue_declare(short(&wait)?, durable, args).await.map_err(|e| declare_failed(&wait, e))?;
         }
     }
     Ok(())
+}
+
+/// Why a session could not be set up, and whether trying again can help.
+#[derive(Debug)]
+pub struct SessionError {
+    pub message: String,
+    /// Only an operator can resolve it (a queue of the prefix exists with other arguments):
+    /// a first start gives up at once instead of retrying as if the broker were away.
+    pub lasting: bool,
+}
+
+impl From<String> for SessionError {
+    fn from(message: String) -> Self {
+        SessionError { message, lasting: false }
+    }
+}
+
+impl std::fmt::Display for SessionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// A failed `queue.declare` of `name`. RabbitMQ answers 406 (`PRECONDITION_FAILED`) when the
+/// queue exists with other arguments than these (a classic queue made by hand, another
+/// program's, another Lotse version's): declaring again cannot change that.
+fn declare_failed(name: &str, e: lapin::Error) -> SessionError {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406 => SessionError {
+            message: format!(
+                "queue `{name}` exists with other arguments than Lotse declares ({}): it was made by hand, by \
+                 another program or by another Lotse version. Delete it (`rabbitmqctl delete_queue {name}`, once \
+                 nothing in it is still wanted) or choose another `[queue] prefix`",
+                amqp.get_message()
+            ),
+            lasting: true,
+        },
+        _ => SessionError { message: format!("declare `{name}`: {e}"), lasting: false },
+    }
 }
 
 /// Deletes every queue of a prefix (tests and `docs/rabbitmq.md`'s clean-up).
