@@ -548,3 +548,50 @@ async fn rabbitmq_a_queue_declared_with_other_arguments_stops_the_start_and_is_n
     anyhow::ensure!(error.contains(&work) && error.contains("other arguments"), "{error}");
     Ok(())
 }
+
+/// What only an operator can fix stops a start at once with a message saying what is wrong,
+/// never with the password: a login the broker refuses, a virtual host the user may not enter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_a_refused_login_or_vhost_stops_the_start_and_says_why() -> anyhow::Result<()> {
+    let url = std::env::var("LOTSE_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    if let Err(e) = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await {
+        anyhow::ensure!(std::env::var("CI").as_deref() != Ok("true"), "CI=true needs RabbitMQ: {e}");
+        eprintln!("skipped: no RabbitMQ at LOTSE_TEST_AMQP_URL ({e})");
+        return Ok(());
+    }
+    // `scheme://[user[:password]@]host[/vhost][?query]`, with another password or vhost.
+    let (scheme, rest) = url.split_once("://").expect("an AMQP URL");
+    let rest = rest.split('?').next().unwrap_or(rest);
+    let (user, host) = match rest.rsplit_once('@') {
+        Some((userinfo, host)) => (userinfo.split(':').next().unwrap_or("guest"), host),
+        None => ("guest", rest),
+    };
+    let host = host.split('/').next().unwrap_or(host);
+    const WRONG: &str = "lotse-wrong-password-1234";
+    let cases = [
+        (format!("{scheme}://{user}:{WRONG}@{host}/%2f"), "refused the login"),
+        (format!("{scheme}://{rest_user}@{host}/lotse-no-such-vhost", rest_user = url_userinfo(rest)), "virtual host"),
+    ];
+    for (bad, expected) in cases {
+        let prefix = format!("lotse-test-{}", Uuid::new_v4().simple());
+        let started = std::time::Instant::now();
+        let opened =
+            tokio::time::timeout(Duration::from_secs(30), RabbitStore::open(&bad, &prefix, &[ENDPOINT.to_owned()]))
+                .await;
+        let took = started.elapsed();
+        let error = match opened {
+            Ok(Err(e)) => format!("{e:#}"),
+            Ok(Ok(_)) => anyhow::bail!("the store opened with {bad}"),
+            Err(_) => anyhow::bail!("the start neither failed nor finished within 30 s"),
+        };
+        anyhow::ensure!(took < Duration::from_secs(5), "the start failed only after {took:?}: {error}");
+        anyhow::ensure!(error.contains(expected), "expected `{expected}`: {error}");
+        anyhow::ensure!(!error.contains(WRONG), "the password is in the message: {error}");
+    }
+    Ok(())
+}
+
+/// The `user[:password]` of an AMQP URL's authority (`guest:guest` without one).
+fn url_userinfo(authority: &str) -> &str {
+    authority.rsplit_once('@').map_or("guest:guest", |(userinfo, _)| userinfo)
+}

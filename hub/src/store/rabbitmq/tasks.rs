@@ -85,7 +85,7 @@ pub(super) async fn open_session(shared: &Arc<Shared>, id: u64) -> Result<(Arc<S
     let conn = tokio::time::timeout(CONFIRM_TIMEOUT, Connection::connect(&shared.url, props))
         .await
         .map_err(|_| format!("no answer within {CONFIRM_TIMEOUT:?}"))?
-        .map_err(|e| e.to_string())?;
+        .map_err(connect_failed)?;
     let setup = async {
         let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
         topology::declare(&ch, &shared.names, &shared.endpoints).await?;
@@ -141,6 +141,25 @@ pub(super) async fn open_session(shared: &Arc<Shared>, id: u64) -> Result<(Arc<S
             let _ = conn.close(200, "setup failed".into()).await;
             Err(e)
         }
+    }
+}
+
+/// A failed connect. A login the broker refuses (403 `ACCESS_REFUSED`) or a virtual host it
+/// does not let the user into (530 `NOT_ALLOWED`: none of that name, or no permissions there)
+/// stays so until an operator changes the URL or the broker's users: lasting.
+fn connect_failed(e: lapin::Error) -> SessionError {
+    let lasting = |message: String| SessionError { message, lasting: true };
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 403 => lasting(format!(
+            "RabbitMQ refused the login: check the user and password of `[queue] url` ({})",
+            amqp.get_message()
+        )),
+        lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 530 => lasting(format!(
+            "RabbitMQ does not let this user into the virtual host of `[queue] url`: it does not exist, or the \
+             user has no permissions there ({})",
+            amqp.get_message()
+        )),
+        _ => SessionError::from(e.to_string()),
     }
 }
 
