@@ -55,6 +55,10 @@ pub struct QueueConfig {
     pub kind: QueueKind,
     /// AMQP URL, for `kind = "rabbitmq"`.
     pub url: Option<String>,
+    /// The environment variable that holds the AMQP URL, instead of `url`: its password then
+    /// stays out of the config file.
+    #[serde(default)]
+    pub url_env: Option<String>,
     /// Prefix of every queue, exchange and stream name (RabbitMQ).
     #[serde(default = "default_prefix")]
     pub prefix: String,
@@ -62,7 +66,7 @@ pub struct QueueConfig {
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        QueueConfig { kind: QueueKind::default(), url: None, prefix: default_prefix() }
+        QueueConfig { kind: QueueKind::default(), url: None, url_env: None, prefix: default_prefix() }
     }
 }
 
@@ -234,6 +238,9 @@ pub struct EndpointConfig {
     /// Target URL (`kind = "http"`), or the agency's broker (`kind = "amqp"`).
     #[serde(default)]
     pub url: String,
+    /// The environment variable that holds `url` (with its password or token), instead of `url`.
+    #[serde(default)]
+    pub url_env: Option<String>,
     /// The exchange to publish to (`kind = "amqp"`; default: the default exchange, where the
     /// routing key is a queue name).
     #[serde(default)]
@@ -281,6 +288,29 @@ pub struct Secret(pub String);
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("<redacted>")
+    }
+}
+
+/// The value of `<key>_env` (the variable `var`) of `owner`, which must not also set `key`
+/// (`inline`); each problem goes to `problems`.
+fn resolve_env(
+    owner: &str,
+    key: &str,
+    inline: bool,
+    var: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<String>,
+) -> Option<String> {
+    if inline {
+        problems.push(format!("{owner}: set one of `{key}` and `{key}_env`, not both"));
+        return None;
+    }
+    match env(var) {
+        Some(v) if !v.is_empty() => Some(v),
+        _ => {
+            problems.push(format!("{owner}: environment variable `{var}` (`{key}_env`) is not set"));
+            None
+        }
     }
 }
 
@@ -525,14 +555,32 @@ impl RawConfig {
         self.validate_with(&|k| std::env::var(k).ok())
     }
 
-    pub fn validate_with(self, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
+    pub fn validate_with(mut self, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
         let mut problems: Vec<String> = Vec::new();
+        // URLs from the environment (`url_env`): checked below like URLs written in the file.
+        if let Some(var) = self.queue.url_env.clone() {
+            match resolve_env("`queue`", "url", self.queue.url.is_some(), &var, env, &mut problems) {
+                Some(url) => self.queue.url = Some(url),
+                None => self.queue.url = None,
+            }
+        }
+        for e in &mut self.endpoints {
+            if let Some(var) = e.url_env.clone() {
+                let owner = format!("endpoint `{}`", e.name);
+                if let Some(url) = resolve_env(&owner, "url", !e.url.is_empty(), &var, env, &mut problems) {
+                    e.url = url;
+                }
+            }
+        }
         if self.listen == self.admin_listen && self.listen.port() != 0 {
             problems
                 .push("`admin_listen` must differ from `listen`: admin endpoints never share the partner port".into());
         }
-        if self.queue.kind == QueueKind::Rabbitmq && self.queue.url.as_deref().is_none_or(str::is_empty) {
-            problems.push("`queue.url` is required when `queue.kind = \"rabbitmq\"`".into());
+        if self.queue.kind == QueueKind::Rabbitmq
+            && self.queue.url_env.is_none()
+            && self.queue.url.as_deref().is_none_or(str::is_empty)
+        {
+            problems.push("`queue.url` (or `queue.url_env`) is required when `queue.kind = \"rabbitmq\"`".into());
         }
         if self.queue.prefix.is_empty()
             || !self.queue.prefix.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))

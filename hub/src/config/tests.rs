@@ -219,3 +219,39 @@ fn mailboxes_need_their_own_token_and_no_url() {
     let err = format!("{:#}", Config::parse(&on_http).expect_err("token on http"));
     assert!(err.contains("are for `kind = \"mailbox\"`"), "{err}");
 }
+
+/// The broker's and an endpoint's URL, passwords included, can come from the environment
+/// (`url_env`), so the config file holds no secret; one of `url` and `url_env`, and a variable
+/// that is not set is named.
+#[test]
+fn urls_can_come_from_the_environment() {
+    let text = format!(
+        "{}\n[queue]\nkind = \"rabbitmq\"\nurl_env = \"LOTSE_AMQP_URL\"\n",
+        MINIMAL.replace("url = \"http://127.0.0.1:9000/in\"", "url_env = \"BAUAMT_URL\"")
+    );
+    let env = |k: &str| match k {
+        "LOTSE_AMQP_URL" => Some("amqp://lotse:geheim@rabbit.example:5672/%2f".to_owned()),
+        "BAUAMT_URL" => Some("https://user:pw@bauamt.example/in".to_owned()),
+        _ => None,
+    };
+    let raw: RawConfig = toml::from_str(&text).expect("TOML");
+    let c = raw.validate_with(&env).expect("valid");
+    assert_eq!(c.raw.queue.url.as_deref(), Some("amqp://lotse:geheim@rabbit.example:5672/%2f"));
+    assert_eq!(c.endpoint("bauamt").expect("endpoint").url, "https://user:pw@bauamt.example/in");
+
+    // Not set: named, for the queue and the endpoint alike.
+    let raw: RawConfig = toml::from_str(&text).expect("TOML");
+    let err = format!("{:#}", raw.validate_with(&|_| None).expect_err("no variables"));
+    assert!(err.contains("environment variable `LOTSE_AMQP_URL` (`url_env`) is not set"), "{err}");
+    assert!(err.contains("endpoint `bauamt`: environment variable `BAUAMT_URL`"), "{err}");
+    // Both: refused.
+    let both = text.replace("url_env = \"LOTSE_AMQP_URL\"", "url_env = \"LOTSE_AMQP_URL\"\nurl = \"amqp://x\"");
+    let raw: RawConfig = toml::from_str(&both).expect("TOML");
+    let err = format!("{:#}", raw.validate_with(&env).expect_err("both"));
+    assert!(err.contains("`queue`: set one of `url` and `url_env`, not both"), "{err}");
+    // A URL from the environment is checked like one in the file.
+    let raw: RawConfig = toml::from_str(&text).expect("TOML");
+    let bad = |k: &str| (k == "BAUAMT_URL").then(|| "ftp://bauamt.example/in".to_owned()).or_else(|| env(k));
+    let err = format!("{:#}", raw.validate_with(&bad).expect_err("ftp"));
+    assert!(err.contains("url scheme `ftp` is not http or https"), "{err}");
+}

@@ -152,6 +152,7 @@ mod tests {
             name: "gewerbeamt".into(),
             kind: EndpointKind::Amqp,
             url: url.into(),
+            url_env: None,
             path: None,
             exchange: None,
             routing_key: Some(queue.into()),

@@ -149,6 +149,7 @@ mod tests {
             name: "bauamt".into(),
             kind: EndpointKind::Http,
             url: url.into(),
+            url_env: None,
             format: Format::default(),
             concurrency: 1,
             timeout,
