@@ -281,8 +281,9 @@ async fn reconnect(store: &RabbitStore, prefix: &str) -> anyhow::Result<()> {
     let before = store.broker().expect("link").stream_offset;
     anyhow::ensure!(before > first.stream_offset, "the claim's message was not folded: {before}");
 
-    // The connection's name carries the prefix (and this process's id).
-    let listed = match rabbitmqctl(&["list_connections", "-q", "pid", "user_provided_name"]) {
+    // The connection's name (a client property; RabbitMQ 3.10 has no `user_provided_name` to
+    // list) carries the prefix and this process's id.
+    let listed = match rabbitmqctl(&["list_connections", "-q", "pid", "client_properties"]) {
         Ok(l) => l,
         Err(e) => {
             anyhow::ensure!(std::env::var("CI").as_deref() != Ok("true"), "CI=true needs a local rabbitmqctl: {e:#}");
@@ -290,12 +291,12 @@ async fn reconnect(store: &RabbitStore, prefix: &str) -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    let ours = format!("{prefix}.events pid {}", std::process::id());
+    let ours = format!("\"lotse {prefix}.events pid {}\"", std::process::id());
     let pid = listed
         .lines()
-        .find(|l| l.ends_with(&ours))
+        .find(|l| l.contains(&ours))
         .and_then(|l| l.split_whitespace().next())
-        .ok_or_else(|| anyhow::anyhow!("no connection named `{ours}` in {listed}"))?;
+        .ok_or_else(|| anyhow::anyhow!("no connection named {ours} in {listed}"))?;
     rabbitmqctl(&["close_connection", pid, "closed by a test"])?;
 
     let reopened = eventually(Duration::from_secs(20), || {
