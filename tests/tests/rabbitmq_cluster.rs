@@ -187,7 +187,24 @@ async fn run(url: &str, prefix: &str, restart: bool) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    ensure!(missing == 0, "{missing} 202'd deliveries never arrived; log of process 0:\n{}", hubs[0].log_tail());
+    if missing > 0 {
+        // What the surviving processes say of the first few missing ones, and their logs.
+        let got: HashSet<String> = receiver
+            .with_arrivals(|a| a.iter().filter(|a| a.accepted()).filter_map(|a| a.delivery_id.clone()).collect());
+        let api = Api::new();
+        let mut report = String::new();
+        for d in want.iter().filter(|d| !got.contains(**d)).take(5) {
+            for n in [0, 2] {
+                let view = api.get(&hubs[n].admin_url(&format!("/v1/admin/deliveries/{d}"))).await?;
+                report.push_str(&format!("process {n} on {d}: {}\n", view.raw));
+            }
+        }
+        anyhow::bail!(
+            "{missing} 202'd deliveries never arrived\n{report}log of process 0:\n{}\nlog of process 2:\n{}",
+            hubs[0].log_tail(),
+            hubs[2].log_tail()
+        );
+    }
     let counts = receiver.counts();
     eprintln!(
         "cluster: all delivered after {:?}; receiver saw {} requests, {} deliveries, {} repeats",

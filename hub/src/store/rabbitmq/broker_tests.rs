@@ -596,3 +596,67 @@ async fn rabbitmq_a_refused_login_or_vhost_stops_the_start_and_says_why() -> any
 fn url_userinfo(authority: &str) -> &str {
     authority.rsplit_once('@').map_or("guest:guest", |(userinfo, _)| userinfo)
 }
+
+/// Work that the broker hands a process's new connection right after a reconnect reaches a lease
+/// waiting at that moment: none of it may be dropped unacked (it would be held by nobody until
+/// that connection ended). Several endpoints make the new session's set-up take a few round
+/// trips after the first one's consumer starts, the window in which this happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_work_handed_out_during_a_reconnect_is_all_leased() -> anyhow::Result<()> {
+    let url = std::env::var("LOTSE_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let prefix = format!("lotse-test-{}", Uuid::new_v4().simple());
+    let endpoints: Vec<String> = [ENDPOINT, "e1", "e2", "e3", "e4", "e5"].iter().map(|e| (*e).to_owned()).collect();
+    let store = match RabbitStore::open(&url, &prefix, &endpoints).await {
+        Ok(s) => s,
+        Err(e) => {
+            anyhow::ensure!(std::env::var("CI").as_deref() != Ok("true"), "CI=true needs RabbitMQ: {e:#}");
+            eprintln!("skipped: no RabbitMQ at LOTSE_TEST_AMQP_URL ({e:#})");
+            return Ok(());
+        }
+    };
+    let result = async {
+        const N: usize = 100;
+        for _ in 0..N {
+            store.intake(submission(&[], &[ENDPOINT])).await?;
+        }
+        for round in 0..3 {
+            // The connection goes while a prefetch of work waits in this process, unacked.
+            let listed = rabbitmqctl(&["list_connections", "-q", "pid", "client_properties"])?;
+            let ours = format!("\"lotse {prefix}.events pid {}\"", std::process::id());
+            let pid = listed
+                .lines()
+                .find(|l| l.contains(&ours))
+                .and_then(|l| l.split_whitespace().next())
+                .ok_or_else(|| anyhow::anyhow!("no connection named {ours}"))?;
+            rabbitmqctl(&["close_connection", pid, "closed by a test"])?;
+            // A lease waits through the reconnect and takes what the new connection brings.
+            let leased = store.lease(ENDPOINT, 10, Duration::from_secs(5)).await?;
+            anyhow::ensure!(!leased.is_empty(), "round {round}: nothing leased within 5 s of a reconnect");
+            for l in leased {
+                let _ = store.settle(l, Outcome::Retry { not_before: now_millis(), error: "again".into() }).await;
+            }
+        }
+        // Everything is handed out again and settles.
+        let mut delivered = std::collections::HashSet::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while delivered.len() < N {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{} of {N} deliveries leased within 30 s after the reconnects",
+                delivered.len()
+            );
+            for l in store.lease(ENDPOINT, 64, Duration::from_millis(500)).await? {
+                let id = l.delivery_id;
+                if store.settle(l, Outcome::Delivered { via: Handover::Http(200) }).await.is_ok() {
+                    delivered.insert(id);
+                }
+            }
+        }
+        anyhow::ensure!(store.counts().await?.pending == 0, "pending: {:?}", store.counts().await?);
+        anyhow::Ok(())
+    }
+    .await;
+    store.close().await;
+    RabbitStore::delete_topology(&url, &prefix, &endpoints).await?;
+    result
+}

@@ -116,6 +116,7 @@ pub(super) async fn open_session(shared: &Arc<Shared>, id: u64) -> Result<(Arc<S
         }
         tasks.push(tokio::spawn(fold(shared.clone(), id, ch, consumer)));
         let mut getters = HashMap::new();
+        let mut consumers = Vec::new();
         for endpoint in &shared.endpoints {
             let Some(queue) = shared.queues.get(endpoint) else { continue };
             let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
@@ -124,24 +125,52 @@ pub(super) async fn open_session(shared: &Arc<Shared>, id: u64) -> Result<(Arc<S
                 continue;
             }
             ch.basic_qos(PREFETCH, BasicQosOptions::default()).await.map_err(|e| e.to_string())?;
-            let work = shared.names.work(endpoint);
-            let consumer = ch
-                .basic_consume(short(&work)?, "".into(), BasicConsumeOptions::default(), FieldTable::default())
-                .await
-                .map_err(|e| format!("consume `{work}`: {e}"))?;
-            tasks.push(tokio::spawn(pump(shared.clone(), id, ch, consumer, queue.tx.clone())));
+            consumers.push((endpoint, ch, queue.tx.clone()));
         }
-        Ok::<_, SessionError>((publishers, tasks, getters))
+        Ok::<_, SessionError>((publishers, tasks, getters, consumers))
     };
-    match setup.await {
-        Ok((publishers, tasks, getters)) => {
-            Ok((Arc::new(Session { id, conn, publishers, next: AtomicUsize::new(0), getters }), tasks))
-        }
+    let (publishers, mut tasks, getters, consumers) = match setup.await {
+        Ok(set) => set,
         Err(e) => {
             let _ = conn.close(200, "setup failed".into()).await;
-            Err(e)
+            return Err(e);
+        }
+    };
+    let session = Arc::new(Session { id, conn, publishers, next: AtomicUsize::new(0), getters });
+    // The session is current before its first work message can arrive: a lease drops a message
+    // of any other session (that channel is gone and the broker has put it back), so a message
+    // that reached a lease before its session was current was dropped unacked on a live channel,
+    // held by nobody until that connection ended (a broker restart left up to a prefetch of
+    // deliveries undelivered, seen once in the cluster test).
+    if let Ok(mut s) = shared.session.write() {
+        *s = Some(session.clone());
+    }
+    for (endpoint, ch, tx) in consumers {
+        let work = shared.names.work(endpoint);
+        let consumed = match short(&work) {
+            Ok(name) => ch
+                .basic_consume(name, "".into(), BasicConsumeOptions::default(), FieldTable::default())
+                .await
+                .map_err(|e| format!("consume `{work}`: {e}")),
+            Err(e) => Err(e),
+        };
+        match consumed {
+            Ok(consumer) => tasks.push(tokio::spawn(pump(shared.clone(), id, ch, consumer, tx))),
+            Err(e) => {
+                if let Ok(mut s) = shared.session.write()
+                    && s.as_ref().is_some_and(|s| s.id == id)
+                {
+                    *s = None;
+                }
+                for t in &tasks {
+                    t.abort();
+                }
+                let _ = session.conn.close(200, "setup failed".into()).await;
+                return Err(SessionError::from(e));
+            }
         }
     }
+    Ok((session, tasks))
 }
 
 /// A failed connect. A login the broker refuses (403 `ACCESS_REFUSED`) or a virtual host it
