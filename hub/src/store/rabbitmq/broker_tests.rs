@@ -281,23 +281,9 @@ async fn reconnect(store: &RabbitStore, prefix: &str) -> anyhow::Result<()> {
     let before = store.broker().expect("link").stream_offset;
     anyhow::ensure!(before > first.stream_offset, "the claim's message was not folded: {before}");
 
-    // The connection's name (a client property; RabbitMQ 3.10 has no `user_provided_name` to
-    // list) carries the prefix and this process's id.
-    let listed = match rabbitmqctl(&["list_connections", "-q", "pid", "client_properties"]) {
-        Ok(l) => l,
-        Err(e) => {
-            anyhow::ensure!(std::env::var("CI").as_deref() != Ok("true"), "CI=true needs a local rabbitmqctl: {e:#}");
-            eprintln!("skipped: no local `rabbitmqctl` to close a connection ({e:#})");
-            return Ok(());
-        }
-    };
-    let ours = format!("\"lotse {prefix}.events pid {}\"", std::process::id());
-    let pid = listed
-        .lines()
-        .find(|l| l.contains(&ours))
-        .and_then(|l| l.split_whitespace().next())
-        .ok_or_else(|| anyhow::anyhow!("no connection named {ours} in {listed}"))?;
-    rabbitmqctl(&["close_connection", pid, "closed by a test"])?;
+    if !close_connection_of(prefix)? {
+        return Ok(());
+    }
 
     let reopened = eventually(Duration::from_secs(20), || {
         store.broker().is_some_and(|l| l.connected && l.connections == 2) && store.health().is_ok()
@@ -621,14 +607,9 @@ async fn rabbitmq_work_handed_out_during_a_reconnect_is_all_leased() -> anyhow::
         }
         for round in 0..3 {
             // The connection goes while a prefetch of work waits in this process, unacked.
-            let listed = rabbitmqctl(&["list_connections", "-q", "pid", "client_properties"])?;
-            let ours = format!("\"lotse {prefix}.events pid {}\"", std::process::id());
-            let pid = listed
-                .lines()
-                .find(|l| l.contains(&ours))
-                .and_then(|l| l.split_whitespace().next())
-                .ok_or_else(|| anyhow::anyhow!("no connection named {ours}"))?;
-            rabbitmqctl(&["close_connection", pid, "closed by a test"])?;
+            if !close_connection_of(&prefix)? {
+                return Ok(());
+            }
             // A lease waits through the reconnect and takes what the new connection brings.
             let leased = store.lease(ENDPOINT, 10, Duration::from_secs(5)).await?;
             anyhow::ensure!(!leased.is_empty(), "round {round}: nothing leased within 5 s of a reconnect");
@@ -659,4 +640,26 @@ async fn rabbitmq_work_handed_out_during_a_reconnect_is_all_leased() -> anyhow::
     store.close().await;
     RabbitStore::delete_topology(&url, &prefix, &endpoints).await?;
     result
+}
+
+/// Has the broker close this process's store connection of `prefix` (`rabbitmqctl
+/// close_connection`, found by the connection name in its client properties: RabbitMQ 3.10
+/// cannot list `user_provided_name`). `false` (skip) without a local `rabbitmqctl`, unless CI is set.
+fn close_connection_of(prefix: &str) -> anyhow::Result<bool> {
+    let listed = match rabbitmqctl(&["list_connections", "-q", "pid", "client_properties"]) {
+        Ok(l) => l,
+        Err(e) => {
+            anyhow::ensure!(std::env::var("CI").as_deref() != Ok("true"), "CI=true needs a local rabbitmqctl: {e:#}");
+            eprintln!("skipped: no local `rabbitmqctl` to close a connection ({e:#})");
+            return Ok(false);
+        }
+    };
+    let ours = format!("\"lotse {prefix}.events pid {}\"", std::process::id());
+    let pid = listed
+        .lines()
+        .find(|l| l.contains(&ours))
+        .and_then(|l| l.split_whitespace().next())
+        .ok_or_else(|| anyhow::anyhow!("no connection named {ours} in {listed}"))?;
+    rabbitmqctl(&["close_connection", pid, "closed by a test"])?;
+    Ok(true)
 }
