@@ -273,13 +273,17 @@ async fn rabbitmq_a_connection_closed_by_the_broker_is_opened_again_and_reported
 }
 
 async fn reconnect(store: &RabbitStore, prefix: &str) -> anyhow::Result<()> {
+    // The start mark is folded before `open` returns (its offset recorded a moment later).
+    eventually(Duration::from_secs(5), || store.broker().is_some_and(|l| l.stream_offset > 0)).await;
     let first = store.broker().expect("a RabbitMQ store reports its broker link");
-    // The start mark is folded before `open` returns.
     anyhow::ensure!(first.connected && first.connections == 1 && first.stream_offset > 0, "{first:?}");
     anyhow::ensure!(!first.blocked && !first.rereading && first.rereads == 0, "{first:?}");
     anyhow::ensure!(matches!(store.intake(submission(&[], &[ENDPOINT])).await?, Intake::Accepted(_)));
-    let before = store.broker().expect("link").stream_offset;
-    anyhow::ensure!(before > first.stream_offset, "the claim's message was not folded: {before}");
+    // The writer is answered as the fold applies its record, a moment before the offset moves.
+    let offset = || store.broker().map_or(0, |l| l.stream_offset);
+    let moved = eventually(Duration::from_secs(5), || offset() > first.stream_offset).await;
+    anyhow::ensure!(moved, "the claim's message was not folded: offset {}", offset());
+    let before = offset();
 
     if !close_connection_of(prefix)? {
         return Ok(());
@@ -292,8 +296,9 @@ async fn reconnect(store: &RabbitStore, prefix: &str) -> anyhow::Result<()> {
     anyhow::ensure!(reopened, "not connected again within 20 s: {:?}", store.broker());
     let s = submission(&[], &[ENDPOINT]);
     anyhow::ensure!(matches!(store.intake(s.clone()).await?, Intake::Accepted(_)), "intake after the reconnect");
+    let moved = eventually(Duration::from_secs(5), || offset() > before).await;
     let after = store.broker().expect("link");
-    anyhow::ensure!(after.stream_offset > before && after.rereads == 0, "after the reconnect: {after:?}");
+    anyhow::ensure!(moved && after.rereads == 0, "after the reconnect: {after:?}");
     anyhow::ensure!(store.submission(s.id).await?.is_some(), "the new submission is known");
     Ok(())
 }
