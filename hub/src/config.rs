@@ -559,10 +559,7 @@ impl RawConfig {
         let mut problems: Vec<String> = Vec::new();
         // URLs from the environment (`url_env`): checked below like URLs written in the file.
         if let Some(var) = self.queue.url_env.clone() {
-            match resolve_env("`queue`", "url", self.queue.url.is_some(), &var, env, &mut problems) {
-                Some(url) => self.queue.url = Some(url),
-                None => self.queue.url = None,
-            }
+            self.queue.url = resolve_env("`queue`", "url", self.queue.url.is_some(), &var, env, &mut problems);
         }
         for e in &mut self.endpoints {
             if let Some(var) = e.url_env.clone() {

@@ -63,13 +63,7 @@ async fn run(url: &str, prefix: &str, restart: bool) -> anyhow::Result<()> {
     let receiver = spawn(ReceiverOptions::default()).await?;
     let routes = "[[routes]]\nname = \"all\"\nnamespace = \"urn:lotse:test:synthetik:1\"\nendpoints = [\"a\"]\n";
     let text = config(&[(ENDPOINT, receiver.url("/a"))], routes, &rabbit::queue_section(url, prefix));
-    let mut dirs = Vec::new();
-    let mut hubs: Vec<Hub> = Vec::new();
-    for _ in 0..3 {
-        let mut dir = HubDir::new(lotse_bin!(), &text)?;
-        hubs.push(dir.start().await.context("lotse serve with [queue] kind = \"rabbitmq\" starts")?);
-        dirs.push(dir);
-    }
+    let (_dirs, mut hubs) = start_hubs(3, &text).await?;
     let urls: Arc<Vec<String>> = Arc::new(hubs.iter().map(|h| h.partner_url("/v1/submissions")).collect());
     let template = load(ANTRAG)?;
     let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).http1_only().build()?;
@@ -265,13 +259,7 @@ async fn retry_under_load(url: &str, prefix: &str) -> anyhow::Result<()> {
     // The harness config retries after 50 ms to 200 ms: through the shortest wait queue.
     let extra = rabbit::queue_section(url, prefix);
     let text = config(&[(ENDPOINT, receiver.url("/a"))], routes, &extra);
-    let mut dirs = Vec::new();
-    let mut hubs: Vec<Hub> = Vec::new();
-    for _ in 0..2 {
-        let mut dir = HubDir::new(lotse_bin!(), &text)?;
-        hubs.push(dir.start().await.context("lotse serve on RabbitMQ starts")?);
-        dirs.push(dir);
-    }
+    let (_dirs, hubs) = start_hubs(2, &text).await?;
     let hubs = Arc::new(hubs);
     let api = Api::new();
     let template = load(ANTRAG)?;
@@ -329,4 +317,15 @@ async fn retry_under_load(url: &str, prefix: &str) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `n` processes of `lotse serve` on one config (each in a folder of its own).
+async fn start_hubs(n: usize, config: &str) -> anyhow::Result<(Vec<HubDir>, Vec<Hub>)> {
+    let (mut dirs, mut hubs) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let mut dir = HubDir::new(lotse_bin!(), config)?;
+        hubs.push(dir.start().await.context("lotse serve with [queue] kind = \"rabbitmq\" starts")?);
+        dirs.push(dir);
+    }
+    Ok((dirs, hubs))
 }

@@ -171,9 +171,15 @@ async fn submit_antrag(dir: &HubDir, hub: &tests::Hub) -> (String, String) {
 }
 
 async fn lotse(args: &[&str]) -> (bool, String) {
+    let (code, text) = lotse_exit(args).await;
+    (code == Some(0), text)
+}
+
+/// `lotse <args>`: its exit code and its output (stdout, then stderr).
+async fn lotse_exit(args: &[&str]) -> (Option<i32>, String) {
     let output = Command::new(lotse_bin!()).args(args).output().await.expect("lotse runs");
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    (output.status.success(), text)
+    (output.status.code(), text)
 }
 
 /// The operator's commands against a real hub: a case the receiver refused (dead at once) is
@@ -228,13 +234,7 @@ async fn deliveries_commands_find_list_and_replay_a_dead_case() {
 /// `lotse status <args>` against the hub's admin API: its exit code and output.
 async fn status(hub: &tests::Hub) -> (Option<i32>, String) {
     let admin = hub.admin_url("");
-    let output = Command::new(lotse_bin!())
-        .args(["status", "--admin", admin.trim_end_matches('/')])
-        .output()
-        .await
-        .expect("lotse runs");
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    (output.status.code(), text)
+    lotse_exit(&["status", "--admin", admin.trim_end_matches('/')]).await
 }
 
 /// Polls `lotse status` every 200 ms until `done` holds for its exit code and output.
@@ -273,8 +273,8 @@ async fn status_command_says_whether_the_hub_takes_submissions_and_what_it_holds
 
     let gone =
         format!("http://{}", std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr"));
-    let output = Command::new(lotse_bin!()).args(["status", "--admin", &gone]).output().await.expect("lotse runs");
-    assert_eq!(output.status.code(), Some(2), "{}", String::from_utf8_lossy(&output.stderr));
+    let (code, out) = lotse_exit(&["status", "--admin", &gone]).await;
+    assert_eq!(code, Some(2), "{out}");
 }
 
 /// On RabbitMQ the status shows the process's link to the broker, and says "not ready" with the

@@ -374,17 +374,6 @@ impl RabbitStore {
         let ms = after.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
         self.shared.dead_ttl_ms.store(ms, Ordering::Relaxed);
     }
-
-    /// How often this process found that the event stream lost records it had folded, and read
-    /// it again from its start (also `lotse_event_stream_rereads_total` in `/metrics`).
-    pub fn stream_rereads(&self) -> u64 {
-        self.shared.rereads.load(Ordering::SeqCst)
-    }
-
-    /// Whether the store is connected now (for health checks).
-    pub fn is_connected(&self) -> bool {
-        self.shared.current().is_ok()
-    }
 }
 
 impl Drop for RabbitStore {

@@ -19,12 +19,10 @@ pub(super) async fn supervise(
         }
         id += 1;
         match open_session(&shared, id).await {
+            // `open_session` made the session current (before its consumers started).
             Ok((session, tasks)) => {
                 backoff = Duration::from_millis(200);
                 shared.connections.fetch_add(1, Ordering::SeqCst);
-                if let Ok(mut s) = shared.session.write() {
-                    *s = Some(session.clone());
-                }
                 tracing::info!(session = id, "connected to RabbitMQ");
                 if let Some(f) = first.take() {
                     let _ = f.send(Ok(()));
@@ -55,7 +53,7 @@ pub(super) async fn supervise(
             }
             Err(e) => {
                 if e.lasting {
-                    tracing::error!(error = %e, retry_in = ?backoff, "cannot set up the RabbitMQ topology");
+                    tracing::error!(error = %e, retry_in = ?backoff, "RabbitMQ refuses this process until an operator acts");
                 } else {
                     tracing::warn!(error = %e, retry_in = ?backoff, "cannot connect to RabbitMQ");
                 }
