@@ -84,6 +84,9 @@ pub(super) async fn open_session(shared: &Arc<Shared>, id: u64) -> Result<(Arc<S
         .await
         .map_err(|_| format!("no answer within {CONFIRM_TIMEOUT:?}"))?
         .map_err(connect_failed)?;
+    // Outside `setup`, so a failed setup can stop what it had started (the fold) at once
+    // instead of leaving it to end with the connection.
+    let mut tasks: Tasks = Vec::new();
     let setup = async {
         let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
         topology::declare(&ch, &shared.names, &shared.endpoints).await?;
@@ -94,7 +97,6 @@ pub(super) async fn open_session(shared: &Arc<Shared>, id: u64) -> Result<(Arc<S
             c.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| e.to_string())?;
             publishers.push(c);
         }
-        let mut tasks: Tasks = Vec::new();
         // The stream, from the offset after the last one folded.
         let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
         ch.basic_qos(1000, BasicQosOptions::default()).await.map_err(|e| e.to_string())?;
@@ -125,11 +127,14 @@ pub(super) async fn open_session(shared: &Arc<Shared>, id: u64) -> Result<(Arc<S
             ch.basic_qos(PREFETCH, BasicQosOptions::default()).await.map_err(|e| e.to_string())?;
             consumers.push((endpoint, ch, queue.tx.clone()));
         }
-        Ok::<_, SessionError>((publishers, tasks, getters, consumers))
+        Ok::<_, SessionError>((publishers, getters, consumers))
     };
-    let (publishers, mut tasks, getters, consumers) = match setup.await {
+    let (publishers, getters, consumers) = match setup.await {
         Ok(set) => set,
         Err(e) => {
+            for t in &tasks {
+                t.abort();
+            }
             let _ = conn.close(200, "setup failed".into()).await;
             return Err(e);
         }
