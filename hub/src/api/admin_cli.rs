@@ -295,6 +295,12 @@ pub async fn run_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         if number("rereads") > 0 {
             link.push(format!("read it again {} time(s) since start", number("rereads")));
         }
+        if number("unreadable_records") > 0 {
+            link.push(format!(
+                "SKIPPED {} event record(s) it cannot read (written by a later version? upgrade this process)",
+                number("unreadable_records")
+            ));
+        }
         println!("broker    {}", link.join(", "));
     }
     let c = &v["counts"];

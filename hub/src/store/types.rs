@@ -502,4 +502,8 @@ pub struct BrokerStatus {
     pub rereading: bool,
     /// How often this process did that since it started.
     pub rereads: u64,
+    /// Event records this process could not read and skipped since it started (written by a
+    /// later version of Lotse, or not by Lotse): more than 0 means its status may differ from
+    /// that of processes that read them. Upgrade it.
+    pub unreadable_records: u64,
 }

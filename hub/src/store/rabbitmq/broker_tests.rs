@@ -673,3 +673,98 @@ fn close_connection_of(prefix: &str) -> anyhow::Result<bool> {
 fn rereads_of(store: &RabbitStore) -> u64 {
     store.broker().map_or(0, |l| l.rereads)
 }
+
+/// A message in a work queue that this version cannot read (published by hand, or by a later
+/// version) is not dropped: it is moved as it is, with a `lotse-unreadable` header saying why,
+/// to the endpoint's dead queue, and the work behind it is leased as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_an_unreadable_work_message_is_moved_to_the_dead_queue_not_dropped() -> anyhow::Result<()> {
+    let Some((store, url, prefix)) = open().await? else { return Ok(()) };
+    let result = unreadable_work(&store, &url, &prefix).await;
+    store.close().await;
+    RabbitStore::delete_topology(&url, &prefix, &[ENDPOINT.to_owned()]).await?;
+    result
+}
+
+async fn unreadable_work(store: &RabbitStore, url: &str, prefix: &str) -> anyhow::Result<()> {
+    use lapin::options::BasicGetOptions;
+
+    let shared = &store.shared;
+    let foreign = lapin::BasicProperties::default().with_delivery_mode(2).with_app_id("someone-else".into());
+    shared.publish(&shared.names.work(ENDPOINT), b"not a lotse work message", foreign).await?;
+    let s = submission(&[], &[ENDPOINT]);
+    store.intake(s.clone()).await?;
+    let lease =
+        store.lease(ENDPOINT, 1, Duration::from_secs(15)).await?.pop().expect("the delivery behind it was leased");
+    anyhow::ensure!(lease.submission_id == s.id, "leased {} instead of the submission", lease.submission_id);
+    store.settle(lease, Outcome::Delivered { via: Handover::Http(200) }).await?;
+
+    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    let dead = super::topology::Names::new(prefix).dead(ENDPOINT);
+    let got = ch.basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true }).await?;
+    let _ = conn.close(200, "bye".into()).await;
+    let got = got.ok_or_else(|| anyhow::anyhow!("nothing in {dead}: the unreadable message was dropped"))?;
+    anyhow::ensure!(got.delivery.data == b"not a lotse work message", "the body changed on the way");
+    let props = &got.delivery.properties;
+    anyhow::ensure!(
+        props.app_id().as_ref().map(|a| a.as_str()) == Some("someone-else"),
+        "properties not kept: {props:?}"
+    );
+    let why = props.headers().as_ref().and_then(|h| h.inner().get("lotse-unreadable").cloned());
+    anyhow::ensure!(
+        matches!(&why, Some(lapin::types::AMQPValue::LongString(s)) if !s.as_bytes().is_empty()),
+        "no reason given: {why:?}"
+    );
+    Ok(())
+}
+
+/// A stream record this version cannot read (a record type of a later version) is skipped on
+/// its own and counted; the records batched beside it are applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_an_unreadable_event_record_skips_only_itself_and_is_counted() -> anyhow::Result<()> {
+    let Some((store, url, prefix)) = open().await? else { return Ok(()) };
+    let result = unreadable_record(&store).await;
+    store.close().await;
+    RabbitStore::delete_topology(&url, &prefix, &[ENDPOINT.to_owned()]).await?;
+    result
+}
+
+async fn unreadable_record(store: &RabbitStore) -> anyhow::Result<()> {
+    use super::record::{self, Envelope, SubmittedRecord};
+    use crate::store::ReceiptDelivery;
+
+    let s = submission(&[], &[ENDPOINT]);
+    let claim = SubmittedRecord {
+        id: s.id,
+        partner: s.partner.clone(),
+        dedup_keys: s.dedup_keys.clone(),
+        received_at: s.received_at,
+        content_type: s.content_type.clone(),
+        meta: serde_json::value::to_raw_value(&s.meta)?,
+        message_id: s.message_id.clone(),
+        route: s.route.clone(),
+        deliveries: s.deliveries.iter().map(|d| ReceiptDelivery { id: d.id, endpoint: d.endpoint.clone() }).collect(),
+        notes: s.notes.clone(),
+        size: s.original.len(),
+    };
+    // As another process would write them: rids this process does not wait for.
+    let later = format!(r#"{{"rid":"{}","at":0,"record":{{"type":"from_a_later_version","x":1}}}}"#, Uuid::now_v7());
+    let known =
+        record::encode(&Envelope { rid: Uuid::now_v7(), at: now_millis(), record: Record::Submitted(claim) }, None)?;
+    let body = record::frame(&[later.into_bytes(), known]);
+    let shared = &store.shared;
+    shared.publish(&shared.names.events(), &body, lapin::BasicProperties::default().with_delivery_mode(2)).await?;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while store.submission(s.id).await?.is_none() {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the claim beside an unreadable record was not applied within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let skipped = store.broker().map_or(0, |b| b.unreadable_records);
+    anyhow::ensure!(skipped == 1, "{skipped} unreadable records counted, not 1");
+    Ok(())
+}

@@ -186,6 +186,9 @@ struct Shared {
     catching_up: AtomicBool,
     /// How often this process dropped its index to read a stream that lost records again.
     rereads: AtomicU64,
+    /// Stream records this process could not read (written by a later version, or by hand) and
+    /// skipped: its index may then differ from those of processes that read them.
+    unreadable: AtomicU64,
     /// Connections opened (sessions set up) since start.
     connections: AtomicU64,
     leases: Mutex<FastMap<u64, Held>>,
@@ -309,6 +312,7 @@ impl RabbitStore {
             last_digest: AtomicU64::new(0),
             catching_up: AtomicBool::new(false),
             rereads: AtomicU64::new(0),
+            unreadable: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             leases: Mutex::new(FastMap::default()),
             next_token: AtomicU64::new(1),

@@ -136,6 +136,23 @@ impl Shared {
         }
     }
 
+    /// Publishes a consumed message unchanged (body and properties) to `queue`, with a
+    /// `lotse-unreadable` header saying why it was set aside, and waits for the confirm.
+    pub(super) async fn set_aside(
+        &self,
+        queue: &str,
+        delivery: &lapin::message::Delivery,
+        why: &str,
+    ) -> Result<(), StoreError> {
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            "lotse-unreadable".into(),
+            AMQPValue::LongString(lapin::types::LongString::from(why.as_bytes().to_vec())),
+        );
+        let props = delivery.properties.clone().with_headers(headers);
+        self.publish(queue, &delivery.data, props).await
+    }
+
     /// Queues a record for the next stream message. The receiver answers once the broker
     /// confirmed that message and this node's fold applied the record (in either order: one
     /// wake-up for the writer, not one per event), or with the error if it was not confirmed.

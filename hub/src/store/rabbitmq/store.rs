@@ -128,8 +128,23 @@ impl Store for RabbitStore {
             let (message, redelivered) = match WorkMessage::from_properties(&delivery.properties) {
                 Ok(m) => m,
                 Err(e) => {
-                    tracing::error!(endpoint, error = %e, "foreign message in a work queue dropped");
-                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                    // Not a work message this version can read (published by hand, or by a later
+                    // version of Lotse): never dropped, but moved as it is to the endpoint's dead
+                    // queue, where an operator finds it (and can move it back after an upgrade).
+                    metrics::counter!("lotse_work_messages_unreadable_total", "endpoint" => endpoint.to_owned())
+                        .increment(1);
+                    let dead = shared.names.dead(endpoint);
+                    match shared.set_aside(&dead, &delivery, &e).await {
+                        Ok(()) => {
+                            tracing::error!(endpoint, error = %e, queue = %dead, "unreadable work message moved to the dead queue");
+                            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                        }
+                        Err(moved) => {
+                            tracing::error!(endpoint, error = %e, cause = %moved, "unreadable work message left in its queue: it could not be moved");
+                            let requeue = BasicNackOptions { requeue: true, ..Default::default() };
+                            let _ = delivery.acker.nack(requeue).await;
+                        }
+                    }
                     continue;
                 }
             };
@@ -406,6 +421,7 @@ impl Store for RabbitStore {
             stream_offset: shared.next_offset.load(Ordering::SeqCst),
             rereading: shared.catching_up.load(Ordering::SeqCst),
             rereads: shared.rereads.load(Ordering::SeqCst),
+            unreadable_records: shared.unreadable.load(Ordering::SeqCst),
         })
     }
 

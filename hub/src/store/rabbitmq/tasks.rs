@@ -271,8 +271,13 @@ pub(super) async fn fold(shared: Arc<Shared>, session: u64, _ch: Channel, mut co
         let Ok(delivery) = item else { break };
         let offset = stream_offset(&delivery);
         match own_or_decoded(&shared, &delivery.data) {
-            Ok(records) => apply(&shared, records),
-            Err(e) => tracing::error!(?offset, error = %e, "undecodable event records skipped"),
+            Ok((records, unreadable)) => {
+                apply(&shared, records);
+                for e in unreadable {
+                    skipped(&shared, offset, &e);
+                }
+            }
+            Err(e) => skipped(&shared, offset, &e),
         }
         if let Some(o) = offset {
             shared.last_digest.store(digest(&delivery.data), Ordering::SeqCst);
@@ -311,10 +316,27 @@ fn apply(shared: &Shared, records: Vec<(Envelope, Bytes)>) {
     shared.folded.notify_waiters();
 }
 
-/// The records of one stream message. Records this node wrote come from its waiters, as they
+/// The records of a stream message that could be read, and why the others could not.
+type Read = (Vec<(Envelope, Bytes)>, Vec<String>);
+
+/// A stream record (or message) this process cannot read is skipped, loudly: the others of its
+/// message are applied, and `lotse status` and `/metrics` count what was skipped.
+fn skipped(shared: &Shared, offset: Option<u64>, error: &str) {
+    shared.unreadable.fetch_add(1, Ordering::SeqCst);
+    metrics::counter!("lotse_event_records_unreadable_total").increment(1);
+    tracing::error!(
+        ?offset,
+        error,
+        "an event record this version cannot read was skipped (written by a later version?)"
+    );
+}
+
+/// The records of one stream message, and why any of them could not be read (each such record
+/// is left out; the rest are applied). Records this node wrote come from its waiters, as they
 /// were before encoding (the same values the decoder would give back): a node skips decoding
-/// its own writes, which on one node is every intake's claim.
-fn own_or_decoded(shared: &Shared, body: &[u8]) -> Result<Vec<(Envelope, Bytes)>, String> {
+/// its own writes, which on one node is every intake's claim. An `Err` is a message whose
+/// framing is broken: none of its records can be told apart.
+fn own_or_decoded(shared: &Shared, body: &[u8]) -> Result<Read, String> {
     let encoded = record::split(body)?;
     let mut own: Vec<Option<Envelope>> = Vec::with_capacity(encoded.len());
     if let Ok(mut waiters) = shared.waiters.lock() {
@@ -325,13 +347,17 @@ fn own_or_decoded(shared: &Shared, body: &[u8]) -> Result<Vec<(Envelope, Bytes)>
     }
     own.resize_with(encoded.len(), || None);
     let mut out = Vec::with_capacity(encoded.len());
+    let mut unreadable = Vec::new();
     for (e, written) in encoded.into_iter().zip(own) {
         match written {
             Some(envelope) => out.push((envelope, Bytes::new())),
-            None => out.push(record::decode(e).map_err(|e| e.to_string())?),
+            None => match record::decode(e) {
+                Ok(r) => out.push(r),
+                Err(error) => unreadable.push(error.to_string()),
+            },
         }
     }
-    Ok(out)
+    Ok((out, unreadable))
 }
 
 /// Moves an endpoint's work messages from the broker into the local hand-out queue.
