@@ -62,12 +62,81 @@ pub struct QueueConfig {
     /// Prefix of every queue, exchange and stream name (RabbitMQ).
     #[serde(default = "default_prefix")]
     pub prefix: String,
+    /// PEM file of CA certificates to trust for the broker's certificate, besides the system's
+    /// (an administration's own PKI). `amqps://` only.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM file of the client certificate (and its chain) Lotse shows the broker: mutual TLS.
+    /// Needs `tls_client_key`. `amqps://` only.
+    #[serde(default)]
+    pub tls_client_cert: Option<PathBuf>,
+    /// PEM file of the private key of `tls_client_cert` (PKCS#8, RSA or SEC1).
+    #[serde(default)]
+    pub tls_client_key: Option<PathBuf>,
 }
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        QueueConfig { kind: QueueKind::default(), url: None, url_env: None, prefix: default_prefix() }
+        QueueConfig {
+            kind: QueueKind::default(),
+            url: None,
+            url_env: None,
+            prefix: default_prefix(),
+            tls_ca: None,
+            tls_client_cert: None,
+            tls_client_key: None,
+        }
     }
+}
+
+impl QueueConfig {
+    /// The TLS files for the broker connection, read and checked (see [`amqp_tls`]).
+    pub fn tls(&self) -> anyhow::Result<lapin::tcp::OwnedTLSConfig> {
+        amqp_tls(self.tls_ca.as_deref(), self.tls_client_cert.as_deref(), self.tls_client_key.as_deref())
+    }
+}
+
+/// TLS of an `amqps://` connection (the `[queue]` broker, an `amqp` endpoint): the CAs of
+/// `ca` are trusted besides the system's (lapin's TLS connector adds them to the platform's
+/// trust store; it cannot replace it), and `cert` with `key` is shown to the broker as a client
+/// certificate. Read at start, so a wrong path or a broken PEM stops the hub with the reason
+/// instead of failing every connection.
+pub fn amqp_tls(
+    ca: Option<&Path>,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> anyhow::Result<lapin::tcp::OwnedTLSConfig> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read `{}`", p.display()));
+    let certificates = |what: &str, p: &Path, pem: &[u8]| -> anyhow::Result<()> {
+        let certs = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("`{what}` `{}` is not PEM certificates: {e}", p.display()))?;
+        anyhow::ensure!(!certs.is_empty(), "`{what}` `{}` holds no certificate", p.display());
+        Ok(())
+    };
+    let cert_chain = match ca {
+        None => None,
+        Some(path) => {
+            let pem = read(path)?;
+            certificates("tls_ca", path, &pem)?;
+            Some(String::from_utf8(pem).map_err(|_| anyhow::anyhow!("`tls_ca` `{}` is not text", path.display()))?)
+        }
+    };
+    let identity = match (cert, key) {
+        (Some(cert), Some(key)) => {
+            let pem = read(cert)?;
+            certificates("tls_client_cert", cert, &pem)?;
+            let key_pem = read(key)?;
+            PrivateKeyDer::from_pem_slice(&key_pem)
+                .map_err(|e| anyhow::anyhow!("`tls_client_key` `{}` is not a PEM private key: {e}", key.display()))?;
+            Some(lapin::tcp::OwnedIdentity::PKCS8 { pem, key: key_pem })
+        }
+        _ => None,
+    };
+    Ok(lapin::tcp::OwnedTLSConfig { identity, cert_chain })
 }
 
 fn default_prefix() -> String {
@@ -367,6 +436,11 @@ pub struct EndpointTls {
 }
 
 impl EndpointConfig {
+    /// The TLS files of an `amqp` endpoint, read and checked (see [`amqp_tls`]).
+    pub fn amqp_tls(&self) -> anyhow::Result<lapin::tcp::OwnedTLSConfig> {
+        amqp_tls(self.tls_ca.as_deref(), self.tls_client_cert.as_deref(), self.tls_client_key.as_deref())
+    }
+
     /// Reads and parses the endpoint's TLS files (at start, so a wrong path or a broken PEM
     /// stops the hub with the reason rather than failing every delivery).
     pub fn tls(&self) -> anyhow::Result<EndpointTls> {
@@ -486,6 +560,15 @@ impl Config {
             }
         }
         let mut problems = Vec::new();
+        let queue = &mut config.raw.queue;
+        for file in [&mut queue.tls_ca, &mut queue.tls_client_cert, &mut queue.tls_client_key].into_iter().flatten() {
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
+        }
+        if let Err(err) = queue.tls() {
+            problems.push(format!("- `queue`: {err:#}"));
+        }
         for e in &mut config.raw.endpoints {
             for file in
                 [&mut e.tls_ca, &mut e.tls_client_cert, &mut e.tls_client_key, &mut e.path].into_iter().flatten()
@@ -494,7 +577,8 @@ impl Config {
                     *file = base.join(&*file);
                 }
             }
-            if let Err(err) = e.tls() {
+            let checked = if e.kind == EndpointKind::Amqp { e.amqp_tls().map(drop) } else { e.tls().map(drop) };
+            if let Err(err) = checked {
                 problems.push(format!("- endpoint `{}`: {err:#}", e.name));
             }
         }
@@ -578,6 +662,17 @@ impl RawConfig {
             && self.queue.url.as_deref().is_none_or(str::is_empty)
         {
             problems.push("`queue.url` (or `queue.url_env`) is required when `queue.kind = \"rabbitmq\"`".into());
+        }
+        let queue_tls = [&self.queue.tls_ca, &self.queue.tls_client_cert, &self.queue.tls_client_key];
+        if queue_tls.iter().any(|f| f.is_some()) {
+            if self.queue.kind != QueueKind::Rabbitmq {
+                problems.push("`queue.tls_*` settings are for `queue.kind = \"rabbitmq\"`".into());
+            } else if self.queue.url.as_deref().is_some_and(|u| !u.starts_with("amqps://")) {
+                problems.push("`queue.tls_*` settings need an amqps:// url".into());
+            }
+        }
+        if self.queue.tls_client_cert.is_some() != self.queue.tls_client_key.is_some() {
+            problems.push("`queue.tls_client_cert` and `queue.tls_client_key` go together".into());
         }
         if self.queue.prefix.is_empty()
             || !self.queue.prefix.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
@@ -686,7 +781,9 @@ impl RawConfig {
                 problems.push(format!("endpoint `{}`: `tls_client_cert` and `tls_client_key` go together", e.name));
             }
             let tls = e.tls_ca.is_some() || e.tls_client_cert.is_some() || e.tls_client_key.is_some();
-            if tls && !e.url.starts_with("https://") {
+            if tls && e.kind == EndpointKind::Amqp && !e.url.starts_with("amqps://") {
+                problems.push(format!("endpoint `{}`: `tls_*` settings need an amqps:// url", e.name));
+            } else if tls && e.kind != EndpointKind::Amqp && !e.url.starts_with("https://") {
                 problems.push(format!("endpoint `{}`: `tls_*` settings need an https url", e.name));
             }
         }

@@ -27,3 +27,5 @@ pub mod receiver;
 pub mod store;
 pub mod submit;
 pub mod telemetry;
+#[cfg(test)]
+mod testing_pki;

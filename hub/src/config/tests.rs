@@ -127,6 +127,65 @@ fn endpoint_tls_files_are_checked_at_load() {
     assert!(err.contains(&dir.path().join("ca.pem").display().to_string()), "not resolved against the file: {err}");
 }
 
+/// TLS of the broker connection (`[queue]`) and of an `amqp` endpoint: only with amqps://, a
+/// client certificate needs its key, and at load the files are read (relative to the config
+/// file) and parsed, a bad one named; good files load.
+#[test]
+fn amqps_tls_files_are_checked_at_load() {
+    let queue = |url: &str, extra: &str| {
+        MINIMAL.replace(
+            "[[endpoints]]",
+            &format!("[queue]\nkind = \"rabbitmq\"\nurl = \"{url}\"\n{extra}\n\n[[endpoints]]"),
+        )
+    };
+    let plain = queue("amqp://lotse:pw@broker.example/%2f", "tls_ca = \"ca.pem\"");
+    let err = format!("{:#}", Config::parse(&plain).expect_err("tls over amqp://"));
+    assert!(err.contains("`queue.tls_*` settings need an amqps:// url"), "{err}");
+    let half = queue("amqps://lotse:pw@broker.example/%2f", "tls_client_key = \"c.key\"");
+    let err = format!("{:#}", Config::parse(&half).expect_err("key without cert"));
+    assert!(err.contains("`queue.tls_client_cert` and `queue.tls_client_key` go together"), "{err}");
+    let embedded = MINIMAL.replace("[[endpoints]]", "[queue]\ntls_ca = \"ca.pem\"\n\n[[endpoints]]");
+    let err = format!("{:#}", Config::parse(&embedded).expect_err("tls for the embedded store"));
+    assert!(err.contains("are for `queue.kind = \"rabbitmq\"`"), "{err}");
+    let amqp_endpoint = MINIMAL.replace(
+        "kind = \"http\"\nurl = \"http://127.0.0.1:9000/in\"",
+        "kind = \"amqp\"\nurl = \"amqp://lotse:pw@broker.example/%2f\"\nrouting_key = \"eingang\"\ntls_ca = \"ca.pem\"",
+    );
+    let err = format!("{:#}", Config::parse(&amqp_endpoint).expect_err("tls over amqp://"));
+    assert!(err.contains("endpoint `bauamt`: `tls_*` settings need an amqps:// url"), "{err}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = crate::testing_pki::Pki::new();
+    let ca = std::fs::read(pki.file("ca.pem").expect("ca")).expect("read");
+    std::fs::write(dir.path().join("ca.pem"), &ca).expect("write");
+    std::fs::write(dir.path().join("c.pem"), std::fs::read(pki.file("client.pem").expect("c")).expect("read"))
+        .expect("write");
+    std::fs::write(dir.path().join("c.key"), std::fs::read(pki.file("client.key").expect("k")).expect("read"))
+        .expect("write");
+    std::fs::write(dir.path().join("broken.pem"), "not a certificate").expect("write");
+    let files = "tls_ca = \"ca.pem\"\ntls_client_cert = \"c.pem\"\ntls_client_key = \"c.key\"";
+    let path = dir.path().join("lotse.toml");
+    let good = queue("amqps://lotse:pw@broker.example/%2f", files).replace(
+        "kind = \"http\"\nurl = \"http://127.0.0.1:9000/in\"",
+        &format!("kind = \"amqp\"\nurl = \"amqps://a@b.example/%2f\"\nrouting_key = \"k\"\n{files}"),
+    );
+    std::fs::write(&path, &good).expect("write");
+    let c = Config::load_with_env(&path, &|_| None).expect("good TLS files load");
+    assert_eq!(c.raw.queue.tls_ca, Some(dir.path().join("ca.pem")), "resolved against the config file");
+    let tls = c.raw.queue.tls().expect("read");
+    assert_eq!(tls.cert_chain.as_deref().map(str::as_bytes), Some(ca.as_slice()));
+    assert!(tls.identity.is_some(), "the client certificate is used");
+    assert!(c.endpoint("bauamt").expect("endpoint").amqp_tls().expect("read").identity.is_some());
+
+    std::fs::write(&path, good.replacen("tls_ca = \"ca.pem\"", "tls_ca = \"broken.pem\"", 1)).expect("write");
+    let err = format!("{:#}", Config::load_with_env(&path, &|_| None).expect_err("a broken CA file"));
+    assert!(err.contains("`queue`") && err.contains("broken.pem") && err.contains("holds no certificate"), "{err}");
+    std::fs::write(&path, good.replacen("tls_client_key = \"c.key\"", "tls_client_key = \"ca.pem\"", 1))
+        .expect("write");
+    let err = format!("{:#}", Config::load_with_env(&path, &|_| None).expect_err("a certificate as the key"));
+    assert!(err.contains("is not a PEM private key"), "{err}");
+}
+
 /// A file endpoint needs a folder and no url; an http endpoint needs a url and no folder; the
 /// folder is relative to the config file.
 #[test]

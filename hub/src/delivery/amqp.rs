@@ -28,21 +28,24 @@ pub struct AmqpTransport {
     exchange: String,
     routing_key: String,
     timeout: Duration,
+    /// CAs and client certificate for an `amqps://` URL (`tls_*`).
+    tls: lapin::tcp::OwnedTLSConfig,
     /// The open connection and its confirming channel; `None` until the first attempt and after
     /// a failure.
     session: tokio::sync::Mutex<Option<(Connection, Channel)>>,
 }
 
 impl AmqpTransport {
-    pub fn new(endpoint: &EndpointConfig) -> AmqpTransport {
-        AmqpTransport {
+    pub fn new(endpoint: &EndpointConfig) -> anyhow::Result<AmqpTransport> {
+        Ok(AmqpTransport {
             name: endpoint.name.clone(),
             url: endpoint.url.clone(),
+            tls: endpoint.amqp_tls()?,
             exchange: endpoint.exchange.clone().unwrap_or_default(),
             routing_key: endpoint.routing_key.clone().unwrap_or_default(),
             timeout: endpoint.timeout,
             session: tokio::sync::Mutex::new(None),
-        }
+        })
     }
 
     /// A confirming channel on a live connection, opening one if needed. Errors never carry
@@ -60,7 +63,11 @@ impl AmqpTransport {
         // Every step bounded by the endpoint's timeout, the session lock held meanwhile: a
         // broker that accepts the connection and then stops answering must not stall every
         // attempt of the endpoint (and shutdown) until heartbeats notice.
-        let conn = tokio::time::timeout(self.timeout, Connection::connect(&self.url, props))
+        let connect = async {
+            let runtime = lapin::runtime::default_runtime()?;
+            lapin::Connect::connect_with_config(self.url.as_str(), props, self.tls.clone(), runtime).await
+        };
+        let conn = tokio::time::timeout(self.timeout, connect)
             .await
             .map_err(|_| format!("no connection to the broker within {:?}", self.timeout))?
             .map_err(|e| format!("cannot connect to the broker: {e}"))?;
@@ -184,19 +191,25 @@ mod tests {
         }
     }
 
+    /// A fresh queue of the agency's, and a channel to read it.
+    async fn agency_queue(conn: &Connection) -> (String, Channel) {
+        let queue = format!("lotse-test-agency-{}", uuid::Uuid::new_v4().simple());
+        let ch = conn.create_channel().await.expect("channel");
+        ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), FieldTable::default())
+            .await
+            .expect("the agency's queue");
+        (queue, ch)
+    }
+
     /// A delivery arrives in the agency's queue with its bytes, id and Lotse headers; a routing
     /// key no queue is bound to is a transient failure (the message came back), and the
     /// transport keeps working after it.
     #[tokio::test]
     async fn a_delivery_lands_in_the_agencys_queue_and_an_unroutable_one_is_retried() {
         let Some((url, conn)) = broker().await else { return };
-        let queue = format!("lotse-test-agency-{}", uuid::Uuid::new_v4().simple());
-        let ch = conn.create_channel().await.expect("channel");
-        ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), FieldTable::default())
-            .await
-            .expect("the agency's queue");
+        let (queue, ch) = agency_queue(&conn).await;
 
-        let transport = AmqpTransport::new(&endpoint(&url, &queue));
+        let transport = AmqpTransport::new(&endpoint(&url, &queue)).expect("transport");
         let lease = Lease {
             attempt: 2,
             ..crate::delivery::sample_lease(
@@ -228,7 +241,7 @@ mod tests {
         assert_eq!(header("lotse-attempt").as_deref(), Some("2"));
         got.acker.ack(BasicAckOptions::default()).await.expect("ack");
 
-        let lost = AmqpTransport::new(&endpoint(&url, &format!("{queue}-missing")));
+        let lost = AmqpTransport::new(&endpoint(&url, &format!("{queue}-missing"))).expect("transport");
         match lost.send(&lease).await {
             AttemptResult::Transient { error, .. } => {
                 assert!(error.contains("no queue took the message") && !error.contains("guest"), "{error}")
@@ -242,11 +255,48 @@ mod tests {
     /// No broker there: transient, and the message does not show the URL's password.
     #[tokio::test]
     async fn no_broker_is_transient_without_the_password() {
-        let transport = AmqpTransport::new(&endpoint("amqp://lotse:s3cret@127.0.0.1:1/%2f", "q"));
+        let transport = AmqpTransport::new(&endpoint("amqp://lotse:s3cret@127.0.0.1:1/%2f", "q")).expect("transport");
         let lease = crate::delivery::sample_lease("application/xml", "<a/>", None);
         match transport.send(&lease).await {
             AttemptResult::Transient { error, .. } => assert!(!error.contains("s3cret"), "{error}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// An agency's broker on its own PKI over `amqps://`, wanting a client certificate (the
+    /// local RabbitMQ behind a TLS front that verifies one): with `tls_ca` and the client
+    /// certificate the delivery lands in the agency's queue; without the certificate, or
+    /// without the CA, the attempt fails (transient: the agency or the config can be fixed).
+    #[tokio::test]
+    async fn amqps_to_an_agencys_broker_on_its_own_pki() {
+        let Some((url, conn)) = broker().await else { return };
+        let (queue, ch) = agency_queue(&conn).await;
+        let pki = crate::testing_pki::Pki::new();
+        let amqps = pki.amqps_front(&url).await.expect("a TLS front for the broker");
+
+        let lease = crate::delivery::sample_lease("application/xml", "<gewerbeanzeige/>", None);
+        let cases = [
+            ("CA and client certificate", pki.file("ca.pem"), pki.file("client.pem"), pki.file("client.key"), None),
+            ("no client certificate", pki.file("ca.pem"), None, None, Some("CertificateRequired")),
+            ("the system's CAs only", None, pki.file("client.pem"), pki.file("client.key"), Some("UnknownIssuer")),
+        ];
+        for (case, tls_ca, tls_client_cert, tls_client_key, refused) in cases {
+            let endpoint = EndpointConfig { tls_ca, tls_client_cert, tls_client_key, ..endpoint(&amqps, &queue) };
+            let transport = AmqpTransport::new(&endpoint).expect("transport");
+            match (transport.send(&lease).await, refused) {
+                (AttemptResult::Delivered { via: Handover::Amqp }, None) => {}
+                (AttemptResult::Transient { error, .. }, Some(why)) if error.contains(why) => {
+                    assert!(!error.contains("guest"), "{case}: the password is in the error: {error}")
+                }
+                (other, _) => panic!("{case}: {other:?}"),
+            }
+        }
+        let got = ch
+            .basic_get(queue.as_str().into(), lapin::options::BasicGetOptions { no_ack: true })
+            .await
+            .expect("get")
+            .expect("the delivery sent over amqps is in the agency's queue");
+        assert_eq!(got.delivery.data, b"<gewerbeanzeige/>");
+        let _ = ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
     }
 }

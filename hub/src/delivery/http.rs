@@ -228,89 +228,12 @@ mod tests {
         }
     }
 
-    /// A receiver on an administration's own PKI that wants a client certificate (mutual TLS).
-    struct Pki {
-        dir: tempfile::TempDir,
-        server: std::sync::Arc<rustls::ServerConfig>,
-    }
-
-    impl Pki {
-        fn new() -> Pki {
-            use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-            use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-
-            let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
-            ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            ca.distinguished_name.push(DnType::CommonName, "Test-Verwaltungs-PKI");
-            let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("key")).expect("CA");
-            let server_key = KeyPair::generate().expect("key");
-            let server_cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
-                .expect("params")
-                .signed_by(&server_key, &ca)
-                .expect("server certificate");
-            let client_key = KeyPair::generate().expect("key");
-            let mut client = CertificateParams::new(Vec::<String>::new()).expect("params");
-            client.distinguished_name.push(DnType::CommonName, "lotse");
-            let client_cert = client.signed_by(&client_key, &ca).expect("client certificate");
-
-            let dir = tempfile::tempdir().expect("tempdir");
-            std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("write");
-            std::fs::write(dir.path().join("client.pem"), client_cert.pem()).expect("write");
-            std::fs::write(dir.path().join("client.key"), client_key.serialize_pem()).expect("write");
-
-            let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-            let mut roots = rustls::RootCertStore::empty();
-            roots.add(ca.der().clone()).expect("CA root");
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                std::sync::Arc::new(roots),
-                provider.clone(),
-            )
-            .build()
-            .expect("client verifier");
-            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der()));
-            let server = rustls::ServerConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .expect("protocol versions")
-                .with_client_cert_verifier(verifier)
-                .with_single_cert(vec![server_cert.der().clone()], key)
-                .expect("server config");
-            Pki { dir, server: std::sync::Arc::new(server) }
-        }
-
-        fn file(&self, name: &str) -> Option<std::path::PathBuf> {
-            Some(self.dir.path().join(name))
-        }
-
-        /// An HTTPS receiver answering 200 to every request over a verified client certificate.
-        async fn receiver(&self) -> std::net::SocketAddr {
-            use hyper_util::rt::{TokioExecutor, TokioIo};
-            use hyper_util::service::TowerToHyperService;
-
-            let acceptor = tokio_rustls::TlsAcceptor::from(self.server.clone());
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let addr = listener.local_addr().expect("addr");
-            let app = axum::Router::new().fallback(|| async { StatusCode::OK });
-            tokio::spawn(async move {
-                while let Ok((tcp, _)) = listener.accept().await {
-                    let (acceptor, app) = (acceptor.clone(), app.clone());
-                    tokio::spawn(async move {
-                        // A client without an acceptable certificate fails here.
-                        let Ok(tls) = acceptor.accept(tcp).await else { return };
-                        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                        let _ = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(app)).await;
-                    });
-                }
-            });
-            addr
-        }
-    }
-
     /// An endpoint with `tls_ca` and a client certificate reaches a receiver on its own PKI
     /// that demands one; without the client certificate, or trusting the system's CAs instead
     /// of `tls_ca`, the attempt fails (transient: the receiver or the config can be fixed).
     #[tokio::test]
     async fn mutual_tls_to_a_receiver_on_its_own_pki() {
-        let pki = Pki::new();
+        let pki = crate::testing_pki::Pki::new();
         let addr = pki.receiver().await;
         let url = format!("https://127.0.0.1:{}/eingang", addr.port());
         let cases = [

@@ -150,7 +150,7 @@ impl Transport {
                 anyhow::bail!("endpoint `{}`: `kind = \"file\"` needs a `path`", endpoint.name)
             }
             (EndpointKind::Http, _) => Transport::Http(http::HttpTransport::new(endpoint)?),
-            (EndpointKind::Amqp, _) => Transport::Amqp(Box::new(amqp::AmqpTransport::new(endpoint))),
+            (EndpointKind::Amqp, _) => Transport::Amqp(Box::new(amqp::AmqpTransport::new(endpoint)?)),
             (EndpointKind::Mailbox, _) => {
                 anyhow::bail!("endpoint `{}`: a mailbox is fetched from, not sent to", endpoint.name)
             }

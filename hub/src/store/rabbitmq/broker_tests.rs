@@ -768,3 +768,66 @@ async fn unreadable_record(store: &RabbitStore) -> anyhow::Result<()> {
     anyhow::ensure!(skipped == 1, "{skipped} unreadable records counted, not 1");
     Ok(())
 }
+
+/// `amqps://` to a broker on an administration's own PKI that demands a client certificate
+/// (here the local RabbitMQ behind a TLS front that verifies one): with the CA and the client
+/// certificate of `[queue]`, the store starts and works; without the client certificate, or
+/// without the CA, the start fails and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_over_amqps_with_the_administrations_ca_and_a_client_certificate() -> anyhow::Result<()> {
+    // Only to skip without a broker (and fail without one under CI).
+    let Some((probe, url, probe_prefix)) = open().await? else { return Ok(()) };
+    probe.close().await;
+    RabbitStore::delete_topology(&url, &probe_prefix, &[ENDPOINT.to_owned()]).await?;
+
+    let pki = crate::testing_pki::Pki::new();
+    let amqps = pki.amqps_front(&url).await?;
+    let tls = |ca: Option<std::path::PathBuf>, cert: Option<std::path::PathBuf>, key: Option<std::path::PathBuf>| {
+        crate::config::amqp_tls(ca.as_deref(), cert.as_deref(), key.as_deref())
+    };
+    let endpoints = [ENDPOINT.to_owned()];
+
+    let prefix = format!("lotse-test-{}", Uuid::new_v4().simple());
+    let full = tls(pki.file("ca.pem"), pki.file("client.pem"), pki.file("client.key"))?;
+    let store = RabbitStore::open_tls(&amqps, &prefix, &endpoints, &[], full).await?;
+    let worked = async {
+        let s = submission(&[], &[ENDPOINT]);
+        store.intake(s.clone()).await?;
+        let lease = store.lease(ENDPOINT, 1, Duration::from_secs(15)).await?.pop().expect("leased over amqps");
+        anyhow::ensure!(lease.submission_id == s.id, "leased another submission");
+        store.settle(lease, Outcome::Delivered { via: Handover::Http(200) }).await?;
+        let state = store.delivery(s.deliveries[0].id).await?.map(|v| v.state);
+        anyhow::ensure!(state == Some(DeliveryState::Delivered), "the delivery is {state:?}");
+        anyhow::Ok(())
+    }
+    .await;
+    store.close().await;
+    RabbitStore::delete_topology(&url, &prefix, &endpoints).await?;
+    worked?;
+
+    for (case, config, why) in [
+        ("no client certificate", tls(pki.file("ca.pem"), None, None)?, "CertificateRequired"),
+        ("the system's CAs only", tls(None, pki.file("client.pem"), pki.file("client.key"))?, "UnknownIssuer"),
+    ] {
+        let prefix = format!("lotse-test-{}", Uuid::new_v4().simple());
+        let started = std::time::Instant::now();
+        let opened = RabbitStore::open_tls(&amqps, &prefix, &endpoints, &[], config).await;
+        let _ = RabbitStore::delete_topology(&url, &prefix, &endpoints).await;
+        match opened {
+            Ok(store) => {
+                store.close().await;
+                anyhow::bail!("{case}: the store started");
+            }
+            Err(e) => {
+                let e = format!("{e:#}");
+                anyhow::ensure!(e.contains(why), "{case}: the error does not say `{why}`: {e}");
+                anyhow::ensure!(!e.contains("guest:guest"), "{case}: the password is in the error: {e}");
+                anyhow::ensure!(e.contains("tls_ca"), "{case}: the error does not name the setting: {e}");
+                // A lasting refusal stops the start at once (others are retried for 15 s).
+                let waited = started.elapsed();
+                anyhow::ensure!(waited < Duration::from_secs(10), "{case}: the start tried for {waited:?}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -97,6 +97,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions,
 };
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -169,6 +170,8 @@ pub struct RabbitStore {
 
 struct Shared {
     url: String,
+    /// CAs and client certificate for an `amqps://` URL (empty: the system's CAs, no certificate).
+    tls: OwnedTLSConfig,
     names: Names,
     endpoints: Vec<String>,
     /// Endpoints whose work is taken from the broker only when a lease asks (mailboxes).
@@ -270,7 +273,7 @@ pub async fn connect(
     _data_dir: &std::path::Path,
 ) -> anyhow::Result<RabbitStore> {
     let url = queue.url.clone().ok_or_else(|| anyhow::anyhow!("`queue.url` is required for RabbitMQ"))?;
-    RabbitStore::open_pulling(&url, &queue.prefix, endpoints, pulled).await
+    RabbitStore::open_tls(&url, &queue.prefix, endpoints, pulled, queue.tls()?).await
 }
 
 impl RabbitStore {
@@ -288,6 +291,18 @@ impl RabbitStore {
         endpoints: &[String],
         pulled: &[String],
     ) -> anyhow::Result<RabbitStore> {
+        RabbitStore::open_tls(url, prefix, endpoints, pulled, OwnedTLSConfig::default()).await
+    }
+
+    /// As [`RabbitStore::open_pulling`], with the CAs and client certificate of an `amqps://`
+    /// connection ([`crate::config::QueueConfig::tls`]).
+    pub async fn open_tls(
+        url: &str,
+        prefix: &str,
+        endpoints: &[String],
+        pulled: &[String],
+        tls: OwnedTLSConfig,
+    ) -> anyhow::Result<RabbitStore> {
         let names = Names::new(prefix);
         for name in names.all(endpoints) {
             short(&name).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -302,6 +317,7 @@ impl RabbitStore {
         let (shutdown, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             url: url.to_owned(),
+            tls,
             names,
             endpoints: endpoints.to_vec(),
             pulled: pulled.to_vec(),

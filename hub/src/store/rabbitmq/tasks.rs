@@ -80,10 +80,14 @@ pub(super) type Tasks = Vec<tokio::task::JoinHandle<()>>;
 pub(super) async fn open_session(shared: &Arc<Shared>, id: u64) -> Result<(Arc<Session>, Tasks), SessionError> {
     let props = ConnectionProperties::default()
         .with_connection_name(format!("lotse {} pid {}", shared.names.events(), std::process::id()).into());
-    let conn = tokio::time::timeout(CONFIRM_TIMEOUT, Connection::connect(&shared.url, props))
+    let connect = async {
+        let runtime = lapin::runtime::default_runtime()?;
+        lapin::Connect::connect_with_config(shared.url.as_str(), props, shared.tls.clone(), runtime).await
+    };
+    let conn = tokio::time::timeout(CONFIRM_TIMEOUT, connect)
         .await
         .map_err(|_| format!("no answer within {CONFIRM_TIMEOUT:?}"))?
-        .map_err(connect_failed)?;
+        .map_err(|e| connect_failed(e, shared.url.starts_with("amqps://")))?;
     // Outside `setup`, so a failed setup can stop what it had started (the fold) at once
     // instead of leaving it to end with the connection.
     let mut tasks: Tasks = Vec::new();
@@ -179,7 +183,7 @@ pub(super) async fn open_session(shared: &Arc<Shared>, id: u64) -> Result<(Arc<S
 /// A failed connect. A login the broker refuses (403 `ACCESS_REFUSED`) or a virtual host it
 /// does not let the user into (530 `NOT_ALLOWED`: none of that name, or no permissions there)
 /// stays so until an operator changes the URL or the broker's users: lasting.
-fn connect_failed(e: lapin::Error) -> SessionError {
+fn connect_failed(e: lapin::Error, tls: bool) -> SessionError {
     let lasting = |message: String| SessionError { message, lasting: true };
     match e.kind() {
         lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 403 => lasting(format!(
@@ -190,6 +194,12 @@ fn connect_failed(e: lapin::Error) -> SessionError {
             "RabbitMQ does not let this user into the virtual host of `[queue] url`: it does not exist, or the \
              user has no permissions there ({})",
             amqp.get_message()
+        )),
+        // rustls reports a failed handshake (a certificate not trusted, none shown where the
+        // broker wants one) as invalid data: only the operator can fix the files or the broker.
+        lapin::ErrorKind::IOError(io) if tls && io.kind() == std::io::ErrorKind::InvalidData => lasting(format!(
+            "the TLS handshake with RabbitMQ failed: check `[queue] tls_ca` (the CA of the broker's certificate) \
+             and `tls_client_cert`/`tls_client_key` if the broker wants a client certificate ({io})"
         )),
         _ => SessionError::from(e.to_string()),
     }
