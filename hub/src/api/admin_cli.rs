@@ -168,7 +168,8 @@ pub async fn run(args: DeliveriesArgs) -> anyhow::Result<ExitCode> {
                     "{:<36}  {:<9}  {:>8}  {:<16}  {}",
                     d["id"].as_str().unwrap_or(""),
                     d["state"].as_str().unwrap_or(""),
-                    d["attempts"],
+                    // As text: a JSON value's Display ignores the column's width.
+                    d["attempts"].as_u64().map_or_else(String::new, |n| n.to_string()),
                     d["endpoint"].as_str().unwrap_or(""),
                     d["last_error"].as_str().unwrap_or("")
                 );
