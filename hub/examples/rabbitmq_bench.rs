@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use hub::store::rabbitmq::RabbitStore;
+use hub::store::rabbitmq::{OpenOptions, RabbitStore};
 use hub::store::{DeliveryId, Intake, NewDelivery, NewSubmission, Store, SubmissionId, now_millis};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -39,6 +39,8 @@ struct Args {
     rounds: usize,
     /// `raw` or `store`: run only that side (for profiling), no ratio.
     only: Option<String>,
+    /// After each store run, also time saving the index snapshot and a start from it.
+    snapshot: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -48,17 +50,22 @@ fn args() -> anyhow::Result<Args> {
         in_flight: 256,
         rounds: 3,
         only: None,
+        snapshot: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--help" || flag == "-h" {
             println!(
-                "usage: rabbitmq_bench [--url AMQP_URL] [-n 20000] [--in-flight 256] [--rounds 3] [--only raw|store]\n\
+                "usage: rabbitmq_bench [--url AMQP_URL] [-n 20000] [--in-flight 256] [--rounds 3] [--only raw|store] [--snapshot]\n\
                  Accepted submissions/s and p99 through the RabbitMQ store next to raw lapin publishing\n\
                  the same 4 KiB messages with confirms (the ceiling). The broker is LOTSE_TEST_AMQP_URL\n\
                  (default amqp://guest:guest@127.0.0.1:5672/%2f) unless --url is given."
             );
             std::process::exit(0);
+        }
+        if flag == "--snapshot" {
+            a.snapshot = true;
+            continue;
         }
         let value = it.next().with_context(|| format!("`{flag}` needs a value"))?;
         match flag.as_str() {
@@ -285,6 +292,25 @@ async fn store_run(args: &Args, prefix: &str, endpoints: &[String]) -> anyhow::R
     let submissions = again.counts().await?.submissions;
     println!("  (a new process read the stream of {submissions} submissions in {:?})", t.elapsed());
     again.close().await;
+    if args.snapshot {
+        // The same start from the index a stopped process saved (`OpenOptions::snapshot`).
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("index.json");
+        let options = || OpenOptions { snapshot: Some(path.clone()), ..OpenOptions::default() };
+        let first = RabbitStore::open_with(&args.url, prefix, endpoints, options()).await?;
+        let t = Instant::now();
+        first.close().await;
+        let saved = t.elapsed();
+        let size = std::fs::metadata(&path)?.len();
+        let t = Instant::now();
+        let from_snapshot = RabbitStore::open_with(&args.url, prefix, endpoints, options()).await?;
+        let loaded = t.elapsed();
+        let known = from_snapshot.counts().await?.submissions;
+        from_snapshot.close().await;
+        println!(
+            "  (its index snapshot: {size} bytes, saved in {saved:?}; a start from it knew {known} submissions in {loaded:?})"
+        );
+    }
     Ok(run)
 }
 

@@ -29,6 +29,7 @@ impl Running {
     pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
+        self.store.close().await;
     }
 
     /// Waits until the hub stops (for `serve`, after a signal).

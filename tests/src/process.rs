@@ -114,6 +114,18 @@ impl Hub {
         Ok(())
     }
 
+    /// SIGTERM (a graceful stop: attempts in flight finish, the store closes) and wait up to
+    /// 30 s for the exit; true when it exited 0.
+    pub async fn terminate(&mut self) -> anyhow::Result<bool> {
+        let pid = self.child.id().context("the process has ended")?.to_string();
+        let sent = std::process::Command::new("kill").args(["-TERM", &pid]).status().context("kill -TERM")?;
+        anyhow::ensure!(sent.success(), "kill -TERM {pid} failed");
+        let status = tokio::time::timeout(std::time::Duration::from_secs(30), self.child.wait())
+            .await
+            .context("no exit within 30 s of SIGTERM")??;
+        Ok(status.success())
+    }
+
     /// The last lines of this process's log, for failure messages.
     pub fn log_tail(&self) -> String {
         tail(&self.log)

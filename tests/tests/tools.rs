@@ -280,7 +280,7 @@ async fn status_command_says_whether_the_hub_takes_submissions_and_what_it_holds
 /// On RabbitMQ the status shows the process's link to the broker, and says "not ready" with the
 /// reason (exit 1) while a broker resource alarm blocks publishing, and ready again after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_command_on_rabbitmq_shows_the_broker_link_and_a_resource_alarm() {
+async fn status_command_on_rabbitmq_shows_the_broker_link_an_alarm_and_a_start_from_the_snapshot() {
     on_rabbitmq("status", &["a"], status_on_rabbitmq).await;
 }
 
@@ -309,6 +309,19 @@ async fn status_on_rabbitmq(queue: String) {
     let out = status_until(&hub, Duration::from_secs(20), |code, _| code == Some(0)).await;
     assert!(out.contains("connected, not blocked"), "{out}");
     let _ = submit.await;
+
+    // A graceful stop saves the index; the next start reads the stream from there.
+    let mut hub = hub;
+    assert!(hub.terminate().await.expect("stops"), "exit 0 on SIGTERM: {}", hub.log_tail());
+    let data = dir.path().join("data");
+    let snapshots = std::fs::read_dir(&data)
+        .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".index.json")).count())
+        .unwrap_or(0);
+    assert_eq!(snapshots, 1, "no index snapshot in {}: {}", data.display(), hub.log_tail());
+    let hub = dir.start().await.expect("lotse serve starts again");
+    let (code, out) = status(&hub).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("started from its index snapshot at offset"), "{out}");
 }
 
 /// Pending deliveries whose endpoint was taken out of the config are named when the hub starts

@@ -296,6 +296,9 @@ pub async fn run_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         if number("rereads") > 0 {
             link.push(format!("read it again {} time(s) since start", number("rereads")));
         }
+        if number("started_at_offset") > 0 {
+            link.push(format!("started from its index snapshot at offset {}", number("started_at_offset")));
+        }
         if number("unreadable_records") > 0 {
             link.push(format!(
                 "SKIPPED {} event record(s) it cannot read (written by a later version? upgrade this process)",

@@ -114,4 +114,9 @@ pub trait Store: Send + Sync + 'static {
     fn broker(&self) -> Option<BrokerStatus> {
         None
     }
+
+    /// The process stops (after its workers and servers did): the RabbitMQ store closes its
+    /// connection and saves its index for a faster next start. Nothing to do for the embedded
+    /// store, whose every write is durable when it is answered.
+    async fn close(&self) {}
 }

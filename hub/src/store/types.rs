@@ -506,4 +506,7 @@ pub struct BrokerStatus {
     /// later version of Lotse, or not by Lotse): more than 0 means its status may differ from
     /// that of processes that read them. Upgrade it.
     pub unreadable_records: u64,
+    /// The stream offset this process's start read from: 0 when it read the whole stream, more
+    /// when it started from the index it saved when it last stopped (its snapshot).
+    pub started_at_offset: u64,
 }

@@ -789,7 +789,7 @@ async fn rabbitmq_over_amqps_with_the_administrations_ca_and_a_client_certificat
 
     let prefix = format!("lotse-test-{}", Uuid::new_v4().simple());
     let full = tls(pki.file("ca.pem"), pki.file("client.pem"), pki.file("client.key"))?;
-    let store = RabbitStore::open_tls(&amqps, &prefix, &endpoints, &[], full).await?;
+    let store = RabbitStore::open_with(&amqps, &prefix, &endpoints, tls_only(full)).await?;
     let worked = async {
         let s = submission(&[], &[ENDPOINT]);
         store.intake(s.clone()).await?;
@@ -811,7 +811,7 @@ async fn rabbitmq_over_amqps_with_the_administrations_ca_and_a_client_certificat
     ] {
         let prefix = format!("lotse-test-{}", Uuid::new_v4().simple());
         let started = std::time::Instant::now();
-        let opened = RabbitStore::open_tls(&amqps, &prefix, &endpoints, &[], config).await;
+        let opened = RabbitStore::open_with(&amqps, &prefix, &endpoints, tls_only(config)).await;
         let _ = RabbitStore::delete_topology(&url, &prefix, &endpoints).await;
         match opened {
             Ok(store) => {
@@ -828,6 +828,163 @@ async fn rabbitmq_over_amqps_with_the_administrations_ca_and_a_client_certificat
                 anyhow::ensure!(waited < Duration::from_secs(10), "{case}: the start tried for {waited:?}");
             }
         }
+    }
+    Ok(())
+}
+
+fn tls_only(tls: lapin::tcp::OwnedTLSConfig) -> super::OpenOptions {
+    super::OpenOptions { tls, ..super::OpenOptions::default() }
+}
+
+/// A store that closed saved its index; opened again, it reads only the stream written since
+/// (here by another process) and answers exactly as a process that read the whole stream:
+/// every submission's status and log, the listings, the counts, dedup and pauses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_a_closed_store_starts_again_from_its_snapshot() -> anyhow::Result<()> {
+    let Some((probe, url, prefix)) = open().await? else { return Ok(()) };
+    probe.close().await;
+    let result = from_snapshot(&url, &prefix).await;
+    RabbitStore::delete_topology(&url, &prefix, &[ENDPOINT.to_owned()]).await?;
+    result
+}
+
+fn with_snapshot(path: &std::path::Path) -> super::OpenOptions {
+    super::OpenOptions { snapshot: Some(path.to_owned()), ..super::OpenOptions::default() }
+}
+
+/// Everything a process answers about these submissions, as JSON, to compare two processes.
+async fn answers(store: &RabbitStore, ids: &[crate::store::SubmissionId]) -> anyhow::Result<serde_json::Value> {
+    let mut submissions = Vec::new();
+    for id in ids {
+        submissions.push(store.submission(*id).await?);
+    }
+    let all = store.deliveries(&crate::store::DeliveryFilter::default()).await?;
+    Ok(serde_json::json!({
+        "submissions": submissions,
+        "deliveries": all,
+        "counts": store.counts().await?,
+        "pauses": store.pauses(),
+    }))
+}
+
+async fn from_snapshot(url: &str, prefix: &str) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = super::snapshot::path(dir.path(), prefix);
+    let endpoints = [ENDPOINT.to_owned()];
+    let a = RabbitStore::open_with(url, prefix, &endpoints, with_snapshot(&path)).await?;
+    anyhow::ensure!(a.broker().map(|b| b.started_at_offset) == Some(0), "no snapshot yet, but started after 0");
+    let first = submission(&["idem:snapshot:first"], &[ENDPOINT]);
+    let mut ids = vec![first.id];
+    a.intake(first.clone()).await?;
+    for _ in 0..3 {
+        let s = submission(&[], &[ENDPOINT]);
+        ids.push(s.id);
+        a.intake(s).await?;
+    }
+    let mut leased = a.lease(ENDPOINT, 3, Duration::from_secs(15)).await?;
+    while leased.len() < 3 {
+        leased.extend(a.lease(ENDPOINT, 3 - leased.len(), Duration::from_secs(15)).await?);
+    }
+    let mut leased = leased.into_iter();
+    let (delivered, dead, retried) = (leased.next(), leased.next(), leased.next());
+    a.settle(delivered.expect("leased"), Outcome::Delivered { via: Handover::Http(200) }).await?;
+    a.settle(dead.expect("leased"), Outcome::Dead { error: "HTTP 400".into() }).await?;
+    let retried = retried.expect("leased");
+    a.settle(retried, Outcome::Retry { not_before: now_millis() + 3_600_000, error: "HTTP 503".into() }).await?;
+    a.set_paused(ENDPOINT, true, "ops", Some("maintenance")).await?;
+    a.close().await;
+    anyhow::ensure!(path.exists(), "no snapshot at {} after close", path.display());
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path)?.permissions().mode() & 0o777;
+        anyhow::ensure!(mode == 0o600, "the snapshot is readable by others: {mode:o}");
+    }
+
+    // Another process writes while this one is stopped.
+    let b = RabbitStore::open(url, prefix, &endpoints).await?;
+    let later = submission(&[], &[ENDPOINT]);
+    ids.push(later.id);
+    b.intake(later).await?;
+    b.close().await;
+
+    let again = RabbitStore::open_with(url, prefix, &endpoints, with_snapshot(&path)).await?;
+    let whole = RabbitStore::open(url, prefix, &endpoints).await?;
+    let checked = async {
+        let started = again.broker().map_or(0, |b| b.started_at_offset);
+        anyhow::ensure!(started > 0, "the start read the whole stream, not from the snapshot");
+        anyhow::ensure!(whole.broker().map(|b| b.started_at_offset) == Some(0), "the full read started after 0");
+        let (from_snapshot, from_stream) = (answers(&again, &ids).await?, answers(&whole, &ids).await?);
+        anyhow::ensure!(
+            from_snapshot == from_stream,
+            "from the snapshot: {from_snapshot:#}\nfrom the whole stream: {from_stream:#}"
+        );
+        anyhow::ensure!(
+            from_snapshot["submissions"].as_array().is_some_and(|s| s.iter().all(|s| !s.is_null())),
+            "a submission is unknown: {from_snapshot:#}"
+        );
+        anyhow::ensure!(!again.pauses().is_empty(), "the pause was lost");
+        // Dedup holds across the snapshot: the first key is still taken.
+        let resent = submission(&["idem:snapshot:first"], &[ENDPOINT]);
+        match again.intake(resent).await? {
+            Intake::Duplicate(r) if r.submission_id == first.id => {}
+            other => anyhow::bail!("a resend after the snapshot was {other:?}"),
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    again.close().await;
+    whole.close().await;
+    checked
+}
+
+/// A snapshot the stream no longer matches (the stream was deleted and written anew under the
+/// same prefix) is not used: the start reads the stream from its beginning and knows only what
+/// it holds now. A file that is no snapshot is ignored the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_a_snapshot_the_stream_no_longer_matches_is_not_used() -> anyhow::Result<()> {
+    let Some((probe, url, prefix)) = open().await? else { return Ok(()) };
+    probe.close().await;
+    let result = stale_snapshot(&url, &prefix).await;
+    RabbitStore::delete_topology(&url, &prefix, &[ENDPOINT.to_owned()]).await?;
+    result
+}
+
+async fn stale_snapshot(url: &str, prefix: &str) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = super::snapshot::path(dir.path(), prefix);
+    let endpoints = [ENDPOINT.to_owned()];
+    let a = RabbitStore::open_with(url, prefix, &endpoints, with_snapshot(&path)).await?;
+    let old = submission(&[], &[ENDPOINT]);
+    a.intake(old.clone()).await?;
+    a.close().await;
+    anyhow::ensure!(path.exists(), "no snapshot after close");
+    let saved = std::fs::read(&path)?;
+
+    RabbitStore::delete_topology(url, prefix, &endpoints).await?;
+    let b = RabbitStore::open(url, prefix, &endpoints).await?;
+    let new = submission(&[], &[ENDPOINT]);
+    b.intake(new.clone()).await?;
+    b.close().await;
+
+    let again = RabbitStore::open_with(url, prefix, &endpoints, with_snapshot(&path)).await?;
+    let checked = async {
+        anyhow::ensure!(again.submission(old.id).await?.is_none(), "the old stream's submission is still known");
+        anyhow::ensure!(again.submission(new.id).await?.is_some(), "the new stream's submission is unknown");
+        let started = again.broker().map_or(u64::MAX, |b| b.started_at_offset);
+        anyhow::ensure!(started == 0, "reported a start at offset {started}");
+        anyhow::Ok(())
+    }
+    .await;
+    again.close().await;
+    checked?;
+
+    for junk in [b"not a snapshot".to_vec(), saved.iter().take(saved.len() / 2).copied().collect()] {
+        std::fs::write(&path, junk)?;
+        let store = RabbitStore::open_with(url, prefix, &endpoints, with_snapshot(&path)).await?;
+        let known = store.submission(new.id).await?.is_some();
+        let started = store.broker().map_or(u64::MAX, |b| b.started_at_offset);
+        store.close().await;
+        anyhow::ensure!(known && started == 0, "with a broken snapshot: known {known}, started at {started}");
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 use uuid::Uuid;
 
@@ -56,7 +57,7 @@ pub enum Claim {
 }
 
 /// A dead delivery's copy, kept so any node can replay it with the same bytes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeadCopy {
     pub payload: Bytes,
     pub content_type: String,
@@ -71,6 +72,7 @@ pub enum ReplaySource {
     Dead { submission_id: SubmissionId, endpoint: String, attempts: u32, generation: u32, copy: DeadCopy },
 }
 
+#[derive(Serialize, Deserialize)]
 struct Submission {
     record: SubmittedRecord,
     queued: bool,
@@ -84,12 +86,14 @@ struct Submission {
 /// routed, one per note) come from the claim; an outcome is one entry here and two events in
 /// the log (the attempt, then what followed it). So a submission no attempt has reached keeps
 /// no log entries at all, and a delivered one keeps one (64 bytes) where four events were kept.
+#[derive(Serialize, Deserialize)]
 struct Entry {
     at: Millis,
     delivery_id: DeliveryId,
     fact: Fact,
 }
 
+#[derive(Serialize, Deserialize)]
 enum Fact {
     /// Attempt `attempt` handed the message over: `attempt`, then `delivered`.
     Delivered { attempt: u32, via: Handover },
@@ -101,6 +105,7 @@ enum Fact {
     Replayed { detail: String },
 }
 
+#[derive(Serialize, Deserialize)]
 struct Delivery {
     submission_id: SubmissionId,
     endpoint: String,
@@ -122,7 +127,10 @@ struct Delivery {
     dead: Option<Box<DeadCopy>>,
 }
 
-#[derive(Default)]
+/// Serialized as it is for a snapshot ([`super::snapshot`]): the fold depends only on the
+/// records and their order, so an index saved after offset `n` and then fed the stream from `n`
+/// on is the index of the whole stream.
+#[derive(Default, Serialize, Deserialize)]
 pub struct Index {
     /// Boxed: a submission is a few hundred bytes, and the map moves every entry when it grows.
     /// Inline, each doubling copied the whole index (with a stall for every intake waiting on
@@ -132,6 +140,7 @@ pub struct Index {
     /// Ordered by id: ids are v7 UUIDs, so the last entries are the newest.
     deliveries: BTreeMap<DeliveryId, Delivery>,
     /// [`dedup_digest`] of each dedup key -> the submission holding it.
+    #[serde(with = "digest_keys")]
     dedup: FastMap<[u8; 16], SubmissionId>,
     /// Claims that lost: their work messages (published with the claim) are dropped at lease.
     losers: FastSet<SubmissionId>,
@@ -602,6 +611,31 @@ impl Log {
 }
 
 pub use crate::store::rfc3339;
+
+/// The dedup map in a snapshot: JSON map keys are strings, so its digests go as hex, in a list.
+mod digest_keys {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::FastMap;
+    use crate::store::SubmissionId;
+
+    pub fn serialize<S: Serializer>(map: &FastMap<[u8; 16], SubmissionId>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.iter().map(|(digest, id)| (hex::encode(digest), id)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<FastMap<[u8; 16], SubmissionId>, D::Error> {
+        use serde::de::Error;
+        let pairs = Vec::<(String, SubmissionId)>::deserialize(d)?;
+        let mut map = FastMap::default();
+        map.reserve(pairs.len());
+        for (digest, id) in pairs {
+            let mut key = [0u8; 16];
+            hex::decode_to_slice(&digest, &mut key).map_err(|e| D::Error::custom(format!("dedup digest: {e}")))?;
+            map.insert(key, id);
+        }
+        Ok(map)
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -76,6 +76,7 @@
 mod index;
 mod record;
 mod shared;
+mod snapshot;
 mod store;
 mod tasks;
 mod topology;
@@ -172,6 +173,11 @@ struct Shared {
     url: String,
     /// CAs and client certificate for an `amqps://` URL (empty: the system's CAs, no certificate).
     tls: OwnedTLSConfig,
+    /// Where the index is saved on close (see `snapshot.rs`).
+    snapshot: Option<std::path::PathBuf>,
+    /// The offset the start read the stream from (the snapshot's; 0 without one, or when the
+    /// stream no longer held what the snapshot ended with).
+    started_at_offset: AtomicU64,
     names: Names,
     endpoints: Vec<String>,
     /// Endpoints whose work is taken from the broker only when a lease asks (mailboxes).
@@ -270,10 +276,28 @@ pub async fn connect(
     queue: &crate::config::QueueConfig,
     endpoints: &[String],
     pulled: &[String],
-    _data_dir: &std::path::Path,
+    data_dir: &std::path::Path,
 ) -> anyhow::Result<RabbitStore> {
     let url = queue.url.clone().ok_or_else(|| anyhow::anyhow!("`queue.url` is required for RabbitMQ"))?;
-    RabbitStore::open_tls(&url, &queue.prefix, endpoints, pulled, queue.tls()?).await
+    let options = OpenOptions {
+        pulled: pulled.to_vec(),
+        tls: queue.tls()?,
+        snapshot: Some(snapshot::path(data_dir, &queue.prefix)),
+    };
+    RabbitStore::open_with(&url, &queue.prefix, endpoints, options).await
+}
+
+/// How [`RabbitStore::open_with`] opens a store.
+#[derive(Default)]
+pub struct OpenOptions {
+    /// Endpoints whose work is taken from the broker only while a lease asks (mailboxes; see
+    /// [`RabbitStore::open_pulling`]).
+    pub pulled: Vec<String>,
+    /// CAs and client certificate for an `amqps://` URL ([`crate::config::QueueConfig::tls`]).
+    pub tls: OwnedTLSConfig,
+    /// Where the index is saved when the store closes and read from when it opens (see
+    /// `snapshot.rs`); `None`: the whole stream is read at every start.
+    pub snapshot: Option<std::path::PathBuf>,
 }
 
 impl RabbitStore {
@@ -291,18 +315,24 @@ impl RabbitStore {
         endpoints: &[String],
         pulled: &[String],
     ) -> anyhow::Result<RabbitStore> {
-        RabbitStore::open_tls(url, prefix, endpoints, pulled, OwnedTLSConfig::default()).await
+        RabbitStore::open_with(
+            url,
+            prefix,
+            endpoints,
+            OpenOptions { pulled: pulled.to_vec(), ..OpenOptions::default() },
+        )
+        .await
     }
 
-    /// As [`RabbitStore::open_pulling`], with the CAs and client certificate of an `amqps://`
-    /// connection ([`crate::config::QueueConfig::tls`]).
-    pub async fn open_tls(
+    /// As [`RabbitStore::open`], with the options of a configured store: pulled endpoints, TLS,
+    /// and the index snapshot.
+    pub async fn open_with(
         url: &str,
         prefix: &str,
         endpoints: &[String],
-        pulled: &[String],
-        tls: OwnedTLSConfig,
+        options: OpenOptions,
     ) -> anyhow::Result<RabbitStore> {
+        let OpenOptions { pulled, tls, snapshot } = options;
         let names = Names::new(prefix);
         for name in names.all(endpoints) {
             short(&name).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -315,17 +345,27 @@ impl RabbitStore {
         let (broken, broken_rx) = mpsc::unbounded_channel();
         let (appends, appends_rx) = mpsc::unbounded_channel();
         let (shutdown, _) = watch::channel(false);
+        let started = std::time::Instant::now();
+        let loaded = snapshot.as_deref().and_then(|p| snapshot::load(p, prefix));
+        let started_at_offset = loaded.as_ref().map_or(0, |l| l.next_offset);
+        if let (Some(l), Some(p)) = (&loaded, &snapshot) {
+            tracing::info!(path = %p.display(), next_offset = l.next_offset, took = ?started.elapsed(), "index snapshot read; reading the event stream from there");
+        }
+        let (index, next_offset, last_digest) =
+            loaded.map_or((Index::default(), 0, 0), |l| (l.index, l.next_offset, l.last_digest));
         let shared = Arc::new(Shared {
             url: url.to_owned(),
             tls,
+            snapshot,
+            started_at_offset: AtomicU64::new(started_at_offset),
             names,
             endpoints: endpoints.to_vec(),
-            pulled: pulled.to_vec(),
+            pulled,
             session: RwLock::new(None),
-            index: Mutex::new(Index::default()),
+            index: Mutex::new(index),
             waiters: Mutex::new(FastMap::default()),
-            next_offset: AtomicU64::new(0),
-            last_digest: AtomicU64::new(0),
+            next_offset: AtomicU64::new(next_offset),
+            last_digest: AtomicU64::new(last_digest),
             catching_up: AtomicBool::new(false),
             rereads: AtomicU64::new(0),
             unreadable: AtomicU64::new(0),
@@ -365,8 +405,35 @@ impl RabbitStore {
     pub async fn close(&self) {
         self.shared.shutdown.send_replace(true);
         let handle = self.shared_handle();
-        if let Some(h) = handle {
-            let _ = h.await;
+        let Some(h) = handle else { return };
+        let _ = h.await;
+        // The connection is closed and the fold has stopped (between two stream messages: it
+        // applies one and records its offset without an await in between), so the index and
+        // the offset agree.
+        let Some(path) = self.shared.snapshot.clone() else { return };
+        if self.shared.catching_up.load(Ordering::SeqCst) {
+            // Not read up to now again: an index of part of the stream is no start.
+            return;
+        }
+        let shared = self.shared.clone();
+        let saved = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let index = shared.index.lock().unwrap_or_else(|e| e.into_inner());
+            let next_offset = shared.next_offset.load(Ordering::SeqCst);
+            let last_digest = shared.last_digest.load(Ordering::SeqCst);
+            let prefix = shared.names.prefix();
+            snapshot::save(&path, prefix, &index, next_offset, last_digest)
+                .map(|size| (size, next_offset, started.elapsed(), path))
+        })
+        .await;
+        match saved {
+            Ok(Ok((size, next_offset, took, path))) => {
+                tracing::info!(path = %path.display(), bytes = size, next_offset, ?took, "index snapshot saved for the next start")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "index snapshot not saved; the next start reads the whole event stream")
+            }
+            Err(e) => tracing::warn!(error = %e, "index snapshot not saved"),
         }
     }
 

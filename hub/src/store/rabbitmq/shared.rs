@@ -236,6 +236,7 @@ impl Shared {
         }
         self.next_offset.store(0, Ordering::SeqCst);
         self.last_digest.store(0, Ordering::SeqCst);
+        self.started_at_offset.store(0, Ordering::SeqCst);
         self.catching_up.store(true, Ordering::SeqCst);
     }
 

@@ -422,7 +422,12 @@ impl Store for RabbitStore {
             rereading: shared.catching_up.load(Ordering::SeqCst),
             rereads: shared.rereads.load(Ordering::SeqCst),
             unreadable_records: shared.unreadable.load(Ordering::SeqCst),
+            started_at_offset: shared.started_at_offset.load(Ordering::SeqCst),
         })
+    }
+
+    async fn close(&self) {
+        RabbitStore::close(self).await;
     }
 
     fn health(&self) -> Result<(), StoreError> {

@@ -14,6 +14,10 @@ pub struct Names {
 }
 
 impl Names {
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     pub fn new(prefix: &str) -> Self {
         Names { prefix: prefix.to_owned() }
     }
