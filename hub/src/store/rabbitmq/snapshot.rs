@@ -64,7 +64,9 @@ pub fn save(path: &Path, prefix: &str, index: &Index, next_offset: u64, last_dig
     // people (routing meta, and the bytes of dead letters).
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-    let tmp = path.with_extension("json.tmp");
+    // Named per process: two processes of one prefix sharing a `data_dir` never write into the
+    // same temporary file (each renames a whole snapshot of its own; either is a valid start).
+    let tmp = path.with_extension(format!("json.tmp.{}", std::process::id()));
     let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
     let written =
