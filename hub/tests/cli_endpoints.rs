@@ -105,3 +105,29 @@ async fn a_pause_needs_a_reason() {
     assert!(!listed(&hub).await.contains(" yes "), "not paused");
     hub.stop().await;
 }
+
+/// Without `--actor`, the pause is recorded under the login name: `USER`, or `LOGNAME` where
+/// only that is set (cron, some service managers), never an empty name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_actor_defaults_to_the_login_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = start_hub(dir.path()).await;
+    for (user, logname, shown) in
+        [(Some("bob"), Some("carol"), "bob"), (None, Some("carol"), "carol"), (Some(" "), None, "operator")]
+    {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_lotse"));
+        command.args(["endpoints", "pause", "ablage", "--reason", "r"]);
+        command.env("LOTSE_ADMIN_URL", format!("http://{}", hub.admin_addr)).env_remove("USER").env_remove("LOGNAME");
+        if let Some(u) = user {
+            command.env("USER", u);
+        }
+        if let Some(l) = logname {
+            command.env("LOGNAME", l);
+        }
+        let out = command.output().await.expect("lotse runs");
+        assert!(out.status.success(), "{}", text(&out));
+        let expected = format!("endpoint `ablage` paused by {shown}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&expected), "{user:?}/{logname:?}: {}", text(&out));
+    }
+    hub.stop().await;
+}

@@ -113,7 +113,7 @@ pub enum EndpointsCommand {
         /// Why; kept with the pause and shown by `lotse endpoints list`.
         #[arg(long)]
         reason: String,
-        /// Who pauses, kept with the pause (default: the login name, `$USER`).
+        /// Who pauses, kept with the pause (default: the login name, `$USER` or `$LOGNAME`).
         #[arg(long)]
         actor: Option<String>,
     },
@@ -125,7 +125,7 @@ pub enum EndpointsCommand {
         /// Why; in the hub's log line of the resume.
         #[arg(long)]
         reason: Option<String>,
-        /// Who resumes, in the hub's log line (default: the login name, `$USER`).
+        /// Who resumes, in the hub's log line (default: the login name, `$USER` or `$LOGNAME`).
         #[arg(long)]
         actor: Option<String>,
     },
@@ -141,9 +141,13 @@ fn client() -> anyhow::Result<reqwest::Client> {
         .context("cannot build the HTTP client")
 }
 
-/// Who runs the command, for the audit log: the login name, else `operator`.
+/// Who runs the command, for the audit log: the login name (`USER`, else `LOGNAME`, which
+/// cron and some service managers set instead), else `operator`.
 fn login_name() -> String {
-    std::env::var("USER").unwrap_or_else(|_| "operator".into())
+    ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
+        .unwrap_or_else(|| "operator".into())
 }
 
 pub async fn run(args: DeliveriesArgs) -> anyhow::Result<ExitCode> {
