@@ -1,6 +1,6 @@
 //! The hardened streaming reader and header extraction.
 //!
-//! Two entry points, one machinery ([`guard`] checks every token, [`header`] collects the meta):
+//! Two entry points, one machinery (`guard` checks every token, `header` collects the meta):
 //!
 //! | function | reads | use it for |
 //! |---|---|---|

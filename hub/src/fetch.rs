@@ -17,7 +17,7 @@ use crate::store::Lease;
 
 #[derive(Debug, clap::Args)]
 pub struct FetchArgs {
-    /// Base URL of the hub's partner API, e.g. https://lotse.example:8080.
+    /// Base URL of the hub's partner API, e.g. `https://lotse.example:8080`.
     #[arg(long, env = "LOTSE_URL")]
     pub from: String,
     /// The mailbox: the endpoint's name in the hub's config.

@@ -14,7 +14,7 @@ pub struct SubmitArgs {
     /// Base URL of the hub's partner API, e.g. http://127.0.0.1:8080.
     #[arg(long, env = "LOTSE_URL")]
     pub to: String,
-    /// Bearer token of the partner (when the hub has [[partners]]).
+    /// Bearer token of the partner (when the hub has `[[partners]]`).
     #[arg(long, env = "LOTSE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Idempotency-Key to send (only with a single file).

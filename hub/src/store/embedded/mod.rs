@@ -1,10 +1,10 @@
 //! The embedded store: redb in `data_dir`, one process.
 //!
 //! Design:
-//! - Every write goes through the group-commit writer thread ([`writer`]): a submission, its
+//! - Every write goes through the group-commit writer thread (`writer.rs`): a submission, its
 //!   deliveries, its first events and its dedup keys are one transaction, fsync'd before
 //!   `intake` returns.
-//! - Payloads and renditions live in append-only segment files ([`blobs`]): the request's task
+//! - Payloads and renditions live in append-only segment files (`blobs.rs`): the request's task
 //!   appends them in memory, and the writer's blob sync writes and fsyncs them before the commit
 //!   that references them; redb keeps a 21-byte reference.
 //! - Work is the `READY` table, ordered by (endpoint, not-before, delivery id). A worker leases

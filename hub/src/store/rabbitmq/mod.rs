@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | `P.events` | stream | every state change, in one order all nodes fold into their index |
 //! | `P.work.<endpoint>` | quorum | deliveries due now; consumed with manual acks and a prefetch limit (a pulled endpoint, a mailbox: taken with `basic.get` while a lease waits) |
-//! | `P.wait.<endpoint>.<ms>ms` | quorum, TTL `ms`, dead-lettered (at-least-once) to `P.work.<endpoint>` | retries; a ladder of fixed delays (see [`work::LADDER_MS`]) |
+//! | `P.wait.<endpoint>.<ms>ms` | quorum, TTL `ms`, dead-lettered (at-least-once) to `P.work.<endpoint>` | retries; a ladder of fixed delays (see `work::LADDER_MS`) |
 //! | `P.dead.<endpoint>` | quorum | dead letters (the operator's copy; replay uses the stream's copy) |
 //!
 //! Durability: every publish waits for the broker's confirm (bounded by [`CONFIRM_TIMEOUT`]); a
@@ -24,13 +24,13 @@
 //!    same verdict on every node: dedup holds across processes with no window. A lost claim
 //!    answers with the winner's receipt; its work messages are void, and whichever node receives
 //!    them drops them at lease time (it waits for its fold to know the claim; see
-//!    [`CLAIM_WAIT`]). A won claim with all work confirmed answers `Accepted`; a `Queued` mark
-//!    follows in the stream within [`QUEUED_FLUSH`].
+//!    `CLAIM_WAIT`). A won claim with all work confirmed answers `Accepted`; a `Queued` mark
+//!    follows in the stream within `QUEUED_FLUSH`.
 //!
 //! Doing both publishes at once makes intake one broker round trip instead of two (with a fixed
 //! number of requests in flight, that is the throughput). The price: a lost claim costs a void
 //! work message, and work whose claim never reached the stream (the claim's publish failed, so
-//! intake answered 503) is delivered after [`CLAIM_WAIT`] all the same, at least once.
+//! intake answered 503) is delivered after `CLAIM_WAIT` all the same, at least once.
 //!
 //! A process that dies after its claim but before its work is confirmed never answered 202;
 //! when the partner sends again, the duplicate finds the claim without `Queued` and, after a short
@@ -52,7 +52,7 @@
 //! replay answers `Replayed`, a later one `NotDead` (the delivery is pending by then), and the
 //! losers' work messages are void and dropped at lease. Work first, claim second: a claim in
 //! the stream always has its work message. A crash in between leaves work without a claim (and
-//! the operator an error): lease holds it back like intake work for [`CLAIM_WAIT`], then writes
+//! the operator an error): lease holds it back like intake work for `CLAIM_WAIT`, then writes
 //! a `ReplayVoid` tombstone and asks its fold again; a claim folded before the tombstone stands
 //! (the work is delivered), a claim folded after it loses, so the delivery is never left pending
 //! without work, nor queued without an audited `replayed` event.
