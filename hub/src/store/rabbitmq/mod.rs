@@ -65,7 +65,9 @@
 //!
 //! Status: any process answers for any submission from its index; the lag is the time a stream
 //! record takes to reach a consumer (milliseconds; see `docs/rabbitmq.md`). The node that wrote
-//! a record waits until its own fold has it, so it reads its own writes.
+//! a record waits until its own fold has it, so it reads its own writes. A process that stops
+//! saves its index (`snapshot.rs`); its next start folds only the stream written since, after the
+//! same check as a reconnect's below.
 //!
 //! Faults: one supervisor task owns the connection. When the connection fails, it drops the
 //! session, answers `Unavailable` for writes, and reconnects with backoff (0.2 s doubling to 5 s),
