@@ -470,7 +470,18 @@ pub async fn check(config: Config, path: &std::path::Path) -> anyhow::Result<std
     let raw = &config.raw;
     let store = match raw.queue.kind {
         QueueKind::Embedded => format!("embedded store in `{}`", raw.data_dir.display()),
-        QueueKind::Rabbitmq => format!("RabbitMQ, prefix `{}`", raw.queue.prefix),
+        QueueKind::Rabbitmq => {
+            let q = &raw.queue;
+            let tls = match (q.url.as_deref().is_some_and(|u| u.starts_with("amqps://")), &q.tls_ca, &q.tls_client_cert)
+            {
+                (false, ..) => "",
+                (true, None, None) => " over TLS (the system's CAs)",
+                (true, Some(_), None) => " over TLS (the system's CAs and `tls_ca`)",
+                (true, None, Some(_)) => " over TLS (the system's CAs, a client certificate)",
+                (true, Some(_), Some(_)) => " over TLS (the system's CAs and `tls_ca`, a client certificate)",
+            };
+            format!("RabbitMQ{tls}, prefix `{}`, index snapshot in `{}`", q.prefix, raw.data_dir.display())
+        }
     };
     let retention = match &raw.retention {
         None => "nothing deleted (no [retention])".to_owned(),

@@ -469,6 +469,14 @@ async fn serve_check_reads_a_config_without_starting() {
     std::fs::write(&path, good.replace("path = ", "pfad = ")).expect("write config");
     let (ok, out) = lotse(&["serve", "--check", "--config", &config]).await;
     assert!(!ok && out.contains("unknown field `pfad`"), "{out}");
+
+    // On RabbitMQ it says how the broker is reached and where the index is saved (nothing is
+    // connected to: the URL's port answers nobody).
+    let queue = "[queue]\nkind = \"rabbitmq\"\nurl = \"amqps://u:p@127.0.0.1:1/%2f\"\nprefix = \"check\"\n";
+    std::fs::write(&path, good.replace("[[endpoints]]", &format!("{queue}[[endpoints]]"))).expect("write config");
+    let (ok, out) = lotse(&["serve", "--check", "--config", &config]).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("RabbitMQ over TLS (the system's CAs), prefix `check`, index snapshot in"), "{out}");
 }
 
 /// Retention through a real hub: a delivered case is deleted once its retention period is over
