@@ -1007,3 +1007,66 @@ async fn stale_snapshot(url: &str, prefix: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Closing a store whose broker stopped answering (its supervisor is in the middle of a connect
+/// that hangs) returns within its bound instead of holding a stopping process for the connect
+/// timeout; nothing is saved then. The broker here is reached through a relay the test freezes:
+/// it cuts the open connection and takes new ones without ever answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_closing_during_a_hanging_reconnect_is_bounded() -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let Some((url, prefix)) = broker().await? else { return Ok(()) };
+    let parsed = reqwest::Url::parse(&url)?;
+    let upstream = tokio::net::lookup_host((parsed.host_str().unwrap_or("127.0.0.1"), parsed.port().unwrap_or(5672)))
+        .await?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("the broker's address does not resolve"))?;
+    let frozen = std::sync::Arc::new(AtomicBool::new(false));
+    let (cut, _) = tokio::sync::broadcast::channel::<()>(1);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let relay = listener.local_addr()?;
+    let (f, c) = (frozen.clone(), cut.clone());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut client, _)) = listener.accept().await {
+            if f.load(Ordering::SeqCst) {
+                held.push(client); // taken, never answered
+                continue;
+            }
+            let mut stop = c.subscribe();
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else { return };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    _ = stop.recv() => {}
+                }
+            });
+        }
+    });
+    let mut relayed = parsed.clone();
+    relayed.set_host(Some("127.0.0.1"))?;
+    relayed.set_port(Some(relay.port())).map_err(|_| anyhow::anyhow!("no port"))?;
+    let dir = tempfile::tempdir()?;
+    let path = super::snapshot::path(dir.path(), &prefix);
+    let endpoints = [ENDPOINT.to_owned()];
+    let store = RabbitStore::open_with(relayed.as_str(), &prefix, &endpoints, with_snapshot(&path)).await?;
+    store.intake(submission(&[], &[ENDPOINT])).await?;
+
+    frozen.store(true, Ordering::SeqCst);
+    let _ = cut.send(());
+    // The store notices (its stream consumer ends) and starts a connect that hangs.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while store.broker().is_some_and(|b| b.connected) {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the cut connection was not noticed within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    store.close().await;
+    let took = started.elapsed();
+    RabbitStore::delete_topology(&url, &prefix, &endpoints).await?;
+    anyhow::ensure!(took < Duration::from_secs(8), "close took {took:?}");
+    anyhow::ensure!(!path.exists(), "a snapshot was saved by a store that did not close cleanly");
+    Ok(())
+}

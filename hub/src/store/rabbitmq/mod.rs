@@ -161,6 +161,9 @@ const START_STALL: Duration = Duration::from_secs(30);
 /// How long a reconnecting process waits for the stream message it folded last (see
 /// `tasks::check_resume`). It is there at once when the stream is whole.
 const RESUME_CHECK: Duration = Duration::from_secs(5);
+/// How long closing the store waits for its connection supervisor to end.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 /// How often the `Queued` marks of recent intakes go to the stream, in one record.
 const QUEUED_FLUSH: Duration = Duration::from_millis(100);
 
@@ -407,8 +410,15 @@ impl RabbitStore {
     pub async fn close(&self) {
         self.shared.shutdown.send_replace(true);
         let handle = self.shared_handle();
-        let Some(h) = handle else { return };
-        let _ = h.await;
+        let Some(mut h) = handle else { return };
+        // Bounded: a supervisor in the middle of connecting to a broker that does not answer
+        // would hold a stopping process for up to the connect timeout. Then nothing is saved
+        // (the next start reads the stream, or its last snapshot).
+        if tokio::time::timeout(CLOSE_WAIT, &mut h).await.is_err() {
+            h.abort();
+            tracing::warn!("the RabbitMQ connection did not close within {CLOSE_WAIT:?}; index snapshot not saved");
+            return;
+        }
         // The connection is closed and the fold has stopped (between two stream messages: it
         // applies one and records its offset without an await in between), so the index and
         // the offset agree.
