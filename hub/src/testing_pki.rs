@@ -110,16 +110,20 @@ impl Pki {
     /// the server certificate).
     pub async fn amqps_front(&self, url: &str) -> anyhow::Result<String> {
         let parsed = reqwest::Url::parse(url)?;
-        let upstream =
-            tokio::net::lookup_host((parsed.host_str().unwrap_or("127.0.0.1"), parsed.port().unwrap_or(5672)))
-                .await?
-                .next()
-                .ok_or_else(|| anyhow::anyhow!("the broker's address does not resolve"))?;
-        let front = self.tls_front(upstream).await;
+        let front = self.tls_front(broker_addr(url).await?).await;
         let mut amqps = parsed;
         amqps.set_scheme("amqps").map_err(|_| anyhow::anyhow!("no amqps scheme"))?;
         amqps.set_host(Some("127.0.0.1"))?;
         amqps.set_port(Some(front.port())).map_err(|_| anyhow::anyhow!("no port"))?;
         Ok(amqps.to_string())
     }
+}
+
+/// The socket address of the broker of an `amqp://` URL (port 5672 unless it says another).
+pub async fn broker_addr(url: &str) -> anyhow::Result<SocketAddr> {
+    let parsed = reqwest::Url::parse(url)?;
+    tokio::net::lookup_host((parsed.host_str().unwrap_or("127.0.0.1"), parsed.port().unwrap_or(5672)))
+        .await?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("the broker's address of the URL does not resolve"))
 }

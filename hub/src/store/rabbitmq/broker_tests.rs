@@ -1018,10 +1018,7 @@ async fn rabbitmq_closing_during_a_hanging_reconnect_is_bounded() -> anyhow::Res
 
     let Some((url, prefix)) = broker().await? else { return Ok(()) };
     let parsed = reqwest::Url::parse(&url)?;
-    let upstream = tokio::net::lookup_host((parsed.host_str().unwrap_or("127.0.0.1"), parsed.port().unwrap_or(5672)))
-        .await?
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("the broker's address does not resolve"))?;
+    let upstream = crate::testing_pki::broker_addr(&url).await?;
     let frozen = std::sync::Arc::new(AtomicBool::new(false));
     let (cut, _) = tokio::sync::broadcast::channel::<()>(1);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
