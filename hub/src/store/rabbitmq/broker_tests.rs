@@ -1058,7 +1058,9 @@ async fn rabbitmq_closing_during_a_hanging_reconnect_is_bounded() -> anyhow::Res
         anyhow::ensure!(tokio::time::Instant::now() < deadline, "the cut connection was not noticed within 10 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Past the reconnect's backoff (0.2 s after a session that worked), well inside the
+    // connect's 10 s timeout: the supervisor is in the hanging connect now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let started = std::time::Instant::now();
     store.close().await;
     let took = started.elapsed();
