@@ -1069,3 +1069,84 @@ async fn rabbitmq_closing_during_a_hanging_reconnect_is_bounded() -> anyhow::Res
     anyhow::ensure!(!path.exists(), "a snapshot was saved by a store that did not close cleanly");
     Ok(())
 }
+
+/// A lease taken on a connection that broke, settled after the reconnect (an attempt in flight
+/// during a broker restart), returns: the outcome stands, and the copy the broker gives out
+/// again is dropped as delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_a_lease_settled_after_a_reconnect_returns() -> anyhow::Result<()> {
+    let Some((store, url, prefix)) = open().await? else { return Ok(()) };
+    let result = settle_after_reconnect(&store, || close_connection_of(&prefix)).await;
+    store.close().await;
+    RabbitStore::delete_topology(&url, &prefix, &[ENDPOINT.to_owned()]).await?;
+    result
+}
+
+/// The same when the connection is cut (the broker's TCP connection reset, as in a broker
+/// restart) instead of closed by the broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_a_lease_settled_after_a_cut_connection_returns() -> anyhow::Result<()> {
+    let Some((url, prefix)) = broker().await? else { return Ok(()) };
+    let (relayed, cut) = relay(&url).await?;
+    let store = RabbitStore::open(&relayed, &prefix, &[ENDPOINT.to_owned()]).await?;
+    let result = settle_after_reconnect(&store, || {
+        let _ = cut.send(());
+        Ok(true)
+    })
+    .await;
+    store.close().await;
+    RabbitStore::delete_topology(&url, &prefix, &[ENDPOINT.to_owned()]).await?;
+    result
+}
+
+/// A relay to the broker of `url`: its URL, and a sender that cuts every connection relayed so
+/// far (new ones are relayed again).
+async fn relay(url: &str) -> anyhow::Result<(String, tokio::sync::broadcast::Sender<()>)> {
+    let upstream = crate::testing_pki::broker_addr(url).await?;
+    let (cut, _) = tokio::sync::broadcast::channel::<()>(1);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let c = cut.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let mut stop = c.subscribe();
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else { return };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    _ = stop.recv() => {}
+                }
+            });
+        }
+    });
+    let mut relayed = reqwest::Url::parse(url)?;
+    relayed.set_host(Some("127.0.0.1"))?;
+    relayed.set_port(Some(port)).map_err(|_| anyhow::anyhow!("no port"))?;
+    Ok((relayed.to_string(), cut))
+}
+
+async fn settle_after_reconnect(store: &RabbitStore, cut: impl FnOnce() -> anyhow::Result<bool>) -> anyhow::Result<()> {
+    let s = submission(&[], &[ENDPOINT]);
+    store.intake(s.clone()).await?;
+    let lease = store.lease(ENDPOINT, 1, Duration::from_secs(15)).await?.pop().expect("leased");
+    if !cut()? {
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !store.broker().is_some_and(|b| b.connected && b.connections >= 2) {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no reconnect within 15 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let settled = tokio::time::timeout(
+        Duration::from_secs(20),
+        store.settle(lease, Outcome::Delivered { via: Handover::Http(200) }),
+    )
+    .await;
+    anyhow::ensure!(settled.is_ok(), "the settle of a lease from the broken connection did not return within 20 s");
+    settled.ok().transpose()?;
+    let state = store.delivery(s.deliveries[0].id).await?.map(|v| v.state);
+    anyhow::ensure!(state == Some(DeliveryState::Delivered), "the delivery is {state:?}");
+    let again = store.lease(ENDPOINT, 1, Duration::from_secs(3)).await?;
+    anyhow::ensure!(again.is_empty(), "the delivered delivery was leased again");
+    Ok(())
+}

@@ -161,6 +161,10 @@ const START_STALL: Duration = Duration::from_secs(30);
 /// How long a reconnecting process waits for the stream message it folded last (see
 /// `tasks::check_resume`). It is there at once when the stream is whole.
 const RESUME_CHECK: Duration = Duration::from_secs(5);
+/// Longest wait for lapin to take an ack or nack (it answers at once, also for a closed
+/// channel, unless the connection is stuck).
+const ACK_WAIT: Duration = Duration::from_secs(5);
+
 /// How long closing the store waits for its connection supervisor to end.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 

@@ -239,7 +239,7 @@ impl Store for RabbitStore {
             Outcome::Retry { not_before, error } => {
                 let next = WorkMessage { attempts: lease.attempt, not_before: *not_before, ..held.message.clone() };
                 if let Err(e) = shared.park(&lease.endpoint, &next, &lease.payload).await {
-                    return Err(give_back(held, e).await);
+                    return Err(give_back(shared, held, e).await);
                 }
                 RecordedOutcome::Retry { not_before: *not_before, error: error.clone() }
             }
@@ -250,10 +250,10 @@ impl Store for RabbitStore {
                         0 => p,
                         ms => p.with_expiration(ms.to_string().into()),
                     },
-                    Err(e) => return Err(give_back(held, unavailable(e)).await),
+                    Err(e) => return Err(give_back(shared, held, unavailable(e)).await),
                 };
                 if let Err(e) = shared.publish(&shared.names.dead(&lease.endpoint), &lease.payload, props).await {
-                    return Err(give_back(held, e).await);
+                    return Err(give_back(shared, held, e).await);
                 }
                 RecordedOutcome::Dead {
                     error: error.clone(),
@@ -272,12 +272,12 @@ impl Store for RabbitStore {
         });
         // Confirmed and folded (read-your-writes on this node), then acked.
         if let Err(e) = shared.append_and_fold(record, payload).await {
-            return Err(give_back(held, e).await);
+            return Err(give_back(shared, held, e).await);
         }
-        if held.acker.ack(BasicAckOptions::default()).await.is_err() {
+        if !finish(shared, &held, Finish::Ack).await {
             // The session that held it is gone; the broker gives the message out again, and a
             // copy of a delivered delivery is dropped at lease time.
-            tracing::debug!(delivery_id = %lease.delivery_id, session = held.session, "ack after reconnect failed");
+            tracing::debug!(delivery_id = %lease.delivery_id, session = held.session, "ack after reconnect not sent");
         }
         Ok(())
     }
@@ -442,7 +442,39 @@ impl Store for RabbitStore {
 }
 
 /// A settle that could not be recorded: the message goes back to its queue for another attempt.
-pub(super) async fn give_back(held: Held, error: StoreError) -> StoreError {
-    let _ = held.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+pub(super) async fn give_back(shared: &Shared, held: Held, error: StoreError) -> StoreError {
+    finish(shared, &held, Finish::Requeue).await;
     error
+}
+
+pub(super) enum Finish {
+    Ack,
+    Requeue,
+}
+
+/// Acks a leased message, or gives it back, on the session that received it; false when that
+/// was not done. Not at all when that session is gone: its channel closed and the broker put
+/// the message back. Never longer than [`ACK_WAIT`]: a connection that does not take an ack in
+/// that time is started again. (Defensive: a settle is the one place a delivery worker's slot
+/// waited without a bound; no hang was reproduced, see docs/rabbitmq.md, "Limits".)
+pub(super) async fn finish(shared: &Shared, held: &Held, how: Finish) -> bool {
+    if shared.current().map(|s| s.id).ok() != Some(held.session) {
+        return false;
+    }
+    let sent = match how {
+        Finish::Ack => tokio::time::timeout(ACK_WAIT, held.acker.ack(BasicAckOptions::default())).await,
+        Finish::Requeue => {
+            let requeue = BasicNackOptions { requeue: true, ..Default::default() };
+            tokio::time::timeout(ACK_WAIT, held.acker.nack(requeue)).await
+        }
+    };
+    match sent {
+        Ok(Ok(done)) => done,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            tracing::warn!(session = held.session, "RabbitMQ took no ack within {ACK_WAIT:?}; reconnecting");
+            let _ = shared.broken.send(held.session);
+            false
+        }
+    }
 }
