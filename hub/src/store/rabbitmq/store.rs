@@ -112,7 +112,7 @@ impl Store for RabbitStore {
                 if pulled {
                     // Nobody pulls again while the endpoint is paused.
                     let requeue = BasicNackOptions { requeue: true, ..Default::default() };
-                    let _ = incoming.delivery.acker.nack(requeue).await;
+                    bounded(shared, incoming.session, incoming.delivery.acker.nack(requeue)).await;
                 } else {
                     inbox.stashed = Some(incoming);
                 }
@@ -137,12 +137,12 @@ impl Store for RabbitStore {
                     match shared.set_aside(&dead, &delivery, &e).await {
                         Ok(()) => {
                             tracing::error!(endpoint, error = %e, queue = %dead, "unreadable work message moved to the dead queue");
-                            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                            bounded(shared, incoming.session, delivery.acker.ack(BasicAckOptions::default())).await;
                         }
                         Err(moved) => {
                             tracing::error!(endpoint, error = %e, cause = %moved, "unreadable work message left in its queue: it could not be moved");
                             let requeue = BasicNackOptions { requeue: true, ..Default::default() };
-                            let _ = delivery.acker.nack(requeue).await;
+                            bounded(shared, incoming.session, delivery.acker.nack(requeue)).await;
                         }
                     }
                     continue;
@@ -151,11 +151,16 @@ impl Store for RabbitStore {
             if message.not_before > now_millis() {
                 match shared.park(endpoint, &message, &delivery.data).await {
                     Ok(()) => {
-                        let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                        bounded(shared, incoming.session, delivery.acker.ack(BasicAckOptions::default())).await;
                     }
                     Err(e) => {
                         tracing::warn!(delivery_id = %message.delivery_id, error = %e, "cannot park a retry");
-                        let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                        bounded(
+                            shared,
+                            incoming.session,
+                            delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }),
+                        )
+                        .await;
                     }
                 }
                 continue;
@@ -164,17 +169,22 @@ impl Store for RabbitStore {
                 Claim::Won => {}
                 Claim::Lost => {
                     // Published alongside a claim that lost (a duplicate, a concurrent replay): void.
-                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                    bounded(shared, incoming.session, delivery.acker.ack(BasicAckOptions::default())).await;
                     continue;
                 }
                 Claim::Unknown if now_millis().saturating_sub(message.queued_at) < CLAIM_WAIT.as_millis() as u64 => {
                     let parked = WorkMessage { not_before: now_millis() + 1, ..message.clone() };
                     match shared.park(endpoint, &parked, &delivery.data).await {
                         Ok(()) => {
-                            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                            bounded(shared, incoming.session, delivery.acker.ack(BasicAckOptions::default())).await;
                         }
                         Err(_) => {
-                            let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                            bounded(
+                                shared,
+                                incoming.session,
+                                delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }),
+                            )
+                            .await;
                         }
                     }
                     continue;
@@ -187,12 +197,17 @@ impl Store for RabbitStore {
                     Ok(Claim::Won) => {}
                     Ok(_) => {
                         tracing::warn!(delivery_id = %message.delivery_id, "replay without a claim dropped");
-                        let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                        bounded(shared, incoming.session, delivery.acker.ack(BasicAckOptions::default())).await;
                         continue;
                     }
                     Err(e) => {
                         tracing::warn!(delivery_id = %message.delivery_id, error = %e, "cannot void a replay");
-                        let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                        bounded(
+                            shared,
+                            incoming.session,
+                            delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }),
+                        )
+                        .await;
                         continue;
                     }
                 },
@@ -205,7 +220,7 @@ impl Store for RabbitStore {
                 shared.index(|i| i.delivery_state(message.delivery_id))?
                 && generation >= message.generation
             {
-                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                bounded(shared, incoming.session, delivery.acker.ack(BasicAckOptions::default())).await;
                 continue;
             }
             let attempt = message.attempts + redelivered + 1;
@@ -476,5 +491,14 @@ pub(super) async fn finish(shared: &Shared, held: &Held, how: Finish) -> bool {
             let _ = shared.broken.send(held.session);
             false
         }
+    }
+}
+
+/// An ack or nack in `lease` (which holds the endpoint's hand-out queue meanwhile), bounded
+/// like [`finish`]: a connection that does not take it within [`ACK_WAIT`] is started again.
+async fn bounded<T>(shared: &Shared, session: u64, sent: impl std::future::Future<Output = T>) {
+    if tokio::time::timeout(ACK_WAIT, sent).await.is_err() {
+        tracing::warn!(session, "RabbitMQ took no ack within {ACK_WAIT:?}; reconnecting");
+        let _ = shared.broken.send(session);
     }
 }
