@@ -144,7 +144,7 @@ pub async fn start(
     let (shutdown, rx) = watch::channel(false);
     let partner_addr = partner.local_addr()?;
     let admin_addr = admin.local_addr()?;
-    let mut tasks = delivery::spawn_workers(&config, store.clone(), paused, rx.clone())?;
+    let mut tasks = delivery::spawn_workers(&config, store.clone(), paused, &state.workers, rx.clone())?;
     if !config.mailbox_tokens.is_empty() {
         tasks.spawn(api::mailbox::sweep(state.clone(), rx.clone()));
         tasks.spawn(api::mailbox::follow_verdicts(state.clone(), rx.clone()));

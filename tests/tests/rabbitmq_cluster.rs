@@ -193,6 +193,10 @@ async fn run(url: &str, prefix: &str, restart: bool) -> anyhow::Result<()> {
                 report.push_str(&format!("process {n} on {d}: {}\n", view.raw));
             }
         }
+        for n in [0, 2] {
+            let overview = api.get(&hubs[n].admin_url("/v1/admin/overview")).await?;
+            report.push_str(&format!("overview of process {n}: {}\n", overview.raw));
+        }
         anyhow::bail!(
             "{missing} 202'd deliveries never arrived\n{report}log of process 0:\n{}\nlog of process 2:\n{}",
             hubs[0].log_tail(),
@@ -219,7 +223,10 @@ async fn run(url: &str, prefix: &str, restart: bool) -> anyhow::Result<()> {
             if pending.body["deliveries"].as_array().is_some_and(Vec::is_empty) {
                 break;
             }
-            ensure!(Instant::now() < deadline, "deliveries stuck pending on process {n}: {}", pending.raw);
+            if Instant::now() >= deadline {
+                let overview = api.get(&hub.admin_url("/v1/admin/overview")).await?;
+                anyhow::bail!("deliveries stuck pending on process {n}: {}\noverview: {}", pending.raw, overview.raw);
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let dead = api.get(&hub.admin_url("/v1/admin/deliveries?state=dead&limit=5")).await?;

@@ -270,6 +270,10 @@ async fn status_command_says_whether_the_hub_takes_submissions_and_what_it_holds
     assert!(out.contains("1 submissions; deliveries: 0 pending, 0 delivered, 1 dead"), "{out}");
     assert!(out.contains("paused    none"), "{out}");
     assert!(!out.contains("broker"), "an embedded hub has no broker link: {out}");
+    // Its one delivery worker: asking for work, one lease made (whose permit may not be back
+    // yet when the dead delivery shows).
+    assert!(out.contains("worker    a: leasing for"), "{out}");
+    assert!(out.contains("/4 in flight") && out.contains("last lease"), "{out}");
 
     let gone =
         format!("http://{}", std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr"));
@@ -294,6 +298,8 @@ async fn status_on_rabbitmq(queue: String) {
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("store     rabbitmq, ready"), "{out}");
     assert!(out.contains("broker    connected, not blocked, 1 connection(s) since start"), "{out}");
+    assert!(out.contains("worker    a: leasing for") && out.contains("no lease yet"), "{out}");
+    assert!(out.contains("broker work here: 0 waiting, 0 leased, 0 received"), "{out}");
 
     let Some(alarm) = rabbit::MemoryAlarm::raise() else { return };
     // RabbitMQ 3.10 tells a connection it is blocked when it next publishes: a submission's.

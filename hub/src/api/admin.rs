@@ -98,8 +98,13 @@ async fn overview(State(state): State<Arc<AppState>>) -> Result<Response, Proble
         "not_ready_because": health.err().map(|e| e.to_string()),
         "broker": store.broker(),
     });
-    Ok(axum::Json(json!({ "counts": counts, "paused_endpoints": state.paused.list(), "store": status }))
-        .into_response())
+    Ok(axum::Json(json!({
+        "counts": counts,
+        "paused_endpoints": state.paused.list(),
+        "store": status,
+        "workers": state.workers.views(),
+    }))
+    .into_response())
 }
 
 async fn list_deliveries(State(state): State<Arc<AppState>>, Query(q): Query<ListQuery>) -> Result<Response, Problem> {
@@ -461,6 +466,14 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         metrics::counter!("lotse_rabbitmq_connections_total").absolute(b.connections);
         metrics::gauge!("lotse_event_stream_offset").set(b.stream_offset as f64);
         metrics::gauge!("lotse_event_stream_rereading").set(flag(b.rereading));
+        // Work this process holds unacked: waiting for a lease, and leased.
+        for w in &b.work {
+            metrics::gauge!("lotse_rabbitmq_work_waiting", "endpoint" => w.endpoint.clone()).set(w.waiting as f64);
+            metrics::gauge!("lotse_rabbitmq_work_leased", "endpoint" => w.endpoint.clone()).set(w.leased as f64);
+        }
+    }
+    for w in state.workers.views() {
+        metrics::gauge!("lotse_worker_in_flight", "endpoint" => w.endpoint.clone()).set(w.in_flight as f64);
     }
     if state.config.raw.queue.kind == crate::config::QueueKind::Embedded {
         // For an alert before the disk is full (then intake answers 503 until there is room).

@@ -320,7 +320,62 @@ pub async fn run_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         v["paused_endpoints"].as_array().into_iter().flatten().filter_map(|e| e.as_str()).map(shown).collect();
     let paused = if paused.is_empty() { "none".to_owned() } else { paused.join(", ") };
     println!("paused    {paused} (`lotse endpoints list` says by whom and why)");
+    for line in worker_lines(&v) {
+        println!("{line}");
+    }
     Ok(if ready { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// One line per delivery worker of the process (what it is doing, attempts in flight), with,
+/// on RabbitMQ, the endpoint's work in this process (waiting for a lease, leased, received).
+/// Work that waits here while its worker asks for work and none was taken for a minute is
+/// called out (that should not happen): it is unacked at the broker, so no other process gets
+/// it until this one leases it or ends.
+fn worker_lines(v: &Value) -> Vec<String> {
+    let seconds = |ms: u64| {
+        let d = std::time::Duration::from_secs(ms / 1000);
+        humantime::format_duration(d).to_string()
+    };
+    let work: Vec<&Value> = v["store"]["broker"]["work"].as_array().into_iter().flatten().collect();
+    let work_of = |endpoint: &str| work.iter().find(|w| w["endpoint"] == endpoint).copied();
+    let mut lines = Vec::new();
+    let workers: Vec<&Value> = v["workers"].as_array().into_iter().flatten().collect();
+    for w in &workers {
+        let endpoint = w["endpoint"].as_str().unwrap_or("");
+        let number = |key: &str| w[key].as_u64().unwrap_or(0);
+        let mut parts = vec![
+            format!("{} for {}", shown(w["doing"].as_str().unwrap_or("?")), seconds(number("for_ms"))),
+            format!("{}/{} in flight", number("in_flight"), number("concurrency")),
+        ];
+        if number("failures_in_a_row") > 0 {
+            parts.push(format!("{} transient failure(s) in a row", number("failures_in_a_row")));
+        }
+        if number("unrecorded_in_a_row") > 0 {
+            parts.push(format!("{} attempt(s) in a row the store could not record", number("unrecorded_in_a_row")));
+        }
+        let idle = w["last_lease_ms_ago"].as_u64();
+        parts.push(match idle {
+            Some(ms) => format!("last lease {} ago", seconds(ms)),
+            None => "no lease yet".to_owned(),
+        });
+        if let Some(h) = work_of(endpoint) {
+            let waiting = h["waiting"].as_u64().unwrap_or(0);
+            parts.push(format!(
+                "broker work here: {waiting} waiting, {} leased, {} received",
+                h["leased"].as_u64().unwrap_or(0),
+                h["received"].as_u64().unwrap_or(0)
+            ));
+            let taken = h["last_lease_ms_ago"].as_u64();
+            if waiting > 0 && w["doing"] == "leasing" && taken.is_none_or(|ms| ms >= 60_000) {
+                parts.push(format!(
+                    "STUCK? {waiting} work message(s) wait in this process, its worker asks for work, and none was taken for a minute \
+                     (no other process gets them; restarting this one gives them back)"
+                ));
+            }
+        }
+        lines.push(format!("worker    {}: {}", shown(endpoint), parts.join(", ")));
+    }
+    lines
 }
 
 async fn list_endpoints(client: &reqwest::Client, base: &str) -> anyhow::Result<ExitCode> {
@@ -431,4 +486,42 @@ async fn answer(resp: reqwest::Response) -> anyhow::Result<Value> {
 async fn read(resp: reqwest::Response) -> (reqwest::StatusCode, Value) {
     let status = resp.status();
     (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    fn overview(doing: &str, waiting: u64, taken_ms_ago: Option<u64>) -> serde_json::Value {
+        json!({
+            "store": {"broker": {"work": [
+                {"endpoint": "bauamt", "received": 70, "waiting": waiting, "leased": 0, "last_lease_ms_ago": taken_ms_ago}
+            ]}},
+            "workers": [{
+                "endpoint": "bauamt", "doing": doing, "for_ms": 95_000, "in_flight": 0, "concurrency": 4,
+                "failures_in_a_row": 0, "unrecorded_in_a_row": 0, "last_lease_ms_ago": 95_000
+            }]
+        })
+    }
+
+    /// Work that waits in the process while its worker asks for work and none was taken for a
+    /// minute is called out; a worker in the breaker (which takes nothing on purpose), or work
+    /// taken a moment ago, is not.
+    #[test]
+    fn work_waiting_while_its_worker_leases_nothing_is_called_out() {
+        let lines = super::worker_lines(&overview("leasing", 64, Some(95_000)));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let line = &lines[0];
+        assert!(line.starts_with("worker    bauamt: leasing for 1m 35s, 0/4 in flight"), "{line}");
+        assert!(line.contains("broker work here: 64 waiting, 0 leased, 70 received"), "{line}");
+        assert!(line.contains("STUCK? 64 work message(s) wait in this process"), "{line}");
+
+        for (doing, taken) in [("breaker wait", Some(95_000)), ("leasing", Some(200)), ("leasing", None)] {
+            let waiting = if taken.is_none() { 0 } else { 64 };
+            let lines = super::worker_lines(&overview(doing, waiting, taken));
+            assert!(!lines[0].contains("STUCK"), "{doing} {taken:?}: {lines:?}");
+        }
+        let stuck_never_taken = super::worker_lines(&overview("leasing", 3, None));
+        assert!(stuck_never_taken[0].contains("STUCK? 3 work"), "{stuck_never_taken:?}");
+    }
 }

@@ -24,6 +24,8 @@ pub struct AppState {
     pub partner_slots: PartnerSlots,
     /// Mailbox endpoints: their tokens and what their agencies fetched.
     pub mailboxes: mailbox::Mailboxes,
+    /// What this process's delivery workers are doing (for the admin overview).
+    pub workers: crate::delivery::Workers,
 }
 
 /// Per configured partner, a semaphore of `limits.max_in_flight_per_partner` places.
@@ -68,6 +70,7 @@ impl AppState {
             pipeline,
             metrics,
             paused,
+            workers: crate::delivery::Workers::default(),
         }
     }
 }

@@ -19,7 +19,8 @@ pub mod retry;
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -28,7 +29,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::config::{Config, EndpointConfig, EndpointKind, RetryConfig};
-use crate::store::{Lease, Outcome, Pause, Store, now_millis};
+use crate::store::{Lease, Millis, Outcome, Pause, Store, now_millis};
 use retry::AttemptResult;
 
 /// Endpoints an operator paused: the delivery workers lease nothing for them, and their
@@ -94,12 +95,131 @@ pub fn lotse_headers(lease: &Lease) -> Vec<(&'static str, String)> {
     headers
 }
 
+/// What each delivery worker of this process is doing now, for operators (`lotse status`,
+/// `GET /v1/admin/overview`): when an endpoint's deliveries do not move, whether its worker
+/// waits for the receiver (every slot busy), for the breaker, for the store, or is paused.
+#[derive(Clone, Default)]
+pub struct Workers(Arc<Mutex<BTreeMap<String, Arc<Gauge>>>>);
+
+impl Workers {
+    /// Each worker's state, by endpoint name.
+    pub fn views(&self) -> Vec<WorkerView> {
+        let gauges = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = now_millis();
+        gauges
+            .iter()
+            .map(|(endpoint, g)| WorkerView {
+                endpoint: endpoint.clone(),
+                doing: Doing::from_u8(g.doing.load(Ordering::Relaxed)).name(),
+                for_ms: now.saturating_sub(g.since.load(Ordering::Relaxed)),
+                in_flight: g.concurrency.saturating_sub(g.slots.available_permits()),
+                concurrency: g.concurrency,
+                failures_in_a_row: g.failures.load(Ordering::Relaxed),
+                unrecorded_in_a_row: g.settle_errors.load(Ordering::Relaxed),
+                last_lease_ms_ago: match g.last_lease.load(Ordering::Relaxed) {
+                    0 => None,
+                    at => Some(now.saturating_sub(at)),
+                },
+            })
+            .collect()
+    }
+
+    fn add(&self, endpoint: &str, concurrency: usize) -> Arc<Gauge> {
+        let gauge = Arc::new(Gauge {
+            concurrency,
+            slots: Arc::new(Semaphore::new(concurrency)),
+            failures: AtomicU32::new(0),
+            settle_errors: AtomicU32::new(0),
+            doing: AtomicU8::new(Doing::Leasing as u8),
+            since: AtomicU64::new(now_millis()),
+            last_lease: AtomicU64::new(0),
+        });
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(endpoint.to_owned(), gauge.clone());
+        gauge
+    }
+}
+
+/// One worker's state ([`Workers::views`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WorkerView {
+    pub endpoint: String,
+    /// `leasing` (asking the store for due deliveries, or waiting for one to become due),
+    /// `waiting for a free slot` (all `concurrency` attempts in flight: the receiver is slow),
+    /// `breaker wait` (the endpoint looks down; a probe follows), `store wait` (the store could
+    /// not lease or record attempts; trying again), `paused`, `stopped`.
+    pub doing: &'static str,
+    /// For how long, in milliseconds.
+    pub for_ms: Millis,
+    /// Attempts in flight now.
+    pub in_flight: usize,
+    pub concurrency: usize,
+    /// Transient failures in a row (the breaker opens at [`BREAKER_THRESHOLD`]).
+    pub failures_in_a_row: u32,
+    /// Attempts in a row whose outcome the store could not record.
+    pub unrecorded_in_a_row: u32,
+    /// Milliseconds since the worker last got a delivery to attempt (`None`: never).
+    pub last_lease_ms_ago: Option<Millis>,
+}
+
+struct Gauge {
+    concurrency: usize,
+    /// One permit per attempt in flight.
+    slots: Arc<Semaphore>,
+    /// Transient failures in a row (reset by any answer that is not transient).
+    failures: AtomicU32,
+    /// Attempts in a row whose outcome the store could not record (reset by one it could).
+    settle_errors: AtomicU32,
+    /// A [`Doing`], and since when (milliseconds since the epoch).
+    doing: AtomicU8,
+    since: AtomicU64,
+    last_lease: AtomicU64,
+}
+
+impl Gauge {
+    fn set(&self, doing: Doing) {
+        if self.doing.swap(doing as u8, Ordering::Relaxed) != doing as u8 {
+            self.since.store(now_millis(), Ordering::Relaxed);
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Doing {
+    Leasing = 0,
+    WaitingForSlot = 1,
+    BreakerWait = 2,
+    StoreWait = 3,
+    Paused = 4,
+    Stopped = 5,
+}
+
+impl Doing {
+    fn from_u8(n: u8) -> Doing {
+        [Doing::Leasing, Doing::WaitingForSlot, Doing::BreakerWait, Doing::StoreWait, Doing::Paused, Doing::Stopped]
+            .get(usize::from(n))
+            .copied()
+            .unwrap_or(Doing::Leasing)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Doing::Leasing => "leasing",
+            Doing::WaitingForSlot => "waiting for a free slot",
+            Doing::BreakerWait => "breaker wait",
+            Doing::StoreWait => "store wait",
+            Doing::Paused => "paused",
+            Doing::Stopped => "stopped",
+        }
+    }
+}
+
 /// Starts one worker per endpoint; they stop when `shutdown` turns true, after finishing the
-/// attempts they have in flight.
+/// attempts they have in flight. Each reports what it is doing on `workers`.
 pub fn spawn_workers(
     config: &Config,
     store: Arc<dyn Store>,
     paused: Paused,
+    workers: &Workers,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinSet<()>> {
     let mut set = JoinSet::new();
@@ -107,8 +227,7 @@ pub fn spawn_workers(
     for endpoint in config.raw.endpoints.iter().filter(|e| e.kind != EndpointKind::Mailbox) {
         let transport = Arc::new(Transport::new(endpoint)?);
         let worker = Worker {
-            failures: AtomicU32::new(0),
-            settle_errors: AtomicU32::new(0),
+            gauge: workers.add(&endpoint.name, endpoint.concurrency),
             endpoint: endpoint.clone(),
             retry: config.raw.retry,
             store: store.clone(),
@@ -124,10 +243,8 @@ pub fn spawn_workers(
 pub const BREAKER_THRESHOLD: u32 = 5;
 
 struct Worker {
-    /// Transient failures in a row (reset by any answer that is not transient).
-    failures: AtomicU32,
-    /// Attempts in a row whose outcome the store could not record (reset by one it could).
-    settle_errors: AtomicU32,
+    /// Its slots, failure counts and what it is doing (shared with [`Workers`]).
+    gauge: Arc<Gauge>,
     endpoint: EndpointConfig,
     retry: RetryConfig,
     store: Arc<dyn Store>,
@@ -169,14 +286,16 @@ impl Transport {
 impl Worker {
     async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let name = self.endpoint.name.clone();
-        let slots = Arc::new(Semaphore::new(self.endpoint.concurrency));
+        let slots = self.gauge.slots.clone();
         let this = Arc::new(self);
+        let gauge = &this.gauge;
         let mut store_errors = 0u32;
         tracing::info!(endpoint = %name, "delivery worker started");
         // Said once per change, on every process: a pause made on another one shows here too.
         let mut holding = false;
         while !*shutdown.borrow() {
             if this.paused.is_paused(&name) {
+                gauge.set(Doing::Paused);
                 if !holding {
                     holding = true;
                     tracing::info!(endpoint = %name, "endpoint paused: its deliveries are held");
@@ -192,12 +311,15 @@ impl Worker {
                 tracing::info!(endpoint = %name, "endpoint resumed: delivering again");
             }
             // Wait for one free slot, then lease as many deliveries as there are free slots.
+            if slots.available_permits() == 0 {
+                gauge.set(Doing::WaitingForSlot);
+            }
             let first = tokio::select! {
                 p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
                 _ = shutdown.changed() => continue,
             };
             let mut free = 1 + slots.available_permits();
-            let failures = this.failures.load(Ordering::Relaxed);
+            let failures = gauge.failures.load(Ordering::Relaxed);
             if failures >= BREAKER_THRESHOLD {
                 let cap = retry::backoff_cap(&this.retry, failures - BREAKER_THRESHOLD + 1);
                 let wait = cap.mul_f64(0.5 + rand::rng().random::<f64>() / 2.0);
@@ -205,25 +327,28 @@ impl Worker {
                     tracing::warn!(endpoint = %name, failures, "endpoint looks down; probing with one delivery at a time");
                 }
                 metrics::counter!("lotse_breaker_waits_total", "endpoint" => name.clone()).increment(1);
+                gauge.set(Doing::BreakerWait);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.changed() => continue,
                 }
                 free = 1;
             }
-            let settle_errors = this.settle_errors.load(Ordering::Relaxed);
+            let settle_errors = gauge.settle_errors.load(Ordering::Relaxed);
             if settle_errors > 0 {
                 // An attempt whose outcome the store could not record (a full disk) is due again
                 // at once; the receiver answers fine, so the breaker does not trip, and without
                 // this pause it would get the same message again and again for as long as the
                 // store cannot write. One at a time, and slower the longer it lasts (to 10 s).
                 let wait = Duration::from_millis(200 * u64::from(settle_errors.min(50)));
+                gauge.set(Doing::StoreWait);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.changed() => continue,
                 }
                 free = 1;
             }
+            gauge.set(Doing::Leasing);
             let leases = tokio::select! {
                 r = this.store.lease(&name, free, Duration::from_millis(500)) => r,
                 _ = shutdown.changed() => continue,
@@ -237,10 +362,14 @@ impl Worker {
                     store_errors = store_errors.saturating_add(1);
                     let pause = Duration::from_millis(100 * u64::from(store_errors.min(50)));
                     tracing::warn!(endpoint = %name, error = %e, "cannot lease deliveries; retrying");
+                    gauge.set(Doing::StoreWait);
                     tokio::time::sleep(pause).await;
                     continue;
                 }
             };
+            if !leases.is_empty() {
+                gauge.last_lease.store(now_millis(), Ordering::Relaxed);
+            }
             let mut first = Some(first);
             for lease in leases {
                 let permit = match first.take() {
@@ -259,6 +388,7 @@ impl Worker {
         }
         // Wait for in-flight attempts: every permit back means every attempt settled.
         let _ = slots.acquire_many(this.endpoint.concurrency as u32).await;
+        gauge.set(Doing::Stopped);
         tracing::info!(endpoint = %name, "delivery worker stopped");
     }
 
@@ -285,7 +415,7 @@ impl Worker {
         let error = format!("internal error during the attempt (panic: {message})");
         let result = AttemptResult::Transient { error, retry_after: None };
         if let Err(e) = settle_attempt(self.store.as_ref(), &self.retry, kept, result).await {
-            self.settle_errors.fetch_add(1, Ordering::Relaxed);
+            self.gauge.settle_errors.fetch_add(1, Ordering::Relaxed);
             tracing::error!(delivery_id = %id, error = %e, "cannot record the attempt that panicked; it will be repeated");
         }
     }
@@ -294,8 +424,8 @@ impl Worker {
         let started = std::time::Instant::now();
         let result = self.transport.send(&lease).await;
         if matches!(result, AttemptResult::Transient { .. }) {
-            self.failures.fetch_add(1, Ordering::Relaxed);
-        } else if self.failures.swap(0, Ordering::Relaxed) >= BREAKER_THRESHOLD {
+            self.gauge.failures.fetch_add(1, Ordering::Relaxed);
+        } else if self.gauge.failures.swap(0, Ordering::Relaxed) >= BREAKER_THRESHOLD {
             tracing::info!(endpoint = %self.endpoint.name, "endpoint answers again");
         }
         metrics::histogram!("lotse_attempt_seconds", "endpoint" => self.endpoint.name.clone())
@@ -303,10 +433,10 @@ impl Worker {
         let id = lease.delivery_id;
         let settled = settle_attempt(self.store.as_ref(), &self.retry, lease, result).await;
         if settled.is_ok() {
-            self.settle_errors.store(0, Ordering::Relaxed);
+            self.gauge.settle_errors.store(0, Ordering::Relaxed);
         }
         if let Err(e) = settled {
-            self.settle_errors.fetch_add(1, Ordering::Relaxed);
+            self.gauge.settle_errors.fetch_add(1, Ordering::Relaxed);
             // The delivery stays due in the store and will be sent again: at-least-once.
             static LOG: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
             if let Some(left_out) = LOG.allow() {
@@ -399,11 +529,15 @@ mod tests {
         assert_eq!(paused.list(), ["ablage"]);
         store.intake(crate::store::conformance::submission(&[], &["ablage"])).await.expect("intake");
         let (stop, shutdown) = tokio::sync::watch::channel(false);
-        let mut workers = super::spawn_workers(&config, store.clone(), paused.clone(), shutdown).expect("workers");
+        let board = super::Workers::default();
+        let mut workers =
+            super::spawn_workers(&config, store.clone(), paused.clone(), &board, shutdown).expect("workers");
         let files = || std::fs::read_dir(&drop_dir).expect("read folder").count();
         // Held means nothing happens: five of the worker's pause checks, two lease waits.
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(files(), 0, "delivered while paused");
+        let view = board.views().pop().expect("one worker");
+        assert_eq!((view.endpoint.as_str(), view.doing, view.last_lease_ms_ago), ("ablage", "paused", None));
         assert_eq!(store.counts().await.expect("counts").pending, 1);
 
         paused.set("ablage", false, "oncall", None).await.expect("resume");
@@ -414,8 +548,73 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(files() >= 1, "the delivery's files are in the folder");
+        let view = board.views().pop().expect("one worker");
+        assert_ne!(view.doing, "paused");
+        assert!(view.last_lease_ms_ago.is_some(), "{view:?}");
         let _ = stop.send(true);
         while workers.join_next().await.is_some() {}
+        assert_eq!(board.views().pop().expect("one worker").doing, "stopped");
+    }
+
+    /// Operators see what each worker does: one whose receiver takes the connection and never
+    /// answers has every slot in flight and waits for a free one; one whose receiver answers
+    /// 503 to everything stops in the breaker with its failures counted.
+    #[tokio::test]
+    async fn the_workers_report_what_they_are_doing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Accepts connections and reads nothing: every attempt waits for its timeout.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let silent_addr = silent.local_addr().expect("addr");
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((c, _)) = silent.accept().await {
+                open.push(c);
+            }
+        });
+        let down = crate::receiver::spawn(crate::receiver::ReceiverOptions { status: 503, ..Default::default() })
+            .await
+            .expect("receiver");
+        let config = crate::config::Config::parse(&format!(
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:1\"\ndata_dir = \"unused\"\n\
+             [retry]\nmax_attempts = 100\ninitial_backoff = \"50ms\"\nmax_backoff = \"2s\"\n\
+             [[endpoints]]\nname = \"slow\"\nkind = \"http\"\nurl = \"http://{silent_addr}/in\"\nconcurrency = 2\ntimeout = \"60s\"\n\
+             [[endpoints]]\nname = \"down\"\nkind = \"http\"\nurl = \"{}\"\n\
+             [[routes]]\nname = \"r\"\nendpoints = [\"slow\"]\n",
+            down.url("/in")
+        ))
+        .expect("valid test config");
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::embedded::EmbeddedStore::open(&dir.path().join("data")).expect("store"));
+        for _ in 0..3 {
+            store.intake(crate::store::conformance::submission(&[], &["slow"])).await.expect("intake");
+        }
+        for _ in 0..6 {
+            store.intake(crate::store::conformance::submission(&[], &["down"])).await.expect("intake");
+        }
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let board = super::Workers::default();
+        let mut workers =
+            super::spawn_workers(&config, store.clone(), super::Paused::new(store.clone()), &board, shutdown)
+                .expect("workers");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let (slow, down) = loop {
+            let views = board.views();
+            let of = |name: &str| views.iter().find(|v| v.endpoint == name).cloned().expect("a view per worker");
+            let (slow, down) = (of("slow"), of("down"));
+            if slow.doing == "waiting for a free slot" && down.doing == "breaker wait" {
+                break (slow, down);
+            }
+            assert!(std::time::Instant::now() < deadline, "not seen within 10 s: {slow:?} {down:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!((slow.in_flight, slow.concurrency, slow.failures_in_a_row), (2, 2, 0), "{slow:?}");
+        assert!(slow.last_lease_ms_ago.is_some(), "{slow:?}");
+        assert!(down.failures_in_a_row >= super::BREAKER_THRESHOLD, "{down:?}");
+        assert_eq!(down.unrecorded_in_a_row, 0, "{down:?}");
+        let _ = stop.send(true);
+        // The slow worker waits for its attempts (60 s timeouts): not joined here.
+        workers.abort_all();
+        held.abort();
     }
 
     /// The embedded store, except that the first settle panics (as a bug in a store or a
@@ -451,8 +650,14 @@ mod tests {
         let store = Arc::new(PanicsOnce { inner, panicked: Default::default() });
         store.intake(crate::store::conformance::submission(&[], &["ablage"])).await.expect("intake");
         let (stop, shutdown) = tokio::sync::watch::channel(false);
-        let mut workers =
-            super::spawn_workers(&config, store.clone(), super::Paused::new(store.clone()), shutdown).expect("workers");
+        let mut workers = super::spawn_workers(
+            &config,
+            store.clone(),
+            super::Paused::new(store.clone()),
+            &super::Workers::default(),
+            shutdown,
+        )
+        .expect("workers");
         // The first retry's backoff is at most `initial_backoff` (1 s by default).
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while store.counts().await.expect("counts").delivered < 1 {
@@ -497,9 +702,13 @@ mod tests {
         let store = Arc::new(FullDisk { inner, settles: AtomicU32::new(0) });
         store.intake(crate::store::conformance::submission(&[], &["ablage"])).await.expect("intake");
         let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let board = super::Workers::default();
         let mut workers =
-            super::spawn_workers(&config, store.clone(), super::Paused::new(store.clone()), shutdown).expect("workers");
+            super::spawn_workers(&config, store.clone(), super::Paused::new(store.clone()), &board, shutdown)
+                .expect("workers");
         tokio::time::sleep(Duration::from_secs(2)).await;
+        let view = board.views().pop().expect("one worker");
+        assert!(view.unrecorded_in_a_row >= 1, "the operator sees the outcomes not recorded: {view:?}");
         let _ = stop.send(true);
         while workers.join_next().await.is_some() {}
         let sends = store.settles.load(Ordering::SeqCst);

@@ -509,4 +509,22 @@ pub struct BrokerStatus {
     /// The stream offset this process's start read from: 0 when it read the whole stream, more
     /// when it started from the index it saved when it last stopped (its snapshot).
     pub started_at_offset: u64,
+    /// Per endpoint, the work messages this process took from the broker and what became of
+    /// them: an operator's first look when an endpoint's deliveries do not move.
+    pub work: Vec<WorkInHand>,
+}
+
+/// One endpoint's work in one process of a shared store ([`BrokerStatus::work`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkInHand {
+    pub endpoint: String,
+    /// Work messages the broker gave this process since it started.
+    pub received: u64,
+    /// Of these, waiting in this process now for a delivery worker (or mailbox) to lease them:
+    /// at most the prefetch. Unacked at the broker, so no other process gets them meanwhile.
+    pub waiting: u64,
+    /// Leased now: being attempted, or (a mailbox's) fetched and not yet answered.
+    pub leased: u64,
+    /// Milliseconds since a lease last took work of this endpoint here (`None`: never).
+    pub last_lease_ms_ago: Option<u64>,
 }

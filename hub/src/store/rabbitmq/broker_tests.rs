@@ -1135,3 +1135,43 @@ async fn settle_after_reconnect(store: &RabbitStore, cut: impl FnOnce() -> anyho
     anyhow::ensure!(again.is_empty(), "the delivered delivery was leased again");
     Ok(())
 }
+
+/// The overview's figures of an endpoint's work in this process: what the broker gave it,
+/// what waits for a lease (unacked, so no other process gets it), what is leased now, and when
+/// a lease last took some. The figures `lotse status` shows to tell a slow receiver from work
+/// that waits here while nobody takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_the_work_in_hand_is_reported() -> anyhow::Result<()> {
+    let Some((store, url, prefix)) = open().await? else { return Ok(()) };
+    let result = work_in_hand(&store).await;
+    store.close().await;
+    RabbitStore::delete_topology(&url, &prefix, &[ENDPOINT.to_owned()]).await?;
+    result
+}
+
+async fn work_in_hand(store: &RabbitStore) -> anyhow::Result<()> {
+    let work = || store.broker().and_then(|b| b.work.into_iter().next()).expect("one endpoint's work");
+    let first = work();
+    anyhow::ensure!(first.endpoint == ENDPOINT, "{first:?}");
+    anyhow::ensure!(
+        (first.received, first.waiting, first.leased, first.last_lease_ms_ago) == (0, 0, 0, None),
+        "{first:?}"
+    );
+    for _ in 0..3 {
+        anyhow::ensure!(matches!(store.intake(submission(&[], &[ENDPOINT])).await?, Intake::Accepted(_)));
+    }
+    let arrived = eventually(Duration::from_secs(10), || work().waiting == 3).await;
+    let w = work();
+    anyhow::ensure!(arrived && w.received == 3 && w.leased == 0 && w.last_lease_ms_ago.is_none(), "{w:?}");
+    let leases = store.lease(ENDPOINT, 2, Duration::from_secs(5)).await?;
+    anyhow::ensure!(leases.len() == 2, "leased {}", leases.len());
+    let w = work();
+    anyhow::ensure!((w.received, w.waiting, w.leased) == (3, 1, 2), "{w:?}");
+    anyhow::ensure!(w.last_lease_ms_ago.is_some_and(|ms| ms < 5_000), "{w:?}");
+    for lease in leases {
+        store.settle(lease, Outcome::Delivered { via: Handover::Http(200) }).await?;
+    }
+    let w = work();
+    anyhow::ensure!((w.waiting, w.leased) == (1, 0), "{w:?}");
+    Ok(())
+}

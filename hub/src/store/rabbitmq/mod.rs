@@ -255,8 +255,13 @@ struct Session {
 }
 
 struct WorkQueue {
+    endpoint: Arc<str>,
     tx: mpsc::Sender<Incoming>,
     inbox: tokio::sync::Mutex<Inbox>,
+    /// Work messages the broker gave this process (see [`crate::store::WorkInHand`]).
+    received: AtomicU64,
+    /// When a lease last took one (milliseconds since the epoch; 0: never).
+    last_taken: AtomicU64,
 }
 
 /// What a lease takes an endpoint's work from (one lease at a time).
@@ -274,6 +279,7 @@ struct Incoming {
 
 struct Held {
     session: u64,
+    endpoint: Arc<str>,
     acker: lapin::Acker,
     message: WorkMessage,
 }
@@ -349,7 +355,15 @@ impl RabbitStore {
         let mut queues = HashMap::new();
         for e in endpoints {
             let (tx, rx) = mpsc::channel(usize::from(PREFETCH));
-            queues.insert(e.clone(), WorkQueue { tx, inbox: tokio::sync::Mutex::new(Inbox { rx, stashed: None }) });
+            let inbox = tokio::sync::Mutex::new(Inbox { rx, stashed: None });
+            let queue = WorkQueue {
+                endpoint: e.as_str().into(),
+                tx,
+                inbox,
+                received: AtomicU64::new(0),
+                last_taken: AtomicU64::new(0),
+            };
+            queues.insert(e.clone(), queue);
         }
         let (broken, broken_rx) = mpsc::unbounded_channel();
         let (appends, appends_rx) = mpsc::unbounded_channel();

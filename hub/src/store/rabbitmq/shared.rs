@@ -84,6 +84,31 @@ impl Shared {
         Ok(session)
     }
 
+    /// Each endpoint's work in this process now, in config order (see [`crate::store::WorkInHand`]).
+    pub(super) fn work_in_hand(&self) -> Vec<crate::store::WorkInHand> {
+        let mut leased: HashMap<&str, u64> = HashMap::new();
+        let leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        for held in leases.values() {
+            *leased.entry(&held.endpoint).or_default() += 1;
+        }
+        let now = now_millis();
+        self.endpoints
+            .iter()
+            .filter_map(|e| self.queues.get(e))
+            .map(|q| {
+                let last = q.last_taken.load(Ordering::Relaxed);
+                crate::store::WorkInHand {
+                    endpoint: q.endpoint.to_string(),
+                    received: q.received.load(Ordering::Relaxed),
+                    // What the channel holds: its capacity less the places free.
+                    waiting: (q.tx.max_capacity() - q.tx.capacity()) as u64,
+                    leased: leased.get(&*q.endpoint).copied().unwrap_or(0),
+                    last_lease_ms_ago: (last > 0).then(|| now.saturating_sub(last)),
+                }
+            })
+            .collect()
+    }
+
     /// Whether the broker blocks this process's publishes now (a resource alarm).
     pub(super) fn blocked(&self) -> bool {
         self.current().is_ok_and(|s| s.conn.status().blocked())

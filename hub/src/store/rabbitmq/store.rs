@@ -89,7 +89,10 @@ impl Store for RabbitStore {
             }
             let incoming = if pulled {
                 match shared.pull(endpoint, if out.is_empty() { Some(deadline) } else { None }).await {
-                    Ok(Some(i)) => i,
+                    Ok(Some(i)) => {
+                        queue.received.fetch_add(1, Ordering::Relaxed);
+                        i
+                    }
                     Ok(None) => break,
                     Err(e) if out.is_empty() => return Err(e),
                     // What is leased already goes out (and is settled); the error shows again.
@@ -108,6 +111,7 @@ impl Store for RabbitStore {
                     Err(_) => break,
                 }
             };
+            queue.last_taken.store(now_millis(), Ordering::Relaxed);
             if shared.is_paused(endpoint) {
                 if pulled {
                     // Nobody pulls again while the endpoint is paused.
@@ -237,7 +241,8 @@ impl Store for RabbitStore {
                 token,
             };
             if let Ok(mut leases) = shared.leases.lock() {
-                leases.insert(token, Held { session: incoming.session, acker: delivery.acker, message });
+                let endpoint = queue.endpoint.clone();
+                leases.insert(token, Held { session: incoming.session, endpoint, acker: delivery.acker, message });
             }
             out.push(lease);
         }
@@ -438,6 +443,7 @@ impl Store for RabbitStore {
             rereads: shared.rereads.load(Ordering::SeqCst),
             unreadable_records: shared.unreadable.load(Ordering::SeqCst),
             started_at_offset: shared.started_at_offset.load(Ordering::SeqCst),
+            work: shared.work_in_hand(),
         })
     }
 

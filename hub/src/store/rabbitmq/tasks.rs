@@ -162,7 +162,7 @@ pub(super) async fn open_session(shared: &Arc<Shared>, id: u64) -> Result<(Arc<S
             Err(e) => Err(e),
         };
         match consumed {
-            Ok(consumer) => tasks.push(tokio::spawn(pump(shared.clone(), id, ch, consumer, tx))),
+            Ok(consumer) => tasks.push(tokio::spawn(pump(shared.clone(), id, ch, consumer, tx, endpoint.clone()))),
             Err(e) => {
                 if let Ok(mut s) = shared.session.write()
                     && s.as_ref().is_some_and(|s| s.id == id)
@@ -377,9 +377,14 @@ pub(super) async fn pump(
     _ch: Channel,
     mut consumer: lapin::Consumer,
     tx: mpsc::Sender<Incoming>,
+    endpoint: String,
 ) {
+    let received = shared.queues.get(&endpoint).map(|q| &q.received);
     while let Some(item) = consumer.next().await {
         let Ok(delivery) = item else { break };
+        if let Some(r) = received {
+            r.fetch_add(1, Ordering::Relaxed);
+        }
         if tx.send(Incoming { session, delivery }).await.is_err() {
             break;
         }
