@@ -1175,3 +1175,37 @@ async fn work_in_hand(store: &RabbitStore) -> anyhow::Result<()> {
     anyhow::ensure!((w.waiting, w.leased) == (1, 0), "{w:?}");
     Ok(())
 }
+
+/// Work that reaches a lease from a connection that is no longer the current one, while that
+/// connection is still open (between a reconnect's decision and the old connection's close), is
+/// given back to the broker, not dropped: dropped, it stayed unacked on that connection, held by
+/// nobody, for as long as the connection lived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_work_of_a_connection_no_longer_current_is_given_back() -> anyhow::Result<()> {
+    let Some((store, url, prefix)) = open().await? else { return Ok(()) };
+    let result = stale_work(&store).await;
+    store.close().await;
+    RabbitStore::delete_topology(&url, &prefix, &[ENDPOINT.to_owned()]).await?;
+    result
+}
+
+async fn stale_work(store: &RabbitStore) -> anyhow::Result<()> {
+    let Intake::Accepted(receipt) = store.intake(submission(&[], &[ENDPOINT])).await? else {
+        anyhow::bail!("not accepted")
+    };
+    let waiting = || store.broker().and_then(|b| b.work.into_iter().next()).map_or(0, |w| w.waiting);
+    anyhow::ensure!(eventually(Duration::from_secs(10), || waiting() == 1).await, "the work did not arrive");
+    // The session stops being current; its connection stays open.
+    let current = store.shared.session.write().map_err(|_| anyhow::anyhow!("poisoned"))?.take();
+    let leased = store.lease(ENDPOINT, 1, Duration::from_millis(500)).await;
+    *store.shared.session.write().map_err(|_| anyhow::anyhow!("poisoned"))? = current;
+    anyhow::ensure!(leased?.is_empty(), "leased work of a session that was not current");
+    // Given back, it comes again on the same (current again) connection.
+    let leases = store.lease(ENDPOINT, 1, Duration::from_secs(10)).await?;
+    anyhow::ensure!(leases.len() == 1, "the work given back did not come again");
+    anyhow::ensure!(leases[0].delivery_id == receipt.deliveries[0].id, "another delivery: {:?}", leases[0]);
+    for lease in leases {
+        store.settle(lease, Outcome::Delivered { via: Handover::Http(200) }).await?;
+    }
+    Ok(())
+}

@@ -168,6 +168,15 @@ const ACK_WAIT: Duration = Duration::from_secs(5);
 /// How long closing the store waits for its connection supervisor to end.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
+/// How long a new connection may take to declare the topology, open its channels and start its
+/// consumers; then it is closed and the next one tried. Without a bound, a broker that stopped
+/// answering mid-setup (one still starting after a restart) kept the supervisor waiting for
+/// ever: no session, every write a 503, and no reconnect.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a connection being closed may take to answer (then it is dropped, which closes it).
+const SESSION_CLOSE_WAIT: Duration = Duration::from_secs(2);
+
 /// How often the `Queued` marks of recent intakes go to the stream, in one record.
 const QUEUED_FLUSH: Duration = Duration::from_millis(100);
 

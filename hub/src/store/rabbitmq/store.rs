@@ -125,7 +125,11 @@ impl Store for RabbitStore {
             let current = shared.current().map(|s| s.id).ok();
             if current != Some(incoming.session) {
                 // Its channel is gone, and with it the broker's record of our holding it: the
-                // broker has put it back in the queue.
+                // broker has put it back in the queue. Given back all the same, never just
+                // dropped: were its connection still open (being closed), the message would stay
+                // unacked there, held by nobody. On a closed channel this answers at once.
+                let requeue = BasicNackOptions { requeue: true, ..Default::default() };
+                bounded(shared, incoming.session, incoming.delivery.acker.nack(requeue)).await;
                 continue;
             }
             let delivery = incoming.delivery;

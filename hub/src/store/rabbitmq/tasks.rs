@@ -45,7 +45,12 @@ pub(super) async fn supervise(
                 for t in &tasks {
                     t.abort();
                 }
-                let _ = tokio::time::timeout(Duration::from_secs(2), session.conn.close(200, "bye".into())).await;
+                if tokio::time::timeout(SESSION_CLOSE_WAIT, session.conn.close(200, "bye".into())).await.is_err() {
+                    tracing::warn!(
+                        session = id,
+                        "RabbitMQ did not answer the close within {SESSION_CLOSE_WAIT:?}; dropping the connection"
+                    );
+                }
                 if *shutdown.borrow() {
                     break;
                 }
@@ -133,13 +138,17 @@ pub(super) async fn open_session(shared: &Arc<Shared>, id: u64) -> Result<(Arc<S
         }
         Ok::<_, SessionError>((publishers, getters, consumers))
     };
-    let (publishers, getters, consumers) = match setup.await {
+    let set = match tokio::time::timeout(SETUP_TIMEOUT, setup).await {
+        Ok(set) => set,
+        Err(_) => Err(SessionError::from(format!("RabbitMQ did not finish setting up within {SETUP_TIMEOUT:?}"))),
+    };
+    let (publishers, getters, consumers) = match set {
         Ok(set) => set,
         Err(e) => {
             for t in &tasks {
                 t.abort();
             }
-            let _ = conn.close(200, "setup failed".into()).await;
+            let _ = tokio::time::timeout(SESSION_CLOSE_WAIT, conn.close(200, "setup failed".into())).await;
             return Err(e);
         }
     };
@@ -155,10 +164,13 @@ pub(super) async fn open_session(shared: &Arc<Shared>, id: u64) -> Result<(Arc<S
     for (endpoint, ch, tx) in consumers {
         let work = shared.names.work(endpoint);
         let consumed = match short(&work) {
-            Ok(name) => ch
-                .basic_consume(name, "".into(), BasicConsumeOptions::default(), FieldTable::default())
-                .await
-                .map_err(|e| format!("consume `{work}`: {e}")),
+            Ok(name) => {
+                let consume = ch.basic_consume(name, "".into(), BasicConsumeOptions::default(), FieldTable::default());
+                match tokio::time::timeout(CONFIRM_TIMEOUT, consume).await {
+                    Ok(consumed) => consumed.map_err(|e| format!("consume `{work}`: {e}")),
+                    Err(_) => Err(format!("consume `{work}`: no answer within {CONFIRM_TIMEOUT:?}")),
+                }
+            }
             Err(e) => Err(e),
         };
         match consumed {
@@ -172,7 +184,7 @@ pub(super) async fn open_session(shared: &Arc<Shared>, id: u64) -> Result<(Arc<S
                 for t in &tasks {
                     t.abort();
                 }
-                let _ = session.conn.close(200, "setup failed".into()).await;
+                let _ = tokio::time::timeout(SESSION_CLOSE_WAIT, session.conn.close(200, "setup failed".into())).await;
                 return Err(SessionError::from(e));
             }
         }
@@ -255,7 +267,10 @@ async fn check_resume(shared: &Shared, consumer: &mut lapin::Consumer, last: u64
             Err(_) => break format!("nothing at offset {last} within {RESUME_CHECK:?}"),
         };
         let offset = stream_offset(&delivery);
-        delivery.acker.ack(BasicAckOptions::default()).await.map_err(|e| e.to_string())?;
+        match tokio::time::timeout(ACK_WAIT, delivery.acker.ack(BasicAckOptions::default())).await {
+            Ok(acked) => acked.map_err(|e| e.to_string())?,
+            Err(_) => return Err(format!("RabbitMQ took no ack within {ACK_WAIT:?}")),
+        };
         match offset {
             // The start of the chunk that holds `last`: folded before.
             Some(o) if o < last => continue,
@@ -293,8 +308,15 @@ pub(super) async fn fold(shared: Arc<Shared>, session: u64, _ch: Channel, mut co
             shared.last_digest.store(digest(&delivery.data), Ordering::SeqCst);
             shared.next_offset.store(o + 1, Ordering::SeqCst);
         }
-        if delivery.acker.ack(BasicAckOptions::default()).await.is_err() {
-            break;
+        // Bounded: a fold that waited for ever would leave every writer of this process
+        // waiting for its record (503s) and its status behind, without a reconnect.
+        match tokio::time::timeout(ACK_WAIT, delivery.acker.ack(BasicAckOptions::default())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => break,
+            Err(_) => {
+                tracing::warn!(session, "RabbitMQ took no ack of the event stream within {ACK_WAIT:?}; reconnecting");
+                break;
+            }
         }
     }
     let _ = shared.broken.send(session);
