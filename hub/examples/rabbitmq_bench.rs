@@ -363,7 +363,16 @@ async fn main() -> anyhow::Result<()> {
         ratios.push(s.rate / r.rate);
     }
     ratios.sort_by(f64::total_cmp);
-    println!("median ratio store / raw: {:.2}", ratios[ratios.len() / 2]);
+    // The mean of the two middle ratios for an even number of rounds. (Until 2026-12-01 this
+    // printed the upper one of the two, which overstated the median of even-numbered runs.)
+    let n = ratios.len();
+    let median = match n {
+        0 => f64::NAN,
+        n if n % 2 == 0 => (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0,
+        n => ratios[n / 2],
+    };
+    let sorted: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+    println!("median ratio store / raw: {median:.3} (rounds, sorted: {})", sorted.join(" "));
     let l = lag(&args, &format!("lotse-bench-lag-{}", uuid::Uuid::new_v4().simple())).await?;
     println!(
         "status lag to a second process (1,000 sequential intakes): p50 {:.2} ms p99 {:.2} ms",
