@@ -47,8 +47,9 @@ pub enum Command {
     Endpoints(crate::api::admin_cli::EndpointsArgs),
     /// What a hub process says about itself (through the admin API): whether it takes
     /// submissions (and why not), its store, on RabbitMQ its link to the broker, counts per
-    /// state, paused endpoints. Exit 0 when it takes submissions, 1 when it does not, 2 when
-    /// the admin API does not answer.
+    /// state, paused endpoints, and what each delivery worker is doing (on RabbitMQ with the
+    /// endpoint's work held by the process). Exit 0 when it takes submissions, 1 when it does
+    /// not, 2 when the admin API does not answer.
     Status(crate::api::admin_cli::StatusArgs),
 }
 
