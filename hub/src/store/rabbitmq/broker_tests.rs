@@ -1065,6 +1065,10 @@ struct Relay {
     url: String,
     cut: tokio::sync::broadcast::Sender<()>,
     frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// New connections hear the broker up to its `connection.open-ok`, then nothing more.
+    mute: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Connections muted so far.
+    muted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Relay {
@@ -1074,7 +1078,9 @@ impl Relay {
         let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
-        let (c, f) = (cut.clone(), frozen.clone());
+        let mute = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let muted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (c, f, m, mc) = (cut.clone(), frozen.clone(), mute.clone(), muted.clone());
         tokio::spawn(async move {
             let mut held = Vec::new();
             while let Ok((mut client, _)) = listener.accept().await {
@@ -1083,10 +1089,22 @@ impl Relay {
                     continue;
                 }
                 let mut stop = c.subscribe();
+                let mute = m.load(std::sync::atomic::Ordering::SeqCst);
+                let muted = mc.clone();
                 tokio::spawn(async move {
                     let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else { return };
+                    if !mute {
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            _ = stop.recv() => {}
+                        }
+                        return;
+                    }
+                    let (mut client_rd, client_wr) = client.split();
+                    let (server_rd, mut server_wr) = server.split();
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = tokio::io::copy(&mut client_rd, &mut server_wr) => {}
+                        _ = pass_until_open_ok(server_rd, client_wr, &muted) => {}
                         _ = stop.recv() => {}
                     }
                 });
@@ -1095,7 +1113,17 @@ impl Relay {
         let mut relayed = reqwest::Url::parse(url)?;
         relayed.set_host(Some("127.0.0.1"))?;
         relayed.set_port(Some(port)).map_err(|_| anyhow::anyhow!("no port"))?;
-        Ok(Relay { url: relayed.to_string(), cut, frozen })
+        Ok(Relay { url: relayed.to_string(), cut, frozen, mute, muted })
+    }
+
+    /// From now on (`true`), new connections hear the broker until it has opened the connection
+    /// (`connection.open-ok`) and nothing after: a broker that stops answering mid-setup.
+    fn mute_after_open(&self, on: bool) {
+        self.mute.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn muted(&self) -> usize {
+        self.muted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Cuts every connection relayed so far; new ones are relayed again.
@@ -1207,5 +1235,79 @@ async fn stale_work(store: &RabbitStore) -> anyhow::Result<()> {
     for lease in leases {
         store.settle(lease, Outcome::Delivered { via: Handover::Http(200) }).await?;
     }
+    Ok(())
+}
+
+/// Relays the broker's frames up to and with `connection.open-ok` (method frame of class 10,
+/// method 41), counts the connection in `muted`, then reads on and forwards nothing.
+async fn pass_until_open_ok(
+    mut server: tokio::net::tcp::ReadHalf<'_>,
+    mut client: tokio::net::tcp::WriteHalf<'_>,
+    muted: &std::sync::atomic::AtomicUsize,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut pending = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let mut open = false;
+    loop {
+        let Ok(n) = server.read(&mut chunk).await else { return };
+        if n == 0 {
+            return;
+        }
+        if open {
+            continue; // heard, never passed on
+        }
+        pending.extend_from_slice(&chunk[..n]);
+        // A frame: type (1), channel (2), payload size (4), payload, end marker (1).
+        while !open && pending.len() >= 7 {
+            let size = u32::from_be_bytes([pending[3], pending[4], pending[5], pending[6]]) as usize;
+            if pending.len() < 8 + size {
+                break;
+            }
+            let frame: Vec<u8> = pending.drain(..8 + size).collect();
+            if client.write_all(&frame).await.is_err() {
+                return;
+            }
+            open = frame[0] == 1 && size >= 4 && frame[7..11] == [0, 10, 0, 41];
+            if open {
+                muted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+/// A broker that opens a connection and then answers nothing (one still starting after a
+/// restart, or stalled) does not hold the reconnect for ever: the connection's setup (its
+/// channels, topology, consumers) is bounded, and the next connection, to a broker that
+/// answers again, restores the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_a_broker_silent_after_the_handshake_does_not_hold_the_reconnect() -> anyhow::Result<()> {
+    let Some((url, prefix)) = broker().await? else { return Ok(()) };
+    let relay = Relay::to(&url).await?;
+    let store = RabbitStore::open(&relay.url, &prefix, &[ENDPOINT.to_owned()]).await?;
+    let result = silent_setup(&store, &relay).await;
+    store.close().await;
+    RabbitStore::delete_topology(&url, &prefix, &[ENDPOINT.to_owned()]).await?;
+    result
+}
+
+async fn silent_setup(store: &RabbitStore, relay: &Relay) -> anyhow::Result<()> {
+    relay.mute_after_open(true);
+    relay.cut();
+    let lost = eventually(Duration::from_secs(10), || store.broker().is_some_and(|b| !b.connected)).await;
+    anyhow::ensure!(lost, "the cut was not noticed: {:?}", store.broker());
+    let muted = eventually(Duration::from_secs(10), || relay.muted() >= 1).await;
+    anyhow::ensure!(muted, "no connection reached the silent setup");
+    // In the silent setup now; the broker answers again for the next connection.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    relay.mute_after_open(false);
+    let back = eventually(super::SETUP_TIMEOUT + Duration::from_secs(20), || {
+        store.broker().is_some_and(|b| b.connected) && store.health().is_ok()
+    })
+    .await;
+    anyhow::ensure!(back, "not connected again after the silent setup: {:?}", store.broker());
+    let link = store.broker().expect("link");
+    anyhow::ensure!(link.connections >= 2, "{link:?}");
+    anyhow::ensure!(matches!(store.intake(submission(&[], &[ENDPOINT])).await?, Intake::Accepted(_)));
     Ok(())
 }

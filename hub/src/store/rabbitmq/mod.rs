@@ -172,7 +172,11 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// consumers; then it is closed and the next one tried. Without a bound, a broker that stopped
 /// answering mid-setup (one still starting after a restart) kept the supervisor waiting for
 /// ever: no session, every write a 503, and no reconnect.
+#[cfg(not(test))]
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Shorter in this crate's tests, so the test of a silent setup takes seconds, not half a minute.
+#[cfg(test)]
+const SETUP_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// How long a connection being closed may take to answer (then it is dropped, which closes it).
 const SESSION_CLOSE_WAIT: Duration = Duration::from_secs(2);
