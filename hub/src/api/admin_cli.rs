@@ -366,7 +366,10 @@ fn worker_lines(v: &Value) -> Vec<String> {
                 h["received"].as_u64().unwrap_or(0)
             ));
             let taken = h["last_lease_ms_ago"].as_u64();
-            if waiting > 0 && w["doing"] == "leasing" && taken.is_none_or(|ms| ms >= 60_000) {
+            // Asking for work for a minute without a break (a breaker wait in between would
+            // have reset `for_ms`), and none taken here meanwhile.
+            let asking = w["doing"] == "leasing" && number("for_ms") >= 60_000;
+            if waiting > 0 && asking && taken.is_none_or(|ms| ms >= 60_000) {
                 parts.push(format!(
                     "STUCK? {waiting} work message(s) wait in this process, its worker asks for work, and none was taken for a minute \
                      (no other process gets them; restarting this one gives them back)"
@@ -493,12 +496,16 @@ mod tests {
     use serde_json::json;
 
     fn overview(doing: &str, waiting: u64, taken_ms_ago: Option<u64>) -> serde_json::Value {
+        overview_for(doing, 95_000, waiting, taken_ms_ago)
+    }
+
+    fn overview_for(doing: &str, for_ms: u64, waiting: u64, taken_ms_ago: Option<u64>) -> serde_json::Value {
         json!({
             "store": {"broker": {"work": [
                 {"endpoint": "bauamt", "received": 70, "waiting": waiting, "leased": 0, "last_lease_ms_ago": taken_ms_ago}
             ]}},
             "workers": [{
-                "endpoint": "bauamt", "doing": doing, "for_ms": 95_000, "in_flight": 0, "concurrency": 4,
+                "endpoint": "bauamt", "doing": doing, "for_ms": for_ms, "in_flight": 0, "concurrency": 4,
                 "failures_in_a_row": 0, "unrecorded_in_a_row": 0, "last_lease_ms_ago": 95_000
             }]
         })
@@ -521,6 +528,9 @@ mod tests {
             let lines = super::worker_lines(&overview(doing, waiting, taken));
             assert!(!lines[0].contains("STUCK"), "{doing} {taken:?}: {lines:?}");
         }
+        // Just back from a long breaker wait: asking for a moment only.
+        let back = super::worker_lines(&overview_for("leasing", 300, 64, Some(95_000)));
+        assert!(!back[0].contains("STUCK"), "{back:?}");
         let stuck_never_taken = super::worker_lines(&overview("leasing", 3, None));
         assert!(stuck_never_taken[0].contains("STUCK? 3 work"), "{stuck_never_taken:?}");
     }
