@@ -353,6 +353,12 @@ fn worker_lines(v: &Value) -> Vec<String> {
         if number("unrecorded_in_a_row") > 0 {
             parts.push(format!("{} attempt(s) in a row the store could not record", number("unrecorded_in_a_row")));
         }
+        if let Some(ms) = w["lease_pending_ms"].as_u64().filter(|ms| *ms >= 60_000) {
+            parts.push(format!(
+                "STUCK? its lease of the store has not returned for {} (a bug: keep this output and the log, restart the process)",
+                seconds(ms)
+            ));
+        }
         let idle = w["last_lease_ms_ago"].as_u64();
         parts.push(match idle {
             Some(ms) => format!("last lease {} ago", seconds(ms)),
@@ -531,6 +537,10 @@ mod tests {
         // Just back from a long breaker wait: asking for a moment only.
         let back = super::worker_lines(&overview_for("leasing", 300, 64, Some(95_000)));
         assert!(!back[0].contains("STUCK"), "{back:?}");
+        let mut hanging = overview_for("leasing", 300, 0, Some(95_000));
+        hanging["workers"][0]["lease_pending_ms"] = json!(75_000);
+        let hanging = super::worker_lines(&hanging);
+        assert!(hanging[0].contains("STUCK? its lease of the store has not returned for 1m 15s"), "{hanging:?}");
         let stuck_never_taken = super::worker_lines(&overview("leasing", 3, None));
         assert!(stuck_never_taken[0].contains("STUCK? 3 work"), "{stuck_never_taken:?}");
     }

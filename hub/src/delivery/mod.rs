@@ -120,6 +120,10 @@ impl Workers {
                     0 => None,
                     at => Some(now.saturating_sub(at)),
                 },
+                lease_pending_ms: match g.lease_started.load(Ordering::Relaxed) {
+                    0 => None,
+                    at => Some(now.saturating_sub(at)),
+                },
             })
             .collect()
     }
@@ -133,6 +137,7 @@ impl Workers {
             doing: AtomicU8::new(Doing::Leasing as u8),
             since: AtomicU64::new(now_millis()),
             last_lease: AtomicU64::new(0),
+            lease_started: AtomicU64::new(0),
         });
         self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(endpoint.to_owned(), gauge.clone());
         gauge
@@ -159,6 +164,9 @@ pub struct WorkerView {
     pub unrecorded_in_a_row: u32,
     /// Milliseconds since the worker last got a delivery to attempt (`None`: never).
     pub last_lease_ms_ago: Option<Millis>,
+    /// How long the store's lease under way has been pending (`None`: none under way). A lease
+    /// returns within about half a second; a minute means the store is stuck (a bug).
+    pub lease_pending_ms: Option<Millis>,
 }
 
 struct Gauge {
@@ -173,6 +181,8 @@ struct Gauge {
     doing: AtomicU8,
     since: AtomicU64,
     last_lease: AtomicU64,
+    /// When the lease under way began (0: none under way).
+    lease_started: AtomicU64,
 }
 
 impl Gauge {
@@ -238,6 +248,12 @@ pub fn spawn_workers(
     }
     Ok(set)
 }
+
+/// How long a lease may stay pending before the worker says so in the log (again every as long).
+#[cfg(not(test))]
+const LEASE_WATCH: Duration = Duration::from_secs(60);
+#[cfg(test)]
+const LEASE_WATCH: Duration = Duration::from_millis(300);
 
 /// Transient failures in a row after which an endpoint is taken as down.
 pub const BREAKER_THRESHOLD: u32 = 5;
@@ -349,10 +365,24 @@ impl Worker {
                 free = 1;
             }
             gauge.set(Doing::Leasing);
-            let leases = tokio::select! {
-                r = this.store.lease(&name, free, Duration::from_millis(500)) => r,
-                _ = shutdown.changed() => continue,
+            gauge.lease_started.store(now_millis(), Ordering::Relaxed);
+            let lease = this.store.lease(&name, free, Duration::from_millis(500));
+            tokio::pin!(lease);
+            // A lease returns within its wait and a few bounded broker round trips. One that
+            // does not is a bug in the store: said in the log (and in the overview) while it
+            // lasts, never cancelled (a cancelled lease could drop work it holds).
+            let leases = loop {
+                tokio::select! {
+                    r = &mut lease => break Some(r),
+                    _ = shutdown.changed() => break None,
+                    _ = tokio::time::sleep(LEASE_WATCH) => {
+                        let pending = Duration::from_millis(now_millis().saturating_sub(gauge.lease_started.load(Ordering::Relaxed)));
+                        tracing::error!(endpoint = %name, pending = ?pending, "a lease of the store has not returned; the worker waits for it (a bug: please report, with `lotse status`)");
+                    }
+                }
             };
+            gauge.lease_started.store(0, Ordering::Relaxed);
+            let Some(leases) = leases else { continue };
             let leases = match leases {
                 Ok(l) => {
                     store_errors = 0;
@@ -668,6 +698,49 @@ mod tests {
         assert_eq!(store.counts().await.expect("counts").pending, 0);
         let _ = stop.send(true);
         while workers.join_next().await.is_some() {}
+    }
+
+    /// The embedded store, except that a lease never returns (as a stuck store's).
+    struct HangingLease {
+        inner: crate::store::embedded::EmbeddedStore,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::store::testing::Passthrough for HangingLease {
+        fn inner(&self) -> &dyn Store {
+            &self.inner
+        }
+        async fn lease(&self, _: &str, _: usize, _: Duration) -> Result<Vec<crate::store::Lease>, StoreError> {
+            std::future::pending().await
+        }
+    }
+
+    /// A lease that does not return shows in the worker's view (how long it has been pending),
+    /// and the worker stops at shutdown all the same.
+    #[tokio::test]
+    async fn a_lease_that_does_not_return_shows_in_the_workers_view() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let drop_dir = dir.path().join("eingang");
+        std::fs::create_dir(&drop_dir).expect("drop folder");
+        let config = file_config(&drop_dir);
+        let inner = crate::store::embedded::EmbeddedStore::open(&dir.path().join("data")).expect("store");
+        let store = Arc::new(HangingLease { inner });
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let board = super::Workers::default();
+        let mut workers =
+            super::spawn_workers(&config, store.clone(), super::Paused::new(store.clone()), &board, shutdown)
+                .expect("workers");
+        // Past the watch (300 ms in tests), so its log line ran too.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let view = board.views().pop().expect("one worker");
+        assert_eq!(view.doing, "leasing", "{view:?}");
+        assert!(view.lease_pending_ms.is_some_and(|ms| ms >= 700), "{view:?}");
+        let _ = stop.send(true);
+        let stopped =
+            tokio::time::timeout(Duration::from_secs(5), async { while workers.join_next().await.is_some() {} }).await;
+        assert!(stopped.is_ok(), "the worker did not stop while its lease hung");
+        let view = board.views().pop().expect("one worker");
+        assert_eq!((view.doing, view.lease_pending_ms), ("stopped", None), "{view:?}");
     }
 
     /// The embedded store as on a full disk: every settle fails (the delivery is due again at
