@@ -541,6 +541,19 @@ mod tests {
         .expect("valid test config")
     }
 
+    /// Starts the workers of `config` on `store`: the switch that stops them, what they report,
+    /// and their tasks.
+    fn start(
+        config: &crate::config::Config,
+        store: Arc<dyn Store>,
+    ) -> (tokio::sync::watch::Sender<bool>, super::Workers, tokio::task::JoinSet<()>) {
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let board = super::Workers::default();
+        let workers =
+            super::spawn_workers(config, store.clone(), super::Paused::new(store), &board, shutdown).expect("workers");
+        (stop, board, workers)
+    }
+
     /// A paused endpoint leases nothing: its delivery waits until the endpoint is resumed. The
     /// embedded store keeps the pause (in its database, so it survives a restart).
     #[tokio::test]
@@ -621,11 +634,7 @@ mod tests {
         for _ in 0..6 {
             store.intake(crate::store::conformance::submission(&[], &["down"])).await.expect("intake");
         }
-        let (stop, shutdown) = tokio::sync::watch::channel(false);
-        let board = super::Workers::default();
-        let mut workers =
-            super::spawn_workers(&config, store.clone(), super::Paused::new(store.clone()), &board, shutdown)
-                .expect("workers");
+        let (stop, board, mut workers) = start(&config, store.clone());
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let (slow, down) = loop {
             let views = board.views();
@@ -679,15 +688,7 @@ mod tests {
         let inner = crate::store::embedded::EmbeddedStore::open(&dir.path().join("data")).expect("store");
         let store = Arc::new(PanicsOnce { inner, panicked: Default::default() });
         store.intake(crate::store::conformance::submission(&[], &["ablage"])).await.expect("intake");
-        let (stop, shutdown) = tokio::sync::watch::channel(false);
-        let mut workers = super::spawn_workers(
-            &config,
-            store.clone(),
-            super::Paused::new(store.clone()),
-            &super::Workers::default(),
-            shutdown,
-        )
-        .expect("workers");
+        let (stop, _, mut workers) = start(&config, store.clone());
         // The first retry's backoff is at most `initial_backoff` (1 s by default).
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while store.counts().await.expect("counts").delivered < 1 {
@@ -725,11 +726,7 @@ mod tests {
         let config = file_config(&drop_dir);
         let inner = crate::store::embedded::EmbeddedStore::open(&dir.path().join("data")).expect("store");
         let store = Arc::new(HangingLease { inner });
-        let (stop, shutdown) = tokio::sync::watch::channel(false);
-        let board = super::Workers::default();
-        let mut workers =
-            super::spawn_workers(&config, store.clone(), super::Paused::new(store.clone()), &board, shutdown)
-                .expect("workers");
+        let (stop, board, mut workers) = start(&config, store.clone());
         // Past the watch (300 ms in tests), so its log line ran too.
         tokio::time::sleep(Duration::from_millis(800)).await;
         let view = board.views().pop().expect("one worker");
@@ -774,11 +771,7 @@ mod tests {
         let inner = crate::store::embedded::EmbeddedStore::open(&dir.path().join("data")).expect("store");
         let store = Arc::new(FullDisk { inner, settles: AtomicU32::new(0) });
         store.intake(crate::store::conformance::submission(&[], &["ablage"])).await.expect("intake");
-        let (stop, shutdown) = tokio::sync::watch::channel(false);
-        let board = super::Workers::default();
-        let mut workers =
-            super::spawn_workers(&config, store.clone(), super::Paused::new(store.clone()), &board, shutdown)
-                .expect("workers");
+        let (stop, board, mut workers) = start(&config, store.clone());
         tokio::time::sleep(Duration::from_secs(2)).await;
         let view = board.views().pop().expect("one worker");
         assert!(view.unrecorded_in_a_row >= 1, "the operator sees the outcomes not recorded: {view:?}");
