@@ -477,7 +477,7 @@ pub struct Counts {
 }
 
 /// Store failures. Every one means "try later": the caller answers 503, never 202.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("store unavailable: {0}")]
     Unavailable(String),

@@ -1311,3 +1311,141 @@ async fn silent_setup(store: &RabbitStore, relay: &Relay) -> anyhow::Result<()> 
     anyhow::ensure!(matches!(store.intake(submission(&[], &[ENDPOINT])).await?, Intake::Accepted(_)));
     Ok(())
 }
+
+/// Intakes at the same time share packs (one work message for several deliveries), and a pack
+/// that comes back after a reconnect brings back only what was not settled: its parts that were
+/// delivered, retried (their newer copy waits in the wait ladder) or dead are dropped at lease
+/// (`Index::outrun`), not attempted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_intakes_at_once_share_packs_and_a_pack_given_back_brings_back_only_what_was_unsettled()
+-> anyhow::Result<()> {
+    let Some((store, url, prefix)) = open().await? else { return Ok(()) };
+    let result = packs(&store, &prefix).await;
+    store.close().await;
+    RabbitStore::delete_topology(&url, &prefix, &[ENDPOINT.to_owned()]).await?;
+    result
+}
+
+async fn packs(store: &RabbitStore, prefix: &str) -> anyhow::Result<()> {
+    const N: usize = 96;
+    let intakes = (0..N).map(|_| store.intake(submission(&[], &[ENDPOINT])));
+    let mut ids = std::collections::HashSet::new();
+    for intake in futures::future::join_all(intakes).await {
+        let Intake::Accepted(receipt) = intake? else { anyhow::bail!("not accepted") };
+        ids.insert(receipt.deliveries[0].id);
+    }
+    let work = || store.broker().and_then(|b| b.work.into_iter().next()).expect("one endpoint's work");
+    // Every delivery is leased once, and fewer work messages than deliveries carried them.
+    let mut leases = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while leases.len() < N && tokio::time::Instant::now() < deadline {
+        leases.extend(store.lease(ENDPOINT, N, Duration::from_millis(500)).await?);
+    }
+    let leased: std::collections::HashSet<_> = leases.iter().map(|l| l.delivery_id).collect();
+    anyhow::ensure!(leases.len() == N && leased == ids, "leased {} ({} distinct) of {N}", leases.len(), leased.len());
+    let received = work().received;
+    anyhow::ensure!(received < N as u64, "{received} work messages for {N} deliveries: no packs");
+    // A quarter each: delivered, retried (due in an hour), dead, held.
+    let (mut held, mut kept) = (std::collections::HashSet::new(), Vec::new());
+    for (i, lease) in leases.into_iter().enumerate() {
+        match i % 4 {
+            0 => store.settle(lease, Outcome::Delivered { via: Handover::Http(200) }).await?,
+            1 => {
+                let not_before = now_millis() + 3_600_000;
+                store.settle(lease, Outcome::Retry { not_before, error: "503".into() }).await?
+            }
+            2 => store.settle(lease, Outcome::Dead { error: "422".into() }).await?,
+            _ => {
+                held.insert(lease.delivery_id);
+                kept.push(lease);
+            }
+        }
+    }
+    // Every pack still has a held part, so none was acked; the connection goes, and the broker
+    // gives every pack out again, with all its parts.
+    if !close_connection_of(prefix)? {
+        return Ok(());
+    }
+    let mut again = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while again.len() < held.len() && tokio::time::Instant::now() < deadline {
+        again.extend(store.lease(ENDPOINT, N, Duration::from_millis(500)).await?);
+    }
+    // Whatever else would come, comes within this wait.
+    again.extend(store.lease(ENDPOINT, N, Duration::from_secs(1)).await?);
+    let back: Vec<_> = again.iter().map(|l| l.delivery_id).collect();
+    let settled_back = back.iter().filter(|id| !held.contains(id)).count();
+    anyhow::ensure!(settled_back == 0, "{settled_back} settled deliveries were leased again");
+    let back: std::collections::HashSet<_> = back.into_iter().collect();
+    anyhow::ensure!(back == held && again.len() == held.len(), "leased again {} of {} held", again.len(), held.len());
+    for lease in again {
+        store.settle(lease, Outcome::Delivered { via: Handover::Http(200) }).await?;
+    }
+    let counts = store.counts().await?;
+    let quarter = (N / 4) as u64;
+    anyhow::ensure!(counts.pending == quarter && counts.dead == quarter, "{counts:?}");
+    // The leases of the connection that went settle without an error (their acks are moot).
+    for lease in kept {
+        store.settle(lease, Outcome::Delivered { via: Handover::Http(200) }).await?;
+    }
+    Ok(())
+}
+
+/// A pulled endpoint's work goes one delivery per message (a pack's other parts would wait in
+/// the process that took it while a mailbox's reader asks another). Packs queued while the
+/// endpoint was pushed (the config changed since) are split on their first lease: each part
+/// goes back to the queue alone, and any process leases it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_a_pulled_endpoint_takes_no_packs_and_splits_those_queued_before() -> anyhow::Result<()> {
+    let Some((pushed, url, prefix)) = open().await? else { return Ok(()) };
+    let endpoints = [ENDPOINT.to_owned()];
+    let result = async {
+        const N: usize = 64;
+        for intake in futures::future::join_all((0..N).map(|_| pushed.intake(submission(&[], &[ENDPOINT])))).await {
+            anyhow::ensure!(matches!(intake?, Intake::Accepted(_)));
+        }
+        pushed.close().await;
+        let a = RabbitStore::open_pulling(&url, &prefix, &endpoints, &endpoints).await?;
+        let b = RabbitStore::open_pulling(&url, &prefix, &endpoints, &endpoints).await?;
+        let mut ids = std::collections::HashSet::new();
+        for intake in futures::future::join_all((0..N).map(|_| a.intake(submission(&[], &[ENDPOINT])))).await {
+            let Intake::Accepted(receipt) = intake? else { anyhow::bail!("not accepted") };
+            ids.insert(receipt.deliveries[0].id);
+        }
+        // `a` leases one at a time, as a mailbox's reader does; `b` takes the rest.
+        let first = a.lease(ENDPOINT, 1, Duration::from_secs(10)).await?;
+        anyhow::ensure!(first.len() == 1, "leased {}", first.len());
+        let mut leased: Vec<_> = first.iter().map(|l| l.delivery_id).collect();
+        let mut on_b = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while leased.len() < 2 * N && tokio::time::Instant::now() < deadline {
+            let got = b.lease(ENDPOINT, 2 * N, Duration::from_millis(500)).await?;
+            leased.extend(got.iter().map(|l| l.delivery_id));
+            on_b.extend(got);
+        }
+        let distinct: std::collections::HashSet<_> = leased.iter().copied().collect();
+        anyhow::ensure!(
+            leased.len() == 2 * N && distinct.len() == 2 * N,
+            "leased {} ({} distinct) of {}",
+            leased.len(),
+            distinct.len(),
+            2 * N
+        );
+        anyhow::ensure!(ids.is_subset(&distinct), "a delivery of the pulled intakes was not leased");
+        // One message per lease: `a` took one delivery, and kept none back.
+        let a_work = a.broker().and_then(|w| w.work.into_iter().next()).expect("work");
+        anyhow::ensure!((a_work.waiting, a_work.leased) == (0, 1), "{a_work:?}");
+        for lease in first {
+            a.settle(lease, Outcome::Delivered { via: Handover::Mailbox }).await?;
+        }
+        for lease in on_b {
+            b.settle(lease, Outcome::Delivered { via: Handover::Mailbox }).await?;
+        }
+        a.close().await;
+        b.close().await;
+        anyhow::Ok(())
+    }
+    .await;
+    RabbitStore::delete_topology(&url, &prefix, &endpoints).await?;
+    result
+}

@@ -431,7 +431,23 @@ impl Index {
         self.submissions.get(&id).is_some_and(|s| s.queued)
     }
 
+    /// Whether a work message of delivery `id`, of `generation` and published after `attempts`
+    /// attempts, is outrun by what the stream recorded since, so it is dropped, not attempted:
+    /// the delivery was delivered in that generation; or an attempt after this message's was
+    /// recorded in it (each retry and dead letter is published before its record, so a newer
+    /// copy exists or the delivery is dead); or a replay began a later generation (replay
+    /// takes only dead deliveries, whose copies are all done). Such copies come from an ack a
+    /// reconnect lost, a pack given back with parts that were settled, or a duplicate intake
+    /// that queued its deliveries again.
+    pub fn outrun(&self, id: DeliveryId, generation: u32, attempts: u32) -> bool {
+        let Some(d) = self.deliveries.get(&id) else { return false };
+        (d.state == DeliveryState::Delivered && d.generation >= generation)
+            || generation < d.generation
+            || (d.outcome_generation == Some(generation) && d.attempts > attempts)
+    }
+
     /// State and generation of a delivery, if known.
+    #[cfg(test)]
     pub fn delivery_state(&self, id: DeliveryId) -> Option<(DeliveryState, u32)> {
         self.deliveries.get(&id).map(|d| (d.state, d.generation))
     }

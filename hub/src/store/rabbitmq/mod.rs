@@ -112,7 +112,8 @@ use self::record::{
     Envelope, OutcomeRecord, PauseRecord, Record, RecordedOutcome, ReplayVoidRecord, ReplayedRecord, SubmittedRecord,
 };
 use self::shared::unavailable;
-use self::tasks::{append_batches, flush_queued, supervise};
+use self::store::{Finish, send};
+use self::tasks::{append_batches, flush_queued, pack_work, supervise};
 use self::topology::{Names, SessionError, short};
 use self::work::{WorkMessage, rung_for};
 use crate::store::{
@@ -153,6 +154,14 @@ const BATCH_BYTES: usize = 1 << 20;
 /// queue up and the next message carries all of them. Few and large is what the broker likes:
 /// a stream message costs it far more than a record in one.
 const BATCHES_IN_FLIGHT: usize = 1;
+/// At most this many deliveries in one pack (see `work::pack`): enough to carry most of what
+/// arrives while the packs before it are confirmed, few enough that the work of a busy minute
+/// still spreads over the processes (each takes whole packs, [`PREFETCH`] at a time).
+const PACK_PARTS: usize = 32;
+const PACK_BYTES: usize = 1 << 20;
+/// Packs of one work queue waiting for their confirms at a time; more deliveries wait and go
+/// in the next one.
+const PACKS_IN_FLIGHT: usize = 8;
 /// Mailbox verdicts a process's mailboxes may fall behind by before they miss some (those
 /// deliveries are offered again after their deadline).
 const VERDICTS: usize = 4096;
@@ -271,6 +280,12 @@ struct WorkQueue {
     endpoint: Arc<str>,
     tx: mpsc::Sender<Incoming>,
     inbox: tokio::sync::Mutex<Inbox>,
+    /// Intake's work for this queue, gathered into packs (see `tasks::pack_work`); `None` for a
+    /// pulled endpoint, whose every work message carries one delivery (a pack's parts would wait
+    /// in one process while a mailbox's reader asks another).
+    packer: Option<mpsc::UnboundedSender<Packing>>,
+    /// Parts of packs waiting in `Inbox::stashed` (for [`crate::store::WorkInHand`]).
+    stashed: AtomicUsize,
     /// Work messages the broker gave this process (see [`crate::store::WorkInHand`]).
     received: AtomicU64,
     /// When a lease last took one (milliseconds since the epoch; 0: never).
@@ -280,9 +295,11 @@ struct WorkQueue {
 /// What a lease takes an endpoint's work from (one lease at a time).
 struct Inbox {
     rx: mpsc::Receiver<Incoming>,
-    /// A message received just after the endpoint was paused: kept here, unacked, for the first
-    /// lease after the resume (given back to the broker it would come straight back, prefetched).
-    stashed: Option<Incoming>,
+    /// Work received but not handed out: the rest of a pack a lease took fewer parts of than it
+    /// holds, and a part received just after the endpoint was paused (kept, unacked, for the
+    /// first lease after the resume: given back to the broker it would come straight back,
+    /// prefetched).
+    stashed: std::collections::VecDeque<Part>,
 }
 
 struct Incoming {
@@ -290,10 +307,62 @@ struct Incoming {
     delivery: lapin::message::Delivery,
 }
 
+/// One delivery's work in a lease's hands: a work message, or one part of a pack.
+struct Part {
+    ack: Arc<Ack>,
+    message: WorkMessage,
+    redelivered: u32,
+    payload: Bytes,
+}
+
+/// The broker's message behind one or more [`Part`]s: acked when its last part is done with,
+/// or given back to the queue then if any part asked for that.
+struct Ack {
+    session: u64,
+    acker: lapin::Acker,
+    parts: usize,
+    left: AtomicUsize,
+    requeue: AtomicBool,
+    /// Given back at once (its session is no longer the current one).
+    returned: AtomicBool,
+}
+
+impl Ack {
+    fn new(session: u64, acker: lapin::Acker, parts: usize) -> Arc<Ack> {
+        Arc::new(Ack {
+            session,
+            acker,
+            parts,
+            left: AtomicUsize::new(parts),
+            requeue: AtomicBool::new(false),
+            returned: AtomicBool::new(false),
+        })
+    }
+
+    /// One part is done with (`requeue`: it wants to come again). What to do with the message,
+    /// when this was its last part.
+    fn part_done(&self, requeue: bool) -> Option<Finish> {
+        if requeue {
+            self.requeue.store(true, Ordering::SeqCst);
+        }
+        if self.left.fetch_sub(1, Ordering::SeqCst) != 1 {
+            return None;
+        }
+        Some(if self.requeue.load(Ordering::SeqCst) { Finish::Requeue } else { Finish::Ack })
+    }
+}
+
+/// A delivery of intake's, waiting to be published with others in one pack.
+struct Packing {
+    message: WorkMessage,
+    payload: Bytes,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
 struct Held {
     session: u64,
     endpoint: Arc<str>,
-    acker: lapin::Acker,
+    ack: Arc<Ack>,
     message: WorkMessage,
 }
 
@@ -366,13 +435,21 @@ impl RabbitStore {
             short(&name).map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         let mut queues = HashMap::new();
+        let mut packers = Vec::new();
         for e in endpoints {
             let (tx, rx) = mpsc::channel(usize::from(PREFETCH));
-            let inbox = tokio::sync::Mutex::new(Inbox { rx, stashed: None });
+            let inbox = tokio::sync::Mutex::new(Inbox { rx, stashed: Default::default() });
+            let packer = (!pulled.contains(e)).then(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                packers.push((e.clone(), rx));
+                tx
+            });
             let queue = WorkQueue {
                 endpoint: e.as_str().into(),
                 tx,
                 inbox,
+                packer,
+                stashed: AtomicUsize::new(0),
                 received: AtomicU64::new(0),
                 last_taken: AtomicU64::new(0),
             };
@@ -418,6 +495,9 @@ impl RabbitStore {
             shutdown,
         });
         tokio::spawn(append_batches(shared.clone(), appends_rx));
+        for (endpoint, rx) in packers {
+            tokio::spawn(pack_work(shared.clone(), endpoint, rx));
+        }
         tokio::spawn(flush_queued(shared.clone()));
         let (first_tx, first_rx) = oneshot::channel();
         let supervisor = tokio::spawn(supervise(shared.clone(), broken_rx, first_tx));

@@ -100,8 +100,9 @@ impl Shared {
                 crate::store::WorkInHand {
                     endpoint: q.endpoint.to_string(),
                     received: q.received.load(Ordering::Relaxed),
-                    // What the channel holds: its capacity less the places free.
-                    waiting: (q.tx.max_capacity() - q.tx.capacity()) as u64,
+                    // What the channel holds (its capacity less the places free), and the parts
+                    // of packs kept for the next leases.
+                    waiting: (q.tx.max_capacity() - q.tx.capacity() + q.stashed.load(Ordering::Relaxed)) as u64,
                     leased: leased.get(&*q.endpoint).copied().unwrap_or(0),
                     last_lease_ms_ago: (last > 0).then(|| now.saturating_sub(last)),
                 }
@@ -297,20 +298,41 @@ impl Shared {
                 queued_at: now_millis(),
                 replay_id: None,
             };
-            let props = message.properties().map_err(unavailable)?;
-            work.push((self.names.work(&d.endpoint), body, props));
+            work.push((d.endpoint.as_str(), message, body));
         }
-        // One delivery (most submissions): its publish inline, without the joining machinery.
+        // One delivery (most submissions): without the joining machinery.
         if work.len() == 1
-            && let Some((queue, body, props)) = work.pop()
+            && let Some((endpoint, message, body)) = work.pop()
         {
-            return self.publish(&queue, &body, props).await;
+            return self.queue_work(endpoint, message, body).await;
         }
         futures::future::try_join_all(
-            work.into_iter().map(|(queue, body, props)| async move { self.publish(&queue, &body, props).await }),
+            work.into_iter().map(|(endpoint, message, body)| self.queue_work(endpoint, message, body)),
         )
         .await?;
         Ok(())
+    }
+
+    /// Publishes one delivery's work message (in a pack with others waiting for the same queue,
+    /// see `tasks::pack_work`) and waits for the broker's confirm.
+    async fn queue_work(&self, endpoint: &str, message: WorkMessage, payload: Bytes) -> Result<(), StoreError> {
+        if message.content_type.len() > 255 {
+            // As `WorkMessage::properties` says for a message alone; a pack would take it.
+            return Err(unavailable(format!("content type `{}` is longer than 255 bytes", message.content_type)));
+        }
+        match self.queues.get(endpoint).and_then(|q| q.packer.as_ref()) {
+            Some(packer) => {
+                let (done, confirmed) = oneshot::channel();
+                packer
+                    .send(Packing { message, payload, done })
+                    .map_err(|_| unavailable("the work publisher stopped: the store is closing"))?;
+                confirmed.await.map_err(|_| unavailable("the work publisher stopped: the store is closing"))?
+            }
+            None => {
+                let props = message.properties().map_err(unavailable)?;
+                self.publish(&self.names.work(endpoint), &payload, props).await
+            }
+        }
     }
 
     /// A duplicate: make sure the first submission's deliveries are queued, then its receipt.
@@ -405,6 +427,72 @@ impl Shared {
             }
             tokio::time::sleep(PULL_POLL.min(until - now)).await;
         }
+    }
+
+    /// The deliveries of a work message a lease took: one, or a pack's. `None` when there is
+    /// nothing to hand out: a message this version cannot read (moved to the dead queue, or
+    /// left in its queue when that fails), or a pack of a pulled endpoint (split, see below).
+    pub(super) async fn open_work(&self, endpoint: &str, incoming: Incoming, pulled: bool) -> Option<Vec<Part>> {
+        let Incoming { session, mut delivery } = incoming;
+        let is_pack = work::is_pack(&delivery.properties);
+        let data = Bytes::from(std::mem::take(&mut delivery.data));
+        let read = if is_pack {
+            work::unpack_pack(&delivery.properties, &data)
+        } else {
+            WorkMessage::from_properties(&delivery.properties).map(|(m, n)| (vec![(m, data.clone())], n))
+        };
+        let (messages, redelivered) = match read {
+            Ok(read) => read,
+            Err(e) => {
+                // Not a work message this version can read (published by hand, or by a later
+                // version of Lotse): never dropped, but moved as it is to the endpoint's dead
+                // queue, where an operator finds it (and can move it back after an upgrade).
+                metrics::counter!("lotse_work_messages_unreadable_total", "endpoint" => endpoint.to_owned())
+                    .increment(1);
+                let dead = self.names.dead(endpoint);
+                delivery.data = data.to_vec();
+                let ack = Ack::new(session, delivery.acker.clone(), 1);
+                match self.set_aside(&dead, &delivery, &e).await {
+                    Ok(()) => {
+                        tracing::error!(endpoint, error = %e, queue = %dead, "unreadable work message moved to the dead queue");
+                        send(self, &ack, Finish::Ack).await;
+                    }
+                    Err(moved) => {
+                        tracing::error!(endpoint, error = %e, cause = %moved, "unreadable work message left in its queue: it could not be moved");
+                        send(self, &ack, Finish::Requeue).await;
+                    }
+                }
+                return None;
+            }
+        };
+        if pulled && is_pack {
+            // Queued while the endpoint was pushed (the config changed since): each part goes
+            // back to the queue alone, since the rest of a pack would wait in this process
+            // while a mailbox's reader may ask another.
+            let ack = Ack::new(session, delivery.acker, 1);
+            let queue = self.names.work(endpoint);
+            let mut split = true;
+            for (message, payload) in &messages {
+                let published = match message.properties() {
+                    Ok(props) => self.publish(&queue, payload, props).await,
+                    Err(e) => Err(unavailable(e)),
+                };
+                if let Err(e) = published {
+                    tracing::warn!(endpoint, error = %e, "cannot split a pack of a pulled endpoint; left in its queue");
+                    split = false;
+                    break;
+                }
+            }
+            send(self, &ack, if split { Finish::Ack } else { Finish::Requeue }).await;
+            return None;
+        }
+        let ack = Ack::new(session, delivery.acker, messages.len());
+        Some(
+            messages
+                .into_iter()
+                .map(|(message, payload)| Part { ack: ack.clone(), message, redelivered, payload })
+                .collect(),
+        )
     }
 
     /// Sends a not-yet-due message to the wait ladder, then acks the copy in hand.

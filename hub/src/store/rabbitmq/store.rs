@@ -87,88 +87,72 @@ impl Store for RabbitStore {
             if shared.is_paused(endpoint) {
                 break;
             }
-            let incoming = if pulled {
-                match shared.pull(endpoint, if out.is_empty() { Some(deadline) } else { None }).await {
-                    Ok(Some(i)) => {
-                        queue.received.fetch_add(1, Ordering::Relaxed);
-                        i
-                    }
-                    Ok(None) => break,
-                    Err(e) if out.is_empty() => return Err(e),
-                    // What is leased already goes out (and is settled); the error shows again.
-                    Err(_) => break,
-                }
-            } else if let Some(i) = inbox.stashed.take() {
-                i
-            } else if out.is_empty() {
-                match tokio::time::timeout_at(deadline, inbox.rx.recv()).await {
-                    Ok(Some(i)) => i,
-                    _ => break,
-                }
+            let part = if let Some(part) = inbox.stashed.pop_front() {
+                queue.stashed.fetch_sub(1, Ordering::Relaxed);
+                part
             } else {
-                match inbox.rx.try_recv() {
-                    Ok(i) => i,
-                    Err(_) => break,
+                let incoming = if pulled {
+                    match shared.pull(endpoint, if out.is_empty() { Some(deadline) } else { None }).await {
+                        Ok(Some(i)) => {
+                            queue.received.fetch_add(1, Ordering::Relaxed);
+                            i
+                        }
+                        Ok(None) => break,
+                        Err(e) if out.is_empty() => return Err(e),
+                        // What is leased already goes out (and is settled); the error shows again.
+                        Err(_) => break,
+                    }
+                } else if out.is_empty() {
+                    match tokio::time::timeout_at(deadline, inbox.rx.recv()).await {
+                        Ok(Some(i)) => i,
+                        _ => break,
+                    }
+                } else {
+                    match inbox.rx.try_recv() {
+                        Ok(i) => i,
+                        Err(_) => break,
+                    }
+                };
+                let Some(parts) = shared.open_work(endpoint, incoming, pulled).await else { continue };
+                let mut parts = parts.into_iter();
+                let Some(first) = parts.next() else { continue };
+                // The rest of a pack: for this lease (if it takes more) or the next ones.
+                for rest in parts {
+                    inbox.stashed.push_back(rest);
+                    queue.stashed.fetch_add(1, Ordering::Relaxed);
                 }
+                first
             };
             queue.last_taken.store(now_millis(), Ordering::Relaxed);
             if shared.is_paused(endpoint) {
-                if pulled {
-                    // Nobody pulls again while the endpoint is paused.
-                    let requeue = BasicNackOptions { requeue: true, ..Default::default() };
-                    bounded(shared, incoming.session, incoming.delivery.acker.nack(requeue)).await;
+                if pulled && part.ack.parts == 1 {
+                    // Nobody pulls again while the endpoint is paused: back to the queue.
+                    part_done(shared, &part.ack, true).await;
                 } else {
-                    inbox.stashed = Some(incoming);
+                    inbox.stashed.push_front(part);
+                    queue.stashed.fetch_add(1, Ordering::Relaxed);
                 }
                 break;
             }
             let current = shared.current().map(|s| s.id).ok();
-            if current != Some(incoming.session) {
+            if current != Some(part.ack.session) {
                 // Its channel is gone, and with it the broker's record of our holding it: the
                 // broker has put it back in the queue. Given back all the same, never just
                 // dropped: were its connection still open (being closed), the message would stay
                 // unacked there, held by nobody. On a closed channel this answers at once.
-                let requeue = BasicNackOptions { requeue: true, ..Default::default() };
-                bounded(shared, incoming.session, incoming.delivery.acker.nack(requeue)).await;
+                if !part.ack.returned.swap(true, Ordering::SeqCst) {
+                    let requeue = BasicNackOptions { requeue: true, ..Default::default() };
+                    bounded(shared, part.ack.session, part.ack.acker.nack(requeue)).await;
+                }
                 continue;
             }
-            let delivery = incoming.delivery;
-            let (message, redelivered) = match WorkMessage::from_properties(&delivery.properties) {
-                Ok(m) => m,
-                Err(e) => {
-                    // Not a work message this version can read (published by hand, or by a later
-                    // version of Lotse): never dropped, but moved as it is to the endpoint's dead
-                    // queue, where an operator finds it (and can move it back after an upgrade).
-                    metrics::counter!("lotse_work_messages_unreadable_total", "endpoint" => endpoint.to_owned())
-                        .increment(1);
-                    let dead = shared.names.dead(endpoint);
-                    match shared.set_aside(&dead, &delivery, &e).await {
-                        Ok(()) => {
-                            tracing::error!(endpoint, error = %e, queue = %dead, "unreadable work message moved to the dead queue");
-                            bounded(shared, incoming.session, delivery.acker.ack(BasicAckOptions::default())).await;
-                        }
-                        Err(moved) => {
-                            tracing::error!(endpoint, error = %e, cause = %moved, "unreadable work message left in its queue: it could not be moved");
-                            let requeue = BasicNackOptions { requeue: true, ..Default::default() };
-                            bounded(shared, incoming.session, delivery.acker.nack(requeue)).await;
-                        }
-                    }
-                    continue;
-                }
-            };
+            let Part { ack, message, redelivered, payload } = part;
             if message.not_before > now_millis() {
-                match shared.park(endpoint, &message, &delivery.data).await {
-                    Ok(()) => {
-                        bounded(shared, incoming.session, delivery.acker.ack(BasicAckOptions::default())).await;
-                    }
+                match shared.park(endpoint, &message, &payload).await {
+                    Ok(()) => part_done(shared, &ack, false).await,
                     Err(e) => {
                         tracing::warn!(delivery_id = %message.delivery_id, error = %e, "cannot park a retry");
-                        bounded(
-                            shared,
-                            incoming.session,
-                            delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }),
-                        )
-                        .await;
+                        part_done(shared, &ack, true).await;
                     }
                 }
                 continue;
@@ -177,24 +161,13 @@ impl Store for RabbitStore {
                 Claim::Won => {}
                 Claim::Lost => {
                     // Published alongside a claim that lost (a duplicate, a concurrent replay): void.
-                    bounded(shared, incoming.session, delivery.acker.ack(BasicAckOptions::default())).await;
+                    part_done(shared, &ack, false).await;
                     continue;
                 }
                 Claim::Unknown if now_millis().saturating_sub(message.queued_at) < CLAIM_WAIT.as_millis() as u64 => {
                     let parked = WorkMessage { not_before: now_millis() + 1, ..message.clone() };
-                    match shared.park(endpoint, &parked, &delivery.data).await {
-                        Ok(()) => {
-                            bounded(shared, incoming.session, delivery.acker.ack(BasicAckOptions::default())).await;
-                        }
-                        Err(_) => {
-                            bounded(
-                                shared,
-                                incoming.session,
-                                delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }),
-                            )
-                            .await;
-                        }
-                    }
+                    let failed = shared.park(endpoint, &parked, &payload).await.is_err();
+                    part_done(shared, &ack, failed).await;
                     continue;
                 }
                 // A replay whose claim did not reach the stream (that replay answered an error):
@@ -205,30 +178,24 @@ impl Store for RabbitStore {
                     Ok(Claim::Won) => {}
                     Ok(_) => {
                         tracing::warn!(delivery_id = %message.delivery_id, "replay without a claim dropped");
-                        bounded(shared, incoming.session, delivery.acker.ack(BasicAckOptions::default())).await;
+                        part_done(shared, &ack, false).await;
                         continue;
                     }
                     Err(e) => {
                         tracing::warn!(delivery_id = %message.delivery_id, error = %e, "cannot void a replay");
-                        bounded(
-                            shared,
-                            incoming.session,
-                            delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }),
-                        )
-                        .await;
+                        part_done(shared, &ack, true).await;
                         continue;
                     }
                 },
                 // Its claim never reached the stream (that intake answered 503): deliver anyway.
                 Claim::Unknown => {}
             }
-            // A copy of a delivery already delivered in its generation (an ack lost to a
-            // reconnect): nothing to do.
-            if let Some((DeliveryState::Delivered, generation)) =
-                shared.index(|i| i.delivery_state(message.delivery_id))?
-                && generation >= message.generation
-            {
-                bounded(shared, incoming.session, delivery.acker.ack(BasicAckOptions::default())).await;
+            // A copy the index shows outrun: its delivery was delivered in its generation, or
+            // a later attempt of it was recorded (its retry or dead letter published before the
+            // record), or a replay superseded it (an ack lost to a reconnect; the rest of a pack
+            // given back; a duplicate's second copy): nothing to do.
+            if shared.index(|i| i.outrun(message.delivery_id, message.generation, message.attempts))? {
+                part_done(shared, &ack, false).await;
                 continue;
             }
             let attempt = message.attempts + redelivered + 1;
@@ -241,12 +208,12 @@ impl Store for RabbitStore {
                 budget_attempt: attempt.saturating_sub(message.budget_base).max(1),
                 message_id: message.message_id.clone(),
                 content_type: message.content_type.clone(),
-                payload: Bytes::from(delivery.data),
+                payload,
                 token,
             };
             if let Ok(mut leases) = shared.leases.lock() {
                 let endpoint = queue.endpoint.clone();
-                leases.insert(token, Held { session: incoming.session, endpoint, acker: delivery.acker, message });
+                leases.insert(token, Held { session: ack.session, endpoint, ack, message });
             }
             out.push(lease);
         }
@@ -477,8 +444,8 @@ pub(super) enum Finish {
     Requeue,
 }
 
-/// Acks a leased message, or gives it back, on the session that received it; false when that
-/// was not done. Not at all when that session is gone: its channel closed and the broker put
+/// Acks a leased message (a pack's: with its last part), or gives it back, on the session that
+/// received it; false when that was not done. Not at all when that session is gone: its channel closed and the broker put
 /// the message back. Never longer than [`ACK_WAIT`]: a connection that does not take an ack in
 /// that time is started again. (Defensive: a settle is the one place a delivery worker's slot
 /// waited without a bound; no hang was reproduced, see docs/rabbitmq.md, "Limits".)
@@ -486,19 +453,36 @@ pub(super) async fn finish(shared: &Shared, held: &Held, how: Finish) -> bool {
     if shared.current().map(|s| s.id).ok() != Some(held.session) {
         return false;
     }
+    match held.ack.part_done(matches!(how, Finish::Requeue)) {
+        // A pack with parts still out: acked (or given back) with its last part.
+        None => true,
+        Some(how) => send(shared, &held.ack, how).await,
+    }
+}
+
+/// One part of a message in `lease` is done with: the message is acked (or given back, if any
+/// part wanted it back) when it was the last. Bounded like [`finish`].
+async fn part_done(shared: &Shared, ack: &Ack, requeue: bool) {
+    if let Some(how) = ack.part_done(requeue) {
+        send(shared, ack, how).await;
+    }
+}
+
+/// Acks a message or gives it back, bounded by [`ACK_WAIT`]: false when that was not done.
+pub(super) async fn send(shared: &Shared, ack: &Ack, how: Finish) -> bool {
     let sent = match how {
-        Finish::Ack => tokio::time::timeout(ACK_WAIT, held.acker.ack(BasicAckOptions::default())).await,
+        Finish::Ack => tokio::time::timeout(ACK_WAIT, ack.acker.ack(BasicAckOptions::default())).await,
         Finish::Requeue => {
             let requeue = BasicNackOptions { requeue: true, ..Default::default() };
-            tokio::time::timeout(ACK_WAIT, held.acker.nack(requeue)).await
+            tokio::time::timeout(ACK_WAIT, ack.acker.nack(requeue)).await
         }
     };
     match sent {
         Ok(Ok(done)) => done,
         Ok(Err(_)) => false,
         Err(_) => {
-            tracing::warn!(session = held.session, "RabbitMQ took no ack within {ACK_WAIT:?}; reconnecting");
-            let _ = shared.broken.send(held.session);
+            tracing::warn!(session = ack.session, "RabbitMQ took no ack within {ACK_WAIT:?}; reconnecting");
+            let _ = shared.broken.send(ack.session);
             false
         }
     }

@@ -478,3 +478,60 @@ pub(super) async fn flush_queued(shared: Arc<Shared>) {
         }
     }
 }
+
+/// Group commit for a work queue: gathers intake's deliveries waiting for it, publishes them as
+/// one pack (or alone, a work message as any other, when only one waits), and tells each
+/// intake the confirm's verdict. Under light load every delivery goes alone and at once; packs
+/// form while [`PACKS_IN_FLIGHT`] publishes wait for their confirms.
+pub(super) async fn pack_work(shared: Arc<Shared>, endpoint: String, mut rx: mpsc::UnboundedReceiver<Packing>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(PACKS_IN_FLIGHT));
+    let mut shutdown = shared.shutdown.subscribe();
+    let queue = shared.names.work(&endpoint);
+    let mut carry: Option<Packing> = None;
+    loop {
+        let first = match carry.take() {
+            Some(p) => p,
+            None => tokio::select! {
+                p = rx.recv() => match p { Some(p) => p, None => break },
+                _ = shutdown.changed() => break,
+            },
+        };
+        let Ok(slot) = slots.clone().acquire_owned().await else { break };
+        let mut size = first.payload.len();
+        let mut pack = vec![first];
+        while pack.len() < PACK_PARTS {
+            match rx.try_recv() {
+                Ok(p) if size + p.payload.len() > PACK_BYTES => {
+                    carry = Some(p);
+                    break;
+                }
+                Ok(p) => {
+                    size += p.payload.len();
+                    pack.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let shared = shared.clone();
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            let published = if let [one] = &pack[..] {
+                match one.message.properties() {
+                    Ok(props) => shared.publish(&queue, &one.payload, props).await,
+                    Err(e) => Err(unavailable(e)),
+                }
+            } else {
+                let (body, props) = work::pack(pack.iter().map(|p| (&p.message, &p.payload[..])));
+                shared.publish(&queue, &body, props).await
+            };
+            drop(slot);
+            for p in pack {
+                let _ = p.done.send(published.clone());
+            }
+        });
+    }
+    // What is still waiting is answered: the store is closing.
+    carry.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())).for_each(|p| {
+        let _ = p.done.send(Err(unavailable("the store is closing")));
+    });
+}

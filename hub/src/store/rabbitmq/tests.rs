@@ -9,7 +9,7 @@ use super::record::{
     self, Envelope, OutcomeRecord, PauseRecord, Record, RecordedOutcome, ReplayVoidRecord, ReplayedRecord,
     SubmittedRecord,
 };
-use super::work::{LADDER_MS, WorkMessage, rung_for};
+use super::work::{LADDER_MS, WorkMessage, is_pack, pack, rung_for, unpack_pack};
 use crate::store::{DeliveryId, DeliveryState, Handover, ReceiptDelivery, SubmissionId, SubmissionState, dedup_digest};
 
 fn claim(keys: &[&str]) -> SubmittedRecord {
@@ -792,4 +792,80 @@ fn a_snapshot_reads_back_the_index_it_saved() {
         assert_eq!(a, b);
     }
     assert_eq!(answers(&again), answers(&index));
+}
+
+fn work_message(message_id: Option<&str>, content_type: &str, attempts: u32) -> WorkMessage {
+    WorkMessage {
+        delivery_id: DeliveryId::new(),
+        submission_id: SubmissionId::new(),
+        message_id: message_id.map(str::to_owned),
+        content_type: content_type.into(),
+        attempts,
+        budget_base: 0,
+        generation: 0,
+        not_before: 0,
+        queued_at: 7,
+        replay_id: None,
+    }
+}
+
+// A pack gives back every part as packed, payloads included (empty ones too), and refuses one
+// that is cut short, of an unknown version, or empty: never a part misread.
+#[test]
+fn a_pack_round_trips_and_a_broken_one_is_refused() {
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+    let messages = [
+        work_message(Some("id with\nnewline and spaces"), "application/xml", 0),
+        work_message(None, "application/json; charset=utf-8", 3),
+        work_message(Some(""), "text/plain", 1),
+    ];
+    let payloads: [&[u8]; 3] = [b"<a/>", b"", &[0xff; 5000]];
+    let (body, props) = pack(messages.iter().zip(payloads));
+    assert!(is_pack(&props) && !is_pack(&messages[0].properties().expect("properties")));
+    let body = Bytes::from(body);
+    let (parts, redelivered) = unpack_pack(&props, &body).expect("read");
+    assert_eq!(redelivered, 0);
+    assert_eq!(parts.len(), 3);
+    for ((m, p), (message, payload)) in messages.iter().zip(payloads).zip(&parts) {
+        assert_eq!((m, p), (message, &payload[..]));
+    }
+    for cut in [1, 4, 10, body.len() - 1] {
+        assert!(unpack_pack(&props, &body.slice(..cut)).is_err(), "a pack cut at {cut} was read");
+    }
+    assert!(unpack_pack(&props, &Bytes::new()).is_err(), "an empty pack was read");
+    let mut h = FieldTable::default();
+    h.insert("lotse-pack".into(), AMQPValue::LongString(LongString::from(b"2".to_vec())));
+    h.insert("x-delivery-count".into(), AMQPValue::LongLongInt(2));
+    let later = lapin::BasicProperties::default().with_headers(h.clone());
+    assert!(unpack_pack(&later, &body).is_err(), "a pack of a later version was read");
+    h.insert("lotse-pack".into(), AMQPValue::LongString(LongString::from(b"1".to_vec())));
+    let again = lapin::BasicProperties::default().with_headers(h);
+    assert_eq!(unpack_pack(&again, &body).expect("read").1, 2, "the broker's redelivery count");
+}
+
+// A copy of a delivery is outrun once the stream recorded a later attempt of it in its
+// generation, its delivery, or a replay: the copy that carried the last recorded attempt (the
+// retry's, published before the record) is not.
+#[test]
+fn a_copy_behind_the_recorded_attempts_is_outrun() {
+    let mut index = Index::default();
+    let s = claim(&[]);
+    let id = s.deliveries[0].id;
+    index.apply(env(1, Record::Submitted(s.clone())), Bytes::new());
+    assert!(!index.outrun(id, 0, 0), "the first copy, nothing recorded");
+    let retry = RecordedOutcome::Retry { not_before: 9, error: "503".into() };
+    index.apply(env(2, outcome(&s, 2, 0, retry)), Bytes::new());
+    assert!(index.outrun(id, 0, 0) && index.outrun(id, 0, 1), "a copy from before the retry");
+    assert!(!index.outrun(id, 0, 2), "the retry's own copy");
+    index.apply(env(3, outcome(&s, 3, 0, dead("HTTP 400"))), Bytes::from_static(b"x"));
+    assert!(index.outrun(id, 0, 2), "the retry's copy after the dead letter");
+    index.apply(env(4, claimed(&s, 1, Uuid::now_v7())), Bytes::new());
+    assert!(index.outrun(id, 0, 3), "a copy of the generation before the replay");
+    assert!(!index.outrun(id, 1, 3), "the replay's copy");
+    index.apply(
+        env(5, outcome(&s, 4, 1, RecordedOutcome::Delivered { via: Some(Handover::Http(200)), status: None })),
+        Bytes::new(),
+    );
+    assert!(index.outrun(id, 1, 3) && index.outrun(id, 1, 4), "every copy of a delivered generation");
+    assert!(!index.outrun(DeliveryId::new(), 0, 0), "a delivery the index does not know");
 }

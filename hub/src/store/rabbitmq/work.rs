@@ -4,6 +4,7 @@
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
+use bytes::Bytes;
 use uuid::Uuid;
 
 use crate::store::{DeliveryId, Millis, SubmissionId};
@@ -59,7 +60,8 @@ const REPLAY: &str = "lotse-replay-id";
 const DELIVERY_COUNT: &str = "x-delivery-count";
 
 impl WorkMessage {
-    pub fn properties(&self) -> Result<BasicProperties, String> {
+    /// The [`PACKED`] header's text.
+    fn packed(&self) -> String {
         use std::fmt::Write;
         let mut packed = String::with_capacity(128);
         let replay = self.replay_id.map_or_else(|| "-".to_owned(), |r| r.to_string());
@@ -79,8 +81,12 @@ impl WorkMessage {
             packed.push(' ');
             packed.push_str(m);
         }
+        packed
+    }
+
+    pub fn properties(&self) -> Result<BasicProperties, String> {
         let mut h = FieldTable::default();
-        h.insert(PACKED.into(), AMQPValue::LongString(LongString::from(packed.into_bytes())));
+        h.insert(PACKED.into(), AMQPValue::LongString(LongString::from(self.packed().into_bytes())));
         let content_type = ShortString::try_new(self.content_type.as_str())
             .map_err(|_| format!("content type `{}` is longer than 255 bytes", self.content_type))?;
         Ok(BasicProperties::default()
@@ -101,7 +107,8 @@ impl WorkMessage {
             .ok_or("work message without a delivery id")?;
         let redelivered = h.get(DELIVERY_COUNT).and_then(as_u64).unwrap_or(0) as u32;
         if let Some(packed) = h.get(PACKED).and_then(as_text) {
-            let message = unpack(&packed, delivery_id, p)?;
+            let content_type = p.content_type().as_ref().map(|c| c.to_string()).unwrap_or_default();
+            let message = unpack(&packed, delivery_id, content_type)?;
             return Ok((message, redelivered));
         }
         // Separate headers: messages queued by earlier versions.
@@ -127,7 +134,7 @@ impl WorkMessage {
 }
 
 /// Reads the [`PACKED`] header.
-fn unpack(packed: &str, delivery_id: DeliveryId, p: &BasicProperties) -> Result<WorkMessage, String> {
+fn unpack(packed: &str, delivery_id: DeliveryId, content_type: String) -> Result<WorkMessage, String> {
     let bad = || format!("work message header `{PACKED}` unreadable: `{packed}`");
     let mut f = packed.splitn(9, ' ');
     if f.next() != Some("1") {
@@ -149,7 +156,7 @@ fn unpack(packed: &str, delivery_id: DeliveryId, p: &BasicProperties) -> Result<
         delivery_id,
         submission_id,
         message_id,
-        content_type: p.content_type().as_ref().map(|c| c.to_string()).unwrap_or_default(),
+        content_type,
         attempts,
         budget_base,
         generation,
@@ -157,6 +164,79 @@ fn unpack(packed: &str, delivery_id: DeliveryId, p: &BasicProperties) -> Result<
         queued_at,
         replay_id,
     })
+}
+
+/// Marks a pack: one work message that carries several deliveries of one endpoint, queued by
+/// intakes at the same time (see [`pack`]). Its value is the format's version.
+const PACK: &str = "lotse-pack";
+const PACK_VERSION: &[u8] = b"1";
+
+/// One message for several deliveries of an endpoint: what intake publishes when more than one
+/// is waiting for the same work queue. A quorum queue's cost is mostly per message, not per
+/// byte (here, raw lapin's confirmed publishes of 4 KiB: 24,000-38,000/s one per message,
+/// 54,000-79,000 deliveries/s eight per message), so under load one publish carries many.
+///
+/// The body is the parts, each `u32` length (big-endian) + its head + `u32` length + its
+/// payload; a head is `<delivery id>\n<content type>\n<the PACKED header's text>`. The
+/// properties carry only [`PACK`]: a version that does not know packs finds no delivery id and
+/// moves the message, whole, to the dead queue (never loses it).
+pub fn pack<'a>(parts: impl IntoIterator<Item = (&'a WorkMessage, &'a [u8])>) -> (Vec<u8>, BasicProperties) {
+    let mut body = Vec::new();
+    for (m, payload) in parts {
+        let head = format!("{}\n{}\n{}", m.delivery_id, m.content_type, m.packed());
+        body.extend_from_slice(&(head.len() as u32).to_be_bytes());
+        body.extend_from_slice(head.as_bytes());
+        body.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        body.extend_from_slice(payload);
+    }
+    let mut h = FieldTable::default();
+    h.insert(PACK.into(), AMQPValue::LongString(LongString::from(PACK_VERSION.to_vec())));
+    (body, BasicProperties::default().with_delivery_mode(2).with_headers(h))
+}
+
+/// Whether a consumed message is a pack (see [`pack`]).
+pub fn is_pack(p: &BasicProperties) -> bool {
+    p.headers().as_ref().is_some_and(|h| h.inner().contains_key(PACK))
+}
+
+/// The parts of a pack, each with its payload (a slice of `body`, not a copy), and how often
+/// the broker redelivered the pack. An error when any part cannot be read: the pack then goes
+/// to the dead queue whole, as any unreadable work message does.
+pub fn unpack_pack(p: &BasicProperties, body: &Bytes) -> Result<(Vec<(WorkMessage, Bytes)>, u32), String> {
+    let h = p.headers().as_ref().map(|h| h.inner());
+    match h.and_then(|h| h.get(PACK)) {
+        Some(AMQPValue::LongString(v)) if v.as_bytes() == PACK_VERSION => {}
+        other => return Err(format!("pack of an unknown version ({other:?})")),
+    }
+    let redelivered = h.and_then(|h| h.get(DELIVERY_COUNT)).and_then(as_u64).unwrap_or(0) as u32;
+    let mut parts = Vec::new();
+    let mut at = 0;
+    while at < body.len() {
+        let head = take(body, &mut at, "head")?;
+        let payload = take(body, &mut at, "payload")?;
+        let head = std::str::from_utf8(&head).map_err(|_| "pack part head is not UTF-8".to_owned())?;
+        let mut lines = head.splitn(3, '\n');
+        let (Some(id), Some(content_type), Some(packed)) = (lines.next(), lines.next(), lines.next()) else {
+            return Err(format!("pack part head unreadable: `{head}`"));
+        };
+        let delivery_id = id.parse().map_err(|_| format!("pack part without a delivery id: `{head}`"))?;
+        parts.push((unpack(packed, delivery_id, content_type.to_owned())?, payload));
+    }
+    if parts.is_empty() {
+        return Err("an empty pack".into());
+    }
+    Ok((parts, redelivered))
+}
+
+/// The `u32`-length-prefixed slice of `body` at `at`, and `at` moved past it.
+fn take(body: &Bytes, at: &mut usize, what: &str) -> Result<Bytes, String> {
+    let short = || format!("pack cut short in a part's {what} at byte {at}");
+    let len = body.get(*at..*at + 4).ok_or_else(short)?;
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    let slice = body.get(*at + 4..*at + 4 + len).ok_or_else(short)?;
+    let taken = body.slice_ref(slice);
+    *at += 4 + len;
+    Ok(taken)
 }
 
 fn as_text(v: &AMQPValue) -> Option<String> {
