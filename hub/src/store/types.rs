@@ -520,8 +520,9 @@ pub struct WorkInHand {
     pub endpoint: String,
     /// Work messages the broker gave this process since it started.
     pub received: u64,
-    /// Of these, waiting in this process now for a delivery worker (or mailbox) to lease them:
-    /// at most the prefetch. Unacked at the broker, so no other process gets them meanwhile.
+    /// Waiting in this process now for a delivery worker (or mailbox) to lease them: messages
+    /// not yet opened (at most the prefetch) and the deliveries left of opened packs. Unacked
+    /// at the broker, so no other process gets them meanwhile.
     pub waiting: u64,
     /// Leased now: being attempted, or (a mailbox's) fetched and not yet answered.
     pub leased: u64,

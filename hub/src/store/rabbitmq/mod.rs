@@ -8,7 +8,7 @@
 //! | queue | type | role |
 //! |---|---|---|
 //! | `P.events` | stream | every state change, in one order all nodes fold into their index |
-//! | `P.work.<endpoint>` | quorum | deliveries due now; consumed with manual acks and a prefetch limit (a pulled endpoint, a mailbox: taken with `basic.get` while a lease waits) |
+//! | `P.work.<endpoint>` | quorum | deliveries due now (one per message, or a pack of several); consumed with manual acks and a prefetch limit (a pulled endpoint, a mailbox: taken with `basic.get` while a lease waits) |
 //! | `P.wait.<endpoint>.<ms>ms` | quorum, TTL `ms`, dead-lettered (at-least-once) to `P.work.<endpoint>` | retries; a ladder of fixed delays (see `work::LADDER_MS`) |
 //! | `P.dead.<endpoint>` | quorum | dead letters (the operator's copy; replay uses the stream's copy) |
 //!
@@ -19,7 +19,8 @@
 //! 1. If the local index already knows a dedup key: the first receipt (a duplicate).
 //! 2. At the same time: publish a `Submitted` claim to the stream and wait until this node's own
 //!    fold has applied it; and publish one work message per delivery (payload = the bytes to
-//!    send, headers = ids and counters). Every publish waits for its confirm.
+//!    send, headers = ids and counters; under load in packs of up to [`PACK_PARTS`] deliveries
+//!    of one endpoint, see `work::pack`). Every publish waits for its confirm.
 //! 3. The stream is totally ordered, so "the first claim of a key in stream order wins" is the
 //!    same verdict on every node: dedup holds across processes with no window. A lost claim
 //!    answers with the winner's receipt; its work messages are void, and whichever node receives
@@ -39,7 +40,9 @@
 //!
 //! Work: each process consumes every endpoint's work queue (prefetch [`PREFETCH`]), except the
 //! pulled ones (mailboxes), which a lease asks of the broker only while it waits (`basic.get`,
-//! see [`RabbitStore::open_pulling`]); `lease` hands out received messages; `settle` first publishes what follows (a retry to a wait queue,
+//! see [`RabbitStore::open_pulling`]); `lease` hands out received messages (a pack's deliveries
+//! one by one; the pack is acked with its last, and a copy the index shows outrun, see
+//! `Index::outrun`, is dropped); `settle` first publishes what follows (a retry to a wait queue,
 //! a dead letter to the dead queue) and its outcome record, and only then acks. A process that
 //! dies leaves its unacked messages to the broker, which gives them to the others. A message that
 //! comes back early from the wait ladder is parked again; nothing is handed out before its

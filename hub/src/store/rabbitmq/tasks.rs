@@ -414,6 +414,34 @@ pub(super) async fn pump(
     let _ = shared.broken.send(session);
 }
 
+/// `first` and what else waits in `rx` now, up to `items` and (past the first) `bytes`; the one
+/// that would pass `bytes` is left in `carry` for the next group.
+fn gather<T>(
+    first: T,
+    rx: &mut mpsc::UnboundedReceiver<T>,
+    carry: &mut Option<T>,
+    items: usize,
+    bytes: usize,
+    size_of: impl Fn(&T) -> usize,
+) -> Vec<T> {
+    let mut size = size_of(&first);
+    let mut group = vec![first];
+    while group.len() < items && size < bytes {
+        match rx.try_recv() {
+            Ok(t) if size + size_of(&t) > bytes => {
+                *carry = Some(t);
+                break;
+            }
+            Ok(t) => {
+                size += size_of(&t);
+                group.push(t);
+            }
+            Err(_) => break,
+        }
+    }
+    group
+}
+
 /// Group commit for the stream: gathers the records waiting, publishes them as one message, and
 /// tells each writer the confirm's verdict.
 pub(super) async fn append_batches(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Append>) {
@@ -429,21 +457,7 @@ pub(super) async fn append_batches(shared: Arc<Shared>, mut rx: mpsc::UnboundedR
             },
         };
         let Ok(slot) = slots.clone().acquire_owned().await else { break };
-        let mut size = first.encoded.len();
-        let mut batch = vec![first];
-        while batch.len() < BATCH_RECORDS && size < BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(a) if size + a.encoded.len() > BATCH_BYTES => {
-                    carry = Some(a);
-                    break;
-                }
-                Ok(a) => {
-                    size += a.encoded.len();
-                    batch.push(a);
-                }
-                Err(_) => break,
-            }
-        }
+        let batch = gather(first, &mut rx, &mut carry, BATCH_RECORDS, BATCH_BYTES, |a| a.encoded.len());
         let shared = shared.clone();
         tokio::spawn(async move {
             let (encoded, rids): (Vec<Vec<u8>>, Vec<Uuid>) = batch.into_iter().map(|a| (a.encoded, a.rid)).unzip();
@@ -497,21 +511,7 @@ pub(super) async fn pack_work(shared: Arc<Shared>, endpoint: String, mut rx: mps
             },
         };
         let Ok(slot) = slots.clone().acquire_owned().await else { break };
-        let mut size = first.payload.len();
-        let mut pack = vec![first];
-        while pack.len() < PACK_PARTS {
-            match rx.try_recv() {
-                Ok(p) if size + p.payload.len() > PACK_BYTES => {
-                    carry = Some(p);
-                    break;
-                }
-                Ok(p) => {
-                    size += p.payload.len();
-                    pack.push(p);
-                }
-                Err(_) => break,
-            }
-        }
+        let pack = gather(first, &mut rx, &mut carry, PACK_PARTS, PACK_BYTES, |p| p.payload.len());
         let shared = shared.clone();
         let queue = queue.clone();
         tokio::spawn(async move {
