@@ -1449,3 +1449,52 @@ async fn rabbitmq_a_pulled_endpoint_takes_no_packs_and_splits_those_queued_befor
     RabbitStore::delete_topology(&url, &prefix, &endpoints).await?;
     result
 }
+
+/// A pack's delivery whose settle could not be recorded goes back to the queue alone and at
+/// once, counting the attempt made: it does not wait for the rest of its pack (here a delivery
+/// still leased), nor brings the rest back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_a_delivery_of_a_pack_given_back_goes_back_alone() -> anyhow::Result<()> {
+    let Some((store, url, prefix)) = open().await? else { return Ok(()) };
+    let result = pack_give_back(&store).await;
+    store.close().await;
+    RabbitStore::delete_topology(&url, &prefix, &[ENDPOINT.to_owned()]).await?;
+    result
+}
+
+async fn pack_give_back(store: &RabbitStore) -> anyhow::Result<()> {
+    const N: usize = 64;
+    for intake in futures::future::join_all((0..N).map(|_| store.intake(submission(&[], &[ENDPOINT])))).await {
+        anyhow::ensure!(matches!(intake?, Intake::Accepted(_)));
+    }
+    let mut leases = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while leases.len() < N && tokio::time::Instant::now() < deadline {
+        leases.extend(store.lease(ENDPOINT, N, Duration::from_millis(500)).await?);
+    }
+    anyhow::ensure!(leases.len() == N, "leased {} of {N}", leases.len());
+    // Two deliveries of one pack: the first is given back, the second stays leased.
+    let pack_of = |token: u64| {
+        let leases = store.shared.leases.lock().expect("leases");
+        leases.get(&token).filter(|h| h.ack.parts > 1).map(|h| std::sync::Arc::as_ptr(&h.ack) as usize)
+    };
+    let first = leases.iter().position(|l| pack_of(l.token).is_some()).ok_or_else(|| anyhow::anyhow!("no pack"))?;
+    let first = leases.remove(first);
+    let pack = pack_of(first.token);
+    let sibling = leases.iter().position(|l| pack_of(l.token) == pack).ok_or_else(|| anyhow::anyhow!("no sibling"))?;
+    let sibling = leases.remove(sibling);
+    for lease in leases {
+        store.settle(lease, Outcome::Delivered { via: Handover::Http(200) }).await?;
+    }
+    let held = store.shared.leases.lock().expect("leases").remove(&first.token).expect("held");
+    let _ = super::store::give_back(&store.shared, held, &first, StoreError::Unavailable("test".into())).await;
+    let again = store.lease(ENDPOINT, N, Duration::from_secs(5)).await?;
+    let ids: Vec<_> = again.iter().map(|l| (l.delivery_id, l.attempt)).collect();
+    anyhow::ensure!(ids == [(first.delivery_id, first.attempt + 1)], "leased again: {ids:?} (given back {first:?})");
+    for lease in again.into_iter().chain([sibling]) {
+        store.settle(lease, Outcome::Delivered { via: Handover::Http(200) }).await?;
+    }
+    anyhow::ensure!(store.counts().await?.pending == 0, "{:?}", store.counts().await?);
+    anyhow::ensure!(store.lease(ENDPOINT, N, Duration::from_millis(500)).await?.is_empty(), "work left over");
+    Ok(())
+}

@@ -230,7 +230,7 @@ impl Store for RabbitStore {
             Outcome::Retry { not_before, error } => {
                 let next = WorkMessage { attempts: lease.attempt, not_before: *not_before, ..held.message.clone() };
                 if let Err(e) = shared.park(&lease.endpoint, &next, &lease.payload).await {
-                    return Err(give_back(shared, held, e).await);
+                    return Err(give_back(shared, held, &lease, e).await);
                 }
                 RecordedOutcome::Retry { not_before: *not_before, error: error.clone() }
             }
@@ -241,10 +241,10 @@ impl Store for RabbitStore {
                         0 => p,
                         ms => p.with_expiration(ms.to_string().into()),
                     },
-                    Err(e) => return Err(give_back(shared, held, unavailable(e)).await),
+                    Err(e) => return Err(give_back(shared, held, &lease, unavailable(e)).await),
                 };
                 if let Err(e) = shared.publish(&shared.names.dead(&lease.endpoint), &lease.payload, props).await {
-                    return Err(give_back(shared, held, e).await);
+                    return Err(give_back(shared, held, &lease, e).await);
                 }
                 RecordedOutcome::Dead {
                     error: error.clone(),
@@ -263,7 +263,7 @@ impl Store for RabbitStore {
         });
         // Confirmed and folded (read-your-writes on this node), then acked.
         if let Err(e) = shared.append_and_fold(record, payload).await {
-            return Err(give_back(shared, held, e).await);
+            return Err(give_back(shared, held, &lease, e).await);
         }
         if !finish(shared, &held, Finish::Ack).await {
             // The session that held it is gone; the broker gives the message out again, and a
@@ -433,8 +433,18 @@ impl Store for RabbitStore {
     }
 }
 
-/// A settle that could not be recorded: the message goes back to its queue for another attempt.
-pub(super) async fn give_back(shared: &Shared, held: Held, error: StoreError) -> StoreError {
+/// A settle that could not be recorded: the delivery goes back to its queue for another
+/// attempt. A pack's delivery goes back alone (published again, counting the attempt made, as
+/// the broker's redelivery count would), so the rest of its pack is not offered again; only if
+/// that publish fails does the whole pack go back when its last delivery is done.
+pub(super) async fn give_back(shared: &Shared, held: Held, lease: &Lease, error: StoreError) -> StoreError {
+    if held.ack.parts > 1 && shared.current().map(|s| s.id).ok() == Some(held.session) {
+        let again = WorkMessage { attempts: lease.attempt, not_before: 0, ..held.message.clone() };
+        if shared.park(&lease.endpoint, &again, &lease.payload).await.is_ok() {
+            finish(shared, &held, Finish::Ack).await;
+            return error;
+        }
+    }
     finish(shared, &held, Finish::Requeue).await;
     error
 }
