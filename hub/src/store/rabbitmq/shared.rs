@@ -430,10 +430,19 @@ impl Shared {
     }
 
     /// The deliveries of a work message a lease took: one, or a pack's. `None` when there is
-    /// nothing to hand out: a message this version cannot read (moved to the dead queue, or
-    /// left in its queue when that fails), or a pack of a pulled endpoint (split, see below).
+    /// nothing to hand out: a message of a session that is no longer the current one (given
+    /// back), one this version cannot read (moved to the dead queue, or left in its queue when
+    /// that fails), or a pack of a pulled endpoint (split, see below).
     pub(super) async fn open_work(&self, endpoint: &str, incoming: Incoming, pulled: bool) -> Option<Vec<Part>> {
         let Incoming { session, mut delivery } = incoming;
+        if self.current().map(|s| s.id).ok() != Some(session) {
+            // Its channel is gone, and with it the broker's record of our holding it: the
+            // broker has put it back in the queue. Given back all the same, never just dropped:
+            // were its connection still open (being closed), the message would stay unacked
+            // there, held by nobody. On a closed channel this answers at once.
+            send(self, &Ack::new(session, delivery.acker, 1), Finish::Requeue).await;
+            return None;
+        }
         let is_pack = work::is_pack(&delivery.properties);
         let data = Bytes::from(std::mem::take(&mut delivery.data));
         let read = if is_pack {

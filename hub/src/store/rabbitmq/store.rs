@@ -136,10 +136,8 @@ impl Store for RabbitStore {
             }
             let current = shared.current().map(|s| s.id).ok();
             if current != Some(part.ack.session) {
-                // Its channel is gone, and with it the broker's record of our holding it: the
-                // broker has put it back in the queue. Given back all the same, never just
-                // dropped: were its connection still open (being closed), the message would stay
-                // unacked there, held by nobody. On a closed channel this answers at once.
+                // A part kept from before a reconnect: its pack is given back (once), as
+                // `open_work` gives back a message of a session no longer current.
                 if !part.ack.returned.swap(true, Ordering::SeqCst) {
                     let requeue = BasicNackOptions { requeue: true, ..Default::default() };
                     bounded(shared, part.ack.session, part.ack.acker.nack(requeue)).await;
