@@ -19,7 +19,7 @@
 //! 1. If the local index already knows a dedup key: the first receipt (a duplicate).
 //! 2. At the same time: publish a `Submitted` claim to the stream and wait until this node's own
 //!    fold has applied it; and publish one work message per delivery (payload = the bytes to
-//!    send, headers = ids and counters; under load in packs of up to [`PACK_PARTS`] deliveries
+//!    send, headers = ids and counters; under load in packs of up to `PACK_PARTS` deliveries
 //!    of one endpoint, see `work::pack`). Every publish waits for its confirm.
 //! 3. The stream is totally ordered, so "the first claim of a key in stream order wins" is the
 //!    same verdict on every node: dedup holds across processes with no window. A lost claim
