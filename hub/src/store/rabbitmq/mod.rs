@@ -157,9 +157,11 @@ const BATCH_BYTES: usize = 1 << 20;
 /// queue up and the next message carries all of them. Few and large is what the broker likes:
 /// a stream message costs it far more than a record in one.
 const BATCHES_IN_FLIGHT: usize = 1;
-/// At most this many deliveries in one pack (see `work::pack`): enough to carry most of what
-/// arrives while the packs before it are confirmed, few enough that the work of a busy minute
-/// still spreads over the processes (each takes whole packs, [`PREFETCH`] at a time).
+/// At most this many deliveries in one pack (see `work::pack`), and its soft size cap (a larger
+/// payload goes alone): with [`PACKS_IN_FLIGHT`], 256 deliveries in flight per work queue, so
+/// intake at 256 requests in flight does not queue behind full packs; small enough that the
+/// work of a busy minute still spreads over the processes (each takes whole packs,
+/// [`PREFETCH`] at a time). Measured: docs/rabbitmq.md, "Benchmark".
 const PACK_PARTS: usize = 32;
 const PACK_BYTES: usize = 1 << 20;
 /// Packs of one work queue waiting for their confirms at a time; more deliveries wait and go
