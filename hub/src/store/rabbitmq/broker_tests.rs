@@ -3,6 +3,7 @@
 //! between), and a broker resource alarm (raised with the local `rabbitmqctl`). Broker at `LOTSE_TEST_AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`),
 //! a prefix of its own, queues deleted afterwards; skipped without a broker unless `CI=true`.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use uuid::Uuid;
@@ -13,7 +14,8 @@ use super::work::WorkMessage;
 use super::{CLAIM_WAIT, RabbitStore};
 use crate::store::conformance::submission;
 use crate::store::{
-    DeliveryState, Handover, Intake, NewSubmission, Outcome, ReplayOutcome, Store, StoreError, now_millis,
+    DeliveryId, DeliveryState, Handover, Intake, Lease, NewSubmission, Outcome, ReplayOutcome, Store, StoreError,
+    now_millis,
 };
 
 const ENDPOINT: &str = "alpha";
@@ -635,7 +637,7 @@ async fn rabbitmq_work_handed_out_during_a_reconnect_is_all_leased() -> anyhow::
             }
         }
         // Everything is handed out again and settles.
-        let mut delivered = std::collections::HashSet::new();
+        let mut delivered = HashSet::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while delivered.len() < N {
             anyhow::ensure!(
@@ -1326,27 +1328,38 @@ async fn rabbitmq_intakes_at_once_share_packs_and_a_pack_given_back_brings_back_
     result
 }
 
-async fn packs(store: &RabbitStore, prefix: &str) -> anyhow::Result<()> {
-    const N: usize = 96;
-    let intakes = (0..N).map(|_| store.intake(submission(&[], &[ENDPOINT])));
-    let mut ids = std::collections::HashSet::new();
-    for intake in futures::future::join_all(intakes).await {
+/// `n` intakes for [`ENDPOINT`] at the same time (so packs form): their delivery ids.
+async fn intake_at_once(store: &RabbitStore, n: usize) -> anyhow::Result<HashSet<DeliveryId>> {
+    let mut ids = HashSet::new();
+    for intake in futures::future::join_all((0..n).map(|_| store.intake(submission(&[], &[ENDPOINT])))).await {
         let Intake::Accepted(receipt) = intake? else { anyhow::bail!("not accepted") };
         ids.insert(receipt.deliveries[0].id);
     }
-    let work = || store.broker().and_then(|b| b.work.into_iter().next()).expect("one endpoint's work");
-    // Every delivery is leased once, and fewer work messages than deliveries carried them.
+    Ok(ids)
+}
+
+/// Leases [`ENDPOINT`]'s work on `store` until `n` are leased or 20 s passed.
+async fn lease_until(store: &RabbitStore, n: usize) -> anyhow::Result<Vec<Lease>> {
     let mut leases = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while leases.len() < N && tokio::time::Instant::now() < deadline {
-        leases.extend(store.lease(ENDPOINT, N, Duration::from_millis(500)).await?);
+    while leases.len() < n && tokio::time::Instant::now() < deadline {
+        leases.extend(store.lease(ENDPOINT, n - leases.len(), Duration::from_millis(500)).await?);
     }
-    let leased: std::collections::HashSet<_> = leases.iter().map(|l| l.delivery_id).collect();
+    Ok(leases)
+}
+
+async fn packs(store: &RabbitStore, prefix: &str) -> anyhow::Result<()> {
+    const N: usize = 96;
+    let ids = intake_at_once(store, N).await?;
+    let work = || store.broker().and_then(|b| b.work.into_iter().next()).expect("one endpoint's work");
+    // Every delivery is leased once, and fewer work messages than deliveries carried them.
+    let leases = lease_until(store, N).await?;
+    let leased: HashSet<_> = leases.iter().map(|l| l.delivery_id).collect();
     anyhow::ensure!(leases.len() == N && leased == ids, "leased {} ({} distinct) of {N}", leases.len(), leased.len());
     let received = work().received;
     anyhow::ensure!(received < N as u64, "{received} work messages for {N} deliveries: no packs");
     // A quarter each: delivered, retried (due in an hour), dead, held.
-    let (mut held, mut kept) = (std::collections::HashSet::new(), Vec::new());
+    let (mut held, mut kept) = (HashSet::new(), Vec::new());
     for (i, lease) in leases.into_iter().enumerate() {
         match i % 4 {
             0 => store.settle(lease, Outcome::Delivered { via: Handover::Http(200) }).await?,
@@ -1366,17 +1379,13 @@ async fn packs(store: &RabbitStore, prefix: &str) -> anyhow::Result<()> {
     if !close_connection_of(prefix)? {
         return Ok(());
     }
-    let mut again = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while again.len() < held.len() && tokio::time::Instant::now() < deadline {
-        again.extend(store.lease(ENDPOINT, N, Duration::from_millis(500)).await?);
-    }
+    let mut again = lease_until(store, held.len()).await?;
     // Whatever else would come, comes within this wait.
     again.extend(store.lease(ENDPOINT, N, Duration::from_secs(1)).await?);
     let back: Vec<_> = again.iter().map(|l| l.delivery_id).collect();
     let settled_back = back.iter().filter(|id| !held.contains(id)).count();
     anyhow::ensure!(settled_back == 0, "{settled_back} settled deliveries were leased again");
-    let back: std::collections::HashSet<_> = back.into_iter().collect();
+    let back: HashSet<_> = back.into_iter().collect();
     anyhow::ensure!(back == held && again.len() == held.len(), "leased again {} of {} held", again.len(), held.len());
     for lease in again {
         store.settle(lease, Outcome::Delivered { via: Handover::Http(200) }).await?;
@@ -1401,29 +1410,19 @@ async fn rabbitmq_a_pulled_endpoint_takes_no_packs_and_splits_those_queued_befor
     let endpoints = [ENDPOINT.to_owned()];
     let result = async {
         const N: usize = 64;
-        for intake in futures::future::join_all((0..N).map(|_| pushed.intake(submission(&[], &[ENDPOINT])))).await {
-            anyhow::ensure!(matches!(intake?, Intake::Accepted(_)));
-        }
+        intake_at_once(&pushed, N).await?;
         pushed.close().await;
         let a = RabbitStore::open_pulling(&url, &prefix, &endpoints, &endpoints).await?;
         let b = RabbitStore::open_pulling(&url, &prefix, &endpoints, &endpoints).await?;
-        let mut ids = std::collections::HashSet::new();
-        for intake in futures::future::join_all((0..N).map(|_| a.intake(submission(&[], &[ENDPOINT])))).await {
-            let Intake::Accepted(receipt) = intake? else { anyhow::bail!("not accepted") };
-            ids.insert(receipt.deliveries[0].id);
-        }
+        anyhow::ensure!(a.shared.queues[ENDPOINT].packer.is_none(), "a pulled endpoint's intake packs");
+        let ids = intake_at_once(&a, N).await?;
         // `a` leases one at a time, as a mailbox's reader does; `b` takes the rest.
         let first = a.lease(ENDPOINT, 1, Duration::from_secs(10)).await?;
         anyhow::ensure!(first.len() == 1, "leased {}", first.len());
         let mut leased: Vec<_> = first.iter().map(|l| l.delivery_id).collect();
-        let mut on_b = Vec::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while leased.len() < 2 * N && tokio::time::Instant::now() < deadline {
-            let got = b.lease(ENDPOINT, 2 * N, Duration::from_millis(500)).await?;
-            leased.extend(got.iter().map(|l| l.delivery_id));
-            on_b.extend(got);
-        }
-        let distinct: std::collections::HashSet<_> = leased.iter().copied().collect();
+        let on_b = lease_until(&b, 2 * N - 1).await?;
+        leased.extend(on_b.iter().map(|l| l.delivery_id));
+        let distinct: HashSet<_> = leased.iter().copied().collect();
         anyhow::ensure!(
             leased.len() == 2 * N && distinct.len() == 2 * N,
             "leased {} ({} distinct) of {}",
@@ -1464,14 +1463,8 @@ async fn rabbitmq_a_delivery_of_a_pack_given_back_goes_back_alone() -> anyhow::R
 
 async fn pack_give_back(store: &RabbitStore) -> anyhow::Result<()> {
     const N: usize = 64;
-    for intake in futures::future::join_all((0..N).map(|_| store.intake(submission(&[], &[ENDPOINT])))).await {
-        anyhow::ensure!(matches!(intake?, Intake::Accepted(_)));
-    }
-    let mut leases = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while leases.len() < N && tokio::time::Instant::now() < deadline {
-        leases.extend(store.lease(ENDPOINT, N, Duration::from_millis(500)).await?);
-    }
+    intake_at_once(store, N).await?;
+    let mut leases = lease_until(store, N).await?;
     anyhow::ensure!(leases.len() == N, "leased {} of {N}", leases.len());
     // Two deliveries of one pack: the first is given back, the second stays leased.
     let pack_of = |token: u64| {

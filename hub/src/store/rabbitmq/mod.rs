@@ -355,6 +355,17 @@ impl Ack {
         }
         Some(if self.requeue.load(Ordering::SeqCst) { Finish::Requeue } else { Finish::Ack })
     }
+
+    /// Gives the message back at once, whatever its other parts do (its session is no longer
+    /// the current one), and only once. Its channel is gone, and with it the broker's record of
+    /// our holding it: the broker has put it back in the queue. Given back all the same, never
+    /// just dropped: were its connection still open (being closed), the message would stay
+    /// unacked there, held by nobody. On a closed channel this answers at once.
+    async fn give_back_now(&self, shared: &Shared) {
+        if !self.returned.swap(true, Ordering::SeqCst) {
+            send(shared, self, Finish::Requeue).await;
+        }
+    }
 }
 
 /// A delivery of intake's, waiting to be published with others in one pack.
@@ -364,8 +375,9 @@ struct Packing {
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
+/// A leased delivery: its endpoint, the message (or pack) behind it, and the work message as
+/// received (what a retry or dead letter is made from).
 struct Held {
-    session: u64,
     endpoint: Arc<str>,
     ack: Arc<Ack>,
     message: WorkMessage,

@@ -70,6 +70,11 @@ impl Shared {
             .ok_or_else(|| StoreError::Unavailable("not connected to RabbitMQ".into()))
     }
 
+    /// Whether `session` is the connection this process uses now.
+    pub(super) fn is_current(&self, session: u64) -> bool {
+        self.current().is_ok_and(|s| s.id == session)
+    }
+
     /// The session, if the broker takes publishes now: connected, and not blocking this
     /// connection. RabbitMQ blocks every publishing connection while a resource alarm is on (its
     /// memory above `vm_memory_high_watermark`, its disk below `disk_free_limit`) and tells
@@ -435,12 +440,8 @@ impl Shared {
     /// that fails), or a pack of a pulled endpoint (split, see below).
     pub(super) async fn open_work(&self, endpoint: &str, incoming: Incoming, pulled: bool) -> Option<Vec<Part>> {
         let Incoming { session, mut delivery } = incoming;
-        if self.current().map(|s| s.id).ok() != Some(session) {
-            // Its channel is gone, and with it the broker's record of our holding it: the
-            // broker has put it back in the queue. Given back all the same, never just dropped:
-            // were its connection still open (being closed), the message would stay unacked
-            // there, held by nobody. On a closed channel this answers at once.
-            send(self, &Ack::new(session, delivery.acker, 1), Finish::Requeue).await;
+        if !self.is_current(session) {
+            Ack::new(session, delivery.acker, 1).give_back_now(self).await;
             return None;
         }
         let is_pack = work::is_pack(&delivery.properties);
@@ -479,14 +480,9 @@ impl Shared {
             // back to the queue alone, since the rest of a pack would wait in this process
             // while a mailbox's reader may ask another.
             let ack = Ack::new(session, delivery.acker, 1);
-            let queue = self.names.work(endpoint);
             let mut split = true;
             for (message, payload) in &messages {
-                let published = match message.properties() {
-                    Ok(props) => self.publish(&queue, payload, props).await,
-                    Err(e) => Err(unavailable(e)),
-                };
-                if let Err(e) = published {
+                if let Err(e) = self.park(endpoint, message, payload).await {
                     tracing::warn!(endpoint, error = %e, "cannot split a pack of a pulled endpoint; left in its queue");
                     split = false;
                     break;
@@ -504,7 +500,8 @@ impl Shared {
         )
     }
 
-    /// Sends a not-yet-due message to the wait ladder, then acks the copy in hand.
+    /// Publishes a work message where it is due: to the wait ladder's rung for its remaining
+    /// delay, or to the work queue when it is due now; waits for the confirm.
     pub(super) async fn park(&self, endpoint: &str, message: &WorkMessage, body: &[u8]) -> Result<(), StoreError> {
         let remaining = message.not_before.saturating_sub(now_millis());
         let queue =

@@ -134,14 +134,9 @@ impl Store for RabbitStore {
                 }
                 break;
             }
-            let current = shared.current().map(|s| s.id).ok();
-            if current != Some(part.ack.session) {
-                // A part kept from before a reconnect: its pack is given back (once), as
-                // `open_work` gives back a message of a session no longer current.
-                if !part.ack.returned.swap(true, Ordering::SeqCst) {
-                    let requeue = BasicNackOptions { requeue: true, ..Default::default() };
-                    bounded(shared, part.ack.session, part.ack.acker.nack(requeue)).await;
-                }
+            if !shared.is_current(part.ack.session) {
+                // A part kept from before a reconnect (`open_work` checks the others).
+                part.ack.give_back_now(shared).await;
                 continue;
             }
             let Part { ack, message, redelivered, payload } = part;
@@ -211,7 +206,7 @@ impl Store for RabbitStore {
             };
             if let Ok(mut leases) = shared.leases.lock() {
                 let endpoint = queue.endpoint.clone();
-                leases.insert(token, Held { session: ack.session, endpoint, ack, message });
+                leases.insert(token, Held { endpoint, ack, message });
             }
             out.push(lease);
         }
@@ -266,7 +261,7 @@ impl Store for RabbitStore {
         if !finish(shared, &held, Finish::Ack).await {
             // The session that held it is gone; the broker gives the message out again, and a
             // copy of a delivered delivery is dropped at lease time.
-            tracing::debug!(delivery_id = %lease.delivery_id, session = held.session, "ack after reconnect not sent");
+            tracing::debug!(delivery_id = %lease.delivery_id, session = held.ack.session, "ack after reconnect not sent");
         }
         Ok(())
     }
@@ -436,7 +431,7 @@ impl Store for RabbitStore {
 /// the broker's redelivery count would), so the rest of its pack is not offered again; only if
 /// that publish fails does the whole pack go back when its last delivery is done.
 pub(super) async fn give_back(shared: &Shared, held: Held, lease: &Lease, error: StoreError) -> StoreError {
-    if held.ack.parts > 1 && shared.current().map(|s| s.id).ok() == Some(held.session) {
+    if held.ack.parts > 1 && shared.is_current(held.ack.session) {
         let again = WorkMessage { attempts: lease.attempt, not_before: 0, ..held.message.clone() };
         if shared.park(&lease.endpoint, &again, &lease.payload).await.is_ok() {
             finish(shared, &held, Finish::Ack).await;
@@ -458,7 +453,7 @@ pub(super) enum Finish {
 /// that time is started again. (Defensive: a settle is the one place a delivery worker's slot
 /// waited without a bound; no hang was reproduced, see docs/rabbitmq.md, "Limits".)
 pub(super) async fn finish(shared: &Shared, held: &Held, how: Finish) -> bool {
-    if shared.current().map(|s| s.id).ok() != Some(held.session) {
+    if !shared.is_current(held.ack.session) {
         return false;
     }
     match held.ack.part_done(matches!(how, Finish::Requeue)) {
@@ -493,14 +488,5 @@ pub(super) async fn send(shared: &Shared, ack: &Ack, how: Finish) -> bool {
             let _ = shared.broken.send(ack.session);
             false
         }
-    }
-}
-
-/// An ack or nack in `lease` (which holds the endpoint's hand-out queue meanwhile), bounded
-/// like [`finish`]: a connection that does not take it within [`ACK_WAIT`] is started again.
-async fn bounded<T>(shared: &Shared, session: u64, sent: impl std::future::Future<Output = T>) {
-    if tokio::time::timeout(ACK_WAIT, sent).await.is_err() {
-        tracing::warn!(session, "RabbitMQ took no ack within {ACK_WAIT:?}; reconnecting");
-        let _ = shared.broken.send(session);
     }
 }

@@ -414,16 +414,26 @@ pub(super) async fn pump(
     let _ = shared.broken.send(session);
 }
 
-/// `first` and what else waits in `rx` now, up to `items` and (past the first) `bytes`; the one
-/// that would pass `bytes` is left in `carry` for the next group.
-fn gather<T>(
-    first: T,
+/// The next group of a group commit: waits for a first item (the one carried over, else the
+/// next to come) and for a free slot of `slots`, then takes what else waits in `rx` now, up to
+/// `items` and (past the first) `bytes`; the one that would pass `bytes` is left in `carry` for
+/// the next group. `None` when the store closes (or the senders are gone).
+async fn next_group<T>(
     rx: &mut mpsc::UnboundedReceiver<T>,
     carry: &mut Option<T>,
-    items: usize,
-    bytes: usize,
+    shutdown: &mut watch::Receiver<bool>,
+    slots: &Arc<tokio::sync::Semaphore>,
+    (items, bytes): (usize, usize),
     size_of: impl Fn(&T) -> usize,
-) -> Vec<T> {
+) -> Option<(tokio::sync::OwnedSemaphorePermit, Vec<T>)> {
+    let first = match carry.take() {
+        Some(t) => t,
+        None => tokio::select! {
+            t = rx.recv() => t?,
+            _ = shutdown.changed() => return None,
+        },
+    };
+    let Ok(slot) = slots.clone().acquire_owned().await else { return None };
     let mut size = size_of(&first);
     let mut group = vec![first];
     while group.len() < items && size < bytes {
@@ -439,7 +449,7 @@ fn gather<T>(
             Err(_) => break,
         }
     }
-    group
+    Some((slot, group))
 }
 
 /// Group commit for the stream: gathers the records waiting, publishes them as one message, and
@@ -448,16 +458,10 @@ pub(super) async fn append_batches(shared: Arc<Shared>, mut rx: mpsc::UnboundedR
     let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
     let mut shutdown = shared.shutdown.subscribe();
     let mut carry: Option<Append> = None;
-    loop {
-        let first = match carry.take() {
-            Some(a) => a,
-            None => tokio::select! {
-                a = rx.recv() => match a { Some(a) => a, None => break },
-                _ = shutdown.changed() => break,
-            },
-        };
-        let Ok(slot) = slots.clone().acquire_owned().await else { break };
-        let batch = gather(first, &mut rx, &mut carry, BATCH_RECORDS, BATCH_BYTES, |a| a.encoded.len());
+    let limits = (BATCH_RECORDS, BATCH_BYTES);
+    while let Some((slot, batch)) =
+        next_group(&mut rx, &mut carry, &mut shutdown, &slots, limits, |a| a.encoded.len()).await
+    {
         let shared = shared.clone();
         tokio::spawn(async move {
             let (encoded, rids): (Vec<Vec<u8>>, Vec<Uuid>) = batch.into_iter().map(|a| (a.encoded, a.rid)).unzip();
@@ -502,16 +506,9 @@ pub(super) async fn pack_work(shared: Arc<Shared>, endpoint: String, mut rx: mps
     let mut shutdown = shared.shutdown.subscribe();
     let queue = shared.names.work(&endpoint);
     let mut carry: Option<Packing> = None;
-    loop {
-        let first = match carry.take() {
-            Some(p) => p,
-            None => tokio::select! {
-                p = rx.recv() => match p { Some(p) => p, None => break },
-                _ = shutdown.changed() => break,
-            },
-        };
-        let Ok(slot) = slots.clone().acquire_owned().await else { break };
-        let pack = gather(first, &mut rx, &mut carry, PACK_PARTS, PACK_BYTES, |p| p.payload.len());
+    while let Some((slot, pack)) =
+        next_group(&mut rx, &mut carry, &mut shutdown, &slots, (PACK_PARTS, PACK_BYTES), |p| p.payload.len()).await
+    {
         let shared = shared.clone();
         let queue = queue.clone();
         tokio::spawn(async move {
