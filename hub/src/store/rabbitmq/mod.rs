@@ -234,7 +234,7 @@ struct Shared {
     /// Stream records this process could not read (written by a later version, or by hand) and
     /// skipped: its index may then differ from those of processes that read them.
     unreadable: AtomicU64,
-    /// Connections opened (sessions set up) since start.
+    /// Connections opened (sessions set up, counted when each became current) since start.
     connections: AtomicU64,
     leases: Mutex<FastMap<u64, Held>>,
     next_token: AtomicU64,

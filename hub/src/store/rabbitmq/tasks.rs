@@ -22,7 +22,6 @@ pub(super) async fn supervise(
             // `open_session` made the session current (before its consumers started).
             Ok((session, tasks)) => {
                 backoff = Duration::from_millis(200);
-                shared.connections.fetch_add(1, Ordering::SeqCst);
                 tracing::info!(session = id, "connected to RabbitMQ");
                 if let Some(f) = first.take() {
                     let _ = f.send(Ok(()));
@@ -161,6 +160,9 @@ pub(super) async fn open_session(shared: &Arc<Shared>, id: u64) -> Result<(Arc<S
     if let Ok(mut s) = shared.session.write() {
         *s = Some(session.clone());
     }
+    // Counted as it becomes current: `broker()` never shows a connected session the count does
+    // not include yet (the consumers below take a few more round trips).
+    shared.connections.fetch_add(1, Ordering::SeqCst);
     for (endpoint, ch, tx) in consumers {
         let work = shared.names.work(endpoint);
         let consumed = match short(&work) {
